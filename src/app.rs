@@ -1,0 +1,140 @@
+//! Wiring: from a [`Config`] to a database (given, or a private cluster), migrations, the
+//! [`Engine`] and a running server. Used by the CLI and by the integration tests.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use hmac::{Hmac, KeyInit, Mac};
+use rand::RngExt;
+use sha2::Sha256;
+use tokio::net::TcpListener;
+
+use crate::auth::Authenticator;
+use crate::auth::jwt::JwtKeys;
+use crate::config::{Config, Secret};
+use crate::domain::paging::PageTokens;
+use crate::domain::{Engine, SystemClock, TokenPolicy};
+use crate::grpc::{self, TransportSettings};
+use crate::pgcluster::PrivateCluster;
+use crate::storage::{self, Db};
+
+/// Name of the database inside a private cluster.
+pub const PRIVATE_DB_NAME: &str = "chat_engine";
+
+/// The database the engine uses, and the private cluster behind it if there is one.
+pub struct Database {
+    /// URL for the application role.
+    pub app_url: Secret,
+    /// URL for migrations (schema owner).
+    pub migration_url: Secret,
+    /// The private cluster, stopped when this is dropped.
+    pub cluster: Option<PrivateCluster>,
+}
+
+/// Uses the configured database, or starts a private cluster under `data_dir/pg`.
+pub async fn open_database(cfg: &Config) -> anyhow::Result<Database> {
+    if let Some(url) = &cfg.database_url {
+        return Ok(Database {
+            app_url: url.clone(),
+            migration_url: cfg.migration_database_url.clone().unwrap_or_else(|| url.clone()),
+            cluster: None,
+        });
+    }
+    let cluster = PrivateCluster::start(&cfg.data_dir.join("pg")).await?;
+    cluster.ensure_app_role().await?;
+    cluster.create_database(PRIVATE_DB_NAME).await?;
+    tracing::info!(port = cluster.port(), "private PostgreSQL cluster running");
+    Ok(Database {
+        app_url: Secret::new(cluster.app_url(PRIVATE_DB_NAME)),
+        migration_url: Secret::new(cluster.admin_url(PRIVATE_DB_NAME)),
+        cluster: Some(cluster),
+    })
+}
+
+/// The JWT secret: configured, or kept in `data_dir/jwt-secret` so sessions survive restarts
+/// of a single node, or (without a writable data dir) random for this process.
+fn jwt_secret(cfg: &Config) -> Vec<u8> {
+    if let Some(s) = &cfg.jwt_secret {
+        return s.expose().as_bytes().to_vec();
+    }
+    let path = cfg.data_dir.join("jwt-secret");
+    if let Ok(existing) = std::fs::read(&path) {
+        if existing.len() >= 32 {
+            return existing;
+        }
+    }
+    let mut fresh = vec![0u8; 32];
+    rand::rng().fill(&mut fresh[..]);
+    if write_private(&path, &fresh).is_err() {
+        tracing::warn!("no jwt_secret configured and none could be stored; tokens end with this process");
+    }
+    fresh
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
+/// Runs migrations and builds the engine and authenticator over `db`.
+pub async fn build(cfg: &Config, db: &Database) -> anyhow::Result<(Arc<Engine>, Arc<Authenticator>)> {
+    storage::migrate(db.migration_url.expose())
+        .await
+        .context("running migrations")?;
+    let pool = Db::connect(db.app_url.expose(), cfg.db_pool_size)?;
+    let secret = jwt_secret(cfg);
+    let jwt = Arc::new(JwtKeys::hmac(&cfg.jwt_key_id, &secret, &cfg.jwt_issuer)?);
+    let mut page_key = Hmac::<Sha256>::new_from_slice(&secret).expect("HMAC takes any key size");
+    page_key.update(b"chat-engine page tokens");
+    let engine = Arc::new(Engine {
+        db: pool.clone(),
+        jwt: jwt.clone(),
+        pages: PageTokens::new(&page_key.finalize().into_bytes()),
+        clock: Arc::new(SystemClock),
+        tokens: TokenPolicy {
+            access_ttl: chrono::Duration::seconds(cfg.access_token_ttl_secs as i64),
+            refresh_ttl: chrono::Duration::seconds(cfg.refresh_token_ttl_secs as i64),
+        },
+    });
+    let auth = Arc::new(Authenticator::new(
+        jwt,
+        cfg.operator_token.as_ref().map(Secret::expose),
+        pool,
+    ));
+    Ok((engine, auth))
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub async fn serve(
+    cfg: &Config,
+    engine: Arc<Engine>,
+    auth: Arc<Authenticator>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if cfg.operator_token.is_none() {
+        tracing::info!("no operator_token configured: TenantService refuses every call");
+    }
+    grpc::serve(engine, auth, TransportSettings::from(cfg), listener, shutdown).await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+}

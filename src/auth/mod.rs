@@ -1,0 +1,138 @@
+//! Credentials: passwords, JWT access tokens, opaque API keys and refresh tokens, and the
+//! tower layer that turns request headers into a verified [`Principal`] exactly once.
+
+pub mod jwt;
+pub mod keys;
+pub mod layer;
+pub mod password;
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::domain::validate::origin_allowed;
+use crate::error::{AppError, AppResult};
+use crate::ids::{ApiKeyId, TenantId, UserId, VisitorId};
+use crate::storage::{Db, api_keys};
+use crate::tenancy::{Principal, Role, TenantScope, Verified};
+use jwt::{AGENT_AUDIENCE, JwtKeys, VISITOR_AUDIENCE};
+use keys::{Credential, Kind};
+
+/// Header carrying a widget API key.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// Verifies credentials.
+pub struct Authenticator {
+    jwt: Arc<JwtKeys>,
+    operator_token_hash: Option<[u8; 32]>,
+    db: Db,
+}
+
+impl Authenticator {
+    /// An authenticator; with no operator token, operator calls are impossible.
+    pub fn new(jwt: Arc<JwtKeys>, operator_token: Option<&str>, db: Db) -> Self {
+        Self {
+            jwt,
+            operator_token_hash: operator_token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            db,
+        }
+    }
+
+    /// The principal the headers prove, None when they carry no credentials, or an error
+    /// for credentials that are present but wrong.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> AppResult<Option<Principal>> {
+        let bearer = bearer(headers)?;
+        if let Some(key) = headers.get(API_KEY_HEADER) {
+            let key = key
+                .to_str()
+                .map_err(|_| AppError::Unauthenticated("malformed api key"))?;
+            let origin = headers.get(http::header::ORIGIN).and_then(|o| o.to_str().ok());
+            return self.visitor(key, origin, bearer).await.map(Some);
+        }
+        let Some(token) = bearer else {
+            return Ok(None);
+        };
+        if let Some(expected) = &self.operator_token_hash {
+            let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            if bool::from(presented.ct_eq(expected)) {
+                return Ok(Some(Principal::Operator(Verified::mint())));
+            }
+        }
+        let claims = self.jwt.verify(token, AGENT_AUDIENCE)?;
+        let bad = || AppError::Unauthenticated("invalid or expired token");
+        Ok(Some(Principal::Agent {
+            tenant_id: TenantId::parse(&claims.tid).ok_or_else(bad)?,
+            user_id: UserId::parse(&claims.sub).ok_or_else(bad)?,
+            role: Role::parse(&claims.ctx).ok_or_else(bad)?,
+            verified: Verified::mint(),
+        }))
+    }
+
+    async fn visitor(
+        &self,
+        key: &str,
+        origin: Option<&str>,
+        bearer: Option<&str>,
+    ) -> AppResult<Principal> {
+        // Checked before any database read: junk and typos never reach Postgres.
+        let cred = Credential::parse(key, Kind::ApiKey)
+            .map_err(|_| AppError::Unauthenticated("malformed api key"))?;
+        let tenant_id = TenantId::from_uuid(cred.tenant);
+        let api_key_id = ApiKeyId::from_uuid(cred.id);
+        let mut tx = self.db.tenant_tx(&TenantScope::system(tenant_id)).await?;
+        let row = api_keys::get(&mut tx, api_key_id).await?;
+        tx.commit().await?;
+        let row = row
+            .filter(|r| cred.matches(&r.secret_hash) && r.revoked_at.is_none())
+            .ok_or(AppError::Unauthenticated("unknown or revoked api key"))?;
+        // Origin is a browser control; server-side callers send none and are let through.
+        if let Some(o) = origin {
+            if !origin_allowed(&row.allowed_domains, o) {
+                return Err(AppError::PermissionDenied("origin not allowed for this api key"));
+            }
+        }
+        let visitor_id = match bearer {
+            Some(t) => {
+                let claims = self.jwt.verify(t, VISITOR_AUDIENCE)?;
+                if claims.tid != tenant_id.to_string() {
+                    return Err(AppError::Unauthenticated("invalid or expired token"));
+                }
+                Some(
+                    VisitorId::parse(&claims.sub)
+                        .ok_or(AppError::Unauthenticated("invalid or expired token"))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Principal::Visitor {
+            tenant_id,
+            api_key_id,
+            visitor_id,
+            verified: Verified::mint(),
+        })
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> AppResult<Option<&str>> {
+    let Some(v) = headers.get(http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| AppError::Unauthenticated("malformed authorization header"))?;
+    let token = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .ok_or(AppError::Unauthenticated("authorization must be 'Bearer <token>'"))?;
+    Ok(Some(token.trim()))
+}
+
+/// The verified principal of a request, put there by the auth layer; UNAUTHENTICATED when
+/// the request carried no credentials.
+pub fn principal<T>(req: &tonic::Request<T>) -> AppResult<&Principal> {
+    req.extensions()
+        .get::<Principal>()
+        .ok_or(AppError::Unauthenticated("credentials required"))
+}

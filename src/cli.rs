@@ -1,0 +1,152 @@
+//! The command line: `serve`, `migrate`, `tenant create|list`, `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::app;
+use crate::config::Config;
+use crate::domain::tenants;
+use crate::domain::validate;
+use crate::tenancy::OperatorScope;
+
+/// chat-engine: a multi-tenant chat engine served as a gRPC API.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Cli {
+    /// TOML configuration file (options are listed in the README).
+    #[arg(long, global = true, env = "CHAT_ENGINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Runs the server (gRPC and gRPC-web on one port).
+    Serve {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Runs pending database migrations and exits.
+    Migrate,
+    /// Manages tenants.
+    Tenant {
+        /// What to do with tenants.
+        #[command(subcommand)]
+        action: TenantAction,
+    },
+    /// Seeds a demo tenant, prints how to log in, and runs the server.
+    Demo {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+}
+
+/// Tenant subcommands.
+#[derive(Subcommand, Debug)]
+pub enum TenantAction {
+    /// Creates a tenant.
+    Create {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Login handle: 3-63 of a-z, 0-9 and '-'.
+        #[arg(long)]
+        slug: String,
+    },
+    /// Lists tenants.
+    List,
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.log_format == "pretty" {
+        builder.init();
+    } else {
+        builder.json().init();
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    init_logging(&cfg);
+    match cli.command {
+        Command::Serve { listen } => {
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            let db = app::open_database(&cfg).await?;
+            let (engine, auth) = app::build(&cfg, &db).await?;
+            let listener = TcpListener::bind(cfg.listen).await?;
+            tracing::info!(listen = %listener.local_addr()?, "serving gRPC and gRPC-web");
+            app::serve(&cfg, engine, auth, listener, app::shutdown_signal()).await?;
+            drop(db);
+        }
+        Command::Migrate => {
+            let db = app::open_database(&cfg).await?;
+            crate::storage::migrate(db.migration_url.expose()).await?;
+            println!("migrations applied");
+        }
+        Command::Tenant { action } => {
+            let db = app::open_database(&cfg).await?;
+            let (engine, _) = app::build(&cfg, &db).await?;
+            let op = OperatorScope::system();
+            match action {
+                TenantAction::Create { name, slug } => {
+                    let name = validate::text("name", &name, 200)
+                        .map_err(|v| anyhow::anyhow!("{}: {}", v.field, v.description))?;
+                    let slug = validate::slug("slug", &slug)
+                        .map_err(|v| anyhow::anyhow!("{}: {}", v.field, v.description))?;
+                    let t = tenants::create(&engine, &op, name, slug, Default::default()).await?;
+                    println!("{}\t{}\t{}", t.id, t.slug, t.name);
+                }
+                TenantAction::List => {
+                    let mut token = String::new();
+                    loop {
+                        let page = tenants::list(&engine, &op, 200, &token).await?;
+                        for t in page.items {
+                            println!("{}\t{}\t{}", t.id, t.slug, t.name);
+                        }
+                        if page.next_page_token.is_empty() {
+                            break;
+                        }
+                        token = page.next_page_token;
+                    }
+                }
+            }
+        }
+        Command::Demo { listen } => {
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            let db = app::open_database(&cfg).await?;
+            let (engine, auth) = app::build(&cfg, &db).await?;
+            let seed = crate::demo::seed(&engine).await?;
+            let listener = TcpListener::bind(cfg.listen).await?;
+            let addr = listener.local_addr()?;
+            println!("chat-engine demo is running on {addr} (gRPC and gRPC-web)");
+            println!("tenant slug: {}", seed.slug);
+            for (email, pass, role, skills) in &seed.agents {
+                println!("  {role:<5} {email:<22} password: {pass}  skills: {skills}");
+            }
+            println!("widget api key (x-api-key): {}", seed.api_key);
+            println!("log in: AuthService/Login {{tenant_slug: \"{}\", email, password}}", seed.slug);
+            println!("discover: grpcurl -plaintext {addr} list");
+            app::serve(&cfg, engine, auth, listener, app::shutdown_signal()).await?;
+            drop(db);
+        }
+    }
+    Ok(())
+}

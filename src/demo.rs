@@ -1,0 +1,145 @@
+//! `chat-engine demo`: seeds (or refreshes) a demo tenant with an admin, two agents with
+//! skills, a routing workflow and a widget key, with fresh passwords on every run.
+
+use rand::RngExt;
+use serde_json::json;
+
+use crate::auth::password;
+use crate::domain::Engine;
+use crate::domain::agents::{self, NewAgent};
+use crate::domain::tenants::{self, WidgetSettings};
+use crate::error::AppResult;
+use crate::ids::WorkflowId;
+use crate::storage::{users, workflows};
+use crate::tenancy::{OperatorScope, Role, TenantScope};
+
+/// Slug of the demo tenant.
+pub const DEMO_SLUG: &str = "demo";
+
+/// What the demo prints.
+pub struct DemoSeed {
+    /// Tenant slug.
+    pub slug: String,
+    /// (email, password, role, skills) of each agent.
+    pub agents: Vec<(String, String, &'static str, &'static str)>,
+    /// A fresh widget API key.
+    pub api_key: String,
+}
+
+fn fresh_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    (0..16)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Creates the demo tenant if missing and sets new passwords for its agents.
+pub async fn seed(e: &Engine) -> AppResult<DemoSeed> {
+    let op = OperatorScope::system();
+    let mut tx = e.db.operator_tx(&op).await?;
+    let existing = crate::storage::tenants::find_by_slug(&mut tx, DEMO_SLUG).await?;
+    tx.commit().await?;
+    let tenant = match existing {
+        Some(t) => t.tenant_id,
+        None => {
+            let widget = WidgetSettings {
+                primary_color: "#2f6fed".into(),
+                secondary_color: "#ffffff".into(),
+                font_family: "Inter".into(),
+                position: "bottom_right".into(),
+                theme: "light".into(),
+                languages: vec!["en".into(), "de".into()],
+                title: "Demo support".into(),
+                greeting: "Hi! How can we help?".into(),
+                ..Default::default()
+            };
+            tenants::create(e, &op, "Demo Company".into(), DEMO_SLUG.into(), widget)
+                .await?
+                .id
+        }
+    };
+
+    let people = [
+        ("admin@demo.example", "Demo Admin", Role::Admin, "admin", vec![], "-"),
+        ("ana@demo.example", "Ana Agent", Role::Agent, "agent", vec![("billing".to_owned(), 8), ("english".to_owned(), 9)], "billing:8 english:9"),
+        ("ben@demo.example", "Ben Agent", Role::Agent, "agent", vec![("technical".to_owned(), 7), ("german".to_owned(), 9)], "technical:7 german:9"),
+    ];
+    let system = TenantScope::system(tenant);
+    let mut printed = Vec::new();
+    for (email, name, role, role_name, skills, skills_text) in people {
+        let pass = fresh_password();
+        let mut tx = e.db.tenant_tx(&system).await?;
+        let found = users::find_by_email(&mut tx, email).await?;
+        tx.commit().await?;
+        match found {
+            Some(u) => {
+                let hash = password::hash(pass.clone()).await?;
+                let mut tx = e.db.tenant_tx(&system).await?;
+                users::set_password_hash(&mut tx, u.user_id, &hash).await?;
+                tx.commit().await?;
+            }
+            None => {
+                agents::create(
+                    e,
+                    &system,
+                    NewAgent {
+                        email: email.into(),
+                        display_name: name.into(),
+                        role,
+                        password: pass.clone(),
+                        max_concurrent_chats: 3,
+                        skills,
+                    },
+                )
+                .await?;
+            }
+        }
+        printed.push((email.to_owned(), pass, role_name, skills_text));
+    }
+
+    let mut tx = e.db.tenant_tx(&system).await?;
+    if workflows::count(&mut tx).await? == 0 {
+        let now = e.now();
+        workflows::insert(
+            &mut tx,
+            &workflows::WorkflowRow {
+                tenant_id: tenant,
+                workflow_id: WorkflowId::new(),
+                name: "Billing pages go to billing experts".into(),
+                enabled: true,
+                position: 0,
+                definition: json!({
+                    "trigger": { "page_url_patterns": ["*/billing*"] },
+                    "actions": {
+                        "auto_assign": true,
+                        "strategy": "skill_based",
+                        "required_skills": ["billing"],
+                        "welcome_message": "Welcome! A billing expert will be with you shortly.",
+                        "queue_message": "All billing experts are busy; you are in the queue.",
+                        "max_wait_seconds": 300,
+                        "max_wait_action": "offline_message"
+                    }
+                }),
+                created_at: now,
+                updated_at: now,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+
+    let (_, api_key) = tenants::create_api_key(
+        e,
+        &op,
+        tenant,
+        "demo widget".into(),
+        vec!["http://localhost".into(), "http://127.0.0.1".into()],
+    )
+    .await?;
+    Ok(DemoSeed {
+        slug: DEMO_SLUG.into(),
+        agents: printed,
+        api_key,
+    })
+}

@@ -1,0 +1,289 @@
+//! Tenants and their widget API keys, managed by the platform operator.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::Engine;
+use super::paging::{Page, page_size, split_page};
+use crate::auth::keys::{Credential, Kind, display_prefix};
+use crate::error::{AppError, AppResult};
+use crate::ids::{ApiKeyId, TenantId};
+use crate::storage::api_keys::{self, ApiKeyRow};
+use crate::storage::tenants::{self as store, TenantRow};
+use crate::tenancy::{OperatorScope, TenantScope};
+
+/// Look and behaviour of a tenant's widget (validated; stored as JSON).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WidgetSettings {
+    /// `#rrggbb` or empty.
+    pub primary_color: String,
+    /// `#rrggbb` or empty.
+    pub secondary_color: String,
+    /// CSS font family.
+    pub font_family: String,
+    /// https URL or empty.
+    pub logo_url: String,
+    /// `bottom_right` or `bottom_left`.
+    pub position: String,
+    /// `light`, `dark` or `auto`.
+    pub theme: String,
+    /// https URL or empty.
+    pub avatar_url: String,
+    /// Whether visitors may upload files.
+    pub file_upload_enabled: bool,
+    /// BCP 47 tags, the first is the default.
+    pub languages: Vec<String>,
+    /// Header title.
+    pub title: String,
+    /// Greeting.
+    pub greeting: String,
+}
+
+/// A tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tenant {
+    /// Id.
+    pub id: TenantId,
+    /// Display name.
+    pub name: String,
+    /// Login handle.
+    pub slug: String,
+    /// Widget settings.
+    pub widget: WidgetSettings,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<TenantRow> for Tenant {
+    fn from(r: TenantRow) -> Self {
+        Self {
+            id: r.tenant_id,
+            name: r.name,
+            slug: r.slug,
+            // Stored settings were validated on the way in; unknown shapes fall back to defaults.
+            widget: serde_json::from_value(r.widget).unwrap_or_default(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// A widget API key without its secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Id.
+    pub id: ApiKeyId,
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Label.
+    pub name: String,
+    /// Recognisable start of the key.
+    pub prefix: String,
+    /// Allowed origins.
+    pub allowed_domains: Vec<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Revocation time.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApiKeyRow> for ApiKey {
+    fn from(r: ApiKeyRow) -> Self {
+        Self {
+            id: r.key_id,
+            tenant_id: r.tenant_id,
+            name: r.name,
+            prefix: r.prefix,
+            allowed_domains: r.allowed_domains,
+            created_at: r.created_at,
+            revoked_at: r.revoked_at,
+        }
+    }
+}
+
+/// Creates a tenant.
+pub async fn create(
+    e: &Engine,
+    op: &OperatorScope,
+    name: String,
+    slug: String,
+    widget: WidgetSettings,
+) -> AppResult<Tenant> {
+    let now = e.now();
+    let row = TenantRow {
+        tenant_id: TenantId::new(),
+        name,
+        slug,
+        widget: serde_json::to_value(&widget).map_err(|err| AppError::Internal(err.to_string()))?,
+        created_at: now,
+        updated_at: now,
+    };
+    let mut tx = e.db.operator_tx(op).await?;
+    match store::insert(&mut tx, &row).await {
+        Err(AppError::AlreadyExists(_)) => return Err(AppError::AlreadyExists("slug is taken")),
+        other => other?,
+    }
+    tx.commit().await?;
+    Ok(row.into())
+}
+
+/// One tenant.
+pub async fn get(e: &Engine, op: &OperatorScope, id: TenantId) -> AppResult<Tenant> {
+    let mut tx = e.db.operator_tx(op).await?;
+    let t = store::get(&mut tx, id).await?.ok_or(AppError::NotFound("tenant"))?;
+    tx.commit().await?;
+    Ok(t.into())
+}
+
+/// A page of tenants, oldest first.
+pub async fn list(
+    e: &Engine,
+    op: &OperatorScope,
+    requested_size: i32,
+    token: &str,
+) -> AppResult<Page<Tenant>> {
+    let size = page_size(requested_size)?;
+    let binding = "operator|ListTenants";
+    let after = e.pages.open::<(DateTime<Utc>, TenantId)>(binding, token)?;
+    let mut tx = e.db.operator_tx(op).await?;
+    let rows = store::list(&mut tx, after, size + 1).await?;
+    tx.commit().await?;
+    let (rows, more) = split_page(rows, size);
+    let next_page_token = match rows.last() {
+        Some(last) if more => e.pages.seal(binding, &(last.created_at, last.tenant_id)),
+        _ => String::new(),
+    };
+    Ok(Page {
+        items: rows.into_iter().map(Tenant::from).collect(),
+        next_page_token,
+    })
+}
+
+/// Changes name and/or widget settings.
+pub async fn update(
+    e: &Engine,
+    op: &OperatorScope,
+    id: TenantId,
+    name: Option<String>,
+    widget: Option<WidgetSettings>,
+) -> AppResult<Tenant> {
+    let widget = widget
+        .map(|w| serde_json::to_value(&w))
+        .transpose()
+        .map_err(|err| AppError::Internal(err.to_string()))?;
+    let mut tx = e.db.operator_tx(op).await?;
+    let t = store::update(&mut tx, id, name.as_deref(), widget.as_ref(), e.now())
+        .await?
+        .ok_or(AppError::NotFound("tenant"))?;
+    tx.commit().await?;
+    Ok(t.into())
+}
+
+/// Opens a transaction for `tenant` on the operator's behalf, failing NOT_FOUND when the
+/// tenant does not exist (its own row is visible inside its scope).
+async fn operator_on_tenant(
+    e: &Engine,
+    op: &OperatorScope,
+    tenant: TenantId,
+) -> AppResult<crate::storage::TenantTx> {
+    let mut tx = e.db.tenant_tx(&TenantScope::operator(op, tenant)).await?;
+    if store::own(&mut tx).await?.is_none() {
+        return Err(AppError::NotFound("tenant"));
+    }
+    Ok(tx)
+}
+
+/// Creates an API key; returns it with the secret, shown this once.
+pub async fn create_api_key(
+    e: &Engine,
+    op: &OperatorScope,
+    tenant: TenantId,
+    name: String,
+    allowed_domains: Vec<String>,
+) -> AppResult<(ApiKey, String)> {
+    let id = ApiKeyId::new();
+    let credential = Credential::generate(tenant.as_uuid(), id.as_uuid());
+    let secret = credential.encode(Kind::ApiKey);
+    let row = ApiKeyRow {
+        tenant_id: tenant,
+        key_id: id,
+        name,
+        prefix: display_prefix(&secret),
+        secret_hash: credential.secret_hash(),
+        allowed_domains,
+        created_at: e.now(),
+        revoked_at: None,
+    };
+    let mut tx = operator_on_tenant(e, op, tenant).await?;
+    api_keys::insert(&mut tx, &row).await?;
+    tx.commit().await?;
+    Ok((row.into(), secret))
+}
+
+/// A page of a tenant's keys, newest first.
+pub async fn list_api_keys(
+    e: &Engine,
+    op: &OperatorScope,
+    tenant: TenantId,
+    requested_size: i32,
+    token: &str,
+) -> AppResult<Page<ApiKey>> {
+    let size = page_size(requested_size)?;
+    let binding = format!("operator|ListApiKeys|{tenant}");
+    let before = e.pages.open::<(DateTime<Utc>, ApiKeyId)>(&binding, token)?;
+    let mut tx = operator_on_tenant(e, op, tenant).await?;
+    let rows = api_keys::list(&mut tx, before, size + 1).await?;
+    tx.commit().await?;
+    let (rows, more) = split_page(rows, size);
+    let next_page_token = match rows.last() {
+        Some(last) if more => e.pages.seal(&binding, &(last.created_at, last.key_id)),
+        _ => String::new(),
+    };
+    Ok(Page {
+        items: rows.into_iter().map(ApiKey::from).collect(),
+        next_page_token,
+    })
+}
+
+/// Revokes a key.
+pub async fn revoke_api_key(
+    e: &Engine,
+    op: &OperatorScope,
+    tenant: TenantId,
+    id: ApiKeyId,
+) -> AppResult<ApiKey> {
+    let mut tx = operator_on_tenant(e, op, tenant).await?;
+    let row = api_keys::revoke(&mut tx, id, e.now())
+        .await?
+        .ok_or(AppError::NotFound("api key"))?;
+    tx.commit().await?;
+    Ok(row.into())
+}
+
+/// Replaces a key's allowed domains.
+pub async fn set_allowed_domains(
+    e: &Engine,
+    op: &OperatorScope,
+    tenant: TenantId,
+    id: ApiKeyId,
+    domains: Vec<String>,
+) -> AppResult<ApiKey> {
+    let mut tx = operator_on_tenant(e, op, tenant).await?;
+    let row = api_keys::set_domains(&mut tx, id, &domains)
+        .await?
+        .ok_or(AppError::NotFound("api key"))?;
+    tx.commit().await?;
+    Ok(row.into())
+}
+
+/// What the widget needs before a chat: the tenant's look and whether anyone can answer.
+pub async fn widget_config(e: &Engine, scope: &TenantScope) -> AppResult<(Tenant, bool)> {
+    let mut tx = e.db.tenant_tx(scope).await?;
+    let t = store::own(&mut tx).await?.ok_or(AppError::NotFound("tenant"))?;
+    let available = crate::storage::users::count_available(&mut tx).await?;
+    tx.commit().await?;
+    Ok((t.into(), available > 0))
+}

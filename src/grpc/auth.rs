@@ -1,0 +1,89 @@
+//! AuthService: login, refresh, logout. Needs no prior credentials.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::ts;
+use crate::domain::sessions::{self, TokenPair};
+use crate::domain::{Engine, validate};
+use crate::error::{AppError, Violations};
+use crate::pb;
+use crate::pb::auth_service_server::AuthService;
+
+/// Handler of AuthService.
+pub struct AuthApi {
+    engine: Arc<Engine>,
+}
+
+impl AuthApi {
+    /// A handler over `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+fn pair(p: TokenPair) -> pb::TokenPair {
+    pb::TokenPair {
+        access_token: p.access_token,
+        access_token_expire_time: Some(ts(p.access_expires_at)),
+        refresh_token: p.refresh_token,
+        refresh_token_expire_time: Some(ts(p.refresh_expires_at)),
+        agent_id: p.user_id.to_string(),
+        tenant_id: p.tenant_id.to_string(),
+    }
+}
+
+fn required(v: &mut Violations, field: &str, value: &str, max: usize) {
+    if value.is_empty() {
+        v.add(field, "is required");
+    } else if value.len() > max {
+        v.add(field, format!("must be at most {max} bytes"));
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    async fn login(
+        &self,
+        req: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        required(&mut v, "tenant_slug", &r.tenant_slug, 63);
+        let email = v.check(validate::email("email", &r.email));
+        required(&mut v, "password", &r.password, 1024);
+        v.finish()?;
+        let email = email.ok_or_else(|| AppError::Internal("validated email missing".into()))?;
+        let p = sessions::login(&self.engine, &r.tenant_slug, &email, r.password).await?;
+        Ok(Response::new(pb::LoginResponse {
+            tokens: Some(pair(p)),
+        }))
+    }
+
+    async fn refresh(
+        &self,
+        req: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshResponse>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        required(&mut v, "refresh_token", &r.refresh_token, 200);
+        v.finish()?;
+        let p = sessions::refresh(&self.engine, &r.refresh_token).await?;
+        Ok(Response::new(pb::RefreshResponse {
+            tokens: Some(pair(p)),
+        }))
+    }
+
+    async fn logout(
+        &self,
+        req: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        required(&mut v, "refresh_token", &r.refresh_token, 200);
+        v.finish()?;
+        sessions::logout(&self.engine, &r.refresh_token).await?;
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+}

@@ -1,0 +1,216 @@
+//! The gRPC transport: one tonic server on one port serving gRPC and gRPC-web (HTTP/1.1) with
+//! CORS, health, reflection, authentication, size limits and a shutdown with a deadline.
+//! Handlers here only validate, scope, call the domain and convert.
+
+mod agent;
+mod auth;
+mod convert;
+mod pending;
+mod scope;
+mod tenant;
+mod visitor;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth::Authenticator;
+use crate::auth::layer::AuthLayer;
+use crate::config::Config;
+use crate::domain::Engine;
+use crate::pb;
+
+/// A server-streaming response.
+pub type Streaming<T> =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
+
+/// Stubs RPCs that answer UNIMPLEMENTED. The functions are spelled the way
+/// `#[async_trait]` expands them, because that attribute runs before this macro does.
+macro_rules! unimplemented {
+    ($($name:ident($req:ty) -> $resp:ty;)*) => {
+        $(
+            fn $name<'life0, 'async_trait>(
+                &'life0 self,
+                _req: tonic::Request<$req>,
+            ) -> ::std::pin::Pin<Box<
+                dyn ::std::future::Future<Output = Result<tonic::Response<$resp>, tonic::Status>>
+                    + Send
+                    + 'async_trait,
+            >>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                Box::pin(async move {
+                    Err(tonic::Status::unimplemented(concat!(
+                        stringify!($name),
+                        " is not available yet"
+                    )))
+                })
+            }
+        )*
+    };
+}
+pub(crate) use unimplemented;
+
+/// Limits and timings of the transport.
+#[derive(Clone, Debug)]
+pub struct TransportSettings {
+    /// Largest accepted or sent message.
+    pub max_message_bytes: usize,
+    /// Streams per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 ping interval.
+    pub keepalive_interval: Duration,
+    /// HTTP/2 ping timeout.
+    pub keepalive_timeout: Duration,
+    /// How long shutdown waits for open calls.
+    pub shutdown_grace: Duration,
+    /// Origins allowed to preflight; empty allows any.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl From<&Config> for TransportSettings {
+    fn from(c: &Config) -> Self {
+        Self {
+            max_message_bytes: c.max_message_bytes,
+            max_concurrent_streams: c.max_concurrent_streams,
+            keepalive_interval: Duration::from_secs(c.keepalive_interval_secs),
+            keepalive_timeout: Duration::from_secs(c.keepalive_timeout_secs),
+            shutdown_grace: Duration::from_secs(c.shutdown_grace_secs),
+            cors_allowed_origins: c.cors_allowed_origins.clone(),
+        }
+    }
+}
+
+fn cors(settings: &TransportSettings) -> CorsLayer {
+    let origins = if settings.cors_allowed_origins.is_empty() {
+        // Any page may preflight; each widget call is then checked against its key's domains.
+        AllowOrigin::mirror_request()
+    } else {
+        AllowOrigin::list(
+            settings
+                .cors_allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    let headers = [
+        "authorization",
+        "content-type",
+        "x-api-key",
+        "x-grpc-web",
+        "x-user-agent",
+        "grpc-timeout",
+    ];
+    let exposed = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers(headers.map(HeaderName::from_static))
+        .expose_headers(exposed.map(HeaderName::from_static))
+        .max_age(Duration::from_secs(24 * 3600))
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then drains open calls for at
+/// most the configured grace period.
+pub async fn serve(
+    engine: Arc<Engine>,
+    authenticator: Arc<Authenticator>,
+    settings: TransportSettings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let limit = settings.max_message_bytes;
+    macro_rules! limited {
+        ($server:ty, $handler:expr) => {
+            <$server>::new($handler)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit)
+        };
+    }
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    use pb::agent_service_server::AgentServiceServer;
+    use pb::analytics_service_server::AnalyticsServiceServer;
+    use pb::auth_service_server::AuthServiceServer;
+    use pb::conversation_service_server::ConversationServiceServer;
+    use pb::queue_service_server::QueueServiceServer;
+    use pb::tenant_service_server::TenantServiceServer;
+    use pb::visitor_service_server::VisitorServiceServer;
+    use pb::workflow_service_server::WorkflowServiceServer;
+
+    health_reporter.set_serving::<TenantServiceServer<tenant::TenantApi>>().await;
+    health_reporter.set_serving::<AuthServiceServer<auth::AuthApi>>().await;
+    health_reporter.set_serving::<AgentServiceServer<agent::AgentApi>>().await;
+    health_reporter.set_serving::<VisitorServiceServer<visitor::VisitorApi>>().await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
+    let router = Server::builder()
+        .accept_http1(true)
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .http2_keepalive_interval(Some(settings.keepalive_interval))
+        .http2_keepalive_timeout(Some(settings.keepalive_timeout))
+        .http2_max_header_list_size(16 * 1024)
+        .layer(cors(&settings))
+        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(AuthLayer::new(authenticator))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(limited!(TenantServiceServer<_>, tenant::TenantApi::new(engine.clone())))
+        .add_service(limited!(AuthServiceServer<_>, auth::AuthApi::new(engine.clone())))
+        .add_service(limited!(AgentServiceServer<_>, agent::AgentApi::new(engine.clone())))
+        .add_service(limited!(VisitorServiceServer<_>, visitor::VisitorApi::new(engine.clone())))
+        .add_service(limited!(ConversationServiceServer<_>, pending::Pending))
+        .add_service(limited!(WorkflowServiceServer<_>, pending::Pending))
+        .add_service(limited!(QueueServiceServer<_>, pending::Pending))
+        .add_service(limited!(AnalyticsServiceServer<_>, pending::Pending));
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let _ = stop_rx.await;
+    });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => return r.map_err(Into::into),
+        () = shutdown => {}
+    }
+    // Load balancers stop sending before connections close.
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    health_reporter.set_not_serving::<AuthServiceServer<auth::AuthApi>>().await;
+    health_reporter.set_not_serving::<TenantServiceServer<tenant::TenantApi>>().await;
+    health_reporter.set_not_serving::<AgentServiceServer<agent::AgentApi>>().await;
+    health_reporter.set_not_serving::<VisitorServiceServer<visitor::VisitorApi>>().await;
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(settings.shutdown_grace, &mut server).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => {
+            tracing::warn!(
+                grace_secs = settings.shutdown_grace.as_secs(),
+                "shutdown grace period over; cutting open calls"
+            );
+            Ok(())
+        }
+    }
+}

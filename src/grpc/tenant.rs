@@ -1,0 +1,170 @@
+//! TenantService: the operator's tenant and API key administration.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::scope;
+use crate::domain::{Engine, tenants, validate};
+use crate::error::{AppError, Violations};
+use crate::ids::{ApiKeyId, TenantId};
+use crate::pb;
+use crate::pb::tenant_service_server::TenantService;
+
+/// Handler of TenantService.
+pub struct TenantApi {
+    engine: Arc<Engine>,
+}
+
+impl TenantApi {
+    /// A handler over `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+fn tenant_id(v: &mut Violations, raw: &str) -> TenantId {
+    v.check(validate::id("tenant_id", raw, TenantId::parse))
+        .unwrap_or_default()
+}
+
+fn key_id(v: &mut Violations, raw: &str) -> ApiKeyId {
+    v.check(validate::id("api_key_id", raw, ApiKeyId::parse))
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl TenantService for TenantApi {
+    async fn create_tenant(
+        &self,
+        req: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::CreateTenantResponse>, Status> {
+        let op = scope::operator(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let name = v.check(validate::text("name", &r.name, 200));
+        let slug = v.check(validate::slug("slug", &r.slug));
+        let widget = convert::widget_in(&mut v, "widget", r.widget.unwrap_or_default());
+        v.finish()?;
+        let (Some(name), Some(slug)) = (name, slug) else {
+            return Err(AppError::Internal("validated fields missing".into()).into());
+        };
+        let t = tenants::create(&self.engine, &op, name, slug, widget).await?;
+        Ok(Response::new(pb::CreateTenantResponse {
+            tenant: Some(convert::tenant(t)),
+        }))
+    }
+
+    async fn get_tenant(
+        &self,
+        req: Request<pb::GetTenantRequest>,
+    ) -> Result<Response<pb::GetTenantResponse>, Status> {
+        let op = scope::operator(&req)?;
+        let mut v = Violations::new();
+        let id = tenant_id(&mut v, &req.get_ref().tenant_id);
+        v.finish()?;
+        let t = tenants::get(&self.engine, &op, id).await?;
+        Ok(Response::new(pb::GetTenantResponse {
+            tenant: Some(convert::tenant(t)),
+        }))
+    }
+
+    async fn list_tenants(
+        &self,
+        req: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        let op = scope::operator(&req)?;
+        let r = req.into_inner();
+        let page = tenants::list(&self.engine, &op, r.page_size, &r.page_token).await?;
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants: page.items.into_iter().map(convert::tenant).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn update_tenant(
+        &self,
+        req: Request<pb::UpdateTenantRequest>,
+    ) -> Result<Response<pb::UpdateTenantResponse>, Status> {
+        let op = scope::operator(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let id = tenant_id(&mut v, &r.tenant_id);
+        let name = r.name.as_deref().and_then(|n| v.check(validate::text("name", n, 200)));
+        let widget = r.widget.map(|w| convert::widget_in(&mut v, "widget", w));
+        v.finish()?;
+        let t = tenants::update(&self.engine, &op, id, name, widget).await?;
+        Ok(Response::new(pb::UpdateTenantResponse {
+            tenant: Some(convert::tenant(t)),
+        }))
+    }
+
+    async fn create_api_key(
+        &self,
+        req: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        let op = scope::operator(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let id = tenant_id(&mut v, &r.tenant_id);
+        let name = v.check(validate::text("name", &r.name, 100)).unwrap_or_default();
+        let domains = convert::origins(&mut v, "allowed_domains", &r.allowed_domains);
+        v.finish()?;
+        let (key, secret) = tenants::create_api_key(&self.engine, &op, id, name, domains).await?;
+        Ok(Response::new(pb::CreateApiKeyResponse {
+            api_key: Some(convert::api_key(key)),
+            secret,
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        req: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let op = scope::operator(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let id = tenant_id(&mut v, &r.tenant_id);
+        v.finish()?;
+        let page =
+            tenants::list_api_keys(&self.engine, &op, id, r.page_size, &r.page_token).await?;
+        Ok(Response::new(pb::ListApiKeysResponse {
+            api_keys: page.items.into_iter().map(convert::api_key).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        req: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        let op = scope::operator(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let tenant = tenant_id(&mut v, &r.tenant_id);
+        let key = key_id(&mut v, &r.api_key_id);
+        v.finish()?;
+        let k = tenants::revoke_api_key(&self.engine, &op, tenant, key).await?;
+        Ok(Response::new(pb::RevokeApiKeyResponse {
+            api_key: Some(convert::api_key(k)),
+        }))
+    }
+
+    async fn set_allowed_domains(
+        &self,
+        req: Request<pb::SetAllowedDomainsRequest>,
+    ) -> Result<Response<pb::SetAllowedDomainsResponse>, Status> {
+        let op = scope::operator(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let tenant = tenant_id(&mut v, &r.tenant_id);
+        let key = key_id(&mut v, &r.api_key_id);
+        let domains = convert::origins(&mut v, "allowed_domains", &r.allowed_domains);
+        v.finish()?;
+        let k = tenants::set_allowed_domains(&self.engine, &op, tenant, key, domains).await?;
+        Ok(Response::new(pb::SetAllowedDomainsResponse {
+            api_key: Some(convert::api_key(k)),
+        }))
+    }
+}

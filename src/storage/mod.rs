@@ -1,0 +1,174 @@
+//! PostgreSQL access: the pool, migrations, and the two kinds of transaction the engine may
+//! open. A [`TenantTx`] is the only handle tenant-owned queries accept; it is opened from a
+//! [`TenantScope`] and sets `app.tenant_id` for its transaction only (`set_config(.., true)`),
+//! so row-level security backs every query and nothing leaks into a pooled connection.
+
+pub mod api_keys;
+pub mod schema;
+pub mod tenants;
+pub mod tokens;
+pub mod users;
+pub mod workflows;
+
+use std::time::Duration;
+
+use diesel::sql_types::Text;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::ManagerConfig;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncMigrationHarness, TransactionManager};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures_util::FutureExt;
+
+use crate::error::{AppError, AppResult};
+use crate::ids::TenantId;
+use crate::tenancy::{OperatorScope, TenantScope};
+
+/// The migrations in `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// The role the server runs as: neither owner nor superuser, so row-level security applies.
+pub const APP_ROLE: &str = "chat_engine_app";
+
+type Conn = Object<AsyncPgConnection>;
+type TxManager = <AsyncPgConnection as AsyncConnection>::TransactionManager;
+
+/// Runs pending migrations over `url` (the schema owner's connection).
+pub async fn migrate(url: &str) -> AppResult<()> {
+    let conn = AsyncPgConnection::establish(url)
+        .await
+        .map_err(|e| AppError::Unavailable(format!("connecting to run migrations: {e}")))?;
+    let mut harness = AsyncMigrationHarness::new(conn);
+    // The harness blocks internally; keep that off the async workers.
+    tokio::task::block_in_place(|| harness.run_pending_migrations(MIGRATIONS).map(|_| ()))
+        .map_err(|e| AppError::Internal(format!("migrations failed: {e}")))
+}
+
+/// The connection pool.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool<AsyncPgConnection>,
+}
+
+impl Db {
+    /// A pool of at most `size` connections to `url`. Each connection switches to
+    /// [`APP_ROLE`], so RLS holds even if `url` names a more privileged role.
+    pub fn connect(url: &str, size: usize) -> AppResult<Self> {
+        let mut config = ManagerConfig::default();
+        config.custom_setup = Box::new(|url| {
+            async move {
+                let mut conn = AsyncPgConnection::establish(url).await?;
+                conn.batch_execute(&format!(
+                    "SET ROLE {APP_ROLE}; SET statement_timeout = '30s'; \
+                     SET idle_in_transaction_session_timeout = '60s'"
+                ))
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                Ok(conn)
+            }
+            .boxed()
+        });
+        let manager = AsyncDieselConnectionManager::new_with_config(url, config);
+        let pool = Pool::builder(manager)
+            .max_size(size)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| AppError::Internal(format!("building pool: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    async fn begin(&self) -> AppResult<Conn> {
+        let mut conn = self.pool.get().await?;
+        TxManager::begin_transaction(&mut *conn).await?;
+        Ok(conn)
+    }
+
+    /// Opens a transaction scoped to one tenant.
+    pub async fn tenant_tx(&self, scope: &TenantScope) -> AppResult<TenantTx> {
+        let mut conn = self.begin().await?;
+        let tenant_id = scope.tenant_id();
+        diesel::select(set_config("app.tenant_id", tenant_id.to_string()))
+            .execute(&mut *conn)
+            .await?;
+        Ok(TenantTx {
+            conn: Some(conn),
+            tenant_id,
+        })
+    }
+
+    /// Opens a transaction with the operator's cross-tenant rights on the tenants table.
+    pub async fn operator_tx(&self, _scope: &OperatorScope) -> AppResult<OperatorTx> {
+        let mut conn = self.begin().await?;
+        diesel::select(set_config("app.operator", "on".to_owned()))
+            .execute(&mut *conn)
+            .await?;
+        Ok(OperatorTx { conn: Some(conn) })
+    }
+}
+
+diesel::define_sql_function! {
+    /// `set_config(name, value, is_local => true)`: the setting ends with the transaction.
+    #[sql_name = "set_config"]
+    fn set_config_local(name: Text, value: Text, is_local: diesel::sql_types::Bool) -> Text;
+}
+
+fn set_config(
+    name: &'static str,
+    value: String,
+) -> set_config_local<&'static str, String, bool> {
+    set_config_local(name, value, true)
+}
+
+/// Commits or, when dropped unfinished, throws away the connection so the server rolls back
+/// and releases its locks at once (a pooled connection with an open transaction would hold
+/// them until its next checkout).
+macro_rules! tx_common {
+    ($t:ty) => {
+        impl $t {
+            /// The connection, for queries in `storage`.
+            pub(crate) fn conn(&mut self) -> &mut AsyncPgConnection {
+                self.conn.as_mut().expect("transaction used after commit")
+            }
+
+            /// Commits the transaction.
+            pub async fn commit(mut self) -> AppResult<()> {
+                let mut conn = self.conn.take().expect("transaction committed twice");
+                TxManager::commit_transaction(&mut *conn).await?;
+                Ok(())
+            }
+        }
+
+        impl Drop for $t {
+            fn drop(&mut self) {
+                if let Some(conn) = self.conn.take() {
+                    drop(Object::take(conn));
+                }
+            }
+        }
+    };
+}
+
+/// A transaction bound to one tenant; tenant-owned queries take it.
+pub struct TenantTx {
+    conn: Option<Conn>,
+    tenant_id: TenantId,
+}
+
+impl TenantTx {
+    /// The tenant every query in this transaction is for.
+    pub fn tenant_id(&self) -> TenantId {
+        self.tenant_id
+    }
+}
+
+tx_common!(TenantTx);
+
+/// A transaction with operator rights on the tenants table.
+pub struct OperatorTx {
+    conn: Option<Conn>,
+}
+
+tx_common!(OperatorTx);

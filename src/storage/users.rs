@@ -1,0 +1,201 @@
+//! Agents (users) of a tenant and their skills.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::TenantTx;
+use super::schema::{agent_skills, users};
+use crate::error::AppResult;
+use crate::ids::{TenantId, UserId};
+
+/// A stored agent.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = users)]
+pub struct UserRow {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Agent id.
+    pub user_id: UserId,
+    /// Lower-cased email.
+    pub email: String,
+    /// Display name.
+    pub display_name: String,
+    /// `admin` or `agent`.
+    pub role: String,
+    /// `available`, `busy`, `away` or `offline`.
+    pub status: String,
+    /// Capacity for external chats.
+    pub max_concurrent_chats: i32,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// False once deactivated.
+    pub active: bool,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A skill row.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = agent_skills)]
+pub struct SkillRow {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Agent.
+    pub user_id: UserId,
+    /// Skill name.
+    pub skill: String,
+    /// Level 1-10.
+    pub level: i16,
+}
+
+/// Changes to an agent; None leaves a column as is.
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = users)]
+pub struct UserChanges {
+    /// New display name.
+    pub display_name: Option<String>,
+    /// New role.
+    pub role: Option<String>,
+    /// New status.
+    pub status: Option<String>,
+    /// New capacity.
+    pub max_concurrent_chats: Option<i32>,
+    /// New active flag.
+    pub active: Option<bool>,
+    /// Change time.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// Inserts an agent.
+pub async fn insert(tx: &mut TenantTx, row: &UserRow) -> AppResult<()> {
+    diesel::insert_into(users::table)
+        .values(row)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// One agent by id.
+pub async fn get(tx: &mut TenantTx, id: UserId) -> AppResult<Option<UserRow>> {
+    let t = tx.tenant_id();
+    Ok(users::table
+        .find((t, id))
+        .select(UserRow::as_select())
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// One agent by (lower-cased) email.
+pub async fn find_by_email(tx: &mut TenantTx, email: &str) -> AppResult<Option<UserRow>> {
+    let t = tx.tenant_id();
+    Ok(users::table
+        .filter(users::tenant_id.eq(t).and(users::email.eq(email)))
+        .select(UserRow::as_select())
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// Agents ordered by email, after `after_email`.
+pub async fn list(
+    tx: &mut TenantTx,
+    after_email: Option<&str>,
+    limit: i64,
+) -> AppResult<Vec<UserRow>> {
+    let t = tx.tenant_id();
+    let mut q = users::table
+        .filter(users::tenant_id.eq(t))
+        .select(UserRow::as_select())
+        .order(users::email)
+        .limit(limit)
+        .into_boxed();
+    if let Some(e) = after_email {
+        q = q.filter(users::email.gt(e.to_owned()));
+    }
+    Ok(q.load(tx.conn()).await?)
+}
+
+/// Applies changes; None when the agent does not exist.
+pub async fn update(
+    tx: &mut TenantTx,
+    id: UserId,
+    changes: &UserChanges,
+) -> AppResult<Option<UserRow>> {
+    let t = tx.tenant_id();
+    Ok(diesel::update(users::table.find((t, id)))
+        .set(changes)
+        .returning(UserRow::as_returning())
+        .get_result(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// Replaces an agent's skills.
+pub async fn replace_skills(
+    tx: &mut TenantTx,
+    id: UserId,
+    skills: &[(String, i16)],
+) -> AppResult<()> {
+    let t = tx.tenant_id();
+    diesel::delete(
+        agent_skills::table.filter(agent_skills::tenant_id.eq(t).and(agent_skills::user_id.eq(id))),
+    )
+    .execute(tx.conn())
+    .await?;
+    let rows: Vec<SkillRow> = skills
+        .iter()
+        .map(|(skill, level)| SkillRow {
+            tenant_id: t,
+            user_id: id,
+            skill: skill.clone(),
+            level: *level,
+        })
+        .collect();
+    if !rows.is_empty() {
+        diesel::insert_into(agent_skills::table)
+            .values(&rows)
+            .execute(tx.conn())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Skills of the given agents, ordered by agent then skill.
+pub async fn skills_of(tx: &mut TenantTx, ids: &[UserId]) -> AppResult<Vec<SkillRow>> {
+    let t = tx.tenant_id();
+    Ok(agent_skills::table
+        .filter(agent_skills::tenant_id.eq(t).and(agent_skills::user_id.eq_any(ids)))
+        .select(SkillRow::as_select())
+        .order((agent_skills::user_id, agent_skills::skill))
+        .load(tx.conn())
+        .await?)
+}
+
+/// Number of active agents whose status is `available`.
+pub async fn count_available(tx: &mut TenantTx) -> AppResult<i64> {
+    let t = tx.tenant_id();
+    Ok(users::table
+        .filter(
+            users::tenant_id
+                .eq(t)
+                .and(users::active.eq(true))
+                .and(users::status.eq("available")),
+        )
+        .count()
+        .get_result(tx.conn())
+        .await?)
+}
+
+/// Replaces an agent's password hash.
+pub async fn set_password_hash(tx: &mut TenantTx, id: UserId, hash: &str) -> AppResult<()> {
+    let t = tx.tenant_id();
+    diesel::update(users::table.find((t, id)))
+        .set(users::password_hash.eq(hash))
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}

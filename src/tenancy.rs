@@ -1,0 +1,167 @@
+//! Who a request acts for: the [`Principal`] the auth layer verified, and the [`TenantScope`]
+//! every tenant-owned query needs. A scope can only come from a verified principal (or, inside
+//! the crate, from a flow that has just verified a credential itself, such as login).
+
+use crate::ids::{ApiKeyId, TenantId, UserId, VisitorId};
+
+/// Role of an agent in their tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Regular agent.
+    Agent,
+    /// Tenant administrator.
+    Admin,
+}
+
+impl Role {
+    /// Storage spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Admin => "admin",
+        }
+    }
+    /// Parses the storage spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "agent" => Some(Role::Agent),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// Proof that a credential was checked; only the auth module and login flows mint it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified(());
+
+impl Verified {
+    pub(crate) fn mint() -> Self {
+        Verified(())
+    }
+}
+
+/// A verified caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// The platform operator (TenantService).
+    Operator(Verified),
+    /// A logged-in agent.
+    Agent {
+        /// Their tenant.
+        tenant_id: TenantId,
+        /// Their id.
+        user_id: UserId,
+        /// Their role.
+        role: Role,
+        /// Proof of verification.
+        verified: Verified,
+    },
+    /// A website visitor, through a tenant's widget key.
+    Visitor {
+        /// The key's tenant.
+        tenant_id: TenantId,
+        /// The widget key used.
+        api_key_id: ApiKeyId,
+        /// The visitor, once they hold a visitor token.
+        visitor_id: Option<VisitorId>,
+        /// Proof of verification.
+        verified: Verified,
+    },
+}
+
+/// What a scope acts as, for authorization checks in the domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Actor {
+    /// An agent of the tenant.
+    Agent {
+        /// Agent id.
+        user_id: UserId,
+        /// Agent role.
+        role: Role,
+    },
+    /// A visitor through a widget key.
+    Visitor {
+        /// Visitor id, once known.
+        visitor_id: Option<VisitorId>,
+    },
+    /// The platform operator acting on one tenant.
+    Operator,
+    /// The engine itself (login, key checks, seeding).
+    System,
+}
+
+/// The tenant a piece of work is for. Storage accepts nothing else as a tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TenantScope {
+    tenant_id: TenantId,
+    actor: Actor,
+}
+
+impl TenantScope {
+    /// The scope of an agent or visitor principal; None for the operator, who has no tenant.
+    pub fn of(principal: &Principal) -> Option<Self> {
+        match *principal {
+            Principal::Operator(_) => None,
+            Principal::Agent {
+                tenant_id,
+                user_id,
+                role,
+                ..
+            } => Some(Self {
+                tenant_id,
+                actor: Actor::Agent { user_id, role },
+            }),
+            Principal::Visitor {
+                tenant_id,
+                visitor_id,
+                ..
+            } => Some(Self {
+                tenant_id,
+                actor: Actor::Visitor { visitor_id },
+            }),
+        }
+    }
+
+    /// The operator acting on one tenant.
+    pub fn operator(_: &OperatorScope, tenant_id: TenantId) -> Self {
+        Self {
+            tenant_id,
+            actor: Actor::Operator,
+        }
+    }
+
+    /// The engine acting for a tenant after verifying a credential itself.
+    pub(crate) fn system(tenant_id: TenantId) -> Self {
+        Self {
+            tenant_id,
+            actor: Actor::System,
+        }
+    }
+
+    /// The tenant.
+    pub fn tenant_id(&self) -> TenantId {
+        self.tenant_id
+    }
+
+    /// Who acts.
+    pub fn actor(&self) -> Actor {
+        self.actor
+    }
+}
+
+/// Cross-tenant rights of the platform operator (the tenants table only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OperatorScope(());
+
+impl OperatorScope {
+    /// The operator scope of an operator principal.
+    pub fn of(principal: &Principal) -> Option<Self> {
+        matches!(principal, Principal::Operator(_)).then_some(OperatorScope(()))
+    }
+
+    /// For engine-internal lookups across tenants (resolving a login slug, seeding).
+    pub(crate) fn system() -> Self {
+        OperatorScope(())
+    }
+}
