@@ -37,7 +37,10 @@ pub async fn open_database(cfg: &Config) -> anyhow::Result<Database> {
     if let Some(url) = &cfg.database_url {
         return Ok(Database {
             app_url: url.clone(),
-            migration_url: cfg.migration_database_url.clone().unwrap_or_else(|| url.clone()),
+            migration_url: cfg
+                .migration_database_url
+                .clone()
+                .unwrap_or_else(|| url.clone()),
             cluster: None,
         });
     }
@@ -59,15 +62,17 @@ fn jwt_secret(cfg: &Config) -> Vec<u8> {
         return s.expose().as_bytes().to_vec();
     }
     let path = cfg.data_dir.join("jwt-secret");
-    if let Ok(existing) = std::fs::read(&path) {
-        if existing.len() >= 32 {
-            return existing;
-        }
+    if let Ok(existing) = std::fs::read(&path)
+        && existing.len() >= 32
+    {
+        return existing;
     }
     let mut fresh = vec![0u8; 32];
     rand::rng().fill(&mut fresh[..]);
     if write_private(&path, &fresh).is_err() {
-        tracing::warn!("no jwt_secret configured and none could be stored; tokens end with this process");
+        tracing::warn!(
+            "no jwt_secret configured and none could be stored; tokens end with this process"
+        );
     }
     fresh
 }
@@ -87,7 +92,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Runs migrations and builds the engine and authenticator over `db`.
-pub async fn build(cfg: &Config, db: &Database) -> anyhow::Result<(Arc<Engine>, Arc<Authenticator>)> {
+pub async fn build(
+    cfg: &Config,
+    db: &Database,
+) -> anyhow::Result<(Arc<Engine>, Arc<Authenticator>)> {
     storage::migrate(db.migration_url.expose())
         .await
         .context("running migrations")?;
@@ -125,7 +133,14 @@ pub async fn serve(
     if cfg.operator_token.is_none() {
         tracing::info!("no operator_token configured: TenantService refuses every call");
     }
-    grpc::serve(engine, auth, TransportSettings::from(cfg), listener, shutdown).await
+    grpc::serve(
+        engine,
+        auth,
+        TransportSettings::from(cfg),
+        listener,
+        shutdown,
+    )
+    .await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -142,7 +142,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  {role:<5} {email:<22} password: {pass}  skills: {skills}");
             }
             println!("widget api key (x-api-key): {}", seed.api_key);
-            println!("log in: AuthService/Login {{tenant_slug: \"{}\", email, password}}", seed.slug);
+            println!(
+                "log in: AuthService/Login {{tenant_slug: \"{}\", email, password}}",
+                seed.slug
+            );
             println!("discover: grpcurl -plaintext {addr} list");
             app::serve(&cfg, engine, auth, listener, app::shutdown_signal()).await?;
             drop(db);

@@ -137,6 +137,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the closure's error type
     fn environment_overrides_file_and_secrets_stay_hidden() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "listen = \"127.0.0.1:6000\"\ndb_pool_size = 3")?;

@@ -61,9 +61,30 @@ pub async fn seed(e: &Engine) -> AppResult<DemoSeed> {
     };
 
     let people = [
-        ("admin@demo.example", "Demo Admin", Role::Admin, "admin", vec![], "-"),
-        ("ana@demo.example", "Ana Agent", Role::Agent, "agent", vec![("billing".to_owned(), 8), ("english".to_owned(), 9)], "billing:8 english:9"),
-        ("ben@demo.example", "Ben Agent", Role::Agent, "agent", vec![("technical".to_owned(), 7), ("german".to_owned(), 9)], "technical:7 german:9"),
+        (
+            "admin@demo.example",
+            "Demo Admin",
+            Role::Admin,
+            "admin",
+            vec![],
+            "-",
+        ),
+        (
+            "ana@demo.example",
+            "Ana Agent",
+            Role::Agent,
+            "agent",
+            vec![("billing".to_owned(), 8), ("english".to_owned(), 9)],
+            "billing:8 english:9",
+        ),
+        (
+            "ben@demo.example",
+            "Ben Agent",
+            Role::Agent,
+            "agent",
+            vec![("technical".to_owned(), 7), ("german".to_owned(), 9)],
+            "technical:7 german:9",
+        ),
     ];
     let system = TenantScope::system(tenant);
     let mut printed = Vec::new();

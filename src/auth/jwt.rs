@@ -134,17 +134,30 @@ mod tests {
         let parts: Vec<&str> = t.split('.').collect();
 
         let none_header = B64.encode(br#"{"alg":"none","typ":"JWT","kid":"k1"}"#);
-        assert!(k.verify(&format!("{none_header}.{}.", parts[1]), AGENT_AUDIENCE).is_err());
+        assert!(
+            k.verify(&format!("{none_header}.{}.", parts[1]), AGENT_AUDIENCE)
+                .is_err()
+        );
 
         let mut c = claims(60);
         c.tid = "other-tenant".into();
         let forged = B64.encode(serde_json::to_vec(&c).unwrap());
-        assert!(k.verify(&format!("{}.{forged}.{}", parts[0], parts[2]), AGENT_AUDIENCE).is_err());
+        assert!(
+            k.verify(
+                &format!("{}.{forged}.{}", parts[0], parts[2]),
+                AGENT_AUDIENCE
+            )
+            .is_err()
+        );
 
         let expired = k.sign(&claims(-120)).unwrap();
         assert!(k.verify(&expired, AGENT_AUDIENCE).is_err());
 
-        let other = JwtKeys::hmac("k2", b"0123456789abcdef0123456789abcdef", "chat-engine").unwrap();
-        assert!(k.verify(&other.sign(&claims(60)).unwrap(), AGENT_AUDIENCE).is_err());
+        let other =
+            JwtKeys::hmac("k2", b"0123456789abcdef0123456789abcdef", "chat-engine").unwrap();
+        assert!(
+            k.verify(&other.sign(&claims(60)).unwrap(), AGENT_AUDIENCE)
+                .is_err()
+        );
     }
 }

@@ -84,7 +84,9 @@ impl Credential {
 
     /// Parses and checks a credential string. Pure: no database is involved.
     pub fn parse(s: &str, kind: Kind) -> Result<Self, FormatError> {
-        let body = s.strip_prefix(kind.prefix()).ok_or(FormatError::Malformed)?;
+        let body = s
+            .strip_prefix(kind.prefix())
+            .ok_or(FormatError::Malformed)?;
         // Bound the work before decoding anything a client sent.
         if body.len() != (RAW_LEN * 4).div_ceil(3) {
             return Err(FormatError::Malformed);
@@ -135,17 +137,29 @@ mod tests {
         let back = Credential::parse(&s, Kind::ApiKey).unwrap();
         assert_eq!(back, c);
         assert!(back.matches(&c.secret_hash()));
-        assert_eq!(Credential::parse(&s, Kind::Refresh), Err(FormatError::Malformed));
+        assert_eq!(
+            Credential::parse(&s, Kind::Refresh),
+            Err(FormatError::Malformed)
+        );
 
         // Flip one character of the secret part: the checksum catches it.
         let mut chars: Vec<char> = s.chars().collect();
         let i = 60;
         chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
         let typo: String = chars.into_iter().collect();
-        assert_eq!(Credential::parse(&typo, Kind::ApiKey), Err(FormatError::Checksum));
+        assert_eq!(
+            Credential::parse(&typo, Kind::ApiKey),
+            Err(FormatError::Checksum)
+        );
 
-        assert_eq!(Credential::parse("cek_short", Kind::ApiKey), Err(FormatError::Malformed));
-        assert_eq!(Credential::parse(&"x".repeat(70_000), Kind::ApiKey), Err(FormatError::Malformed));
+        assert_eq!(
+            Credential::parse("cek_short", Kind::ApiKey),
+            Err(FormatError::Malformed)
+        );
+        assert_eq!(
+            Credential::parse(&"x".repeat(70_000), Kind::ApiKey),
+            Err(FormatError::Malformed)
+        );
     }
 
     #[test]

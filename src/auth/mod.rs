@@ -48,7 +48,9 @@ impl Authenticator {
             let key = key
                 .to_str()
                 .map_err(|_| AppError::Unauthenticated("malformed api key"))?;
-            let origin = headers.get(http::header::ORIGIN).and_then(|o| o.to_str().ok());
+            let origin = headers
+                .get(http::header::ORIGIN)
+                .and_then(|o| o.to_str().ok());
             return self.visitor(key, origin, bearer).await.map(Some);
         }
         let Some(token) = bearer else {
@@ -88,10 +90,12 @@ impl Authenticator {
             .filter(|r| cred.matches(&r.secret_hash) && r.revoked_at.is_none())
             .ok_or(AppError::Unauthenticated("unknown or revoked api key"))?;
         // Origin is a browser control; server-side callers send none and are let through.
-        if let Some(o) = origin {
-            if !origin_allowed(&row.allowed_domains, o) {
-                return Err(AppError::PermissionDenied("origin not allowed for this api key"));
-            }
+        if let Some(o) = origin
+            && !origin_allowed(&row.allowed_domains, o)
+        {
+            return Err(AppError::PermissionDenied(
+                "origin not allowed for this api key",
+            ));
         }
         let visitor_id = match bearer {
             Some(t) => {
@@ -125,7 +129,9 @@ fn bearer(headers: &HeaderMap) -> AppResult<Option<&str>> {
     let token = v
         .strip_prefix("Bearer ")
         .or_else(|| v.strip_prefix("bearer "))
-        .ok_or(AppError::Unauthenticated("authorization must be 'Bearer <token>'"))?;
+        .ok_or(AppError::Unauthenticated(
+            "authorization must be 'Bearer <token>'",
+        ))?;
     Ok(Some(token.trim()))
 }
 

@@ -132,7 +132,9 @@ async fn load(tx: &mut TenantTx, rows: Vec<UserRow>) -> AppResult<Vec<Agent>> {
 }
 
 async fn load_one(tx: &mut TenantTx, id: UserId) -> AppResult<Agent> {
-    let row = users::get(tx, id).await?.ok_or(AppError::NotFound("agent"))?;
+    let row = users::get(tx, id)
+        .await?
+        .ok_or(AppError::NotFound("agent"))?;
     Ok(load(tx, vec![row]).await?.remove(0))
 }
 
@@ -168,7 +170,11 @@ pub async fn create(e: &Engine, scope: &TenantScope, new: NewAgent) -> AppResult
 }
 
 fn capacity(requested: u32) -> i32 {
-    let c = if requested == 0 { DEFAULT_CAPACITY } else { requested };
+    let c = if requested == 0 {
+        DEFAULT_CAPACITY
+    } else {
+        requested
+    };
     i32::try_from(c.min(100)).unwrap_or(100)
 }
 
@@ -243,7 +249,9 @@ pub async fn update(
 pub async fn deactivate(e: &Engine, scope: &TenantScope, id: UserId) -> AppResult<Agent> {
     let me = require_admin(scope)?;
     if me == id {
-        return Err(AppError::FailedPrecondition("admins cannot deactivate themselves"));
+        return Err(AppError::FailedPrecondition(
+            "admins cannot deactivate themselves",
+        ));
     }
     let now = e.now();
     let changes = UserChanges {

@@ -29,7 +29,8 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        // PostgreSQL keeps microseconds; a value echoed before and after storage must agree.
+        chrono::SubsecRound::trunc_subsecs(Utc::now(), 6)
     }
 }
 

@@ -67,7 +67,9 @@ impl PageTokens {
         self.mac(binding, &payload)
             .verify_slice(&tag)
             .map_err(|_| bad())?;
-        serde_json::from_slice(&payload).map(Some).map_err(|_| bad())
+        serde_json::from_slice(&payload)
+            .map(Some)
+            .map_err(|_| bad())
     }
 }
 
@@ -98,8 +100,15 @@ mod tests {
         let back: Option<(String,)> = t.open("tenant:a|ListAgents", &tok).unwrap();
         assert_eq!(back.unwrap().0, "x@y");
         assert!(t.open::<(String,)>("tenant:b|ListAgents", &tok).is_err());
-        assert!(t.open::<(String,)>("tenant:a|ListAgents", "garbage").is_err());
-        assert!(t.open::<(String,)>("tenant:a|ListAgents", "").unwrap().is_none());
+        assert!(
+            t.open::<(String,)>("tenant:a|ListAgents", "garbage")
+                .is_err()
+        );
+        assert!(
+            t.open::<(String,)>("tenant:a|ListAgents", "")
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

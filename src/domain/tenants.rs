@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::Engine;
 use super::paging::{Page, page_size, split_page};
 use crate::auth::keys::{Credential, Kind, display_prefix};
+use crate::domain::agents::NewAgent;
 use crate::error::{AppError, AppResult};
 use crate::ids::{ApiKeyId, TenantId};
 use crate::storage::api_keys::{self, ApiKeyRow};
@@ -104,7 +105,30 @@ impl From<ApiKeyRow> for ApiKey {
     }
 }
 
-/// Creates a tenant.
+/// Creates a tenant and, when given, its first administrator (in one transaction each;
+/// a failed admin insert leaves no tenant behind).
+pub async fn create_with_admin(
+    e: &Engine,
+    op: &OperatorScope,
+    name: String,
+    slug: String,
+    widget: WidgetSettings,
+    admin: NewAgent,
+) -> AppResult<(Tenant, crate::domain::agents::Agent)> {
+    let tenant = create(e, op, name, slug, widget).await?;
+    let scope = TenantScope::system(tenant.id);
+    match crate::domain::agents::create(e, &scope, admin).await {
+        Ok(a) => Ok((tenant, a)),
+        Err(err) => {
+            let mut tx = e.db.operator_tx(op).await?;
+            store::delete(&mut tx, tenant.id).await?;
+            tx.commit().await?;
+            Err(err)
+        }
+    }
+}
+
+/// Creates a tenant without agents.
 pub async fn create(
     e: &Engine,
     op: &OperatorScope,
@@ -133,7 +157,9 @@ pub async fn create(
 /// One tenant.
 pub async fn get(e: &Engine, op: &OperatorScope, id: TenantId) -> AppResult<Tenant> {
     let mut tx = e.db.operator_tx(op).await?;
-    let t = store::get(&mut tx, id).await?.ok_or(AppError::NotFound("tenant"))?;
+    let t = store::get(&mut tx, id)
+        .await?
+        .ok_or(AppError::NotFound("tenant"))?;
     tx.commit().await?;
     Ok(t.into())
 }
@@ -282,7 +308,9 @@ pub async fn set_allowed_domains(
 /// What the widget needs before a chat: the tenant's look and whether anyone can answer.
 pub async fn widget_config(e: &Engine, scope: &TenantScope) -> AppResult<(Tenant, bool)> {
     let mut tx = e.db.tenant_tx(scope).await?;
-    let t = store::own(&mut tx).await?.ok_or(AppError::NotFound("tenant"))?;
+    let t = store::own(&mut tx)
+        .await?
+        .ok_or(AppError::NotFound("tenant"))?;
     let available = crate::storage::users::count_available(&mut tx).await?;
     tx.commit().await?;
     Ok((t.into(), available > 0))

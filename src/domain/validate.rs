@@ -14,7 +14,10 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<String, FieldViolati
         return Err(violation(field, "must not be empty"));
     }
     if v.chars().count() > max {
-        return Err(violation(field, format!("must be at most {max} characters")));
+        return Err(violation(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
         return Err(violation(field, "must not contain control characters"));
@@ -106,7 +109,12 @@ pub fn https_url(field: &str, value: &str) -> Result<String, FieldViolation> {
 /// start with `*.` to allow subdomains. Lower-cased, no path.
 pub fn origin(field: &str, value: &str) -> Result<String, FieldViolation> {
     let v = value.trim().to_ascii_lowercase();
-    let bad = || violation(field, "must be an origin like https://www.example.com or https://*.example.com");
+    let bad = || {
+        violation(
+            field,
+            "must be an origin like https://www.example.com or https://*.example.com",
+        )
+    };
     let rest = v
         .strip_prefix("https://")
         .or_else(|| v.strip_prefix("http://"))
@@ -160,7 +168,10 @@ pub fn skill(field: &str, name: &str, level: u32) -> Result<(String, i16), Field
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        return Err(violation(field, "skill name must be 1-64 of a-z, 0-9, '-', '_'"));
+        return Err(violation(
+            field,
+            "skill name must be 1-64 of a-z, 0-9, '-', '_'",
+        ));
     }
     match i16::try_from(level) {
         Ok(l) if (1..=10).contains(&l) => Ok((n, l)),
@@ -187,7 +198,14 @@ mod tests {
             assert!(slug("slug", bad).is_err(), "{bad}");
         }
         assert_eq!(email("email", " Ann@Acme.Com ").unwrap(), "ann@acme.com");
-        for bad in ["ann", "ann@", "@acme.com", "a@b@c.com", "a b@c.com", "a@com"] {
+        for bad in [
+            "ann",
+            "ann@",
+            "@acme.com",
+            "a@b@c.com",
+            "a b@c.com",
+            "a@com",
+        ] {
             assert!(email("email", bad).is_err(), "{bad}");
         }
     }
@@ -203,7 +221,13 @@ mod tests {
         assert!(!origin_allowed(&allowed, "https://shop.acme.com.evil.io"));
         assert!(!origin_allowed(&allowed, "https://evilshop.acme.com"));
         assert!(!origin_allowed(&allowed, "http://www.acme.com"));
-        for bad in ["www.acme.com", "https://", "https://acme.com/path", "ftp://acme.com", "https://a..b"] {
+        for bad in [
+            "www.acme.com",
+            "https://",
+            "https://acme.com/path",
+            "ftp://acme.com",
+            "https://a..b",
+        ] {
             assert!(origin("d", bad).is_err(), "{bad}");
         }
     }

@@ -48,9 +48,7 @@ impl AgentService for AgentApi {
         let mut v = Violations::new();
         let email = v.check(validate::email("email", &r.email));
         let display_name = v.check(validate::text("display_name", &r.display_name, 200));
-        let role = v.check(
-            convert::role_in("role", r.role, Some(Role::Agent)),
-        );
+        let role = v.check(convert::role_in("role", r.role, Some(Role::Agent)));
         let password = v.check(validate::password("password", &r.password));
         let max_concurrent_chats = capacity(&mut v, r.max_concurrent_chats);
         let skills = convert::skills(&mut v, "skills", &r.skills);
@@ -121,7 +119,9 @@ impl AgentService for AgentApi {
             .role
             .and_then(|raw| v.check(convert::role_in("role", raw, None)));
         let max = r.max_concurrent_chats.map(|c| capacity(&mut v, c));
-        let skills = r.skills.map(|l| convert::skills(&mut v, "skills.skills", &l.skills));
+        let skills = r
+            .skills
+            .map(|l| convert::skills(&mut v, "skills.skills", &l.skills));
         v.finish()?;
         let a = agents::update(
             &self.engine,
@@ -166,4 +166,3 @@ impl AgentService for AgentApi {
         }))
     }
 }
-

@@ -86,7 +86,10 @@ pub fn widget_in(v: &mut Violations, field: &str, w: pb::WidgetSettings) -> Widg
                 && l.len() <= 35
                 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
             if !ok {
-                v.add(&f("languages"), format!("'{}' is not a BCP 47 tag", l.escape_debug()));
+                v.add(
+                    &f("languages"),
+                    format!("'{}' is not a BCP 47 tag", l.escape_debug()),
+                );
             }
             ok.then(|| l.clone())
         })
@@ -99,7 +102,11 @@ pub fn widget_in(v: &mut Violations, field: &str, w: pb::WidgetSettings) -> Widg
             .check(validate::color(&f("secondary_color"), &w.secondary_color))
             .unwrap_or_default(),
         font_family: v
-            .check(validate::optional_text(&f("font_family"), &w.font_family, 100))
+            .check(validate::optional_text(
+                &f("font_family"),
+                &w.font_family,
+                100,
+            ))
             .unwrap_or_default(),
         logo_url: v
             .check(validate::https_url(&f("logo_url"), &w.logo_url))
@@ -158,14 +165,21 @@ pub fn role_out(r: Role) -> pb::AgentRole {
 }
 
 /// Domain role from the wire; `unspecified_as` applies to UNSPECIFIED.
-pub fn role_in(field: &str, raw: i32, unspecified_as: Option<Role>) -> Result<Role, FieldViolation> {
+pub fn role_in(
+    field: &str,
+    raw: i32,
+    unspecified_as: Option<Role>,
+) -> Result<Role, FieldViolation> {
     match pb::AgentRole::try_from(raw) {
         Ok(pb::AgentRole::Admin) => Ok(Role::Admin),
         Ok(pb::AgentRole::Agent) => Ok(Role::Agent),
         Ok(pb::AgentRole::Unspecified) if unspecified_as.is_some() => {
             Ok(unspecified_as.unwrap_or(Role::Agent))
         }
-        _ => Err(FieldViolation::new(field, "must be AGENT_ROLE_AGENT or AGENT_ROLE_ADMIN")),
+        _ => Err(FieldViolation::new(
+            field,
+            "must be AGENT_ROLE_AGENT or AGENT_ROLE_ADMIN",
+        )),
     }
 }
 
@@ -186,7 +200,10 @@ pub fn status_in(field: &str, raw: i32) -> Result<AgentStatus, FieldViolation> {
         Ok(pb::AgentStatus::Busy) => Ok(AgentStatus::Busy),
         Ok(pb::AgentStatus::Away) => Ok(AgentStatus::Away),
         Ok(pb::AgentStatus::Offline) => Ok(AgentStatus::Offline),
-        _ => Err(FieldViolation::new(field, "must be a specified agent status")),
+        _ => Err(FieldViolation::new(
+            field,
+            "must be a specified agent status",
+        )),
     }
 }
 

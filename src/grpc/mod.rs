@@ -5,6 +5,7 @@
 mod agent;
 mod auth;
 mod convert;
+mod limits;
 mod pending;
 mod scope;
 mod tenant;
@@ -156,10 +157,18 @@ pub async fn serve(
     use pb::visitor_service_server::VisitorServiceServer;
     use pb::workflow_service_server::WorkflowServiceServer;
 
-    health_reporter.set_serving::<TenantServiceServer<tenant::TenantApi>>().await;
-    health_reporter.set_serving::<AuthServiceServer<auth::AuthApi>>().await;
-    health_reporter.set_serving::<AgentServiceServer<agent::AgentApi>>().await;
-    health_reporter.set_serving::<VisitorServiceServer<visitor::VisitorApi>>().await;
+    health_reporter
+        .set_serving::<TenantServiceServer<tenant::TenantApi>>()
+        .await;
+    health_reporter
+        .set_serving::<AuthServiceServer<auth::AuthApi>>()
+        .await;
+    health_reporter
+        .set_serving::<AgentServiceServer<agent::AgentApi>>()
+        .await;
+    health_reporter
+        .set_serving::<VisitorServiceServer<visitor::VisitorApi>>()
+        .await;
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
@@ -172,14 +181,27 @@ pub async fn serve(
         .http2_max_header_list_size(16 * 1024)
         .layer(cors(&settings))
         .layer(tonic_web::GrpcWebLayer::new())
+        .layer(limits::LimitStatusLayer)
         .layer(AuthLayer::new(authenticator))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(limited!(TenantServiceServer<_>, tenant::TenantApi::new(engine.clone())))
-        .add_service(limited!(AuthServiceServer<_>, auth::AuthApi::new(engine.clone())))
-        .add_service(limited!(AgentServiceServer<_>, agent::AgentApi::new(engine.clone())))
-        .add_service(limited!(VisitorServiceServer<_>, visitor::VisitorApi::new(engine.clone())))
+        .add_service(limited!(
+            TenantServiceServer<_>,
+            tenant::TenantApi::new(engine.clone())
+        ))
+        .add_service(limited!(
+            AuthServiceServer<_>,
+            auth::AuthApi::new(engine.clone())
+        ))
+        .add_service(limited!(
+            AgentServiceServer<_>,
+            agent::AgentApi::new(engine.clone())
+        ))
+        .add_service(limited!(
+            VisitorServiceServer<_>,
+            visitor::VisitorApi::new(engine.clone())
+        ))
         .add_service(limited!(ConversationServiceServer<_>, pending::Pending))
         .add_service(limited!(WorkflowServiceServer<_>, pending::Pending))
         .add_service(limited!(QueueServiceServer<_>, pending::Pending))
@@ -198,10 +220,18 @@ pub async fn serve(
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    health_reporter.set_not_serving::<AuthServiceServer<auth::AuthApi>>().await;
-    health_reporter.set_not_serving::<TenantServiceServer<tenant::TenantApi>>().await;
-    health_reporter.set_not_serving::<AgentServiceServer<agent::AgentApi>>().await;
-    health_reporter.set_not_serving::<VisitorServiceServer<visitor::VisitorApi>>().await;
+    health_reporter
+        .set_not_serving::<AuthServiceServer<auth::AuthApi>>()
+        .await;
+    health_reporter
+        .set_not_serving::<TenantServiceServer<tenant::TenantApi>>()
+        .await;
+    health_reporter
+        .set_not_serving::<AgentServiceServer<agent::AgentApi>>()
+        .await;
+    health_reporter
+        .set_not_serving::<VisitorServiceServer<visitor::VisitorApi>>()
+        .await;
     let _ = stop_tx.send(());
     match tokio::time::timeout(settings.shutdown_grace, &mut server).await {
         Ok(r) => r.map_err(Into::into),

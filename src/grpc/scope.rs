@@ -9,15 +9,18 @@ use crate::tenancy::{OperatorScope, Principal, TenantScope};
 
 /// The operator's scope; PERMISSION_DENIED for anyone else.
 pub fn operator<T>(req: &Request<T>) -> AppResult<OperatorScope> {
-    OperatorScope::of(principal(req)?)
-        .ok_or(AppError::PermissionDenied("only the platform operator may do this"))
+    OperatorScope::of(principal(req)?).ok_or(AppError::PermissionDenied(
+        "only the platform operator may do this",
+    ))
 }
 
 /// The tenant scope of an agent; PERMISSION_DENIED for visitors and the operator.
 pub fn agent<T>(req: &Request<T>) -> AppResult<TenantScope> {
     match principal(req)? {
         p @ Principal::Agent { .. } => Ok(TenantScope::of(p).expect("agents have a tenant")),
-        _ => Err(AppError::PermissionDenied("an agent access token is required")),
+        _ => Err(AppError::PermissionDenied(
+            "an agent access token is required",
+        )),
     }
 }
 

@@ -6,11 +6,13 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::scope;
+use crate::domain::agents::NewAgent;
 use crate::domain::{Engine, tenants, validate};
 use crate::error::{AppError, Violations};
 use crate::ids::{ApiKeyId, TenantId};
 use crate::pb;
 use crate::pb::tenant_service_server::TenantService;
+use crate::tenancy::Role;
 
 /// Handler of TenantService.
 pub struct TenantApi {
@@ -46,13 +48,36 @@ impl TenantService for TenantApi {
         let name = v.check(validate::text("name", &r.name, 200));
         let slug = v.check(validate::slug("slug", &r.slug));
         let widget = convert::widget_in(&mut v, "widget", r.widget.unwrap_or_default());
+        let admin = r.initial_admin.unwrap_or_default();
+        let email = v.check(validate::email("initial_admin.email", &admin.email));
+        let display_name = v.check(validate::text(
+            "initial_admin.display_name",
+            &admin.display_name,
+            200,
+        ));
+        let password = v.check(validate::password(
+            "initial_admin.password",
+            &admin.password,
+        ));
         v.finish()?;
-        let (Some(name), Some(slug)) = (name, slug) else {
+        let (Some(name), Some(slug), Some(email), Some(display_name), Some(password)) =
+            (name, slug, email, display_name, password)
+        else {
             return Err(AppError::Internal("validated fields missing".into()).into());
         };
-        let t = tenants::create(&self.engine, &op, name, slug, widget).await?;
+        let admin = NewAgent {
+            email,
+            display_name,
+            role: Role::Admin,
+            password,
+            max_concurrent_chats: 0,
+            skills: Vec::new(),
+        };
+        let (t, a) =
+            tenants::create_with_admin(&self.engine, &op, name, slug, widget, admin).await?;
         Ok(Response::new(pb::CreateTenantResponse {
             tenant: Some(convert::tenant(t)),
+            admin_agent_id: a.id.to_string(),
         }))
     }
 
@@ -91,7 +116,10 @@ impl TenantService for TenantApi {
         let r = req.into_inner();
         let mut v = Violations::new();
         let id = tenant_id(&mut v, &r.tenant_id);
-        let name = r.name.as_deref().and_then(|n| v.check(validate::text("name", n, 200)));
+        let name = r
+            .name
+            .as_deref()
+            .and_then(|n| v.check(validate::text("name", n, 200)));
         let widget = r.widget.map(|w| convert::widget_in(&mut v, "widget", w));
         v.finish()?;
         let t = tenants::update(&self.engine, &op, id, name, widget).await?;
@@ -108,7 +136,9 @@ impl TenantService for TenantApi {
         let r = req.into_inner();
         let mut v = Violations::new();
         let id = tenant_id(&mut v, &r.tenant_id);
-        let name = v.check(validate::text("name", &r.name, 100)).unwrap_or_default();
+        let name = v
+            .check(validate::text("name", &r.name, 100))
+            .unwrap_or_default();
         let domains = convert::origins(&mut v, "allowed_domains", &r.allowed_domains);
         v.finish()?;
         let (key, secret) = tenants::create_api_key(&self.engine, &op, id, name, domains).await?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{convert, scope, unimplemented, Streaming};
+use super::{Streaming, convert, scope, unimplemented};
 use crate::domain::{Engine, tenants};
 use crate::pb;
 use crate::pb::visitor_service_server::VisitorService;

@@ -115,10 +115,7 @@ diesel::define_sql_function! {
     fn set_config_local(name: Text, value: Text, is_local: diesel::sql_types::Bool) -> Text;
 }
 
-fn set_config(
-    name: &'static str,
-    value: String,
-) -> set_config_local<&'static str, String, bool> {
+fn set_config(name: &'static str, value: String) -> set_config_local<&'static str, String, bool> {
     set_config_local(name, value, true)
 }
 

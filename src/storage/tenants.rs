@@ -112,3 +112,11 @@ pub async fn own(tx: &mut TenantTx) -> AppResult<Option<TenantRow>> {
         .await
         .optional()?)
 }
+
+/// Deletes a tenant and, by cascade, everything it owns.
+pub async fn delete(tx: &mut OperatorTx, id: TenantId) -> AppResult<()> {
+    diesel::delete(tenants::table.find(id))
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}

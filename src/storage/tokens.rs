@@ -56,7 +56,11 @@ pub async fn lock(tx: &mut TenantTx, id: RefreshTokenId) -> AppResult<Option<Ref
 }
 
 /// Marks a token as exchanged.
-pub async fn mark_rotated(tx: &mut TenantTx, id: RefreshTokenId, now: DateTime<Utc>) -> AppResult<()> {
+pub async fn mark_rotated(
+    tx: &mut TenantTx,
+    id: RefreshTokenId,
+    now: DateTime<Utc>,
+) -> AppResult<()> {
     let t = tx.tenant_id();
     diesel::update(refresh_tokens::table.find((t, id)))
         .set(refresh_tokens::rotated_at.eq(now))

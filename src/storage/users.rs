@@ -142,7 +142,11 @@ pub async fn replace_skills(
 ) -> AppResult<()> {
     let t = tx.tenant_id();
     diesel::delete(
-        agent_skills::table.filter(agent_skills::tenant_id.eq(t).and(agent_skills::user_id.eq(id))),
+        agent_skills::table.filter(
+            agent_skills::tenant_id
+                .eq(t)
+                .and(agent_skills::user_id.eq(id)),
+        ),
     )
     .execute(tx.conn())
     .await?;
@@ -168,7 +172,11 @@ pub async fn replace_skills(
 pub async fn skills_of(tx: &mut TenantTx, ids: &[UserId]) -> AppResult<Vec<SkillRow>> {
     let t = tx.tenant_id();
     Ok(agent_skills::table
-        .filter(agent_skills::tenant_id.eq(t).and(agent_skills::user_id.eq_any(ids)))
+        .filter(
+            agent_skills::tenant_id
+                .eq(t)
+                .and(agent_skills::user_id.eq_any(ids)),
+        )
         .select(SkillRow::as_select())
         .order((agent_skills::user_id, agent_skills::skill))
         .load(tx.conn())

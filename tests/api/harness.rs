@@ -1,0 +1,359 @@
+//! Test harness: one private PostgreSQL cluster per test run (started from the server binaries
+//! on the machine, killed when the test process dies), a migrated template database, and per
+//! test a fresh database cloned from it with a server on port 0 in front.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use chat_engine::app::{self, Database};
+use chat_engine::config::{Config, Secret};
+use chat_engine::pb;
+use chat_engine::pgcluster::PrivateCluster;
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use tokio::net::TcpListener;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+const TEMPLATE: &str = "chat_template";
+
+struct Cluster {
+    admin_url_base: String,
+    app_url_base: String,
+}
+
+impl Cluster {
+    fn admin_url(&self, db: &str) -> String {
+        format!("{}{db}", self.admin_url_base)
+    }
+    fn app_url(&self, db: &str) -> String {
+        format!("{}{db}", self.app_url_base)
+    }
+}
+
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The cluster lives on its own thread and runtime for the whole test process, so it
+        // outlives every per-test runtime.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let dir = test_dir();
+                let c = PrivateCluster::start_with_parent_death_signal(&dir)
+                    .await
+                    .expect("starting the test PostgreSQL cluster");
+                c.ensure_app_role().await.expect("app role");
+                c.create_database(TEMPLATE).await.expect("template db");
+                chat_engine::storage::migrate(&c.admin_url(TEMPLATE))
+                    .await
+                    .expect("migrating the template");
+                let admin = c.admin_url(TEMPLATE);
+                let app = c.app_url(TEMPLATE);
+                tx.send(Cluster {
+                    admin_url_base: admin.trim_end_matches(TEMPLATE).to_owned(),
+                    app_url_base: app.trim_end_matches(TEMPLATE).to_owned(),
+                })
+                .expect("harness waiting");
+                std::future::pending::<()>().await;
+                drop(c);
+            });
+        });
+        rx.recv().expect("cluster thread died")
+    })
+}
+
+fn test_dir() -> PathBuf {
+    let base = std::env::temp_dir();
+    // Sweep clusters of earlier runs whose process is gone.
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("chat-engine-test-")
+                && !PathBuf::from(format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    base.join(format!("chat-engine-test-{}", std::process::id()))
+}
+
+/// A fresh database cloned from the migrated template.
+pub async fn fresh_database() -> (String, String) {
+    let c = cluster();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = AsyncPgConnection::establish(&c.admin_url("postgres"))
+        .await
+        .expect("admin connection");
+    // Concurrent clones of one template can collide; retry briefly.
+    for attempt in 0.. {
+        match conn
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+            .await
+        {
+            Ok(()) => break,
+            Err(e) if attempt < 50 => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cloning the template: {e}"),
+        }
+    }
+    (c.admin_url(&name), c.app_url(&name))
+}
+
+/// A running server over its own database.
+pub struct TestApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A channel to it.
+    pub channel: Channel,
+    /// The operator token it accepts.
+    pub operator_token: String,
+    /// Superuser URL of its database.
+    pub admin_url: String,
+    /// App-role URL of its database.
+    pub app_url: String,
+    /// The HMAC secret its tokens are signed with.
+    pub jwt_secret: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Options for [`TestApp::spawn_with`].
+#[derive(Default)]
+pub struct Options {
+    /// Shutdown grace period.
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+impl TestApp {
+    /// A server with default options.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    /// A server with `opts`.
+    pub async fn spawn_with(opts: Options) -> Self {
+        let (admin_url, app_url) = fresh_database().await;
+        let operator_token = format!("op-{}", uuid::Uuid::new_v4());
+        let jwt_secret = format!("secret-{}", uuid::Uuid::new_v4());
+        let cfg = Config {
+            database_url: Some(Secret::new(app_url.clone())),
+            migration_database_url: Some(Secret::new(admin_url.clone())),
+            operator_token: Some(Secret::new(operator_token.clone())),
+            jwt_secret: Some(Secret::new(jwt_secret.clone())),
+            db_pool_size: 4,
+            shutdown_grace_secs: opts.shutdown_grace_secs.unwrap_or(2),
+            data_dir: std::env::temp_dir().join("chat-engine-unused"),
+            ..Config::default()
+        };
+        let db = Database {
+            app_url: Secret::new(app_url.clone()),
+            migration_url: Secret::new(admin_url.clone()),
+            cluster: None,
+        };
+        let (engine, auth) = app::build(&cfg, &db).await.expect("building the engine");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app::serve(&cfg, engine, auth, listener, async {
+                let _ = stop_rx.await;
+            })
+            .await
+        });
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .expect("connecting to the test server");
+        Self {
+            addr,
+            channel,
+            operator_token,
+            admin_url,
+            app_url,
+            jwt_secret,
+            stop: Some(stop_tx),
+            task: Some(task),
+        }
+    }
+
+    /// Asks the server to shut down and waits for it; returns how it ended.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.task.take() {
+            Some(t) => t.await.expect("server task panicked"),
+            None => Ok(()),
+        }
+    }
+
+    /// A client of TenantService authenticated as the operator.
+    pub fn tenants(&self) -> pb::tenant_service_client::TenantServiceClient<Channel> {
+        pb::tenant_service_client::TenantServiceClient::new(self.channel.clone())
+    }
+
+    /// A client of AuthService.
+    pub fn auth(&self) -> pb::auth_service_client::AuthServiceClient<Channel> {
+        pb::auth_service_client::AuthServiceClient::new(self.channel.clone())
+    }
+
+    /// A client of AgentService.
+    pub fn agents(&self) -> pb::agent_service_client::AgentServiceClient<Channel> {
+        pb::agent_service_client::AgentServiceClient::new(self.channel.clone())
+    }
+
+    /// A client of VisitorService.
+    pub fn visitors(&self) -> pb::visitor_service_client::VisitorServiceClient<Channel> {
+        pb::visitor_service_client::VisitorServiceClient::new(self.channel.clone())
+    }
+
+    /// Creates a tenant with an admin and logs the admin in.
+    pub async fn tenant(&self, slug: &str) -> TenantFixture {
+        let password = "admin-password-123".to_owned();
+        let email = format!("admin@{slug}.example");
+        let created = self
+            .tenants()
+            .create_tenant(bearer(
+                pb::CreateTenantRequest {
+                    name: format!("Tenant {slug}"),
+                    slug: slug.to_owned(),
+                    widget: None,
+                    initial_admin: Some(pb::InitialAdmin {
+                        email: email.clone(),
+                        display_name: "Admin".into(),
+                        password: password.clone(),
+                    }),
+                },
+                &self.operator_token,
+            ))
+            .await
+            .expect("create tenant")
+            .into_inner();
+        let tokens = self
+            .login(slug, &email, &password)
+            .await
+            .expect("admin login");
+        TenantFixture {
+            tenant_id: created.tenant.expect("tenant").id,
+            slug: slug.to_owned(),
+            admin_id: created.admin_agent_id,
+            admin_token: tokens.access_token,
+        }
+    }
+
+    /// Logs in and returns the token pair.
+    pub async fn login(
+        &self,
+        slug: &str,
+        email: &str,
+        password: &str,
+    ) -> Result<pb::TokenPair, tonic::Status> {
+        Ok(self
+            .auth()
+            .login(pb::LoginRequest {
+                tenant_slug: slug.into(),
+                email: email.into(),
+                password: password.into(),
+            })
+            .await?
+            .into_inner()
+            .tokens
+            .expect("tokens"))
+    }
+
+    /// Creates an agent in `t` (as its admin) and logs them in; returns (agent id, access token).
+    pub async fn agent(&self, t: &TenantFixture, name: &str) -> (String, String) {
+        let email = format!("{name}@{}.example", t.slug);
+        let a = self
+            .agents()
+            .create_agent(bearer(
+                pb::CreateAgentRequest {
+                    email: email.clone(),
+                    display_name: name.into(),
+                    role: pb::AgentRole::Agent as i32,
+                    password: "agent-password-123".into(),
+                    max_concurrent_chats: 2,
+                    skills: vec![],
+                },
+                &t.admin_token,
+            ))
+            .await
+            .expect("create agent")
+            .into_inner()
+            .agent
+            .expect("agent");
+        let tokens = self
+            .login(&t.slug, &email, "agent-password-123")
+            .await
+            .expect("agent login");
+        (a.id, tokens.access_token)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// A tenant made by [`TestApp::tenant`].
+pub struct TenantFixture {
+    /// Tenant id.
+    pub tenant_id: String,
+    /// Slug.
+    pub slug: String,
+    /// Admin agent id.
+    pub admin_id: String,
+    /// Admin access token.
+    pub admin_token: String,
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {token}")).expect("ascii token"),
+    );
+    r
+}
+
+/// A request carrying a widget key and an optional Origin.
+pub fn with_key<T>(msg: T, key: &str, origin: Option<&str>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "x-api-key",
+        MetadataValue::try_from(key).expect("ascii key"),
+    );
+    if let Some(o) = origin {
+        r.metadata_mut()
+            .insert("origin", MetadataValue::try_from(o).expect("ascii origin"));
+    }
+    r
+}
+
+/// The field names of a status's BadRequest details.
+pub fn violated_fields(s: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    s.get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}

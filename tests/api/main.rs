@@ -1,0 +1,10 @@
+//! Integration tests: a real PostgreSQL cluster per run, a database per test, a real server
+//! on port 0, called through the generated Rust clients and raw gRPC-web frames.
+
+mod agents;
+mod auth;
+mod harness;
+mod isolation;
+mod server;
+mod tenants;
+mod web;

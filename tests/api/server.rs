@@ -1,0 +1,142 @@
+//! The transport: health, reflection, limits, unimplemented services and graceful shutdown.
+
+use std::time::Duration;
+
+use chat_engine::pb;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+use crate::harness::{Options, TestApp, bearer, violated_fields};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_every_service() {
+    let app = TestApp::spawn().await;
+    let mut r = ServerReflectionClient::new(app.channel.clone());
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = r
+        .server_reflection_info(tokio_stream::once(req))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for s in [
+        "chatengine.v1.TenantService",
+        "chatengine.v1.AuthService",
+        "chatengine.v1.AgentService",
+        "chatengine.v1.ConversationService",
+        "chatengine.v1.VisitorService",
+        "chatengine.v1.WorkflowService",
+        "chatengine.v1.QueueService",
+        "chatengine.v1.AnalyticsService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == s), "{s} missing from {names:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_serves_then_reports_not_serving_and_shutdown_ends_open_streams() {
+    let app = TestApp::spawn_with(Options {
+        shutdown_grace_secs: Some(1),
+    })
+    .await;
+    let mut h = HealthClient::new(app.channel.clone());
+    let status = h
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    let auth = h
+        .check(HealthCheckRequest {
+            service: "chatengine.v1.AuthService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(auth, ServingStatus::Serving as i32);
+
+    // An open stream that never ends by itself.
+    let mut watch = h
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+
+    let server = tokio::spawn(app.shutdown());
+    let next = watch.next().await.unwrap().unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    // The open watch stream does not keep the process alive past the grace period; the
+    // generous bound only keeps a broken shutdown from hanging the suite.
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("shutdown never finished")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_and_unbuilt_services_get_clear_statuses() {
+    let app = TestApp::spawn().await;
+    let big = app
+        .auth()
+        .login(pb::LoginRequest {
+            tenant_slug: "x".into(),
+            email: "a@b.example".into(),
+            password: "p".repeat(200 * 1024),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(big.code(), Code::ResourceExhausted, "{big:?}");
+
+    // Big but under the transport limit: the field limit answers.
+    let long = app
+        .auth()
+        .login(pb::LoginRequest {
+            tenant_slug: "x".repeat(100),
+            email: "a@b.example".into(),
+            password: "p".repeat(2000),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(long.code(), Code::InvalidArgument);
+    let mut fields = violated_fields(&long);
+    fields.sort();
+    assert_eq!(fields, ["password", "tenant_slug"]);
+
+    let t = app.tenant("later").await;
+    let mut conv =
+        pb::conversation_service_client::ConversationServiceClient::new(app.channel.clone());
+    let e = conv
+        .list_conversations(bearer(
+            pb::ListConversationsRequest::default(),
+            &t.admin_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+}
