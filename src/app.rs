@@ -13,11 +13,17 @@ use tokio::net::TcpListener;
 use crate::auth::Authenticator;
 use crate::auth::jwt::JwtKeys;
 use crate::config::{Config, Secret};
+use crate::domain::events::Publisher;
 use crate::domain::paging::PageTokens;
 use crate::domain::{Engine, SystemClock, TokenPolicy};
 use crate::grpc::{self, TransportSettings};
 use crate::pgcluster::PrivateCluster;
+use crate::realtime::bus::{LocalBus, NatsBus};
+use crate::realtime::hub::Hub;
+use crate::realtime::presence::{HEARTBEAT, PresenceTracker};
+use crate::realtime::{BusHealth, StreamContext};
 use crate::storage::{self, Db};
+use tokio_util::sync::CancellationToken;
 
 /// Name of the database inside a private cluster.
 pub const PRIVATE_DB_NAME: &str = "chat_engine";
@@ -91,11 +97,20 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)
 }
 
-/// Runs migrations and builds the engine and authenticator over `db`.
-pub async fn build(
-    cfg: &Config,
-    db: &Database,
-) -> anyhow::Result<(Arc<Engine>, Arc<Authenticator>)> {
+/// Everything one node runs.
+pub struct Node {
+    /// Domain access.
+    pub engine: Arc<Engine>,
+    /// Credential checks.
+    pub auth: Arc<Authenticator>,
+    /// Open streams' shared parts.
+    pub streams: Arc<StreamContext>,
+    /// Whether events from other nodes arrive.
+    pub bus: BusHealth,
+}
+
+/// Runs migrations and builds a node over `db`.
+pub async fn build(cfg: &Config, db: &Database) -> anyhow::Result<Node> {
     storage::migrate(db.migration_url.expose())
         .await
         .context("running migrations")?;
@@ -104,6 +119,17 @@ pub async fn build(
     let jwt = Arc::new(JwtKeys::hmac(&cfg.jwt_key_id, &secret, &cfg.jwt_issuer)?);
     let mut page_key = Hmac::<Sha256>::new_from_slice(&secret).expect("HMAC takes any key size");
     page_key.update(b"chat-engine page tokens");
+    let hub = Hub::new(cfg.subscriber_buffer);
+    let (publisher, bus): (Arc<dyn Publisher>, BusHealth) = match &cfg.nats_url {
+        Some(url) => {
+            let nats = NatsBus::connect(url, hub.clone())
+                .await
+                .with_context(|| format!("connecting to NATS at {url}"))?;
+            let flag = nats.health_flag();
+            (nats, BusHealth::nats(flag))
+        }
+        None => (LocalBus::new(hub.clone()), BusHealth::local()),
+    };
     let engine = Arc::new(Engine {
         db: pool.clone(),
         jwt: jwt.clone(),
@@ -113,34 +139,49 @@ pub async fn build(
             access_ttl: chrono::Duration::seconds(cfg.access_token_ttl_secs as i64),
             refresh_ttl: chrono::Duration::seconds(cfg.refresh_token_ttl_secs as i64),
         },
+        publisher,
     });
     let auth = Arc::new(Authenticator::new(
         jwt,
         cfg.operator_token.as_ref().map(Secret::expose),
         pool,
     ));
-    Ok((engine, auth))
+    let presence = PresenceTracker::new();
+    let streams = Arc::new(StreamContext {
+        engine: engine.clone(),
+        hub,
+        presence: presence.clone(),
+        shutdown: CancellationToken::new(),
+    });
+    let (e, stop) = (engine.clone(), streams.shutdown.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => presence.heartbeat(&e).await,
+                _ = stop.cancelled() => break,
+            }
+        }
+    });
+    Ok(Node {
+        engine,
+        auth,
+        streams,
+        bus,
+    })
 }
 
 /// Serves on `listener` until `shutdown` resolves.
 pub async fn serve(
     cfg: &Config,
-    engine: Arc<Engine>,
-    auth: Arc<Authenticator>,
+    node: Node,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     if cfg.operator_token.is_none() {
         tracing::info!("no operator_token configured: TenantService refuses every call");
     }
-    grpc::serve(
-        engine,
-        auth,
-        TransportSettings::from(cfg),
-        listener,
-        shutdown,
-    )
-    .await
+    grpc::serve(node, TransportSettings::from(cfg), listener, shutdown).await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -88,10 +88,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.listen = l;
             }
             let db = app::open_database(&cfg).await?;
-            let (engine, auth) = app::build(&cfg, &db).await?;
+            let node = app::build(&cfg, &db).await?;
             let listener = TcpListener::bind(cfg.listen).await?;
             tracing::info!(listen = %listener.local_addr()?, "serving gRPC and gRPC-web");
-            app::serve(&cfg, engine, auth, listener, app::shutdown_signal()).await?;
+            app::serve(&cfg, node, listener, app::shutdown_signal()).await?;
             drop(db);
         }
         Command::Migrate => {
@@ -101,7 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tenant { action } => {
             let db = app::open_database(&cfg).await?;
-            let (engine, _) = app::build(&cfg, &db).await?;
+            let engine = app::build(&cfg, &db).await?.engine;
             let op = OperatorScope::system();
             match action {
                 TenantAction::Create { name, slug } => {
@@ -132,8 +132,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.listen = l;
             }
             let db = app::open_database(&cfg).await?;
-            let (engine, auth) = app::build(&cfg, &db).await?;
-            let seed = crate::demo::seed(&engine).await?;
+            let node = app::build(&cfg, &db).await?;
+            let seed = crate::demo::seed(&node.engine).await?;
             let listener = TcpListener::bind(cfg.listen).await?;
             let addr = listener.local_addr()?;
             println!("chat-engine demo is running on {addr} (gRPC and gRPC-web)");
@@ -147,7 +147,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 seed.slug
             );
             println!("discover: grpcurl -plaintext {addr} list");
-            app::serve(&cfg, engine, auth, listener, app::shutdown_signal()).await?;
+            app::serve(&cfg, node, listener, app::shutdown_signal()).await?;
             drop(db);
         }
     }

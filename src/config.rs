@@ -20,6 +20,8 @@
 //! | `keepalive_interval_secs` | `CHAT_ENGINE_KEEPALIVE_INTERVAL_SECS` | 30 |
 //! | `keepalive_timeout_secs` | `CHAT_ENGINE_KEEPALIVE_TIMEOUT_SECS` | 10 |
 //! | `cors_allowed_origins` | `CHAT_ENGINE_CORS_ALLOWED_ORIGINS` | empty: any origin may preflight; each widget call is then checked against its key's allowed domains |
+//! | `nats_url` | `CHAT_ENGINE_NATS_URL` | none: events stay in this process (single node) |
+//! | `subscriber_buffer` | `CHAT_ENGINE_SUBSCRIBER_BUFFER` | 1024 events queued per stream before it must resync |
 //! | `log_format` | `CHAT_ENGINE_LOG_FORMAT` | `json` (`pretty` for humans) |
 
 use std::net::SocketAddr;
@@ -89,6 +91,10 @@ pub struct Config {
     pub keepalive_timeout_secs: u64,
     /// Origins allowed to preflight; empty allows any.
     pub cors_allowed_origins: Vec<String>,
+    /// NATS server for fan-out between nodes.
+    pub nats_url: Option<String>,
+    /// Events queued per stream before it is cut off.
+    pub subscriber_buffer: usize,
     /// `json` or `pretty`.
     pub log_format: String,
 }
@@ -113,6 +119,8 @@ impl Default for Config {
             keepalive_interval_secs: 30,
             keepalive_timeout_secs: 10,
             cors_allowed_origins: Vec::new(),
+            nats_url: None,
+            subscriber_buffer: 1024,
             log_format: "json".into(),
         }
     }

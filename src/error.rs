@@ -59,6 +59,9 @@ pub enum AppError {
     /// A dependency (the database) is unreachable; retrying later may work.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A stream ends and its client must reconnect and resume from its cursors.
+    #[error("resync required: {0}")]
+    Resync(&'static str),
     /// A bug or an unexpected failure; the cause is logged, not sent.
     #[error("internal: {0}")]
     Internal(String),
@@ -172,6 +175,19 @@ impl From<AppError> for Status {
             AppError::Unavailable(cause) => {
                 tracing::warn!(error.cause = %cause, "dependency unavailable");
                 Status::unavailable("service temporarily unavailable, retry")
+            }
+            AppError::Resync(reason) => {
+                let mut details = ErrorDetails::new();
+                details.set_error_info(
+                    "RESYNC_REQUIRED",
+                    "chatengine",
+                    std::collections::HashMap::from([("cause".to_owned(), reason.to_owned())]),
+                );
+                Status::with_error_details(
+                    Code::Aborted,
+                    format!("reconnect and resume from your cursors ({reason})"),
+                    details,
+                )
             }
             AppError::Internal(cause) => {
                 tracing::error!(error.cause = %cause, "internal error");

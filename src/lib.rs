@@ -15,5 +15,6 @@ pub mod grpc;
 pub mod ids;
 pub mod pb;
 pub mod pgcluster;
+pub mod realtime;
 pub mod storage;
 pub mod tenancy;

@@ -3,6 +3,8 @@
 //! Time comes from an injected [`Clock`], so rules are testable without sleeping.
 
 pub mod agents;
+pub mod conversations;
+pub mod events;
 pub mod paging;
 pub mod sessions;
 pub mod tenants;
@@ -55,6 +57,8 @@ pub struct Engine {
     pub clock: Arc<dyn Clock>,
     /// Token lifetimes.
     pub tokens: TokenPolicy,
+    /// Announces events to open streams.
+    pub publisher: Arc<dyn events::Publisher>,
 }
 
 impl Engine {

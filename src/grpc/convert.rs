@@ -248,3 +248,139 @@ pub fn agent(a: Agent) -> pb::Agent {
         create_time: Some(ts(a.created_at)),
     }
 }
+
+/// Wire form of a conversation.
+pub fn conversation(c: crate::domain::conversations::Conversation) -> pb::Conversation {
+    use crate::domain::conversations::Kind;
+    pb::Conversation {
+        id: c.id.to_string(),
+        kind: match c.kind {
+            Kind::Direct => pb::ConversationKind::Direct,
+            Kind::Group => pb::ConversationKind::Group,
+            Kind::External => pb::ConversationKind::External,
+        } as i32,
+        status: match c.status.as_str() {
+            "queued" => pb::ConversationStatus::Queued,
+            "closed" => pb::ConversationStatus::Closed,
+            _ => pb::ConversationStatus::Open,
+        } as i32,
+        title: c.title,
+        member_agent_ids: c.members.iter().map(ToString::to_string).collect(),
+        visitor_id: c.visitor_id.map(|v| v.to_string()).unwrap_or_default(),
+        last_seq: seq_out(c.last_seq),
+        create_time: Some(ts(c.created_at)),
+        last_activity_time: Some(ts(c.last_activity_at)),
+    }
+}
+
+/// A stored seq on the wire (never negative).
+pub fn seq_out(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
+}
+
+/// Wire form of a message.
+pub fn message(m: crate::domain::events::Message) -> pb::Message {
+    use crate::domain::events::SenderType;
+    pb::Message {
+        id: m.id.to_string(),
+        conversation_id: m.conversation_id.to_string(),
+        seq: seq_out(m.seq),
+        sender_type: match m.sender_type {
+            SenderType::Agent => pb::SenderType::Agent,
+            SenderType::Visitor => pb::SenderType::Visitor,
+            SenderType::System => pb::SenderType::System,
+        } as i32,
+        sender_id: m.sender_id.map(|s| s.to_string()).unwrap_or_default(),
+        text: m.text,
+        create_time: Some(ts(m.created_at)),
+        edit_time: m.edited_at.map(ts),
+        deleted: m.deleted,
+    }
+}
+
+/// Wire form of a conversation summary.
+pub fn summary(s: crate::domain::conversations::Summary) -> pb::ConversationSummary {
+    pb::ConversationSummary {
+        conversation: Some(conversation(s.conversation)),
+        unread_count: seq_out(s.unread),
+        last_message: s.last_message.map(message),
+        read_seq: seq_out(s.read_seq),
+    }
+}
+
+/// Wire form of a durable event.
+pub fn event(e: crate::domain::events::ConversationEvent) -> pb::ConversationEvent {
+    use crate::domain::events::EventKind;
+    use pb::conversation_event::Kind as K;
+    let members =
+        |agents: Vec<crate::ids::UserId>, actor: Option<crate::ids::UserId>| pb::MembersChanged {
+            agent_ids: agents.iter().map(ToString::to_string).collect(),
+            actor_agent_id: actor.map(|a| a.to_string()).unwrap_or_default(),
+        };
+    pb::ConversationEvent {
+        conversation_id: e.conversation_id.to_string(),
+        seq: seq_out(e.seq),
+        create_time: Some(ts(e.at)),
+        kind: Some(match e.kind {
+            EventKind::MessagePosted(m) => K::MessagePosted(message(m)),
+            EventKind::MessageEdited(m) => K::MessageEdited(message(m)),
+            EventKind::MessageDeleted(m) => K::MessageDeleted(message(m)),
+            EventKind::MembersAdded { agents, actor } => K::MembersAdded(members(agents, actor)),
+            EventKind::MemberRemoved { agents, actor } => K::MemberRemoved(members(agents, actor)),
+        }),
+    }
+}
+
+/// Wire form of a stream item.
+pub fn stream_item(item: crate::realtime::Item) -> pb::SubscribeResponse {
+    use crate::domain::events::Presence;
+    use crate::realtime::Item;
+    use pb::subscribe_response::Item as P;
+    let cursor = |(c, s): (crate::ids::ConversationId, i64)| pb::ConversationCursor {
+        conversation_id: c.to_string(),
+        last_seq: seq_out(s),
+    };
+    pb::SubscribeResponse {
+        item: Some(match item {
+            Item::Event(e) => P::Event(event(e)),
+            Item::Read {
+                conversation,
+                reader,
+                read_seq,
+            } => P::ReadReceipt(pb::ReadReceipt {
+                conversation_id: conversation.to_string(),
+                reader_id: reader.to_string(),
+                read_seq: seq_out(read_seq),
+            }),
+            Item::Typing {
+                conversation,
+                sender,
+                typing,
+            } => P::Typing(pb::TypingState {
+                conversation_id: conversation.to_string(),
+                sender_id: sender.to_string(),
+                typing,
+            }),
+            Item::Presence(p) => P::Presence(pb::PresenceState {
+                agent_id: p.agent.to_string(),
+                presence: match p.presence {
+                    Presence::Online => pb::Presence::Online,
+                    Presence::Away => pb::Presence::Away,
+                    Presence::Offline => pb::Presence::Offline,
+                } as i32,
+                status: crate::domain::agents::AgentStatus::parse(&p.status)
+                    .map_or(pb::AgentStatus::Unspecified, status_out)
+                    as i32,
+                last_seen_time: p.last_seen.map(ts),
+            }),
+            Item::Joined(c) => P::Joined(pb::ConversationJoined {
+                conversation: Some(conversation(c)),
+            }),
+            Item::CaughtUp => P::CaughtUp(pb::CaughtUp {}),
+            Item::Resync { reason, cursors } => P::Resync(pb::Resync {
+                reason: reason.to_owned(),
+                cursors: cursors.into_iter().map(cursor).collect(),
+            }),
+        }),
+    }
+}

@@ -4,6 +4,7 @@
 
 mod agent;
 mod auth;
+mod conversation;
 mod convert;
 mod limits;
 mod pending;
@@ -13,7 +14,6 @@ mod visitor;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -22,10 +22,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::auth::Authenticator;
+use crate::app::Node;
 use crate::auth::layer::AuthLayer;
 use crate::config::Config;
-use crate::domain::Engine;
 use crate::pb;
 
 /// A server-streaming response.
@@ -123,12 +122,17 @@ fn cors(settings: &TransportSettings) -> CorsLayer {
 /// Serves the API on `listener` until `shutdown` resolves, then drains open calls for at
 /// most the configured grace period.
 pub async fn serve(
-    engine: Arc<Engine>,
-    authenticator: Arc<Authenticator>,
+    node: Node,
     settings: TransportSettings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let Node {
+        engine,
+        auth: authenticator,
+        streams,
+        bus,
+    } = node;
     let limit = settings.max_message_bytes;
     macro_rules! limited {
         ($server:ty, $handler:expr) => {
@@ -202,7 +206,10 @@ pub async fn serve(
             VisitorServiceServer<_>,
             visitor::VisitorApi::new(engine.clone())
         ))
-        .add_service(limited!(ConversationServiceServer<_>, pending::Pending))
+        .add_service(limited!(
+            ConversationServiceServer<_>,
+            conversation::ConversationApi::new(streams.clone(), bus)
+        ))
         .add_service(limited!(WorkflowServiceServer<_>, pending::Pending))
         .add_service(limited!(QueueServiceServer<_>, pending::Pending))
         .add_service(limited!(AnalyticsServiceServer<_>, pending::Pending));
@@ -216,6 +223,8 @@ pub async fn serve(
         r = &mut server => return r.map_err(Into::into),
         () = shutdown => {}
     }
+    // Open streams tell their clients where to resume, then end.
+    streams.shutdown.cancel();
     // Load balancers stop sending before connections close.
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)

@@ -1,33 +1,11 @@
 //! Services declared in the public API whose issues have not landed yet. Every RPC answers
 //! UNIMPLEMENTED, so clients are generated once and learn clearly what is not there.
 
-use super::{Streaming, unimplemented};
+use super::unimplemented;
 use crate::pb;
 
 /// Placeholder handler for the not-yet-built services.
 pub struct Pending;
-
-#[tonic::async_trait]
-impl pb::conversation_service_server::ConversationService for Pending {
-    type SubscribeStream = Streaming<pb::SubscribeResponse>;
-    type ConnectStream = Streaming<pb::ConnectResponse>;
-
-    unimplemented! {
-        create_conversation(pb::CreateConversationRequest) -> pb::CreateConversationResponse;
-        get_conversation(pb::GetConversationRequest) -> pb::GetConversationResponse;
-        list_conversations(pb::ListConversationsRequest) -> pb::ListConversationsResponse;
-        add_members(pb::AddMembersRequest) -> pb::AddMembersResponse;
-        remove_member(pb::RemoveMemberRequest) -> pb::RemoveMemberResponse;
-        send_message(pb::SendMessageRequest) -> pb::SendMessageResponse;
-        list_messages(pb::ListMessagesRequest) -> pb::ListMessagesResponse;
-        edit_message(pb::EditMessageRequest) -> pb::EditMessageResponse;
-        delete_message(pb::DeleteMessageRequest) -> pb::DeleteMessageResponse;
-        mark_read(pb::MarkReadRequest) -> pb::MarkReadResponse;
-        set_typing(pb::SetTypingRequest) -> pb::SetTypingResponse;
-        subscribe(pb::SubscribeRequest) -> Self::SubscribeStream;
-        connect(tonic::Streaming<pb::ConnectRequest>) -> Self::ConnectStream;
-    }
-}
 
 #[tonic::async_trait]
 impl pb::workflow_service_server::WorkflowService for Pending {

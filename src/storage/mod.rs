@@ -4,6 +4,9 @@
 //! so row-level security backs every query and nothing leaks into a pooled connection.
 
 pub mod api_keys;
+pub mod conversations;
+pub mod messages;
+pub mod presence;
 pub mod schema;
 pub mod tenants;
 pub mod tokens;

@@ -78,7 +78,79 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    conversations (tenant_id, conversation_id) {
+        tenant_id -> Uuid,
+        conversation_id -> Uuid,
+        kind -> Text,
+        status -> Text,
+        title -> Text,
+        direct_key -> Nullable<Text>,
+        visitor_id -> Nullable<Uuid>,
+        assigned_agent_id -> Nullable<Uuid>,
+        last_seq -> Int8,
+        created_at -> Timestamptz,
+        last_activity_at -> Timestamptz,
+        closed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    conversation_members (tenant_id, conversation_id, user_id) {
+        tenant_id -> Uuid,
+        conversation_id -> Uuid,
+        user_id -> Uuid,
+        read_seq -> Int8,
+        joined_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    messages (tenant_id, message_id) {
+        tenant_id -> Uuid,
+        message_id -> Uuid,
+        conversation_id -> Uuid,
+        seq -> Int8,
+        sender_type -> Text,
+        sender_id -> Nullable<Uuid>,
+        body -> Text,
+        request_id -> Nullable<Uuid>,
+        request_hash -> Nullable<Bytea>,
+        created_at -> Timestamptz,
+        edited_at -> Nullable<Timestamptz>,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    conversation_events (tenant_id, conversation_id, seq) {
+        tenant_id -> Uuid,
+        conversation_id -> Uuid,
+        seq -> Int8,
+        kind -> Text,
+        message_id -> Nullable<Uuid>,
+        actor_id -> Nullable<Uuid>,
+        payload -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    agent_presence (tenant_id, user_id, node_id) {
+        tenant_id -> Uuid,
+        user_id -> Uuid,
+        node_id -> Uuid,
+        streams -> Int4,
+        heartbeat_at -> Timestamptz,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
+    conversations,
+    conversation_members,
+    messages,
+    conversation_events,
+    agent_presence,
     tenants,
     users,
     agent_skills,

@@ -128,10 +128,20 @@ pub struct TestApp {
 }
 
 /// Options for [`TestApp::spawn_with`].
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Options {
     /// Shutdown grace period.
     pub shutdown_grace_secs: Option<u64>,
+    /// NATS server for fan-out between nodes.
+    pub nats_url: Option<String>,
+    /// Events queued per stream before it must resync.
+    pub subscriber_buffer: Option<usize>,
+    /// Reuse this database (admin URL, app URL) instead of a fresh one.
+    pub database: Option<(String, String)>,
+    /// Reuse these secrets (operator token, JWT secret) so tokens stay valid across nodes.
+    pub secrets: Option<(String, String)>,
+    /// Database pool size.
+    pub pool_size: Option<usize>,
 }
 
 impl TestApp {
@@ -142,16 +152,25 @@ impl TestApp {
 
     /// A server with `opts`.
     pub async fn spawn_with(opts: Options) -> Self {
-        let (admin_url, app_url) = fresh_database().await;
-        let operator_token = format!("op-{}", uuid::Uuid::new_v4());
-        let jwt_secret = format!("secret-{}", uuid::Uuid::new_v4());
+        let (admin_url, app_url) = match opts.database.clone() {
+            Some(db) => db,
+            None => fresh_database().await,
+        };
+        let (operator_token, jwt_secret) = opts.secrets.clone().unwrap_or_else(|| {
+            (
+                format!("op-{}", uuid::Uuid::new_v4()),
+                format!("secret-{}", uuid::Uuid::new_v4()),
+            )
+        });
         let cfg = Config {
             database_url: Some(Secret::new(app_url.clone())),
             migration_database_url: Some(Secret::new(admin_url.clone())),
             operator_token: Some(Secret::new(operator_token.clone())),
             jwt_secret: Some(Secret::new(jwt_secret.clone())),
-            db_pool_size: 4,
+            db_pool_size: opts.pool_size.unwrap_or(8),
             shutdown_grace_secs: opts.shutdown_grace_secs.unwrap_or(2),
+            nats_url: opts.nats_url.clone(),
+            subscriber_buffer: opts.subscriber_buffer.unwrap_or(1024),
             data_dir: std::env::temp_dir().join("chat-engine-unused"),
             ..Config::default()
         };
@@ -160,12 +179,12 @@ impl TestApp {
             migration_url: Secret::new(admin_url.clone()),
             cluster: None,
         };
-        let (engine, auth) = app::build(&cfg, &db).await.expect("building the engine");
+        let node = app::build(&cfg, &db).await.expect("building the node");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            app::serve(&cfg, engine, auth, listener, async {
+            app::serve(&cfg, node, listener, async {
                 let _ = stop_rx.await;
             })
             .await
@@ -187,6 +206,34 @@ impl TestApp {
             stop: Some(stop_tx),
             task: Some(task),
         }
+    }
+
+    /// A new connection of its own (HTTP/2 flow control is per connection), with HTTP/2's
+    /// default 64 KiB receive windows, as a plain client that reads slowly would have.
+    pub async fn new_channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("endpoint")
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .connect()
+            .await
+            .expect("connecting")
+    }
+
+    /// Options that start another node over the same database with the same secrets.
+    pub fn same_db(&self) -> Options {
+        Options {
+            database: Some((self.admin_url.clone(), self.app_url.clone())),
+            secrets: Some((self.operator_token.clone(), self.jwt_secret.clone())),
+            ..Options::default()
+        }
+    }
+
+    /// A client of ConversationService.
+    pub fn conversations(
+        &self,
+    ) -> pb::conversation_service_client::ConversationServiceClient<Channel> {
+        pb::conversation_service_client::ConversationServiceClient::new(self.channel.clone())
     }
 
     /// Asks the server to shut down and waits for it; returns how it ended.
@@ -356,4 +403,153 @@ pub fn violated_fields(s: &tonic::Status) -> Vec<String> {
     s.get_details_bad_request()
         .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
+}
+
+/// An open Subscribe stream with helpers to wait for items.
+pub struct Events {
+    inner: tonic::Streaming<pb::SubscribeResponse>,
+}
+
+/// A guard against a broken stream hanging the suite; not a timing goal.
+const WAIT: Duration = Duration::from_secs(20);
+
+impl Events {
+    /// Subscribes with `cursors` (conversation id, last seq) over the app's shared connection.
+    pub async fn open(
+        app: &TestApp,
+        token: &str,
+        cursors: &[(&str, u64)],
+    ) -> Result<Self, tonic::Status> {
+        Self::open_on(app.channel.clone(), token, cursors).await
+    }
+
+    /// Subscribes over `channel`.
+    pub async fn open_on(
+        channel: Channel,
+        token: &str,
+        cursors: &[(&str, u64)],
+    ) -> Result<Self, tonic::Status> {
+        let req = pb::SubscribeRequest {
+            cursors: cursors
+                .iter()
+                .map(|(c, s)| pb::ConversationCursor {
+                    conversation_id: (*c).to_owned(),
+                    last_seq: *s,
+                })
+                .collect(),
+        };
+        let inner = pb::conversation_service_client::ConversationServiceClient::new(channel)
+            .subscribe(bearer(req, token))
+            .await?
+            .into_inner();
+        Ok(Self { inner })
+    }
+
+    /// The next item; Err with the status when the stream ends with one.
+    pub async fn next(&mut self) -> Result<Option<pb::subscribe_response::Item>, tonic::Status> {
+        match tokio::time::timeout(WAIT, self.inner.message()).await {
+            Ok(Ok(Some(r))) => Ok(r.item),
+            Ok(Ok(None)) => Ok(None),
+            Ok(Err(s)) => Err(s),
+            Err(_) => panic!("no stream item within {WAIT:?}"),
+        }
+    }
+
+    /// Skips to the end of the replay (CaughtUp), returning the durable events before it.
+    pub async fn caught_up(&mut self) -> Vec<pb::ConversationEvent> {
+        let mut out = Vec::new();
+        loop {
+            match self
+                .next()
+                .await
+                .expect("stream failed")
+                .expect("stream ended")
+            {
+                pb::subscribe_response::Item::CaughtUp(_) => return out,
+                pb::subscribe_response::Item::Event(e) => out.push(e),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next durable event, skipping ephemeral items.
+    pub async fn event(&mut self) -> pb::ConversationEvent {
+        loop {
+            match self
+                .next()
+                .await
+                .expect("stream failed")
+                .expect("stream ended")
+            {
+                pb::subscribe_response::Item::Event(e) => return e,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next item matching `f`.
+    pub async fn until<T>(
+        &mut self,
+        mut f: impl FnMut(&pb::subscribe_response::Item) -> Option<T>,
+    ) -> T {
+        loop {
+            let item = self
+                .next()
+                .await
+                .expect("stream failed")
+                .expect("stream ended");
+            if let Some(v) = f(&item) {
+                return v;
+            }
+        }
+    }
+}
+
+/// The text of a posted-message event, or None.
+pub fn posted_text(e: &pb::ConversationEvent) -> Option<&str> {
+    match &e.kind {
+        Some(pb::conversation_event::Kind::MessagePosted(m)) => Some(&m.text),
+        _ => None,
+    }
+}
+
+/// Sends a text message and returns (message id, seq).
+pub async fn send(
+    app: &TestApp,
+    token: &str,
+    conv: &str,
+    text: &str,
+) -> Result<(String, u64), tonic::Status> {
+    let r = app
+        .conversations()
+        .send_message(bearer(
+            pb::SendMessageRequest {
+                conversation_id: conv.to_owned(),
+                text: text.to_owned(),
+                request_id: String::new(),
+            },
+            token,
+        ))
+        .await?
+        .into_inner();
+    Ok((r.message_id, r.seq))
+}
+
+/// Creates a group of the caller and `others`; returns its id.
+pub async fn group(app: &TestApp, token: &str, others: &[&str]) -> String {
+    app.conversations()
+        .create_conversation(bearer(
+            pb::CreateConversationRequest {
+                kind: pb::ConversationKind::Group as i32,
+                member_agent_ids: others.iter().map(|s| (*s).to_owned()).collect(),
+                title: "team".into(),
+            },
+            token,
+        ))
+        .await
+        .expect("create group")
+        .into_inner()
+        .conversation
+        .expect("conversation")
+        .id
 }

@@ -3,8 +3,10 @@
 
 mod agents;
 mod auth;
+mod delivery;
 mod harness;
 mod isolation;
+mod messaging;
 mod server;
 mod tenants;
 mod web;

@@ -52,6 +52,7 @@ async fn reflection_lists_every_service() {
 async fn health_serves_then_reports_not_serving_and_shutdown_ends_open_streams() {
     let app = TestApp::spawn_with(Options {
         shutdown_grace_secs: Some(1),
+        ..Options::default()
     })
     .await;
     let mut h = HealthClient::new(app.channel.clone());
@@ -129,13 +130,10 @@ async fn oversized_messages_and_unbuilt_services_get_clear_statuses() {
     assert_eq!(fields, ["password", "tenant_slug"]);
 
     let t = app.tenant("later").await;
-    let mut conv =
-        pb::conversation_service_client::ConversationServiceClient::new(app.channel.clone());
-    let e = conv
-        .list_conversations(bearer(
-            pb::ListConversationsRequest::default(),
-            &t.admin_token,
-        ))
+    let mut workflows =
+        pb::workflow_service_client::WorkflowServiceClient::new(app.channel.clone());
+    let e = workflows
+        .list_workflows(bearer(pb::ListWorkflowsRequest::default(), &t.admin_token))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);

@@ -1,0 +1,854 @@
+//! Conversations and their messages: one pipeline for internal and external chat.
+//!
+//! Every durable change takes the conversation's next seq inside its transaction, stores an
+//! event with that seq, commits, and only then is announced. A send answers after commit.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::events::{ConversationEvent, Event, EventKind, Message, SenderType};
+use super::paging::{Page, page_size, split_page};
+use super::{Engine, require_agent};
+use crate::error::{AppError, AppResult};
+use crate::ids::{ConversationId, MessageId, UserId};
+use crate::storage::TenantTx;
+use crate::storage::conversations::{self as store, ConversationRow, EventRow};
+use crate::storage::messages::{self, MessageRow};
+use crate::storage::users;
+use crate::tenancy::{Actor, Role, TenantScope};
+
+/// Longest message text, in characters.
+pub const MAX_TEXT_CHARS: usize = 8000;
+/// Most members a group may have.
+pub const MAX_MEMBERS: usize = 500;
+
+/// Kind of conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// Two agents.
+    Direct,
+    /// Several agents with a title.
+    Group,
+    /// A visitor and agents.
+    External,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Group => "group",
+            Kind::External => "external",
+        }
+    }
+    fn parse(s: &str) -> Self {
+        match s {
+            "direct" => Kind::Direct,
+            "external" => Kind::External,
+            _ => Kind::Group,
+        }
+    }
+}
+
+/// A conversation with its members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conversation {
+    /// Id.
+    pub id: ConversationId,
+    /// Kind.
+    pub kind: Kind,
+    /// `open`, `queued` or `closed`.
+    pub status: String,
+    /// Group title.
+    pub title: String,
+    /// Agent members.
+    pub members: Vec<UserId>,
+    /// Visitor of an external conversation.
+    pub visitor_id: Option<uuid::Uuid>,
+    /// Seq of the newest event.
+    pub last_seq: i64,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last message time.
+    pub last_activity_at: DateTime<Utc>,
+}
+
+/// A conversation as one member sees it in their list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// The conversation.
+    pub conversation: Conversation,
+    /// Unread messages.
+    pub unread: i64,
+    /// Newest message.
+    pub last_message: Option<Message>,
+    /// The member's read position.
+    pub read_seq: i64,
+}
+
+/// The stored answer to a send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// Message id.
+    pub id: MessageId,
+    /// Its seq.
+    pub seq: i64,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+}
+
+fn conversation(row: ConversationRow, members: Vec<UserId>) -> Conversation {
+    Conversation {
+        id: row.conversation_id,
+        kind: Kind::parse(&row.kind),
+        status: row.status,
+        title: row.title,
+        members,
+        visitor_id: row.visitor_id.map(|v| v.as_uuid()),
+        last_seq: row.last_seq,
+        created_at: row.created_at,
+        last_activity_at: row.last_activity_at,
+    }
+}
+
+/// A message as members see it.
+pub fn message(row: MessageRow) -> Message {
+    Message {
+        id: row.message_id,
+        conversation_id: row.conversation_id,
+        seq: row.seq,
+        sender_type: SenderType::parse(&row.sender_type),
+        sender_id: row.sender_id,
+        text: row.body,
+        created_at: row.created_at,
+        edited_at: row.edited_at,
+        deleted: row.deleted_at.is_some(),
+    }
+}
+
+/// The caller as a message sender.
+fn sender(scope: &TenantScope) -> AppResult<(SenderType, uuid::Uuid)> {
+    match scope.actor() {
+        Actor::Agent { user_id, .. } => Ok((SenderType::Agent, user_id.as_uuid())),
+        Actor::Visitor {
+            visitor_id: Some(v),
+        } => Ok((SenderType::Visitor, v.as_uuid())),
+        _ => Err(AppError::PermissionDenied(
+            "only agents and visitors send messages",
+        )),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct MembersPayload {
+    agents: Vec<UserId>,
+    actor: Option<UserId>,
+}
+
+/// Takes the next seq and stores an event; the caller commits, then announces.
+async fn append(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    kind: EventKind,
+    actor: Option<uuid::Uuid>,
+    at: DateTime<Utc>,
+) -> AppResult<ConversationEvent> {
+    append_with_request(tx, conv, kind, actor, at, None).await
+}
+
+/// [`append`], recording the idempotency key of a posted message with it.
+async fn append_with_request(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    kind: EventKind,
+    actor: Option<uuid::Uuid>,
+    at: DateTime<Utc>,
+    request: Option<(uuid::Uuid, Vec<u8>)>,
+) -> AppResult<ConversationEvent> {
+    let is_message = matches!(kind, EventKind::MessagePosted(_));
+    let seq = store::next_seq(tx, conv, is_message.then_some(at))
+        .await?
+        .ok_or(AppError::FailedPrecondition("the conversation is closed"))?;
+    let (message_id, payload) = match &kind {
+        EventKind::MessagePosted(m)
+        | EventKind::MessageEdited(m)
+        | EventKind::MessageDeleted(m) => (Some(m.id), serde_json::Value::Null),
+        EventKind::MembersAdded { agents, actor } | EventKind::MemberRemoved { agents, actor } => (
+            None,
+            serde_json::to_value(MembersPayload {
+                agents: agents.clone(),
+                actor: *actor,
+            })
+            .map_err(|e| AppError::Internal(e.to_string()))?,
+        ),
+    };
+    // A posted message carries its own seq; store it before the event that points at it.
+    let kind = match kind {
+        EventKind::MessagePosted(mut m) => {
+            m.seq = seq;
+            EventKind::MessagePosted(m)
+        }
+        other => other,
+    };
+    if let EventKind::MessagePosted(m) = &kind {
+        let mut row = message_row(tx.tenant_id(), m);
+        if let Some((rid, hash)) = request {
+            row.request_id = Some(rid);
+            row.request_hash = Some(hash);
+        }
+        messages::insert(tx, &row).await?;
+    }
+    store::insert_event(
+        tx,
+        &EventRow {
+            tenant_id: tx.tenant_id(),
+            conversation_id: conv,
+            seq,
+            kind: kind.name().to_owned(),
+            message_id,
+            actor_id: actor,
+            payload,
+            created_at: at,
+        },
+    )
+    .await?;
+    Ok(ConversationEvent {
+        conversation_id: conv,
+        seq,
+        at,
+        kind,
+    })
+}
+
+fn message_row(tenant: crate::ids::TenantId, m: &Message) -> MessageRow {
+    MessageRow {
+        tenant_id: tenant,
+        message_id: m.id,
+        conversation_id: m.conversation_id,
+        seq: m.seq,
+        sender_type: m.sender_type.as_str().to_owned(),
+        sender_id: m.sender_id,
+        body: m.text.clone(),
+        request_id: None,
+        request_hash: None,
+        created_at: m.created_at,
+        edited_at: None,
+        deleted_at: None,
+    }
+}
+
+fn publish(e: &Engine, scope: &TenantScope, events: Vec<ConversationEvent>) {
+    for event in events {
+        e.publisher.publish(Event::Durable {
+            tenant: scope.tenant_id(),
+            event,
+        });
+    }
+}
+
+async fn require_active_agents(tx: &mut TenantTx, ids: &[UserId]) -> AppResult<()> {
+    for id in ids {
+        match users::get(tx, *id).await? {
+            Some(u) if u.active => {}
+            _ => return Err(AppError::NotFound("agent")),
+        }
+    }
+    Ok(())
+}
+
+async fn load_members(tx: &mut TenantTx, conv: ConversationId) -> AppResult<Vec<UserId>> {
+    Ok(store::members_of(tx, &[conv])
+        .await?
+        .into_iter()
+        .map(|(_, u)| u)
+        .collect())
+}
+
+/// Creates a direct conversation (returning the existing one between the same two agents) or
+/// a group. The creation is the conversation's first event (seq 1: members added).
+pub async fn create(
+    e: &Engine,
+    scope: &TenantScope,
+    kind: Kind,
+    others: Vec<UserId>,
+    title: String,
+) -> AppResult<Conversation> {
+    let (me, _) = require_agent(scope)?;
+    let mut members: Vec<UserId> = others.into_iter().filter(|u| *u != me).collect();
+    members.sort();
+    members.dedup();
+    let direct_key = match kind {
+        Kind::Direct => {
+            if members.len() != 1 {
+                return Err(AppError::field(
+                    "member_agent_ids",
+                    "a direct conversation has exactly one other agent",
+                ));
+            }
+            let mut pair = [me, members[0]];
+            pair.sort();
+            Some(format!("{}:{}", pair[0], pair[1]))
+        }
+        Kind::Group => {
+            if members.is_empty() || members.len() >= MAX_MEMBERS {
+                return Err(AppError::field(
+                    "member_agent_ids",
+                    format!("a group has 1-{} other agents", MAX_MEMBERS - 1),
+                ));
+            }
+            None
+        }
+        Kind::External => {
+            return Err(AppError::field(
+                "kind",
+                "external chats are started by visitors",
+            ));
+        }
+    };
+    let mut tx = e.db.tenant_tx(scope).await?;
+    if let Some(key) = &direct_key
+        && let Some(existing) = store::find_direct(&mut tx, key).await?
+    {
+        let members = load_members(&mut tx, existing.conversation_id).await?;
+        tx.commit().await?;
+        return Ok(conversation(existing, members));
+    }
+    require_active_agents(&mut tx, &members).await?;
+    members.push(me);
+    members.sort();
+    let now = e.now();
+    let row = ConversationRow {
+        tenant_id: scope.tenant_id(),
+        conversation_id: ConversationId::new(),
+        kind: kind.as_str().into(),
+        status: "open".into(),
+        title,
+        direct_key: direct_key.clone(),
+        visitor_id: None,
+        assigned_agent_id: None,
+        last_seq: 0,
+        created_at: now,
+        last_activity_at: now,
+        closed_at: None,
+    };
+    match store::insert(&mut tx, &row).await {
+        // The same pair created it concurrently: answer with theirs.
+        Err(AppError::AlreadyExists(_)) if direct_key.is_some() => {
+            drop(tx);
+            let mut tx = e.db.tenant_tx(scope).await?;
+            let key = direct_key.unwrap_or_default();
+            let existing = store::find_direct(&mut tx, &key)
+                .await?
+                .ok_or(AppError::Unavailable("direct conversation race".into()))?;
+            let members = load_members(&mut tx, existing.conversation_id).await?;
+            tx.commit().await?;
+            return Ok(conversation(existing, members));
+        }
+        other => other?,
+    }
+    store::add_members(&mut tx, row.conversation_id, &members, now).await?;
+    let ev = append(
+        &mut tx,
+        row.conversation_id,
+        EventKind::MembersAdded {
+            agents: members.clone(),
+            actor: Some(me),
+        },
+        Some(me.as_uuid()),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    let created = Conversation {
+        last_seq: ev.seq,
+        ..conversation(row, members)
+    };
+    publish(e, scope, vec![ev]);
+    Ok(created)
+}
+
+/// One conversation the caller belongs to, with their unread count.
+pub async fn get(e: &Engine, scope: &TenantScope, id: ConversationId) -> AppResult<Summary> {
+    let (me, _) = require_agent(scope)?;
+    let mut tx = e.db.tenant_tx(scope).await?;
+    let (row, read_seq) = store::get_for_member(&mut tx, id, me)
+        .await?
+        .ok_or(AppError::NotFound("conversation"))?;
+    let mut s = summaries(&mut tx, me, vec![(row, read_seq)]).await?;
+    tx.commit().await?;
+    Ok(s.remove(0))
+}
+
+async fn summaries(
+    tx: &mut TenantTx,
+    me: UserId,
+    rows: Vec<(ConversationRow, i64)>,
+) -> AppResult<Vec<Summary>> {
+    let ids: Vec<ConversationId> = rows.iter().map(|(r, _)| r.conversation_id).collect();
+    let members = store::members_of(tx, &ids).await?;
+    let unread = store::unread_counts(tx, me, &ids).await?;
+    let mut latest = messages::latest(tx, &ids).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(row, read_seq)| {
+            let id = row.conversation_id;
+            let m = members
+                .iter()
+                .filter(|(c, _)| *c == id)
+                .map(|(_, u)| *u)
+                .collect();
+            let last = latest
+                .iter()
+                .position(|l| l.conversation_id == id)
+                .map(|i| message(latest.swap_remove(i)));
+            Summary {
+                conversation: conversation(row, m),
+                unread: unread.iter().find(|(c, _)| *c == id).map_or(0, |(_, n)| *n),
+                last_message: last,
+                read_seq,
+            }
+        })
+        .collect())
+}
+
+/// The caller's conversations, newest activity first.
+pub async fn list(
+    e: &Engine,
+    scope: &TenantScope,
+    requested_size: i32,
+    token: &str,
+) -> AppResult<Page<Summary>> {
+    let (me, _) = require_agent(scope)?;
+    let size = page_size(requested_size)?;
+    let binding = format!("tenant:{}|user:{me}|ListConversations", scope.tenant_id());
+    let before = e
+        .pages
+        .open::<(DateTime<Utc>, ConversationId)>(&binding, token)?;
+    let mut tx = e.db.tenant_tx(scope).await?;
+    let rows = store::list_for_member(&mut tx, me, before, size + 1).await?;
+    let (rows, more) = split_page(rows, size);
+    let next_page_token = match rows.last() {
+        Some((last, _)) if more => e
+            .pages
+            .seal(&binding, &(last.last_activity_at, last.conversation_id)),
+        _ => String::new(),
+    };
+    let items = summaries(&mut tx, me, rows).await?;
+    tx.commit().await?;
+    Ok(Page {
+        items,
+        next_page_token,
+    })
+}
+
+/// Adds agents to a group the caller belongs to.
+pub async fn add_members(
+    e: &Engine,
+    scope: &TenantScope,
+    id: ConversationId,
+    agents: Vec<UserId>,
+) -> AppResult<Conversation> {
+    let (me, _) = require_agent(scope)?;
+    let mut tx = e.db.tenant_tx(scope).await?;
+    let (row, _) = store::get_for_member(&mut tx, id, me)
+        .await?
+        .ok_or(AppError::NotFound("conversation"))?;
+    if row.kind != "group" {
+        return Err(AppError::FailedPrecondition("only groups change members"));
+    }
+    require_active_agents(&mut tx, &agents).await?;
+    let now = e.now();
+    let added = store::add_members(&mut tx, id, &agents, now).await?;
+    let mut events = Vec::new();
+    if !added.is_empty() {
+        let mut members = load_members(&mut tx, id).await?;
+        if members.len() > MAX_MEMBERS {
+            return Err(AppError::field(
+                "agent_ids",
+                format!("a group has at most {MAX_MEMBERS} members"),
+            ));
+        }
+        members.sort();
+        events.push(
+            append(
+                &mut tx,
+                id,
+                EventKind::MembersAdded {
+                    agents: added,
+                    actor: Some(me),
+                },
+                Some(me.as_uuid()),
+                now,
+            )
+            .await?,
+        );
+    }
+    let (row, _) = store::get_for_member(&mut tx, id, me)
+        .await?
+        .ok_or(AppError::NotFound("conversation"))?;
+    let members = load_members(&mut tx, id).await?;
+    tx.commit().await?;
+    publish(e, scope, events);
+    Ok(conversation(row, members))
+}
+
+/// Removes an agent from a group: anyone may leave; admins may remove others.
+pub async fn remove_member(
+    e: &Engine,
+    scope: &TenantScope,
+    id: ConversationId,
+    agent: UserId,
+) -> AppResult<Conversation> {
+    let (me, role) = require_agent(scope)?;
+    if agent != me && role != Role::Admin {
+        return Err(AppError::PermissionDenied(
+            "only admins remove other members",
+        ));
+    }
+    let mut tx = e.db.tenant_tx(scope).await?;
+    let (row, _) = store::get_for_member(&mut tx, id, me)
+        .await?
+        .ok_or(AppError::NotFound("conversation"))?;
+    if row.kind != "group" {
+        return Err(AppError::FailedPrecondition("only groups change members"));
+    }
+    let now = e.now();
+    let mut events = Vec::new();
+    if store::remove_member(&mut tx, id, agent).await? {
+        events.push(
+            append(
+                &mut tx,
+                id,
+                EventKind::MemberRemoved {
+                    agents: vec![agent],
+                    actor: Some(me),
+                },
+                Some(me.as_uuid()),
+                now,
+            )
+            .await?,
+        );
+    } else {
+        return Err(AppError::NotFound("member"));
+    }
+    let members = load_members(&mut tx, id).await?;
+    tx.commit().await?;
+    let last_seq = events.last().map_or(row.last_seq, |ev| ev.seq);
+    publish(e, scope, events);
+    Ok(Conversation {
+        last_seq,
+        ..conversation(row, members)
+    })
+}
+
+fn request_hash(conv: ConversationId, text: &str) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(conv.as_uuid().as_bytes());
+    h.update(text.as_bytes());
+    h.finalize().to_vec()
+}
+
+/// Sends a message. With a `request_id`, a retry returns the first answer and the same id
+/// with other content is refused; the answer comes only after commit.
+pub async fn send(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+    text: String,
+    request_id: Option<uuid::Uuid>,
+) -> AppResult<Sent> {
+    match send_once(e, scope, conv, &text, request_id).await {
+        // A concurrent retry with the same request_id won the insert: answer with its result.
+        Err(AppError::AlreadyExists(_)) if request_id.is_some() => {
+            send_once(e, scope, conv, &text, request_id).await
+        }
+        other => other,
+    }
+}
+
+async fn send_once(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+    text: &str,
+    request_id: Option<uuid::Uuid>,
+) -> AppResult<Sent> {
+    let (sender_type, sender_id) = sender(scope)?;
+    let hash = request_hash(conv, text);
+    let mut tx = e.db.tenant_tx(scope).await?;
+    if let Some(rid) = request_id
+        && let Some(prev) = messages::find_by_request(&mut tx, sender_id, rid).await?
+    {
+        tx.commit().await?;
+        if prev.request_hash.as_deref() != Some(&hash[..]) {
+            return Err(AppError::AlreadyExists(
+                "request_id was already used for a different message",
+            ));
+        }
+        return Ok(Sent {
+            id: prev.message_id,
+            seq: prev.seq,
+            created_at: prev.created_at,
+        });
+    }
+    if let Actor::Agent { user_id, .. } = scope.actor() {
+        store::get_for_member(&mut tx, conv, user_id)
+            .await?
+            .ok_or(AppError::NotFound("conversation"))?;
+    }
+    let now = e.now();
+    let msg = Message {
+        id: MessageId::new(),
+        conversation_id: conv,
+        seq: 0,
+        sender_type,
+        sender_id: Some(sender_id),
+        text: text.to_owned(),
+        created_at: now,
+        edited_at: None,
+        deleted: false,
+    };
+    let id = msg.id;
+    let ev = append_with_request(
+        &mut tx,
+        conv,
+        EventKind::MessagePosted(msg),
+        Some(sender_id),
+        now,
+        request_id.map(|rid| (rid, hash)),
+    )
+    .await?;
+    let sent = Sent {
+        id,
+        seq: ev.seq,
+        created_at: now,
+    };
+    tx.commit().await?;
+    publish(e, scope, vec![ev]);
+    Ok(sent)
+}
+
+/// Pages through messages by seq.
+pub async fn list_messages(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+    forward: bool,
+    anchor: u64,
+    requested_size: i32,
+    token: &str,
+) -> AppResult<Page<Message>> {
+    let (me, _) = require_agent(scope)?;
+    let size = page_size(requested_size)?;
+    let binding = format!("tenant:{}|ListMessages|{conv}|{forward}", scope.tenant_id());
+    let anchor = match e.pages.open::<i64>(&binding, token)? {
+        Some(seq) => Some(seq),
+        None if anchor == 0 => None,
+        None => {
+            Some(i64::try_from(anchor).map_err(|_| AppError::field("anchor_seq", "too large"))?)
+        }
+    };
+    let mut tx = e.db.tenant_tx(scope).await?;
+    store::get_for_member(&mut tx, conv, me)
+        .await?
+        .ok_or(AppError::NotFound("conversation"))?;
+    let rows = messages::page(&mut tx, conv, forward, anchor, size + 1).await?;
+    tx.commit().await?;
+    let (rows, more) = split_page(rows, size);
+    let next_page_token = match rows.last() {
+        Some(last) if more => e.pages.seal(&binding, &last.seq),
+        _ => String::new(),
+    };
+    Ok(Page {
+        items: rows.into_iter().map(message).collect(),
+        next_page_token,
+    })
+}
+
+/// Edits (`Some(text)`) or deletes (`None`) one of the caller's own messages.
+pub async fn change_message(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+    id: MessageId,
+    text: Option<String>,
+) -> AppResult<(Message, i64)> {
+    let (me, _) = require_agent(scope)?;
+    let mut tx = e.db.tenant_tx(scope).await?;
+    store::get_for_member(&mut tx, conv, me)
+        .await?
+        .ok_or(AppError::NotFound("conversation"))?;
+    let row = messages::get(&mut tx, conv, id)
+        .await?
+        .ok_or(AppError::NotFound("message"))?;
+    if row.sender_id != Some(me.as_uuid()) {
+        return Err(AppError::PermissionDenied(
+            "only the author changes a message",
+        ));
+    }
+    if row.deleted_at.is_some() {
+        return Err(AppError::FailedPrecondition("the message is deleted"));
+    }
+    let now = e.now();
+    let (updated, kind): (Message, fn(Message) -> EventKind) = match text {
+        Some(t) => (
+            message(messages::edit(&mut tx, id, &t, now).await?),
+            EventKind::MessageEdited,
+        ),
+        None => (
+            message(messages::delete(&mut tx, id, now).await?),
+            EventKind::MessageDeleted,
+        ),
+    };
+    let ev = append(
+        &mut tx,
+        conv,
+        kind(updated.clone()),
+        Some(me.as_uuid()),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    let seq = ev.seq;
+    publish(e, scope, vec![ev]);
+    Ok((updated, seq))
+}
+
+/// Moves the caller's read position; returns it and the unread count left.
+pub async fn mark_read(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+    seq: u64,
+) -> AppResult<(i64, i64)> {
+    let (me, _) = require_agent(scope)?;
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let mut tx = e.db.tenant_tx(scope).await?;
+    let read_seq = store::mark_read(&mut tx, conv, me, seq)
+        .await?
+        .ok_or(AppError::NotFound("conversation"))?;
+    let unread = store::unread_counts(&mut tx, me, &[conv])
+        .await?
+        .first()
+        .map_or(0, |(_, n)| *n);
+    tx.commit().await?;
+    e.publisher.publish(Event::Read {
+        tenant: scope.tenant_id(),
+        conversation: conv,
+        reader: me.as_uuid(),
+        read_seq,
+    });
+    Ok((read_seq, unread))
+}
+
+/// Announces that the caller is (or stopped) typing.
+pub async fn set_typing(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+    typing: bool,
+) -> AppResult<()> {
+    let (me, _) = require_agent(scope)?;
+    let mut tx = e.db.tenant_tx(scope).await?;
+    store::get_for_member(&mut tx, conv, me)
+        .await?
+        .ok_or(AppError::NotFound("conversation"))?;
+    tx.commit().await?;
+    e.publisher.publish(Event::Typing {
+        tenant: scope.tenant_id(),
+        conversation: conv,
+        sender: me.as_uuid(),
+        typing,
+    });
+    Ok(())
+}
+
+/// Conversations the caller belongs to, with their current last seq.
+pub async fn memberships(e: &Engine, scope: &TenantScope) -> AppResult<Vec<(ConversationId, i64)>> {
+    let (me, _) = require_agent(scope)?;
+    let mut tx = e.db.tenant_tx(scope).await?;
+    let m = store::memberships(&mut tx, me).await?;
+    tx.commit().await?;
+    Ok(m)
+}
+
+/// Stored events of a conversation the caller belongs to with `after < seq <= up_to`,
+/// oldest first, at most `limit`; None when the caller is not a member.
+pub async fn events_between(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> AppResult<Option<Vec<ConversationEvent>>> {
+    let (me, _) = require_agent(scope)?;
+    let mut tx = e.db.tenant_tx(scope).await?;
+    if store::get_for_member(&mut tx, conv, me).await?.is_none() {
+        tx.commit().await?;
+        return Ok(None);
+    }
+    let rows = store::events_between(&mut tx, conv, after, up_to, limit).await?;
+    let ids: Vec<MessageId> = rows.iter().filter_map(|r| r.message_id).collect();
+    let msgs = messages::by_ids(&mut tx, &ids).await?;
+    tx.commit().await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let msg = || {
+            r.message_id
+                .and_then(|id| msgs.iter().find(|m| m.message_id == id))
+                .cloned()
+                .map(message)
+                .ok_or_else(|| AppError::Internal(format!("event {} lost its message", r.seq)))
+        };
+        let members = || {
+            serde_json::from_value::<MembersPayload>(r.payload.clone())
+                .map_err(|err| AppError::Internal(err.to_string()))
+        };
+        let kind = match r.kind.as_str() {
+            "message_posted" => EventKind::MessagePosted(msg()?),
+            "message_edited" => EventKind::MessageEdited(msg()?),
+            "message_deleted" => EventKind::MessageDeleted(msg()?),
+            "members_added" => {
+                let p = members()?;
+                EventKind::MembersAdded {
+                    agents: p.agents,
+                    actor: p.actor,
+                }
+            }
+            "member_removed" => {
+                let p = members()?;
+                EventKind::MemberRemoved {
+                    agents: p.agents,
+                    actor: p.actor,
+                }
+            }
+            other => return Err(AppError::Internal(format!("unknown event kind {other}"))),
+        };
+        out.push(ConversationEvent {
+            conversation_id: r.conversation_id,
+            seq: r.seq,
+            at: r.created_at,
+            kind,
+        });
+    }
+    Ok(Some(out))
+}
+
+/// One conversation by id, if the caller belongs to it.
+pub async fn get_conversation(
+    e: &Engine,
+    scope: &TenantScope,
+    id: ConversationId,
+) -> AppResult<Option<Conversation>> {
+    let (me, _) = require_agent(scope)?;
+    let mut tx = e.db.tenant_tx(scope).await?;
+    let Some((row, _)) = store::get_for_member(&mut tx, id, me).await? else {
+        tx.commit().await?;
+        return Ok(None);
+    };
+    let members = load_members(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Some(conversation(row, members)))
+}

@@ -1,0 +1,196 @@
+//! What happens in conversations, as values: durable events (numbered by the conversation's
+//! seq, stored before they are announced) and ephemeral signals (typing, read positions,
+//! presence). The domain announces them through a [`Publisher`]; `realtime` delivers them.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ConversationId, MessageId, TenantId, UserId};
+
+/// Who sent a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SenderType {
+    /// An agent.
+    Agent,
+    /// A website visitor.
+    Visitor,
+    /// The engine.
+    System,
+}
+
+impl SenderType {
+    /// Storage spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::Visitor => "visitor",
+            Self::System => "system",
+        }
+    }
+    /// Parses the storage spelling.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "visitor" => Self::Visitor,
+            "system" => Self::System,
+            _ => Self::Agent,
+        }
+    }
+}
+
+/// A message as members see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Id.
+    pub id: MessageId,
+    /// Conversation.
+    pub conversation_id: ConversationId,
+    /// Seq of the posting event.
+    pub seq: i64,
+    /// Sender kind.
+    pub sender_type: SenderType,
+    /// Sender id.
+    pub sender_id: Option<uuid::Uuid>,
+    /// Text; empty once deleted.
+    pub text: String,
+    /// Send time.
+    pub created_at: DateTime<Utc>,
+    /// Last edit.
+    pub edited_at: Option<DateTime<Utc>>,
+    /// Whether deleted.
+    pub deleted: bool,
+}
+
+/// What a durable event records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A message was sent.
+    MessagePosted(Message),
+    /// A message's text changed.
+    MessageEdited(Message),
+    /// A message was deleted.
+    MessageDeleted(Message),
+    /// Agents joined.
+    MembersAdded {
+        /// Who joined.
+        agents: Vec<UserId>,
+        /// Who added them.
+        actor: Option<UserId>,
+    },
+    /// Agents left or were removed.
+    MemberRemoved {
+        /// Who left.
+        agents: Vec<UserId>,
+        /// Who removed them.
+        actor: Option<UserId>,
+    },
+}
+
+impl EventKind {
+    /// Storage spelling of the kind.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::MessagePosted(_) => "message_posted",
+            Self::MessageEdited(_) => "message_edited",
+            Self::MessageDeleted(_) => "message_deleted",
+            Self::MembersAdded { .. } => "members_added",
+            Self::MemberRemoved { .. } => "member_removed",
+        }
+    }
+}
+
+/// A durable event of one conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationEvent {
+    /// Conversation.
+    pub conversation_id: ConversationId,
+    /// Gapless number within the conversation.
+    pub seq: i64,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// Presence of an agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Presence {
+    /// Has an open stream, available or busy.
+    Online,
+    /// Has an open stream, away.
+    Away,
+    /// No open stream, or offline.
+    Offline,
+}
+
+/// An agent's presence and status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceState {
+    /// Agent.
+    pub agent: UserId,
+    /// Presence.
+    pub presence: Presence,
+    /// Their own status (`available`, `busy`, `away`, `offline`).
+    pub status: String,
+    /// Last time they had an open stream.
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+/// Anything announced to open streams.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// A committed durable event.
+    Durable {
+        /// Tenant.
+        tenant: TenantId,
+        /// The event.
+        event: ConversationEvent,
+    },
+    /// A member's read position moved.
+    Read {
+        /// Tenant.
+        tenant: TenantId,
+        /// Conversation.
+        conversation: ConversationId,
+        /// Reader.
+        reader: uuid::Uuid,
+        /// New position.
+        read_seq: i64,
+    },
+    /// Typing started or stopped.
+    Typing {
+        /// Tenant.
+        tenant: TenantId,
+        /// Conversation.
+        conversation: ConversationId,
+        /// Typist.
+        sender: uuid::Uuid,
+        /// Whether typing.
+        typing: bool,
+    },
+    /// An agent's presence changed.
+    Presence {
+        /// Tenant.
+        tenant: TenantId,
+        /// New state.
+        state: PresenceState,
+    },
+}
+
+impl Event {
+    /// The tenant the event belongs to.
+    pub fn tenant(&self) -> TenantId {
+        match self {
+            Event::Durable { tenant, .. }
+            | Event::Read { tenant, .. }
+            | Event::Typing { tenant, .. }
+            | Event::Presence { tenant, .. } => *tenant,
+        }
+    }
+}
+
+/// Announces events to open streams, on this node and others. Called only after the
+/// transaction that made a durable event has committed.
+pub trait Publisher: Send + Sync {
+    /// Announces an event; delivery is best effort (streams catch up by seq).
+    fn publish(&self, event: Event);
+}

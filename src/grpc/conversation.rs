@@ -1,0 +1,430 @@
+//! ConversationService: internal chat, messages, read marks, typing, and the event streams.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::{Streaming, convert, scope};
+use crate::domain::conversations::{self, Kind, MAX_TEXT_CHARS};
+use crate::domain::validate;
+use crate::error::{AppError, FieldViolation, Violations};
+use crate::ids::{ConversationId, MessageId, UserId};
+use crate::pb;
+use crate::pb::conversation_service_server::ConversationService;
+use crate::realtime::{BusHealth, StreamContext, stream};
+use crate::tenancy::TenantScope;
+
+/// Handler of ConversationService.
+pub struct ConversationApi {
+    streams: Arc<StreamContext>,
+    bus: BusHealth,
+}
+
+impl ConversationApi {
+    /// A handler over the node's stream context.
+    pub fn new(streams: Arc<StreamContext>, bus: BusHealth) -> Self {
+        Self { streams, bus }
+    }
+
+    fn engine(&self) -> &crate::domain::Engine {
+        &self.streams.engine
+    }
+
+    fn open_stream(
+        &self,
+        scope: TenantScope,
+        cursors: Vec<(ConversationId, i64)>,
+    ) -> Result<impl Stream<Item = Result<pb::SubscribeResponse, Status>> + Send + 'static, Status>
+    {
+        if !self.bus.healthy() {
+            return Err(AppError::Unavailable("event bus unavailable".into()).into());
+        }
+        Ok(stream::subscribe(self.streams.clone(), scope, cursors)
+            .map(|r| r.map(convert::stream_item).map_err(Status::from)))
+    }
+}
+
+fn conv_id(v: &mut Violations, field: &str, raw: &str) -> ConversationId {
+    v.check(validate::id(field, raw, ConversationId::parse))
+        .unwrap_or_default()
+}
+
+fn agent_ids(v: &mut Violations, field: &str, raw: &[String]) -> Vec<UserId> {
+    if raw.len() > conversations::MAX_MEMBERS {
+        v.add(field, "too many agents");
+        return Vec::new();
+    }
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, s)| v.check(validate::id(&format!("{field}[{i}]"), s, UserId::parse)))
+        .collect()
+}
+
+fn message_text(field: &str, raw: &str) -> Result<String, FieldViolation> {
+    validate::text(field, raw, MAX_TEXT_CHARS)
+}
+
+fn request_id(v: &mut Violations, raw: &str) -> Option<uuid::Uuid> {
+    if raw.is_empty() {
+        return None;
+    }
+    match uuid::Uuid::try_parse(raw) {
+        Ok(u) if !u.is_nil() => Some(u),
+        _ => {
+            v.add("request_id", "must be a non-nil UUID");
+            None
+        }
+    }
+}
+
+fn cursors(v: &mut Violations, raw: &[pb::ConversationCursor]) -> Vec<(ConversationId, i64)> {
+    if raw.len() > 10_000 {
+        v.add("cursors", "at most 10000 cursors");
+        return Vec::new();
+    }
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let id = v.check(validate::id(
+                &format!("cursors[{i}].conversation_id"),
+                &c.conversation_id,
+                ConversationId::parse,
+            ))?;
+            let seq = i64::try_from(c.last_seq).ok();
+            if seq.is_none() {
+                v.add(&format!("cursors[{i}].last_seq"), "too large");
+            }
+            Some((id, seq?))
+        })
+        .collect()
+}
+
+async fn send(
+    e: &crate::domain::Engine,
+    s: &TenantScope,
+    r: pb::SendMessageRequest,
+) -> Result<pb::SendMessageResponse, Status> {
+    let mut v = Violations::new();
+    let conv = conv_id(&mut v, "conversation_id", &r.conversation_id);
+    let text = v.check(message_text("text", &r.text));
+    let rid = request_id(&mut v, &r.request_id);
+    v.finish()?;
+    let text = text.ok_or_else(|| AppError::Internal("validated text missing".into()))?;
+    let sent = conversations::send(e, s, conv, text, rid).await?;
+    Ok(pb::SendMessageResponse {
+        message_id: sent.id.to_string(),
+        seq: convert::seq_out(sent.seq),
+        create_time: Some(convert::ts(sent.created_at)),
+    })
+}
+
+async fn mark_read(
+    e: &crate::domain::Engine,
+    s: &TenantScope,
+    r: pb::MarkReadRequest,
+) -> Result<pb::MarkReadResponse, Status> {
+    let mut v = Violations::new();
+    let conv = conv_id(&mut v, "conversation_id", &r.conversation_id);
+    v.finish()?;
+    let (read, unread) = conversations::mark_read(e, s, conv, r.seq).await?;
+    Ok(pb::MarkReadResponse {
+        read_seq: convert::seq_out(read),
+        unread_count: convert::seq_out(unread),
+    })
+}
+
+async fn set_typing(
+    e: &crate::domain::Engine,
+    s: &TenantScope,
+    r: pb::SetTypingRequest,
+) -> Result<pb::SetTypingResponse, Status> {
+    let mut v = Violations::new();
+    let conv = conv_id(&mut v, "conversation_id", &r.conversation_id);
+    v.finish()?;
+    conversations::set_typing(e, s, conv, r.typing).await?;
+    Ok(pb::SetTypingResponse {})
+}
+
+#[tonic::async_trait]
+impl ConversationService for ConversationApi {
+    async fn create_conversation(
+        &self,
+        req: Request<pb::CreateConversationRequest>,
+    ) -> Result<Response<pb::CreateConversationResponse>, Status> {
+        let s = scope::agent(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let kind = match pb::ConversationKind::try_from(r.kind) {
+            Ok(pb::ConversationKind::Direct) => Some(Kind::Direct),
+            Ok(pb::ConversationKind::Group) => Some(Kind::Group),
+            _ => {
+                v.add(
+                    "kind",
+                    "must be CONVERSATION_KIND_DIRECT or CONVERSATION_KIND_GROUP",
+                );
+                None
+            }
+        };
+        let members = agent_ids(&mut v, "member_agent_ids", &r.member_agent_ids);
+        let title = match kind {
+            Some(Kind::Group) => v.check(validate::text("title", &r.title, 200)),
+            _ => v.check(validate::optional_text("title", &r.title, 200)),
+        };
+        v.finish()?;
+        let (Some(kind), Some(title)) = (kind, title) else {
+            return Err(AppError::Internal("validated fields missing".into()).into());
+        };
+        let c = conversations::create(self.engine(), &s, kind, members, title).await?;
+        Ok(Response::new(pb::CreateConversationResponse {
+            conversation: Some(convert::conversation(c)),
+        }))
+    }
+
+    async fn get_conversation(
+        &self,
+        req: Request<pb::GetConversationRequest>,
+    ) -> Result<Response<pb::GetConversationResponse>, Status> {
+        let s = scope::agent(&req)?;
+        let mut v = Violations::new();
+        let id = conv_id(&mut v, "conversation_id", &req.get_ref().conversation_id);
+        v.finish()?;
+        let c = conversations::get(self.engine(), &s, id).await?;
+        Ok(Response::new(pb::GetConversationResponse {
+            conversation: Some(convert::summary(c)),
+        }))
+    }
+
+    async fn list_conversations(
+        &self,
+        req: Request<pb::ListConversationsRequest>,
+    ) -> Result<Response<pb::ListConversationsResponse>, Status> {
+        let s = scope::agent(&req)?;
+        let r = req.into_inner();
+        let page = conversations::list(self.engine(), &s, r.page_size, &r.page_token).await?;
+        Ok(Response::new(pb::ListConversationsResponse {
+            conversations: page.items.into_iter().map(convert::summary).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn add_members(
+        &self,
+        req: Request<pb::AddMembersRequest>,
+    ) -> Result<Response<pb::AddMembersResponse>, Status> {
+        let s = scope::agent(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let id = conv_id(&mut v, "conversation_id", &r.conversation_id);
+        let agents = agent_ids(&mut v, "agent_ids", &r.agent_ids);
+        if r.agent_ids.is_empty() {
+            v.add("agent_ids", "name at least one agent");
+        }
+        v.finish()?;
+        let c = conversations::add_members(self.engine(), &s, id, agents).await?;
+        Ok(Response::new(pb::AddMembersResponse {
+            conversation: Some(convert::conversation(c)),
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        let s = scope::agent(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let id = conv_id(&mut v, "conversation_id", &r.conversation_id);
+        let agent = v
+            .check(validate::id("agent_id", &r.agent_id, UserId::parse))
+            .unwrap_or_default();
+        v.finish()?;
+        let c = conversations::remove_member(self.engine(), &s, id, agent).await?;
+        Ok(Response::new(pb::RemoveMemberResponse {
+            conversation: Some(convert::conversation(c)),
+        }))
+    }
+
+    async fn send_message(
+        &self,
+        req: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let s = scope::agent(&req)?;
+        Ok(Response::new(
+            send(self.engine(), &s, req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_messages(
+        &self,
+        req: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let s = scope::agent(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let id = conv_id(&mut v, "conversation_id", &r.conversation_id);
+        let forward = match pb::ListDirection::try_from(r.direction) {
+            Ok(pb::ListDirection::Forward) => true,
+            Ok(_) => false,
+            Err(_) => {
+                v.add("direction", "unknown direction");
+                false
+            }
+        };
+        v.finish()?;
+        let page = conversations::list_messages(
+            self.engine(),
+            &s,
+            id,
+            forward,
+            r.anchor_seq,
+            r.page_size,
+            &r.page_token,
+        )
+        .await?;
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages: page.items.into_iter().map(convert::message).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn edit_message(
+        &self,
+        req: Request<pb::EditMessageRequest>,
+    ) -> Result<Response<pb::EditMessageResponse>, Status> {
+        let s = scope::agent(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let conv = conv_id(&mut v, "conversation_id", &r.conversation_id);
+        let id = v
+            .check(validate::id("message_id", &r.message_id, MessageId::parse))
+            .unwrap_or_default();
+        let text = v.check(message_text("text", &r.text));
+        v.finish()?;
+        let (m, seq) = conversations::change_message(self.engine(), &s, conv, id, text).await?;
+        Ok(Response::new(pb::EditMessageResponse {
+            message: Some(convert::message(m)),
+            event_seq: convert::seq_out(seq),
+        }))
+    }
+
+    async fn delete_message(
+        &self,
+        req: Request<pb::DeleteMessageRequest>,
+    ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
+        let s = scope::agent(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let conv = conv_id(&mut v, "conversation_id", &r.conversation_id);
+        let id = v
+            .check(validate::id("message_id", &r.message_id, MessageId::parse))
+            .unwrap_or_default();
+        v.finish()?;
+        let (m, seq) = conversations::change_message(self.engine(), &s, conv, id, None).await?;
+        Ok(Response::new(pb::DeleteMessageResponse {
+            message: Some(convert::message(m)),
+            event_seq: convert::seq_out(seq),
+        }))
+    }
+
+    async fn mark_read(
+        &self,
+        req: Request<pb::MarkReadRequest>,
+    ) -> Result<Response<pb::MarkReadResponse>, Status> {
+        let s = scope::agent(&req)?;
+        Ok(Response::new(
+            mark_read(self.engine(), &s, req.into_inner()).await?,
+        ))
+    }
+
+    async fn set_typing(
+        &self,
+        req: Request<pb::SetTypingRequest>,
+    ) -> Result<Response<pb::SetTypingResponse>, Status> {
+        let s = scope::agent(&req)?;
+        Ok(Response::new(
+            set_typing(self.engine(), &s, req.into_inner()).await?,
+        ))
+    }
+
+    type SubscribeStream = Streaming<pb::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let s = scope::agent(&req)?;
+        let mut v = Violations::new();
+        let cursors = cursors(&mut v, &req.get_ref().cursors);
+        v.finish()?;
+        let stream = self.open_stream(s, cursors)?;
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type ConnectStream = Streaming<pb::ConnectResponse>;
+
+    async fn connect(
+        &self,
+        req: Request<tonic::Streaming<pb::ConnectRequest>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let s = scope::agent(&req)?;
+        let mut inbound = req.into_inner();
+        // The first command must open the subscription.
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream closed before subscribing"))?;
+        let Some(pb::connect_request::Command::Subscribe(sub)) = first.command else {
+            return Err(AppError::field("command", "the first command must be subscribe").into());
+        };
+        let mut v = Violations::new();
+        let cursors = cursors(&mut v, &sub.cursors);
+        v.finish()?;
+        let events = self.open_stream(s, cursors)?.map(|r| {
+            r.map(|e| pb::ConnectResponse {
+                item: Some(pb::connect_response::Item::Event(e)),
+            })
+        });
+        let engine = self.streams.engine.clone();
+        let acks = async_stream::stream! {
+            while let Some(cmd) = inbound.next().await {
+                let cmd = match cmd {
+                    Ok(c) => c,
+                    Err(_) => break,
+                };
+                yield Ok(pb::ConnectResponse {
+                    item: Some(pb::connect_response::Item::Ack(command(&engine, &s, cmd).await)),
+                });
+            }
+        };
+        let merged: Pin<Box<dyn Stream<Item = Result<pb::ConnectResponse, Status>> + Send>> =
+            Box::pin(futures_util::stream::select(events, acks));
+        Ok(Response::new(merged))
+    }
+}
+
+/// Runs one Connect command and answers with its ack.
+async fn command(
+    e: &crate::domain::Engine,
+    s: &TenantScope,
+    cmd: pb::ConnectRequest,
+) -> pb::CommandAck {
+    use pb::connect_request::Command;
+    let mut ack = pb::CommandAck {
+        client_id: cmd.client_id,
+        ..Default::default()
+    };
+    let result: Result<(), Status> = match cmd.command {
+        Some(Command::SendMessage(r)) => send(e, s, r).await.map(|r| ack.send_message = Some(r)),
+        Some(Command::MarkRead(r)) => mark_read(e, s, r).await.map(|r| ack.mark_read = Some(r)),
+        Some(Command::SetTyping(r)) => set_typing(e, s, r).await.map(drop),
+        Some(Command::Subscribe(_)) => Err(Status::failed_precondition("already subscribed")),
+        None => Err(Status::invalid_argument("empty command")),
+    };
+    if let Err(st) = result {
+        ack.code = st.code() as i32;
+        ack.message = st.message().to_owned();
+    }
+    ack
+}

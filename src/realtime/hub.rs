@@ -1,0 +1,266 @@
+//! The node-local hub: routes announced events to the open streams on this node. Each stream
+//! has a bounded queue; a stream that falls behind is cut off (told to resync) instead of
+//! slowing the publisher or growing memory.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::mpsc;
+
+use crate::domain::events::{Event, EventKind};
+use crate::ids::{ConversationId, TenantId, UserId};
+
+/// Why a stream was cut off.
+pub type EndReason = &'static str;
+
+/// Cut off because its queue was full.
+pub const SLOW_CONSUMER: EndReason = "slow_consumer";
+/// Cut off because this node lost the bus to other nodes.
+pub const BUS_LOST: EndReason = "bus_lost";
+
+struct Entry {
+    tx: mpsc::Sender<Arc<Event>>,
+    tenant: TenantId,
+    user: UserId,
+    convs: HashSet<ConversationId>,
+    ended: Arc<OnceLock<EndReason>>,
+}
+
+#[derive(Default)]
+struct State {
+    subs: HashMap<u64, Entry>,
+    by_conv: HashMap<(TenantId, ConversationId), HashSet<u64>>,
+    by_user: HashMap<(TenantId, UserId), HashSet<u64>>,
+    by_tenant: HashMap<TenantId, HashSet<u64>>,
+}
+
+impl State {
+    fn remove(&mut self, id: u64, reason: Option<EndReason>) {
+        let Some(e) = self.subs.remove(&id) else {
+            return;
+        };
+        if let Some(r) = reason {
+            let _ = e.ended.set(r);
+        }
+        for c in &e.convs {
+            detach(&mut self.by_conv, (e.tenant, *c), id);
+        }
+        detach(&mut self.by_user, (e.tenant, e.user), id);
+        detach(&mut self.by_tenant, e.tenant, id);
+    }
+}
+
+fn detach<K: std::hash::Hash + Eq>(map: &mut HashMap<K, HashSet<u64>>, key: K, id: u64) {
+    if let Some(set) = map.get_mut(&key) {
+        set.remove(&id);
+        if set.is_empty() {
+            map.remove(&key);
+        }
+    }
+}
+
+/// Routes events to local subscribers.
+pub struct Hub {
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    buffer: usize,
+}
+
+impl Hub {
+    /// A hub whose subscribers may queue at most `buffer` events.
+    pub fn new(buffer: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State::default()),
+            next_id: AtomicU64::new(1),
+            buffer: buffer.max(1),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than losing delivery; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a stream of `user` in `tenant`.
+    pub fn subscribe(self: &Arc<Self>, tenant: TenantId, user: UserId) -> Subscriber {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.buffer);
+        let ended = Arc::new(OnceLock::new());
+        let mut s = self.lock();
+        s.subs.insert(
+            id,
+            Entry {
+                tx,
+                tenant,
+                user,
+                convs: HashSet::new(),
+                ended: ended.clone(),
+            },
+        );
+        s.by_user.entry((tenant, user)).or_default().insert(id);
+        s.by_tenant.entry(tenant).or_default().insert(id);
+        Subscriber {
+            id,
+            rx,
+            ended,
+            hub: self.clone(),
+        }
+    }
+
+    /// Starts routing a conversation's events to a subscriber.
+    pub fn follow(&self, sub: &Subscriber, conv: ConversationId) {
+        let mut s = self.lock();
+        let Some(e) = s.subs.get_mut(&sub.id) else {
+            return;
+        };
+        e.convs.insert(conv);
+        let tenant = e.tenant;
+        s.by_conv.entry((tenant, conv)).or_default().insert(sub.id);
+    }
+
+    /// Stops routing a conversation's events to a subscriber.
+    pub fn unfollow(&self, sub: &Subscriber, conv: ConversationId) {
+        let mut s = self.lock();
+        let Some(e) = s.subs.get_mut(&sub.id) else {
+            return;
+        };
+        e.convs.remove(&conv);
+        let tenant = e.tenant;
+        detach(&mut s.by_conv, (tenant, conv), sub.id);
+    }
+
+    /// Delivers an event to every local subscriber it concerns. Never blocks.
+    pub fn dispatch(&self, event: Event) {
+        let event = Arc::new(event);
+        let mut s = self.lock();
+        let mut targets: Vec<u64> = Vec::new();
+        match &*event {
+            Event::Durable { tenant, event: ev } => {
+                if let Some(set) = s.by_conv.get(&(*tenant, ev.conversation_id)) {
+                    targets.extend(set);
+                }
+                // New members are not following the conversation yet.
+                if let EventKind::MembersAdded { agents, .. } = &ev.kind {
+                    for a in agents {
+                        if let Some(set) = s.by_user.get(&(*tenant, *a)) {
+                            targets.extend(set);
+                        }
+                    }
+                }
+            }
+            Event::Read {
+                tenant,
+                conversation,
+                ..
+            }
+            | Event::Typing {
+                tenant,
+                conversation,
+                ..
+            } => {
+                if let Some(set) = s.by_conv.get(&(*tenant, *conversation)) {
+                    targets.extend(set);
+                }
+            }
+            Event::Presence { tenant, .. } => {
+                if let Some(set) = s.by_tenant.get(tenant) {
+                    targets.extend(set);
+                }
+            }
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        for id in targets {
+            let full = match s.subs.get(&id) {
+                Some(e) => matches!(
+                    e.tx.try_send(event.clone()),
+                    Err(mpsc::error::TrySendError::Full(_))
+                ),
+                None => false,
+            };
+            if full {
+                s.remove(id, Some(SLOW_CONSUMER));
+            }
+        }
+    }
+
+    /// Cuts off every subscriber (e.g. the bus to other nodes was lost).
+    pub fn end_all(&self, reason: EndReason) {
+        let mut s = self.lock();
+        let ids: Vec<u64> = s.subs.keys().copied().collect();
+        for id in ids {
+            s.remove(id, Some(reason));
+        }
+    }
+
+    /// Number of registered subscribers.
+    pub fn subscribers(&self) -> usize {
+        self.lock().subs.len()
+    }
+}
+
+/// One stream's end of the hub; unregisters itself when dropped.
+pub struct Subscriber {
+    id: u64,
+    rx: mpsc::Receiver<Arc<Event>>,
+    ended: Arc<OnceLock<EndReason>>,
+    hub: Arc<Hub>,
+}
+
+impl Subscriber {
+    /// The next event; `Err(reason)` once the hub cut this subscriber off.
+    pub async fn recv(&mut self) -> Result<Arc<Event>, EndReason> {
+        match self.rx.recv().await {
+            Some(ev) if self.ended.get().is_none() => Ok(ev),
+            _ => Err(self.ended.get().copied().unwrap_or(BUS_LOST)),
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.hub.lock().remove(self.id, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::events::Event;
+
+    fn typing(t: TenantId, c: ConversationId) -> Event {
+        Event::Typing {
+            tenant: t,
+            conversation: c,
+            sender: uuid::Uuid::nil(),
+            typing: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn routes_by_tenant_and_conversation_and_cuts_off_slow_subscribers() {
+        let hub = Hub::new(2);
+        let (t1, t2) = (TenantId::new(), TenantId::new());
+        let conv = ConversationId::new();
+        let mut a = hub.subscribe(t1, UserId::new());
+        let mut b = hub.subscribe(t2, UserId::new());
+        hub.follow(&a, conv);
+        // Same conversation id in another tenant: never crosses.
+        hub.follow(&b, conv);
+        hub.dispatch(typing(t1, conv));
+        assert!(a.recv().await.is_ok());
+        assert!(b.rx.try_recv().is_err());
+
+        for _ in 0..3 {
+            hub.dispatch(typing(t1, conv));
+        }
+        // The third event found the queue full: the two queued ones are not delivered and
+        // the subscriber learns why it was cut off.
+        assert_eq!(a.recv().await.unwrap_err(), SLOW_CONSUMER);
+        assert_eq!(hub.subscribers(), 1);
+        drop(b);
+        assert_eq!(hub.subscribers(), 0);
+    }
+}

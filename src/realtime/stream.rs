@@ -1,0 +1,248 @@
+//! One subscriber's stream: register with the hub first, replay from PostgreSQL what the
+//! client missed since its cursors, then forward live events, skipping what was already sent
+//! and fetching any gap from PostgreSQL, so the client sees every seq once and in order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tokio_util::sync::CancellationToken;
+
+use super::hub::{EndReason, Hub, Subscriber};
+use super::presence::PresenceTracker;
+use crate::domain::conversations::{self, Conversation};
+use crate::domain::events::{ConversationEvent, Event, EventKind, PresenceState};
+use crate::domain::{Engine, require_agent};
+use crate::error::{AppError, AppResult};
+use crate::ids::{ConversationId, UserId};
+use crate::tenancy::TenantScope;
+
+/// Events fetched from PostgreSQL per round trip while replaying.
+const REPLAY_PAGE: i64 = 500;
+
+/// Why a stream asks its client to reconnect.
+pub const SHUTDOWN: EndReason = "shutdown";
+
+/// An item of a subscriber's stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    /// A durable event.
+    Event(ConversationEvent),
+    /// A read position moved.
+    Read {
+        /// Conversation.
+        conversation: ConversationId,
+        /// Reader.
+        reader: uuid::Uuid,
+        /// New position.
+        read_seq: i64,
+    },
+    /// Typing changed.
+    Typing {
+        /// Conversation.
+        conversation: ConversationId,
+        /// Typist.
+        sender: uuid::Uuid,
+        /// Whether typing.
+        typing: bool,
+    },
+    /// An agent's presence.
+    Presence(PresenceState),
+    /// The subscriber was added to a conversation.
+    Joined(Conversation),
+    /// The replay is over.
+    CaughtUp,
+    /// Reconnect and resume from these cursors; the stream ends after this.
+    Resync {
+        /// Why.
+        reason: EndReason,
+        /// Last seq delivered per conversation.
+        cursors: Vec<(ConversationId, i64)>,
+    },
+}
+
+/// What a stream needs from the node.
+pub struct StreamContext {
+    /// Domain access.
+    pub engine: Arc<Engine>,
+    /// Local delivery.
+    pub hub: Arc<Hub>,
+    /// Presence bookkeeping.
+    pub presence: Arc<PresenceTracker>,
+    /// Cancelled when the node shuts down.
+    pub shutdown: CancellationToken,
+}
+
+struct Delivery {
+    me: UserId,
+    delivered: HashMap<ConversationId, i64>,
+}
+
+impl Delivery {
+    fn cursors(&self) -> Vec<(ConversationId, i64)> {
+        let mut c: Vec<_> = self.delivered.iter().map(|(k, v)| (*k, *v)).collect();
+        c.sort();
+        c
+    }
+}
+
+/// Opens a subscriber's stream. `cursors` name the last seq the client has per conversation;
+/// a cursor for a conversation the caller does not belong to fails with NOT_FOUND.
+pub fn subscribe(
+    ctx: Arc<StreamContext>,
+    scope: TenantScope,
+    cursors: Vec<(ConversationId, i64)>,
+) -> impl Stream<Item = AppResult<Item>> + Send + 'static {
+    async_stream::try_stream! {
+        let (me, _) = require_agent(&scope)?;
+        let e = ctx.engine.clone();
+        let mut sub = ctx.hub.subscribe(scope.tenant_id(), me);
+        let _presence = ctx.presence.enter(&e, scope.tenant_id(), me).await?;
+
+        // Registered before reading positions: nothing committed from here on can be missed.
+        let memberships = conversations::memberships(&e, &scope).await?;
+        let last: HashMap<ConversationId, i64> = memberships.iter().copied().collect();
+        for (c, _) in &cursors {
+            if !last.contains_key(c) {
+                Err(AppError::NotFound("conversation"))?;
+            }
+        }
+        let mut d = Delivery { me, delivered: HashMap::new() };
+        for (c, seq) in &memberships {
+            ctx.hub.follow(&sub, *c);
+            d.delivered.insert(*c, *seq);
+        }
+        for state in ctx.presence.snapshot(&e, &scope).await? {
+            yield Item::Presence(state);
+        }
+        for (c, from) in cursors {
+            let up_to = last[&c];
+            d.delivered.insert(c, from.min(up_to));
+            for ev in fetch(&e, &scope, c, from, up_to).await? {
+                d.delivered.insert(c, ev.seq);
+                yield Item::Event(ev);
+            }
+        }
+        yield Item::CaughtUp;
+
+        loop {
+            let next = tokio::select! {
+                _ = ctx.shutdown.cancelled() => Err(SHUTDOWN),
+                ev = sub.recv() => ev,
+            };
+            let ev = match next {
+                Ok(ev) => ev,
+                Err(reason) => {
+                    yield Item::Resync { reason, cursors: d.cursors() };
+                    Err(AppError::Resync(reason))?;
+                    unreachable!();
+                }
+            };
+            for item in handle(&ctx, &scope, &sub, &mut d, &ev).await? {
+                yield item;
+            }
+        }
+    }
+}
+
+/// Stored events `from < seq <= up_to` of a conversation, in order.
+async fn fetch(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+    mut from: i64,
+    up_to: i64,
+) -> AppResult<Vec<ConversationEvent>> {
+    let mut out = Vec::new();
+    while from < up_to {
+        let page = conversations::events_between(e, scope, conv, from, up_to, REPLAY_PAGE)
+            .await?
+            .unwrap_or_default();
+        let Some(last) = page.last() else { break };
+        from = last.seq;
+        let short = (page.len() as i64) < REPLAY_PAGE;
+        out.extend(page);
+        if short {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Turns one hub event into what this subscriber must see.
+async fn handle(
+    ctx: &StreamContext,
+    scope: &TenantScope,
+    sub: &Subscriber,
+    d: &mut Delivery,
+    ev: &Event,
+) -> AppResult<Vec<Item>> {
+    let mut out = Vec::new();
+    match ev {
+        Event::Durable { event, .. } => {
+            let conv = event.conversation_id;
+            if !d.delivered.contains_key(&conv) {
+                let joined = matches!(&event.kind, EventKind::MembersAdded { agents, .. } if agents.contains(&d.me));
+                if !joined {
+                    return Ok(out);
+                }
+                let Some(c) = conversations::get_conversation(&ctx.engine, scope, conv).await?
+                else {
+                    return Ok(out);
+                };
+                ctx.hub.follow(sub, conv);
+                d.delivered.insert(conv, event.seq - 1);
+                out.push(Item::Joined(c));
+            }
+            let done = d.delivered[&conv];
+            if event.seq <= done {
+                return Ok(out);
+            }
+            if event.seq > done + 1 {
+                // Something was lost or overtaken on the way: PostgreSQL has it.
+                for missed in fetch(&ctx.engine, scope, conv, done, event.seq - 1).await? {
+                    d.delivered.insert(conv, missed.seq);
+                    out.push(Item::Event(missed));
+                }
+            }
+            d.delivered.insert(conv, event.seq);
+            out.push(Item::Event(event.clone()));
+            if let EventKind::MemberRemoved { agents, .. } = &event.kind
+                && agents.contains(&d.me)
+            {
+                ctx.hub.unfollow(sub, conv);
+                d.delivered.remove(&conv);
+            }
+        }
+        Event::Read {
+            conversation,
+            reader,
+            read_seq,
+            ..
+        } => {
+            if d.delivered.contains_key(conversation) {
+                out.push(Item::Read {
+                    conversation: *conversation,
+                    reader: *reader,
+                    read_seq: *read_seq,
+                });
+            }
+        }
+        Event::Typing {
+            conversation,
+            sender,
+            typing,
+            ..
+        } => {
+            if d.delivered.contains_key(conversation) && *sender != d.me.as_uuid() {
+                out.push(Item::Typing {
+                    conversation: *conversation,
+                    sender: *sender,
+                    typing: *typing,
+                });
+            }
+        }
+        Event::Presence { state, .. } => out.push(Item::Presence(state.clone())),
+    }
+    Ok(out)
+}

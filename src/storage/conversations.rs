@@ -1,0 +1,385 @@
+//! Conversations, their members with read positions, and the per-conversation event log.
+//! `last_seq` on the conversation row is the gapless counter: taking the next value locks the
+//! row, so concurrent writers to one conversation are serialised and numbers never repeat.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl;
+
+use super::TenantTx;
+use super::schema::{conversation_events, conversation_members, conversations};
+use crate::error::AppResult;
+use crate::ids::{ConversationId, MessageId, TenantId, UserId, VisitorId};
+
+/// A stored conversation.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = conversations)]
+pub struct ConversationRow {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Id.
+    pub conversation_id: ConversationId,
+    /// `direct`, `group` or `external`.
+    pub kind: String,
+    /// `open`, `queued` or `closed`.
+    pub status: String,
+    /// Group title.
+    pub title: String,
+    /// Sorted pair of agent ids of a direct conversation.
+    pub direct_key: Option<String>,
+    /// Visitor of an external conversation.
+    pub visitor_id: Option<VisitorId>,
+    /// Assigned agent of an external conversation.
+    pub assigned_agent_id: Option<UserId>,
+    /// Seq of the newest event.
+    pub last_seq: i64,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last message time.
+    pub last_activity_at: DateTime<Utc>,
+    /// Closing time.
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+/// A member row.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = conversation_members)]
+pub struct MemberRow {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Conversation.
+    pub conversation_id: ConversationId,
+    /// Agent.
+    pub user_id: UserId,
+    /// Highest seq read.
+    pub read_seq: i64,
+    /// Join time.
+    pub joined_at: DateTime<Utc>,
+}
+
+/// A stored conversation event.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = conversation_events)]
+pub struct EventRow {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Conversation.
+    pub conversation_id: ConversationId,
+    /// Gapless number.
+    pub seq: i64,
+    /// `message_posted`, `message_edited`, `message_deleted`, `members_added`,
+    /// `member_removed` or `status_changed`.
+    pub kind: String,
+    /// Message concerned, for message events.
+    pub message_id: Option<MessageId>,
+    /// Agent or visitor who caused it.
+    pub actor_id: Option<uuid::Uuid>,
+    /// Kind-specific data (member ids, status).
+    pub payload: serde_json::Value,
+    /// Time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Stores a conversation.
+pub async fn insert(tx: &mut TenantTx, row: &ConversationRow) -> AppResult<()> {
+    diesel::insert_into(conversations::table)
+        .values(row)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Adds members (existing ones are left as they are); returns the ids actually added.
+pub async fn add_members(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    users: &[UserId],
+    now: DateTime<Utc>,
+) -> AppResult<Vec<UserId>> {
+    let t = tx.tenant_id();
+    let rows: Vec<MemberRow> = users
+        .iter()
+        .map(|u| MemberRow {
+            tenant_id: t,
+            conversation_id: conv,
+            user_id: *u,
+            read_seq: 0,
+            joined_at: now,
+        })
+        .collect();
+    Ok(diesel::insert_into(conversation_members::table)
+        .values(&rows)
+        .on_conflict_do_nothing()
+        .returning(conversation_members::user_id)
+        .get_results(tx.conn())
+        .await?)
+}
+
+/// Removes a member; false when they were not one.
+pub async fn remove_member(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    user: UserId,
+) -> AppResult<bool> {
+    let t = tx.tenant_id();
+    let n = diesel::delete(conversation_members::table.find((t, conv, user)))
+        .execute(tx.conn())
+        .await?;
+    Ok(n == 1)
+}
+
+/// The direct conversation with this key.
+pub async fn find_direct(tx: &mut TenantTx, key: &str) -> AppResult<Option<ConversationRow>> {
+    let t = tx.tenant_id();
+    Ok(conversations::table
+        .filter(
+            conversations::tenant_id
+                .eq(t)
+                .and(conversations::direct_key.eq(key)),
+        )
+        .select(ConversationRow::as_select())
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// A conversation and the caller's read position, if the caller is a member.
+pub async fn get_for_member(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    user: UserId,
+) -> AppResult<Option<(ConversationRow, i64)>> {
+    let t = tx.tenant_id();
+    Ok(conversations::table
+        .inner_join(
+            conversation_members::table.on(conversation_members::tenant_id
+                .eq(conversations::tenant_id)
+                .and(conversation_members::conversation_id.eq(conversations::conversation_id))),
+        )
+        .filter(
+            conversations::tenant_id
+                .eq(t)
+                .and(conversations::conversation_id.eq(conv))
+                .and(conversation_members::user_id.eq(user)),
+        )
+        .select((ConversationRow::as_select(), conversation_members::read_seq))
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// The caller's conversations, newest activity first, before `before`.
+pub async fn list_for_member(
+    tx: &mut TenantTx,
+    user: UserId,
+    before: Option<(DateTime<Utc>, ConversationId)>,
+    limit: i64,
+) -> AppResult<Vec<(ConversationRow, i64)>> {
+    let t = tx.tenant_id();
+    let mut q = conversations::table
+        .inner_join(
+            conversation_members::table.on(conversation_members::tenant_id
+                .eq(conversations::tenant_id)
+                .and(conversation_members::conversation_id.eq(conversations::conversation_id))),
+        )
+        .filter(
+            conversations::tenant_id
+                .eq(t)
+                .and(conversation_members::user_id.eq(user)),
+        )
+        .select((ConversationRow::as_select(), conversation_members::read_seq))
+        .order((
+            conversations::last_activity_at.desc(),
+            conversations::conversation_id.desc(),
+        ))
+        .limit(limit)
+        .into_boxed();
+    if let Some((at, id)) = before {
+        q = q.filter(
+            conversations::last_activity_at
+                .lt(at)
+                .or(conversations::last_activity_at
+                    .eq(at)
+                    .and(conversations::conversation_id.lt(id))),
+        );
+    }
+    Ok(q.load(tx.conn()).await?)
+}
+
+/// Ids of every conversation the agent belongs to, with their current `last_seq`.
+pub async fn memberships(tx: &mut TenantTx, user: UserId) -> AppResult<Vec<(ConversationId, i64)>> {
+    let t = tx.tenant_id();
+    Ok(conversations::table
+        .inner_join(
+            conversation_members::table.on(conversation_members::tenant_id
+                .eq(conversations::tenant_id)
+                .and(conversation_members::conversation_id.eq(conversations::conversation_id))),
+        )
+        .filter(
+            conversations::tenant_id
+                .eq(t)
+                .and(conversation_members::user_id.eq(user)),
+        )
+        .select((conversations::conversation_id, conversations::last_seq))
+        .load(tx.conn())
+        .await?)
+}
+
+/// (conversation, member) pairs of the given conversations.
+pub async fn members_of(
+    tx: &mut TenantTx,
+    convs: &[ConversationId],
+) -> AppResult<Vec<(ConversationId, UserId)>> {
+    let t = tx.tenant_id();
+    Ok(conversation_members::table
+        .filter(
+            conversation_members::tenant_id
+                .eq(t)
+                .and(conversation_members::conversation_id.eq_any(convs)),
+        )
+        .select((
+            conversation_members::conversation_id,
+            conversation_members::user_id,
+        ))
+        .order((
+            conversation_members::conversation_id,
+            conversation_members::joined_at,
+        ))
+        .load(tx.conn())
+        .await?)
+}
+
+/// Takes the next seq of an open conversation (locking its row until commit); None when it
+/// does not exist or is closed. Message events also move `last_activity_at`.
+pub async fn next_seq(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    activity_at: Option<DateTime<Utc>>,
+) -> AppResult<Option<i64>> {
+    let t = tx.tenant_id();
+    let target = conversations::table
+        .find((t, conv))
+        .filter(conversations::status.ne("closed"));
+    let q = match activity_at {
+        Some(at) => {
+            diesel::update(target)
+                .set((
+                    conversations::last_seq.eq(conversations::last_seq + 1),
+                    conversations::last_activity_at.eq(at),
+                ))
+                .returning(conversations::last_seq)
+                .get_result(tx.conn())
+                .await
+        }
+        None => {
+            diesel::update(target)
+                .set(conversations::last_seq.eq(conversations::last_seq + 1))
+                .returning(conversations::last_seq)
+                .get_result(tx.conn())
+                .await
+        }
+    };
+    Ok(q.optional()?)
+}
+
+/// Appends an event.
+pub async fn insert_event(tx: &mut TenantTx, row: &EventRow) -> AppResult<()> {
+    diesel::insert_into(conversation_events::table)
+        .values(row)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Events with `after < seq <= up_to`, oldest first, at most `limit`.
+pub async fn events_between(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> AppResult<Vec<EventRow>> {
+    let t = tx.tenant_id();
+    Ok(conversation_events::table
+        .filter(
+            conversation_events::tenant_id
+                .eq(t)
+                .and(conversation_events::conversation_id.eq(conv))
+                .and(conversation_events::seq.gt(after))
+                .and(conversation_events::seq.le(up_to)),
+        )
+        .select(EventRow::as_select())
+        .order(conversation_events::seq)
+        .limit(limit)
+        .load(tx.conn())
+        .await?)
+}
+
+/// Moves a member's read position forward (never back, never past `last_seq`); returns the
+/// position after the call, or None when the agent is not a member.
+pub async fn mark_read(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    user: UserId,
+    seq: i64,
+) -> AppResult<Option<i64>> {
+    #[derive(QueryableByName)]
+    struct R {
+        #[diesel(sql_type = BigInt)]
+        read_seq: i64,
+    }
+    let t = tx.tenant_id();
+    let r: Option<R> = diesel::sql_query(
+        "UPDATE conversation_members m
+            SET read_seq = GREATEST(m.read_seq, LEAST($4, c.last_seq))
+           FROM conversations c
+          WHERE m.tenant_id = $1 AND m.conversation_id = $2 AND m.user_id = $3
+            AND c.tenant_id = m.tenant_id AND c.conversation_id = m.conversation_id
+      RETURNING m.read_seq",
+    )
+    .bind::<SqlUuid, _>(t)
+    .bind::<SqlUuid, _>(conv)
+    .bind::<SqlUuid, _>(user)
+    .bind::<BigInt, _>(seq)
+    .get_result(tx.conn())
+    .await
+    .optional()?;
+    Ok(r.map(|r| r.read_seq))
+}
+
+/// Unread messages per conversation for `user`: not their own, not deleted, after their
+/// read position.
+pub async fn unread_counts(
+    tx: &mut TenantTx,
+    user: UserId,
+    convs: &[ConversationId],
+) -> AppResult<Vec<(ConversationId, i64)>> {
+    #[derive(QueryableByName)]
+    struct R {
+        #[diesel(sql_type = SqlUuid)]
+        conversation_id: ConversationId,
+        #[diesel(sql_type = BigInt)]
+        unread: i64,
+    }
+    let t = tx.tenant_id();
+    let rows: Vec<R> = diesel::sql_query(
+        "SELECT m.conversation_id, count(msg.message_id) AS unread
+           FROM conversation_members m
+           LEFT JOIN messages msg
+             ON msg.tenant_id = m.tenant_id AND msg.conversation_id = m.conversation_id
+            AND msg.seq > m.read_seq AND msg.deleted_at IS NULL
+            AND msg.sender_id IS DISTINCT FROM m.user_id
+          WHERE m.tenant_id = $1 AND m.user_id = $2 AND m.conversation_id = ANY($3)
+          GROUP BY m.conversation_id",
+    )
+    .bind::<SqlUuid, _>(t)
+    .bind::<SqlUuid, _>(user)
+    .bind::<Array<SqlUuid>, _>(convs)
+    .load(tx.conn())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.conversation_id, r.unread))
+        .collect())
+}

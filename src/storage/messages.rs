@@ -1,0 +1,170 @@
+//! Messages: the current state of each message (text, edit and delete markers), keyed by the
+//! seq of the event that posted it.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::TenantTx;
+use super::schema::messages;
+use crate::error::AppResult;
+use crate::ids::{ConversationId, MessageId, TenantId};
+
+/// A stored message.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = messages)]
+pub struct MessageRow {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Id.
+    pub message_id: MessageId,
+    /// Conversation.
+    pub conversation_id: ConversationId,
+    /// Seq of the posting event.
+    pub seq: i64,
+    /// `agent`, `visitor` or `system`.
+    pub sender_type: String,
+    /// Agent or visitor id.
+    pub sender_id: Option<uuid::Uuid>,
+    /// Text; empty once deleted.
+    pub body: String,
+    /// Client idempotency key.
+    pub request_id: Option<uuid::Uuid>,
+    /// SHA-256 of the request payload.
+    pub request_hash: Option<Vec<u8>>,
+    /// Send time.
+    pub created_at: DateTime<Utc>,
+    /// Last edit.
+    pub edited_at: Option<DateTime<Utc>>,
+    /// Deletion time.
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// Stores a message.
+pub async fn insert(tx: &mut TenantTx, row: &MessageRow) -> AppResult<()> {
+    diesel::insert_into(messages::table)
+        .values(row)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// The message a sender stored under an idempotency key.
+pub async fn find_by_request(
+    tx: &mut TenantTx,
+    sender: uuid::Uuid,
+    request_id: uuid::Uuid,
+) -> AppResult<Option<MessageRow>> {
+    let t = tx.tenant_id();
+    Ok(messages::table
+        .filter(
+            messages::tenant_id
+                .eq(t)
+                .and(messages::sender_id.eq(sender))
+                .and(messages::request_id.eq(request_id)),
+        )
+        .select(MessageRow::as_select())
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// One message of a conversation.
+pub async fn get(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    id: MessageId,
+) -> AppResult<Option<MessageRow>> {
+    let t = tx.tenant_id();
+    Ok(messages::table
+        .find((t, id))
+        .filter(messages::conversation_id.eq(conv))
+        .select(MessageRow::as_select())
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// Messages by id.
+pub async fn by_ids(tx: &mut TenantTx, ids: &[MessageId]) -> AppResult<Vec<MessageRow>> {
+    let t = tx.tenant_id();
+    Ok(messages::table
+        .filter(
+            messages::tenant_id
+                .eq(t)
+                .and(messages::message_id.eq_any(ids)),
+        )
+        .select(MessageRow::as_select())
+        .load(tx.conn())
+        .await?)
+}
+
+/// A page of messages: seq greater than `anchor` ascending (forward), or lower than `anchor`
+/// descending (backward; `None` means from the newest).
+pub async fn page(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    forward: bool,
+    anchor: Option<i64>,
+    limit: i64,
+) -> AppResult<Vec<MessageRow>> {
+    let t = tx.tenant_id();
+    let mut q = messages::table
+        .filter(
+            messages::tenant_id
+                .eq(t)
+                .and(messages::conversation_id.eq(conv)),
+        )
+        .select(MessageRow::as_select())
+        .limit(limit)
+        .into_boxed();
+    q = match (forward, anchor) {
+        (true, a) => q
+            .filter(messages::seq.gt(a.unwrap_or(0)))
+            .order(messages::seq.asc()),
+        (false, Some(a)) => q.filter(messages::seq.lt(a)).order(messages::seq.desc()),
+        (false, None) => q.order(messages::seq.desc()),
+    };
+    Ok(q.load(tx.conn()).await?)
+}
+
+/// The newest message of each conversation.
+pub async fn latest(tx: &mut TenantTx, convs: &[ConversationId]) -> AppResult<Vec<MessageRow>> {
+    let t = tx.tenant_id();
+    Ok(messages::table
+        .filter(
+            messages::tenant_id
+                .eq(t)
+                .and(messages::conversation_id.eq_any(convs)),
+        )
+        .distinct_on(messages::conversation_id)
+        .select(MessageRow::as_select())
+        .order((messages::conversation_id, messages::seq.desc()))
+        .load(tx.conn())
+        .await?)
+}
+
+/// Replaces a message's text.
+pub async fn edit(
+    tx: &mut TenantTx,
+    id: MessageId,
+    body: &str,
+    at: DateTime<Utc>,
+) -> AppResult<MessageRow> {
+    let t = tx.tenant_id();
+    Ok(diesel::update(messages::table.find((t, id)))
+        .set((messages::body.eq(body), messages::edited_at.eq(at)))
+        .returning(MessageRow::as_returning())
+        .get_result(tx.conn())
+        .await?)
+}
+
+/// Marks a message deleted and drops its text.
+pub async fn delete(tx: &mut TenantTx, id: MessageId, at: DateTime<Utc>) -> AppResult<MessageRow> {
+    let t = tx.tenant_id();
+    Ok(diesel::update(messages::table.find((t, id)))
+        .set((messages::body.eq(""), messages::deleted_at.eq(at)))
+        .returning(MessageRow::as_returning())
+        .get_result(tx.conn())
+        .await?)
+}

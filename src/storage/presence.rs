@@ -1,0 +1,111 @@
+//! Open-stream counts per agent and node, for presence across nodes.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use diesel_async::RunQueryDsl;
+
+use super::TenantTx;
+use super::schema::{agent_presence, users};
+use crate::error::AppResult;
+use crate::ids::UserId;
+
+/// Sets this node's stream count for an agent and refreshes its heartbeat.
+pub async fn set_streams(
+    tx: &mut TenantTx,
+    user: UserId,
+    node: uuid::Uuid,
+    streams: i32,
+    now: DateTime<Utc>,
+) -> AppResult<()> {
+    let t = tx.tenant_id();
+    if streams == 0 {
+        diesel::delete(agent_presence::table.find((t, user, node)))
+            .execute(tx.conn())
+            .await?;
+        return Ok(());
+    }
+    diesel::insert_into(agent_presence::table)
+        .values((
+            agent_presence::tenant_id.eq(t),
+            agent_presence::user_id.eq(user),
+            agent_presence::node_id.eq(node),
+            agent_presence::streams.eq(streams),
+            agent_presence::heartbeat_at.eq(now),
+        ))
+        .on_conflict((
+            agent_presence::tenant_id,
+            agent_presence::user_id,
+            agent_presence::node_id,
+        ))
+        .do_update()
+        .set((
+            agent_presence::streams.eq(excluded(agent_presence::streams)),
+            agent_presence::heartbeat_at.eq(excluded(agent_presence::heartbeat_at)),
+        ))
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Refreshes this node's heartbeat for the given agents.
+pub async fn heartbeat(
+    tx: &mut TenantTx,
+    users_here: &[UserId],
+    node: uuid::Uuid,
+    now: DateTime<Utc>,
+) -> AppResult<()> {
+    let t = tx.tenant_id();
+    diesel::update(
+        agent_presence::table.filter(
+            agent_presence::tenant_id
+                .eq(t)
+                .and(agent_presence::node_id.eq(node))
+                .and(agent_presence::user_id.eq_any(users_here)),
+        ),
+    )
+    .set(agent_presence::heartbeat_at.eq(now))
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Every active agent with their status, whether any live node holds a stream for them, and
+/// when they were last seen.
+pub async fn snapshot(
+    tx: &mut TenantTx,
+    fresh_after: DateTime<Utc>,
+) -> AppResult<Vec<(UserId, String, bool, Option<DateTime<Utc>>)>> {
+    let t = tx.tenant_id();
+    let rows: Vec<(UserId, String, Option<DateTime<Utc>>)> = users::table
+        .filter(users::tenant_id.eq(t).and(users::active.eq(true)))
+        .select((users::user_id, users::status, users::last_seen_at))
+        .order(users::user_id)
+        .load(tx.conn())
+        .await?;
+    let online: Vec<UserId> = agent_presence::table
+        .filter(
+            agent_presence::tenant_id
+                .eq(t)
+                .and(agent_presence::streams.gt(0))
+                .and(agent_presence::heartbeat_at.gt(fresh_after)),
+        )
+        .select(agent_presence::user_id)
+        .distinct()
+        .load(tx.conn())
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(u, s, seen)| (u, s, online.contains(&u), seen))
+        .collect())
+}
+
+/// Stamps an agent's last-seen time.
+pub async fn touch_last_seen(tx: &mut TenantTx, user: UserId, now: DateTime<Utc>) -> AppResult<()> {
+    let t = tx.tenant_id();
+    diesel::update(users::table.find((t, user)))
+        .set(users::last_seen_at.eq(now))
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}

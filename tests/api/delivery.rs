@@ -1,0 +1,404 @@
+//! The event stream: ordering under concurrency, exact resume, joins, receipts, typing,
+//! presence, slow consumers, shutdown, and the bidirectional Connect stream.
+
+use chat_engine::pb;
+use pb::subscribe_response::Item;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+use crate::harness::{Events, Options, TestApp, bearer, group, posted_text, send};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_get_one_gapless_order_that_every_subscriber_sees() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("order").await;
+    let (ann, ann_tok) = app.agent(&t, "ann").await;
+    let (bob, bob_tok) = app.agent(&t, "bob").await;
+    let conv = group(&app, &t.admin_token, &[&ann, &bob]).await;
+    let mut subs = Vec::new();
+    for tok in [&t.admin_token, &ann_tok, &bob_tok] {
+        let mut e = Events::open(&app, tok, &[(&conv, 1)]).await.unwrap();
+        e.caught_up().await;
+        subs.push(e);
+    }
+    let senders = (0..100).map(|i| {
+        let tok = [&t.admin_token, &ann_tok, &bob_tok][i % 3].clone();
+        let app = &app;
+        let conv = conv.clone();
+        async move { send(app, &tok, &conv, &format!("msg {i}")).await.unwrap().1 }
+    });
+    let mut acked: Vec<u64> = futures_util::future::join_all(senders).await;
+    acked.sort();
+    assert_eq!(
+        acked,
+        (2..=101).collect::<Vec<u64>>(),
+        "acked seqs are gapless"
+    );
+    let mut orders = Vec::new();
+    for s in &mut subs {
+        let mut seen = Vec::new();
+        while seen.len() < 100 {
+            let e = s.event().await;
+            seen.push((e.seq, posted_text(&e).unwrap().to_owned()));
+        }
+        assert_eq!(
+            seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            (2..=101).collect::<Vec<u64>>()
+        );
+        orders.push(seen);
+    }
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "subscribers disagree on the order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_stream_resumes_with_exactly_the_missing_events() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("resume").await;
+    let (ann, ann_tok) = app.agent(&t, "ann").await;
+    let conv = group(&app, &t.admin_token, &[&ann]).await;
+    let mut ev = Events::open(&app, &ann_tok, &[(&conv, 0)]).await.unwrap();
+    assert_eq!(ev.caught_up().await.len(), 1);
+    for i in 0..3 {
+        send(&app, &t.admin_token, &conv, &format!("before {i}"))
+            .await
+            .unwrap();
+    }
+    let mut last = 0;
+    for _ in 0..3 {
+        last = ev.event().await.seq;
+    }
+    drop(ev);
+    // Messages keep coming while the client is away, and while it resubscribes.
+    for i in 0..4 {
+        send(&app, &t.admin_token, &conv, &format!("away {i}"))
+            .await
+            .unwrap();
+    }
+    let background = {
+        let (tok, conv, app_ch) = (t.admin_token.clone(), conv.clone(), app.channel.clone());
+        tokio::spawn(async move {
+            let mut c = pb::conversation_service_client::ConversationServiceClient::new(app_ch);
+            for i in 0..20 {
+                c.send_message(bearer(
+                    pb::SendMessageRequest {
+                        conversation_id: conv.clone(),
+                        text: format!("during {i}"),
+                        request_id: String::new(),
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap();
+            }
+        })
+    };
+    let mut ev = Events::open(&app, &ann_tok, &[(&conv, last)])
+        .await
+        .unwrap();
+    let mut seqs = Vec::new();
+    let mut texts = Vec::new();
+    while seqs.len() < 24 {
+        let e = ev.event().await;
+        seqs.push(e.seq);
+        texts.push(posted_text(&e).unwrap().to_owned());
+    }
+    background.await.unwrap();
+    assert_eq!(
+        seqs,
+        ((last + 1)..=(last + 24)).collect::<Vec<u64>>(),
+        "no gap, no duplicate"
+    );
+    assert_eq!(texts[0], "away 0");
+    assert_eq!(texts[23], "during 19");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_resumes_across_a_server_restart() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("restart").await;
+    let (ann, ann_tok) = app.agent(&t, "ann").await;
+    let conv = group(&app, &t.admin_token, &[&ann]).await;
+    let mut ev = Events::open(&app, &ann_tok, &[(&conv, 0)]).await.unwrap();
+    ev.caught_up().await;
+    send(&app, &t.admin_token, &conv, "one").await.unwrap();
+    let seen = ev.event().await.seq;
+    send(&app, &t.admin_token, &conv, "two").await.unwrap();
+    let opts = app.same_db();
+    // The server goes away with the stream open: the stream is told where to resume.
+    let stopping = tokio::spawn(app.shutdown());
+    let resync = ev
+        .until(|i| match i {
+            Item::Resync(r) => Some(r.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(resync.reason, "shutdown");
+    let cursor = resync
+        .cursors
+        .iter()
+        .find(|c| c.conversation_id == conv)
+        .unwrap()
+        .last_seq;
+    assert!(cursor >= seen);
+    let end = ev.next().await.unwrap_err();
+    assert_eq!(end.code(), Code::Aborted);
+    stopping.await.unwrap().unwrap();
+
+    let app = TestApp::spawn_with(opts).await;
+    send(&app, &t.admin_token, &conv, "three").await.unwrap();
+    let mut ev = Events::open(&app, &ann_tok, &[(&conv, cursor)])
+        .await
+        .unwrap();
+    let replay = ev.caught_up().await;
+    let texts: Vec<_> = replay.iter().filter_map(posted_text).collect();
+    let expected: Vec<&str> = if cursor > seen {
+        vec!["three"]
+    } else {
+        vec!["two", "three"]
+    };
+    assert_eq!(texts, expected);
+    assert_eq!(replay.first().unwrap().seq, cursor + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_conversations_receipts_typing_and_presence_reach_open_streams() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("live").await;
+    let (ann, ann_tok) = app.agent(&t, "ann").await;
+    let (bob, bob_tok) = app.agent(&t, "bob").await;
+    let mut ann_ev = Events::open(&app, &ann_tok, &[]).await.unwrap();
+    // The snapshot names every agent; Ann is online (her own stream), Bob is not.
+    let mut presence = Vec::new();
+    loop {
+        match ann_ev.next().await.unwrap().unwrap() {
+            Item::Presence(p) => presence.push(p),
+            Item::CaughtUp(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(presence.len(), 3);
+    let of = |id: &str| presence.iter().find(|p| p.agent_id == id).unwrap().presence;
+    assert_eq!(of(&ann), pb::Presence::Online as i32);
+    assert_eq!(of(&bob), pb::Presence::Offline as i32);
+
+    // Bob opens a stream: Ann sees him come online.
+    let mut bob_ev = Events::open(&app, &bob_tok, &[]).await.unwrap();
+    bob_ev.caught_up().await;
+    ann_ev
+        .until(|i| match i {
+            Item::Presence(p) if p.agent_id == bob && p.presence == pb::Presence::Online as i32 => {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+
+    // Bob starts a conversation with Ann: it appears on her open stream.
+    let conv = group(&app, &bob_tok, &[&ann]).await;
+    let joined = ann_ev
+        .until(|i| match i {
+            Item::Joined(j) => Some(j.conversation.clone().unwrap()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(joined.id, conv);
+    assert_eq!(ann_ev.event().await.seq, 1);
+
+    let mut c = app.conversations();
+    c.set_typing(bearer(
+        pb::SetTypingRequest {
+            conversation_id: conv.clone(),
+            typing: true,
+        },
+        &bob_tok,
+    ))
+    .await
+    .unwrap();
+    let typing = ann_ev
+        .until(|i| match i {
+            Item::Typing(t) => Some(t.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (typing.sender_id.as_str(), typing.typing),
+        (bob.as_str(), true)
+    );
+
+    let (_, seq) = send(&app, &bob_tok, &conv, "read me").await.unwrap();
+    assert_eq!(posted_text(&ann_ev.event().await), Some("read me"));
+    c.mark_read(bearer(
+        pb::MarkReadRequest {
+            conversation_id: conv.clone(),
+            seq,
+        },
+        &ann_tok,
+    ))
+    .await
+    .unwrap();
+    let receipt = bob_ev
+        .until(|i| match i {
+            Item::ReadReceipt(r) => Some(r.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (receipt.reader_id.as_str(), receipt.read_seq),
+        (ann.as_str(), seq)
+    );
+
+    // Bob leaves the stream: Ann sees him go offline.
+    drop(bob_ev);
+    ann_ev
+        .until(|i| match i {
+            Item::Presence(p)
+                if p.agent_id == bob && p.presence == pb::Presence::Offline as i32 =>
+            {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_does_not_read_is_cut_off_while_others_keep_receiving() {
+    let app = TestApp::spawn_with(Options {
+        subscriber_buffer: Some(8),
+        ..Options::default()
+    })
+    .await;
+    let t = app.tenant("slow").await;
+    let (ann, ann_tok) = app.agent(&t, "ann").await;
+    let (bob, bob_tok) = app.agent(&t, "bob").await;
+    let conv = group(&app, &t.admin_token, &[&ann, &bob]).await;
+    // Each subscriber on its own connection, as separate clients would be.
+    let mut slow = Events::open_on(app.new_channel().await, &ann_tok, &[(&conv, 1)])
+        .await
+        .unwrap();
+    slow.caught_up().await;
+    let mut fast = Events::open_on(app.new_channel().await, &bob_tok, &[(&conv, 1)])
+        .await
+        .unwrap();
+    fast.caught_up().await;
+    // Large messages fill the HTTP/2 window quickly, so the slow reader's queue fills.
+    let text = "x".repeat(7000);
+    let total = 300;
+    let reader = tokio::spawn(async move {
+        let mut n = 0;
+        while n < total {
+            let e = fast.event().await;
+            assert_eq!(e.seq, 2 + n as u64);
+            n += 1;
+        }
+        n
+    });
+    for _ in 0..total {
+        send(&app, &t.admin_token, &conv, &text).await.unwrap();
+    }
+    assert_eq!(
+        reader.await.unwrap(),
+        total,
+        "the fast subscriber got everything"
+    );
+    // The slow one reads at last: what was already on the wire, then the resync notice.
+    let mut last = 1;
+    let resync = loop {
+        match slow.next().await {
+            Ok(Some(Item::Event(e))) => {
+                assert_eq!(e.seq, last + 1);
+                last = e.seq;
+            }
+            Ok(Some(Item::Resync(r))) => break r,
+            Ok(Some(_)) => {}
+            other => panic!("expected a resync notice, got {other:?}"),
+        }
+    };
+    assert_eq!(resync.reason, "slow_consumer");
+    assert!(last < 301, "the slow subscriber was not cut off");
+    let status = slow.next().await.unwrap_err();
+    assert_eq!(status.code(), Code::Aborted);
+    use tonic_types::StatusExt;
+    assert_eq!(
+        status.get_details_error_info().unwrap().reason,
+        "RESYNC_REQUIRED"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_carries_commands_up_and_events_down() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("bidi").await;
+    let (ann, _) = app.agent(&t, "ann").await;
+    let conv = group(&app, &t.admin_token, &[&ann]).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ConnectRequest>(8);
+    tx.send(pb::ConnectRequest {
+        client_id: "sub".into(),
+        command: Some(pb::connect_request::Command::Subscribe(
+            pb::SubscribeRequest { cursors: vec![] },
+        )),
+    })
+    .await
+    .unwrap();
+    let mut down = app
+        .conversations()
+        .connect(bearer(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &t.admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(pb::ConnectRequest {
+        client_id: "c1".into(),
+        command: Some(pb::connect_request::Command::SendMessage(
+            pb::SendMessageRequest {
+                conversation_id: conv.clone(),
+                text: "over the bidi stream".into(),
+                request_id: String::new(),
+            },
+        )),
+    })
+    .await
+    .unwrap();
+    tx.send(pb::ConnectRequest {
+        client_id: "c2".into(),
+        command: Some(pb::connect_request::Command::MarkRead(
+            pb::MarkReadRequest {
+                conversation_id: "junk".into(),
+                seq: 1,
+            },
+        )),
+    })
+    .await
+    .unwrap();
+    let (mut acks, mut event) = (Vec::new(), None);
+    while acks.len() < 2 || event.is_none() {
+        let item = tokio::time::timeout(std::time::Duration::from_secs(20), down.next())
+            .await
+            .expect("connect stream stalled")
+            .unwrap()
+            .unwrap();
+        match item.item.unwrap() {
+            pb::connect_response::Item::Ack(a) => acks.push(a),
+            pb::connect_response::Item::Event(e) => {
+                if let Some(Item::Event(ev)) = e.item {
+                    event = Some(ev);
+                }
+            }
+        }
+    }
+    let sent = acks.iter().find(|a| a.client_id == "c1").unwrap();
+    assert_eq!(sent.code, 0);
+    let seq = sent.send_message.as_ref().unwrap().seq;
+    let ev = event.unwrap();
+    assert_eq!(
+        (ev.seq, posted_text(&ev)),
+        (seq, Some("over the bidi stream"))
+    );
+    let bad = acks.iter().find(|a| a.client_id == "c2").unwrap();
+    assert_eq!(bad.code, Code::InvalidArgument as i32);
+}
