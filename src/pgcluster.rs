@@ -89,7 +89,15 @@ impl PrivateCluster {
     /// 0700 /root), the cluster is kept in `/tmp/chat-engine-pg-<hash of data_dir>` instead,
     /// which [`PrivateCluster::data_dir`] reports.
     pub async fn start(data_dir: &Path) -> Result<PrivateCluster> {
-        Self::start_inner(data_dir, false).await
+        Self::start_inner(data_dir, false, None).await
+    }
+
+    /// Stops the cluster and starts it again on the same data directory and port, as a
+    /// database restart looks to its clients (tests use it to restart under load).
+    pub async fn restart(self) -> Result<PrivateCluster> {
+        let (dir, port) = (self.data_dir.clone(), self.port);
+        self.stop().await?;
+        Self::start_inner(&dir, true, Some(port)).await
     }
 
     /// Like [`PrivateCluster::start`], but the postmaster also gets SIGINT (fast shutdown)
@@ -101,7 +109,7 @@ impl PrivateCluster {
     /// signal mean "the process died", the postmaster is forked from an internal thread
     /// that lives until the process exits; callers need no long-lived thread of their own.
     pub async fn start_with_parent_death_signal(data_dir: &Path) -> Result<PrivateCluster> {
-        Self::start_inner(data_dir, true).await
+        Self::start_inner(data_dir, true, None).await
     }
 
     /// Port it listens on.
@@ -192,7 +200,11 @@ impl PrivateCluster {
         Ok(())
     }
 
-    async fn start_inner(data_dir: &Path, parent_death_signal: bool) -> Result<PrivateCluster> {
+    async fn start_inner(
+        data_dir: &Path,
+        parent_death_signal: bool,
+        fixed_port: Option<u16>,
+    ) -> Result<PrivateCluster> {
         let started = Instant::now();
         let candidates = discover(&path_dirs(), &[PathBuf::from(LIB_ROOT)])?;
         let requested = data_dir.to_path_buf();
@@ -208,7 +220,10 @@ impl PrivateCluster {
         }
         let mut attempt = 1;
         loop {
-            let port = free_port()?;
+            let port = match fixed_port {
+                Some(p) => p,
+                None => free_port()?,
+            };
             let (log, log_offset) = open_log(&layout.log)?;
             let command = postgres_command(&bins, &layout, port, log)?;
             let mut postmaster = spawn(command, parent_death_signal)

@@ -553,3 +553,111 @@ pub async fn group(app: &TestApp, token: &str, others: &[&str]) -> String {
         .expect("conversation")
         .id
 }
+
+/// A `nats-server` of the test's own, from the binary on the machine, on a free port.
+pub struct Nats {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Nats {
+    /// Starts a server on a free port.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut n = Self { port, child: None };
+        n.launch().await;
+        n
+    }
+
+    async fn launch(&mut self) {
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server not found: install it (Debian package nats-server)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nats-server did not start");
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.launch().await;
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A PostgreSQL cluster of one test's own (for tests that restart the database), with a
+/// migrated database; returns the cluster and (admin URL, app URL).
+pub async fn own_cluster() -> (PrivateCluster, tempdir::Dir, (String, String)) {
+    let dir = tempdir::Dir::new();
+    let c = PrivateCluster::start_with_parent_death_signal(&dir.path().join("pg"))
+        .await
+        .expect("own cluster");
+    c.ensure_app_role().await.expect("app role");
+    c.create_database("chat").await.expect("db");
+    chat_engine::storage::migrate(&c.admin_url("chat"))
+        .await
+        .expect("migrate");
+    let urls = (c.admin_url("chat"), c.app_url("chat"));
+    (c, dir, urls)
+}
+
+/// A temporary directory removed on drop.
+pub mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    /// The directory.
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        /// A fresh directory under the system temp dir.
+        pub fn new() -> Self {
+            let p = std::env::temp_dir()
+                .join(format!("chat-engine-t-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&p).expect("temp dir");
+            Self(p)
+        }
+        /// Its path.
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

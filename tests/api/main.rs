@@ -7,6 +7,7 @@ mod delivery;
 mod harness;
 mod isolation;
 mod messaging;
+mod nodes;
 mod server;
 mod tenants;
 mod web;

@@ -1,0 +1,313 @@
+//! Several nodes over one PostgreSQL and NATS, and failures: a NATS restart, a killed server,
+//! a restarted database.
+
+use std::time::Duration;
+
+use chat_engine::pb;
+use pb::subscribe_response::Item;
+use tonic::Code;
+
+use crate::harness::{
+    Events, Nats, Options, TestApp, bearer, group, own_cluster, posted_text, send,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_deliver_each_others_events_and_resync_after_losing_nats() {
+    let mut nats = Nats::start().await;
+    let node1 = TestApp::spawn_with(Options {
+        nats_url: Some(nats.url()),
+        ..Options::default()
+    })
+    .await;
+    let node2 = TestApp::spawn_with(Options {
+        nats_url: Some(nats.url()),
+        ..node1.same_db()
+    })
+    .await;
+    let t = node1.tenant("multi").await;
+    let (ann, ann_tok) = node1.agent(&t, "ann").await;
+    let conv = group(&node1, &t.admin_token, &[&ann]).await;
+
+    // Ann listens on node 2; the admin writes through node 1.
+    let mut ev = Events::open(&node2, &ann_tok, &[(&conv, 0)]).await.unwrap();
+    ev.caught_up().await;
+    send(&node1, &t.admin_token, &conv, "across nodes")
+        .await
+        .unwrap();
+    let e = ev.event().await;
+    assert_eq!(posted_text(&e), Some("across nodes"));
+    let mut last = e.seq;
+
+    // NATS goes away: node 2's stream is told to resync; sends still commit.
+    nats.stop();
+    let resync = ev
+        .until(|i| match i {
+            Item::Resync(r) => Some(r.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(resync.reason, "bus_lost");
+    assert_eq!(ev.next().await.unwrap_err().code(), Code::Aborted);
+    for i in 0..3 {
+        send(
+            &node1,
+            &t.admin_token,
+            &conv,
+            &format!("while nats is down {i}"),
+        )
+        .await
+        .unwrap();
+    }
+
+    // NATS is back: resubscribing (once the node has reconnected) replays what was missed,
+    // and live delivery across nodes works again.
+    nats.restart().await;
+    let mut ev = None;
+    for _ in 0..100 {
+        match Events::open(&node2, &ann_tok, &[(&conv, last)]).await {
+            Ok(e) => {
+                ev = Some(e);
+                break;
+            }
+            Err(s) if s.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    let mut ev = ev.expect("node 2 never reconnected to NATS");
+    let replay = ev.caught_up().await;
+    let texts: Vec<_> = replay.iter().filter_map(posted_text).collect();
+    assert_eq!(
+        texts,
+        [
+            "while nats is down 0",
+            "while nats is down 1",
+            "while nats is down 2"
+        ]
+    );
+    last = replay.last().unwrap().seq;
+    send(&node1, &t.admin_token, &conv, "after the restart")
+        .await
+        .unwrap();
+    let e = ev.event().await;
+    assert_eq!(
+        (e.seq, posted_text(&e)),
+        (last + 1, Some("after the restart"))
+    );
+}
+
+/// The real binary, as a child process over a given database.
+struct Child {
+    proc: std::process::Child,
+    addr: String,
+}
+
+impl Child {
+    async fn start(app: &TestApp) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let proc = std::process::Command::new(env!("CARGO_BIN_EXE_chat-engine"))
+            .args(["serve", "--listen", &addr])
+            .env("CHAT_ENGINE_DATABASE_URL", &app.app_url)
+            .env("CHAT_ENGINE_MIGRATION_DATABASE_URL", &app.admin_url)
+            .env("CHAT_ENGINE_OPERATOR_TOKEN", &app.operator_token)
+            .env("CHAT_ENGINE_JWT_SECRET", &app.jwt_secret)
+            .env(
+                "CHAT_ENGINE_DATA_DIR",
+                std::env::temp_dir().join("chat-engine-unused"),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let child = Self { proc, addr };
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(&child.addr).await.is_ok() {
+                return child;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        child.kill();
+        panic!("the server binary did not start");
+    }
+
+    async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    fn kill(mut self) {
+        self.sigkill();
+    }
+
+    fn sigkill(&mut self) {
+        // SIGKILL: no shutdown code runs.
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_message_survives_a_killed_server() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("crash").await;
+    let (ann, ann_tok) = app.agent(&t, "ann").await;
+    let conv = group(&app, &t.admin_token, &[&ann]).await;
+
+    let server = Child::start(&app).await;
+    let mut c =
+        pb::conversation_service_client::ConversationServiceClient::new(server.channel().await);
+    let ack = c
+        .send_message(bearer(
+            pb::SendMessageRequest {
+                conversation_id: conv.clone(),
+                text: "acked, then kill".into(),
+                request_id: String::new(),
+            },
+            &t.admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    server.kill();
+
+    let server = Child::start(&app).await;
+    let ch = server.channel().await;
+    let history = pb::conversation_service_client::ConversationServiceClient::new(ch.clone())
+        .list_messages(bearer(
+            pb::ListMessagesRequest {
+                conversation_id: conv.clone(),
+                ..Default::default()
+            },
+            &ann_tok,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        history
+            .messages
+            .iter()
+            .any(|m| m.id == ack.message_id && m.seq == ack.seq)
+    );
+    let mut ev = Events::open_on(ch, &ann_tok, &[(&conv, ack.seq - 1)])
+        .await
+        .unwrap();
+    let replay = ev.caught_up().await;
+    assert_eq!(replay.len(), 1);
+    assert_eq!(
+        (replay[0].seq, posted_text(&replay[0])),
+        (ack.seq, Some("acked, then kill"))
+    );
+    server.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_loses_no_acknowledged_send_and_the_pool_recovers() {
+    let (cluster, _dir, urls) = own_cluster().await;
+    let app = TestApp::spawn_with(Options {
+        database: Some(urls),
+        pool_size: Some(4),
+        ..Options::default()
+    })
+    .await;
+    let t = app.tenant("dbrestart").await;
+    let (ann, _) = app.agent(&t, "ann").await;
+    let conv = group(&app, &t.admin_token, &[&ann]).await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sender = {
+        let (ch, tok, conv, stop) = (
+            app.channel.clone(),
+            t.admin_token.clone(),
+            conv.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut c = pb::conversation_service_client::ConversationServiceClient::new(ch);
+            let (mut acked, mut failed) = (Vec::new(), Vec::new());
+            let mut i = 0;
+            while !stop.is_cancelled() && i < 5_000 {
+                i += 1;
+                let r = c
+                    .send_message(bearer(
+                        pb::SendMessageRequest {
+                            conversation_id: conv.clone(),
+                            text: format!("n{i}"),
+                            request_id: String::new(),
+                        },
+                        &tok,
+                    ))
+                    .await;
+                match r {
+                    Ok(r) => acked.push((r.into_inner().seq, format!("n{i}"))),
+                    Err(s) => failed.push(s.code()),
+                }
+            }
+            (acked, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cluster = cluster.restart().await.expect("restarting postgres");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    let (acked, failed) = sender.await.unwrap();
+    assert!(!acked.is_empty());
+    // Whatever failed, failed with a status a client retries on.
+    for code in &failed {
+        assert!(
+            matches!(code, Code::Unavailable),
+            "unexpected failure {code:?}"
+        );
+    }
+    // The pool recovered: sends work again without restarting the server.
+    let (_, seq) = send(&app, &t.admin_token, &conv, "after the restart")
+        .await
+        .expect("pool did not recover");
+    // Every acknowledged message is there with its seq.
+    let mut stored = std::collections::HashMap::new();
+    let mut token = String::new();
+    loop {
+        let page = app
+            .conversations()
+            .list_messages(bearer(
+                pb::ListMessagesRequest {
+                    conversation_id: conv.clone(),
+                    direction: pb::ListDirection::Forward as i32,
+                    page_size: 200,
+                    page_token: token,
+                    ..Default::default()
+                },
+                &t.admin_token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        for m in page.messages {
+            stored.insert(m.seq, m.text);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    for (seq, text) in &acked {
+        assert_eq!(stored.get(seq), Some(text), "acknowledged seq {seq} lost");
+    }
+    assert!(stored.contains_key(&seq));
+    drop(cluster);
+}
