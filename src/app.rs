@@ -15,6 +15,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::config::{Config, Secret};
 use crate::domain::events::Publisher;
 use crate::domain::paging::PageTokens;
+use crate::domain::writer::Writer;
 use crate::domain::{Engine, SystemClock, TokenPolicy};
 use crate::grpc::{self, TransportSettings};
 use crate::pgcluster::PrivateCluster;
@@ -130,16 +131,19 @@ pub async fn build(cfg: &Config, db: &Database) -> anyhow::Result<Node> {
         }
         None => (LocalBus::new(hub.clone()), BusHealth::local()),
     };
+    let clock: Arc<dyn crate::domain::Clock> = Arc::new(SystemClock);
+    let writer = Writer::start(pool.clone(), publisher.clone(), clock.clone());
     let engine = Arc::new(Engine {
         db: pool.clone(),
         jwt: jwt.clone(),
         pages: PageTokens::new(&page_key.finalize().into_bytes()),
-        clock: Arc::new(SystemClock),
+        clock,
         tokens: TokenPolicy {
             access_ttl: chrono::Duration::seconds(cfg.access_token_ttl_secs as i64),
             refresh_ttl: chrono::Duration::seconds(cfg.refresh_token_ttl_secs as i64),
         },
         publisher,
+        writer,
     });
     let auth = Arc::new(Authenticator::new(
         jwt,

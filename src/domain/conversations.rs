@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::events::{ConversationEvent, Event, EventKind, Message, SenderType};
 use super::paging::{Page, page_size, split_page};
+use super::writer::SendJob;
 use super::{Engine, require_agent};
 use crate::error::{AppError, AppResult};
 use crate::ids::{ConversationId, MessageId, UserId};
@@ -558,6 +559,24 @@ pub async fn send(
     text: String,
     request_id: Option<uuid::Uuid>,
 ) -> AppResult<Sent> {
+    let (sender_type, sender_id) = sender(scope)?;
+    let member = match scope.actor() {
+        Actor::Agent { user_id, .. } => Some(user_id),
+        _ => None,
+    };
+    let job = SendJob {
+        scope: *scope,
+        conv,
+        sender_type,
+        sender_id,
+        member,
+        request: request_id.map(|r| (r, request_hash(conv, &text))),
+        text: text.clone(),
+    };
+    if let Some(answer) = e.writer.write(job).await {
+        return answer;
+    }
+    // The batch this send was in failed as a whole: write it alone for a precise answer.
     match send_once(e, scope, conv, &text, request_id).await {
         // A concurrent retry with the same request_id won the insert: answer with its result.
         Err(AppError::AlreadyExists(_)) if request_id.is_some() => {

@@ -9,6 +9,7 @@ pub mod paging;
 pub mod sessions;
 pub mod tenants;
 pub mod validate;
+pub mod writer;
 
 use std::sync::Arc;
 
@@ -59,6 +60,8 @@ pub struct Engine {
     pub tokens: TokenPolicy,
     /// Announces events to open streams.
     pub publisher: Arc<dyn events::Publisher>,
+    /// Batches concurrent sends into shared commits.
+    pub writer: writer::Writer,
 }
 
 impl Engine {

@@ -383,3 +383,88 @@ pub async fn unread_counts(
         .map(|r| (r.conversation_id, r.unread))
         .collect())
 }
+
+/// Stores several events in one statement.
+pub async fn insert_events(tx: &mut TenantTx, rows: &[EventRow]) -> AppResult<()> {
+    diesel::insert_into(conversation_events::table)
+        .values(rows)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Which of the (conversation, agent) pairs are memberships.
+pub async fn memberships_among(
+    tx: &mut TenantTx,
+    convs: &[ConversationId],
+    users: &[UserId],
+) -> AppResult<Vec<(ConversationId, UserId)>> {
+    #[derive(QueryableByName)]
+    struct R {
+        #[diesel(sql_type = SqlUuid)]
+        conversation_id: ConversationId,
+        #[diesel(sql_type = SqlUuid)]
+        user_id: UserId,
+    }
+    let t = tx.tenant_id();
+    let rows: Vec<R> = diesel::sql_query(
+        "SELECT m.conversation_id, m.user_id FROM conversation_members m
+           JOIN unnest($2::uuid[], $3::uuid[]) AS p(conversation_id, user_id)
+             ON m.conversation_id = p.conversation_id AND m.user_id = p.user_id
+          WHERE m.tenant_id = $1",
+    )
+    .bind::<SqlUuid, _>(t)
+    .bind::<Array<SqlUuid>, _>(convs)
+    .bind::<Array<SqlUuid>, _>(users)
+    .load(tx.conn())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.conversation_id, r.user_id))
+        .collect())
+}
+
+/// Takes `count` consecutive seqs from each open conversation (locking the rows in id order,
+/// so concurrent batches cannot deadlock each other) and marks the activity time. Returns
+/// each conversation's new `last_seq`; closed or missing conversations are left out.
+pub async fn reserve_seqs(
+    tx: &mut TenantTx,
+    convs: &[ConversationId],
+    counts: &[i64],
+    at: DateTime<Utc>,
+) -> AppResult<Vec<(ConversationId, i64)>> {
+    #[derive(QueryableByName)]
+    struct R {
+        #[diesel(sql_type = SqlUuid)]
+        conversation_id: ConversationId,
+        #[diesel(sql_type = BigInt)]
+        last_seq: i64,
+    }
+    let t = tx.tenant_id();
+    diesel::sql_query(
+        "SELECT 1 FROM conversations WHERE tenant_id = $1 AND conversation_id = ANY($2)
+          ORDER BY conversation_id FOR UPDATE",
+    )
+    .bind::<SqlUuid, _>(t)
+    .bind::<Array<SqlUuid>, _>(convs)
+    .execute(tx.conn())
+    .await?;
+    let rows: Vec<R> = diesel::sql_query(
+        "UPDATE conversations c
+            SET last_seq = c.last_seq + v.k, last_activity_at = $4
+           FROM unnest($2::uuid[], $3::bigint[]) AS v(conversation_id, k)
+          WHERE c.tenant_id = $1 AND c.conversation_id = v.conversation_id
+            AND c.status <> 'closed'
+      RETURNING c.conversation_id, c.last_seq",
+    )
+    .bind::<SqlUuid, _>(t)
+    .bind::<Array<SqlUuid>, _>(convs)
+    .bind::<Array<BigInt>, _>(counts)
+    .bind::<diesel::sql_types::Timestamptz, _>(at)
+    .load(tx.conn())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.conversation_id, r.last_seq))
+        .collect())
+}

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
 use super::TenantTx;
@@ -11,7 +12,7 @@ use crate::error::AppResult;
 use crate::ids::{ConversationId, MessageId, TenantId};
 
 /// A stored message.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = messages)]
 pub struct MessageRow {
     /// Tenant.
@@ -167,4 +168,33 @@ pub async fn delete(tx: &mut TenantTx, id: MessageId, at: DateTime<Utc>) -> AppR
         .returning(MessageRow::as_returning())
         .get_result(tx.conn())
         .await?)
+}
+
+/// Stores several messages in one statement.
+pub async fn insert_many(tx: &mut TenantTx, rows: &[MessageRow]) -> AppResult<()> {
+    diesel::insert_into(messages::table)
+        .values(rows)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Messages stored under any of the (sender, request id) pairs.
+pub async fn find_by_requests(
+    tx: &mut TenantTx,
+    senders: &[uuid::Uuid],
+    request_ids: &[uuid::Uuid],
+) -> AppResult<Vec<MessageRow>> {
+    let t = tx.tenant_id();
+    Ok(diesel::sql_query(
+        "SELECT m.* FROM messages m
+           JOIN unnest($2::uuid[], $3::uuid[]) AS r(sender_id, request_id)
+             ON m.sender_id = r.sender_id AND m.request_id = r.request_id
+          WHERE m.tenant_id = $1",
+    )
+    .bind::<SqlUuid, _>(t)
+    .bind::<Array<SqlUuid>, _>(senders)
+    .bind::<Array<SqlUuid>, _>(request_ids)
+    .load(tx.conn())
+    .await?)
 }

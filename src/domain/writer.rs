@@ -1,0 +1,301 @@
+//! Group commit for sends. Concurrent sends queue here; one loop takes everything queued,
+//! writes each tenant's share in one transaction (one seq reservation per conversation, one
+//! insert for the messages, one for their events) and answers every send after that commit.
+//! A lone send goes through at once; under load, one commit carries many messages, which is
+//! what lifts throughput past one-fsync-per-message. A batch that fails as a whole hands its
+//! sends back to be written one by one, so one bad send never fails its neighbours.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::Clock;
+use super::conversations::Sent;
+use super::events::{ConversationEvent, Event, EventKind, Message, Publisher, SenderType};
+use crate::error::{AppError, AppResult};
+use crate::ids::{ConversationId, MessageId, TenantId, UserId};
+use crate::storage::Db;
+use crate::storage::conversations::{self as store, EventRow};
+use crate::storage::messages::{self, MessageRow};
+use crate::tenancy::TenantScope;
+
+/// Most sends written in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// One queued send, validated and authorised by the caller except for membership.
+pub struct SendJob {
+    /// Scope of the sender.
+    pub scope: TenantScope,
+    /// Conversation.
+    pub conv: ConversationId,
+    /// Kind of sender.
+    pub sender_type: SenderType,
+    /// Sender id.
+    pub sender_id: uuid::Uuid,
+    /// Agent whose membership must be checked (None for visitors and the system).
+    pub member: Option<UserId>,
+    /// Text.
+    pub text: String,
+    /// Idempotency key and the payload hash stored with it.
+    pub request: Option<(uuid::Uuid, Vec<u8>)>,
+}
+
+/// What the writer answers: a result, or `None` when the send must be written alone.
+type Reply = oneshot::Sender<Option<AppResult<Sent>>>;
+
+/// The queue in front of the batching loop.
+pub struct Writer {
+    queue: mpsc::Sender<(SendJob, Reply)>,
+}
+
+impl Writer {
+    /// Starts the loop.
+    pub fn start(db: Db, publisher: Arc<dyn Publisher>, clock: Arc<dyn Clock>) -> Self {
+        let (queue, rx) = mpsc::channel(MAX_BATCH * 8);
+        tokio::spawn(run(rx, db, publisher, clock));
+        Self { queue }
+    }
+
+    /// Writes a send; `None` means the caller must write it alone.
+    pub async fn write(&self, job: SendJob) -> Option<AppResult<Sent>> {
+        let (tx, rx) = oneshot::channel();
+        self.queue.send((job, tx)).await.ok()?;
+        rx.await.ok().flatten()
+    }
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<(SendJob, Reply)>,
+    db: Db,
+    publisher: Arc<dyn Publisher>,
+    clock: Arc<dyn Clock>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut by_tenant: HashMap<TenantId, Vec<(SendJob, Reply)>> = HashMap::new();
+        for job in batch {
+            by_tenant
+                .entry(job.0.scope.tenant_id())
+                .or_default()
+                .push(job);
+        }
+        let groups = by_tenant
+            .into_values()
+            .map(|jobs| write_group(&db, publisher.as_ref(), clock.as_ref(), jobs));
+        futures_util::future::join_all(groups).await;
+    }
+}
+
+async fn write_group(
+    db: &Db,
+    publisher: &dyn Publisher,
+    clock: &dyn Clock,
+    jobs: Vec<(SendJob, Reply)>,
+) {
+    let scope = jobs[0].0.scope;
+    let (jobs, replies): (Vec<SendJob>, Vec<Reply>) = jobs.into_iter().unzip();
+    match write_batch(db, clock, &scope, &jobs).await {
+        Ok((answers, events)) => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(Some(answer));
+            }
+            for event in events {
+                publisher.publish(Event::Durable {
+                    tenant: scope.tenant_id(),
+                    event,
+                });
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, sends = jobs.len(), "batch failed; writing its sends one by one");
+            for reply in replies {
+                let _ = reply.send(None);
+            }
+        }
+    }
+}
+
+type BatchResult = (Vec<AppResult<Sent>>, Vec<ConversationEvent>);
+
+async fn write_batch(
+    db: &Db,
+    clock: &dyn Clock,
+    scope: &TenantScope,
+    jobs: &[SendJob],
+) -> AppResult<BatchResult> {
+    let mut answers: Vec<Option<AppResult<Sent>>> = (0..jobs.len()).map(|_| None).collect();
+    let mut tx = db.tenant_tx(scope).await?;
+
+    // Retries: a request id seen before (or earlier in this batch) gets the first answer.
+    let keyed: Vec<(usize, uuid::Uuid, uuid::Uuid)> = jobs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, j)| j.request.as_ref().map(|(rid, _)| (i, j.sender_id, *rid)))
+        .collect();
+    let mut first_in_batch: HashMap<(uuid::Uuid, uuid::Uuid), usize> = HashMap::new();
+    // Same key twice in one batch: the later ones take the first one's answer.
+    let mut followers: Vec<(usize, usize)> = Vec::new();
+    let mut following: HashSet<usize> = HashSet::new();
+    if !keyed.is_empty() {
+        let senders: Vec<uuid::Uuid> = keyed.iter().map(|k| k.1).collect();
+        let rids: Vec<uuid::Uuid> = keyed.iter().map(|k| k.2).collect();
+        let stored = messages::find_by_requests(&mut tx, &senders, &rids).await?;
+        for (i, sender, rid) in keyed {
+            let hash = jobs[i].request.as_ref().map(|(_, h)| h.as_slice());
+            if let Some(prev) = stored
+                .iter()
+                .find(|m| m.sender_id == Some(sender) && m.request_id == Some(rid))
+            {
+                answers[i] = Some(if prev.request_hash.as_deref() == hash {
+                    Ok(Sent {
+                        id: prev.message_id,
+                        seq: prev.seq,
+                        created_at: prev.created_at,
+                    })
+                } else {
+                    Err(reused())
+                });
+            } else if let Some(&lead) = first_in_batch.get(&(sender, rid)) {
+                followers.push((i, lead));
+                following.insert(i);
+            } else {
+                first_in_batch.insert((sender, rid), i);
+            }
+        }
+    }
+
+    // Membership of the agents who send.
+    let to_check: Vec<usize> = (0..jobs.len())
+        .filter(|i| answers[*i].is_none() && jobs[*i].member.is_some() && !following.contains(i))
+        .collect();
+    if !to_check.is_empty() {
+        let convs: Vec<ConversationId> = to_check.iter().map(|i| jobs[*i].conv).collect();
+        let users: Vec<UserId> = to_check.iter().filter_map(|i| jobs[*i].member).collect();
+        let present: HashSet<(ConversationId, UserId)> =
+            store::memberships_among(&mut tx, &convs, &users)
+                .await?
+                .into_iter()
+                .collect();
+        for i in to_check {
+            if let Some(u) = jobs[i].member
+                && !present.contains(&(jobs[i].conv, u))
+            {
+                answers[i] = Some(Err(AppError::NotFound("conversation")));
+            }
+        }
+    }
+
+    // Seqs: one reservation per conversation for all of its sends in this batch.
+    let writing: Vec<usize> = (0..jobs.len())
+        .filter(|i| answers[*i].is_none() && !following.contains(i))
+        .collect();
+    let mut counts: HashMap<ConversationId, i64> = HashMap::new();
+    for i in &writing {
+        *counts.entry(jobs[*i].conv).or_default() += 1;
+    }
+    let mut convs: Vec<ConversationId> = counts.keys().copied().collect();
+    convs.sort();
+    let ks: Vec<i64> = convs.iter().map(|c| counts[c]).collect();
+    let now = clock.now();
+    let reserved: HashMap<ConversationId, i64> = if convs.is_empty() {
+        HashMap::new()
+    } else {
+        store::reserve_seqs(&mut tx, &convs, &ks, now)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    let mut next: HashMap<ConversationId, i64> = reserved
+        .iter()
+        .map(|(c, last)| (*c, last - counts[c] + 1))
+        .collect();
+
+    let tenant = scope.tenant_id();
+    let (mut rows, mut event_rows, mut events) = (Vec::new(), Vec::new(), Vec::new());
+    for i in writing {
+        let j = &jobs[i];
+        let Some(seq) = next.get_mut(&j.conv) else {
+            answers[i] = Some(Err(AppError::FailedPrecondition(
+                "the conversation is closed",
+            )));
+            continue;
+        };
+        let m = Message {
+            id: MessageId::new(),
+            conversation_id: j.conv,
+            seq: *seq,
+            sender_type: j.sender_type,
+            sender_id: Some(j.sender_id),
+            text: j.text.clone(),
+            created_at: now,
+            edited_at: None,
+            deleted: false,
+        };
+        *seq += 1;
+        rows.push(MessageRow {
+            tenant_id: tenant,
+            message_id: m.id,
+            conversation_id: m.conversation_id,
+            seq: m.seq,
+            sender_type: m.sender_type.as_str().to_owned(),
+            sender_id: m.sender_id,
+            body: m.text.clone(),
+            request_id: j.request.as_ref().map(|r| r.0),
+            request_hash: j.request.as_ref().map(|r| r.1.clone()),
+            created_at: now,
+            edited_at: None,
+            deleted_at: None,
+        });
+        event_rows.push(EventRow {
+            tenant_id: tenant,
+            conversation_id: m.conversation_id,
+            seq: m.seq,
+            kind: "message_posted".into(),
+            message_id: Some(m.id),
+            actor_id: Some(j.sender_id),
+            payload: serde_json::Value::Null,
+            created_at: now,
+        });
+        answers[i] = Some(Ok(Sent {
+            id: m.id,
+            seq: m.seq,
+            created_at: now,
+        }));
+        events.push(ConversationEvent {
+            conversation_id: m.conversation_id,
+            seq: m.seq,
+            at: now,
+            kind: EventKind::MessagePosted(m),
+        });
+    }
+    if !rows.is_empty() {
+        messages::insert_many(&mut tx, &rows).await?;
+        store::insert_events(&mut tx, &event_rows).await?;
+    }
+    tx.commit().await?;
+    for (f, lead) in followers {
+        let same =
+            jobs[f].request.as_ref().map(|r| &r.1) == jobs[lead].request.as_ref().map(|r| &r.1);
+        answers[f] = Some(match (&answers[lead], same) {
+            (Some(Ok(sent)), true) => Ok(sent.clone()),
+            (Some(Ok(_)), false) => Err(reused()),
+            _ => Err(AppError::Unavailable("retry".into())),
+        });
+    }
+    let answers = answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(AppError::Internal("send left unanswered".into()))))
+        .collect();
+    Ok((answers, events))
+}
+
+fn reused() -> AppError {
+    AppError::AlreadyExists("request_id was already used for a different message")
+}
