@@ -8,7 +8,8 @@ use crate::auth::password;
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 use crate::storage::users::{self, UserChanges, UserRow};
-use crate::storage::{TenantTx, tokens};
+use super::events::{Event, FRESH_FOR, PresenceState, presence_of};
+use crate::storage::{TenantTx, presence, tokens};
 use crate::tenancy::{Role, TenantScope};
 
 /// Availability an agent sets for themselves.
@@ -287,6 +288,18 @@ pub async fn set_my_status(
         .await?
         .ok_or(AppError::NotFound("agent"))?;
     let a = load_one(&mut tx, me).await?;
+    let snapshot = presence::snapshot(&mut tx, e.now() - FRESH_FOR).await?;
     tx.commit().await?;
+    if let Some((_, status, connected, last_seen)) = snapshot.into_iter().find(|r| r.0 == me) {
+        e.publisher.publish(Event::Presence {
+            tenant: scope.tenant_id(),
+            state: PresenceState {
+                agent: me,
+                presence: presence_of(connected, &status),
+                status,
+                last_seen,
+            },
+        });
+    }
     Ok(a)
 }

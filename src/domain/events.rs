@@ -122,6 +122,20 @@ pub enum Presence {
     Offline,
 }
 
+/// Presence rows older than this belong to a node that died.
+pub const FRESH_FOR: chrono::Duration = chrono::Duration::seconds(60);
+
+/// The presence an agent shows: offline without an open stream, away when connected with
+/// status away, online otherwise. Status "offline" only stops routing; a connected agent
+/// is still reachable by colleagues.
+pub fn presence_of(connected: bool, status: &str) -> Presence {
+    match (connected, status) {
+        (false, _) => Presence::Offline,
+        (true, "away") => Presence::Away,
+        (true, _) => Presence::Online,
+    }
+}
+
 /// An agent's presence and status.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceState {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::domain::Engine;
-use crate::domain::events::{Event, Presence, PresenceState};
+use crate::domain::events::{Event, FRESH_FOR, PresenceState, presence_of};
 use crate::error::AppResult;
 use crate::ids::{TenantId, UserId};
 use crate::storage::presence as store;
@@ -16,19 +16,6 @@ use crate::tenancy::TenantScope;
 
 /// How often a node refreshes its presence rows.
 pub const HEARTBEAT: Duration = Duration::from_secs(20);
-/// Rows older than this belong to a dead node.
-const FRESH_FOR: chrono::Duration = chrono::Duration::seconds(60);
-
-/// The presence an agent shows: offline without an open stream, away when connected with
-/// status away, online otherwise. Status "offline" only stops routing; a connected agent
-/// is still reachable by colleagues.
-pub fn presence_of(online: bool, status: &str) -> Presence {
-    match (online, status) {
-        (false, _) => Presence::Offline,
-        (true, "away") => Presence::Away,
-        (true, _) => Presence::Online,
-    }
-}
 
 /// Counts this node's streams and keeps the shared table current.
 pub struct PresenceTracker {

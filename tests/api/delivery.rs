@@ -196,6 +196,18 @@ async fn new_conversations_receipts_typing_and_presence_reach_open_streams() {
         })
         .await;
 
+    // Bob steps away: his presence follows his status.
+    app.agents()
+        .set_my_status(bearer(pb::SetMyStatusRequest { status: pb::AgentStatus::Away as i32 }, &bob_tok))
+        .await
+        .unwrap();
+    ann_ev
+        .until(|i| match i {
+            Item::Presence(p) if p.agent_id == bob && p.presence == pb::Presence::Away as i32 => Some(()),
+            _ => None,
+        })
+        .await;
+
     // Bob starts a conversation with Ann: it appears on her open stream.
     let conv = group(&app, &bob_tok, &[&ann]).await;
     let joined = ann_ev
