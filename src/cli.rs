@@ -47,6 +47,9 @@ pub enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Generates load against a server (its own in-process one by default) and reports
+    /// throughput, delivery latency and memory.
+    Loadtest(crate::loadtest::Args),
 }
 
 /// Tenant subcommands.
@@ -150,6 +153,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app::serve(&cfg, node, listener, app::shutdown_signal()).await?;
             drop(db);
         }
+        Command::Loadtest(args) => crate::loadtest::run(args, cfg).await?,
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod ids;
+pub mod loadtest;
 pub mod pb;
 pub mod pgcluster;
 pub mod realtime;

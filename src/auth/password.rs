@@ -3,10 +3,21 @@
 
 use std::sync::OnceLock;
 
+use tokio::sync::Semaphore;
+
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
 
 use crate::error::{AppError, AppResult};
+
+/// Each hash takes 19 MiB and a core for a while: run at most one per core at a time, so a
+/// flood of logins queues instead of exhausting memory.
+fn permits() -> &'static Semaphore {
+    static PERMITS: OnceLock<Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| {
+        Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+    })
+}
 
 fn hasher() -> Argon2<'static> {
     let params = Params::new(19 * 1024, 2, 1, None).expect("static argon2 parameters are valid");
@@ -15,6 +26,10 @@ fn hasher() -> Argon2<'static> {
 
 /// Hashes a password into a PHC string.
 pub async fn hash(password: String) -> AppResult<String> {
+    let _permit = permits()
+        .acquire()
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))?;
     tokio::task::spawn_blocking(move || {
         hasher()
             .hash_password(password.as_bytes())
@@ -28,6 +43,9 @@ pub async fn hash(password: String) -> AppResult<String> {
 /// Checks a password against a PHC string. With no hash (unknown user) it verifies against a
 /// dummy hash, so both cases take the same time and the answer does not reveal who exists.
 pub async fn verify(password: String, stored: Option<String>) -> bool {
+    let Ok(_permit) = permits().acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || {
         let (phc, real) = match stored.as_deref() {
             Some(s) => (s, true),

@@ -2,13 +2,13 @@
 
 use chrono::{DateTime, Utc};
 
+use super::events::{Event, FRESH_FOR, PresenceState, presence_of};
 use super::paging::{Page, page_size, split_page};
 use super::{Engine, require_admin, require_admin_or_system, require_agent};
 use crate::auth::password;
 use crate::error::{AppError, AppResult};
 use crate::ids::UserId;
 use crate::storage::users::{self, UserChanges, UserRow};
-use super::events::{Event, FRESH_FOR, PresenceState, presence_of};
 use crate::storage::{TenantTx, presence, tokens};
 use crate::tenancy::{Role, TenantScope};
 

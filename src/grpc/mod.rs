@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::Node;
@@ -215,7 +215,10 @@ pub async fn serve(
         .add_service(limited!(AnalyticsServiceServer<_>, pending::Pending));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+    // Chat messages are small: without TCP_NODELAY, Nagle's algorithm holds them back for
+    // tens of milliseconds.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     });
     tokio::pin!(server);
@@ -242,7 +245,7 @@ pub async fn serve(
         .set_not_serving::<VisitorServiceServer<visitor::VisitorApi>>()
         .await;
     let _ = stop_tx.send(());
-    match tokio::time::timeout(settings.shutdown_grace, &mut server).await {
+    let result = match tokio::time::timeout(settings.shutdown_grace, &mut server).await {
         Ok(r) => r.map_err(Into::into),
         Err(_) => {
             tracing::warn!(
@@ -251,5 +254,9 @@ pub async fn serve(
             );
             Ok(())
         }
-    }
+    };
+    // Streams that just ended record their agents going offline; let that land before the
+    // database may go away.
+    streams.presence.drain(Duration::from_secs(2)).await;
+    result
 }

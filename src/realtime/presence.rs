@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio_util::task::TaskTracker;
 
 use crate::domain::Engine;
 use crate::domain::events::{Event, FRESH_FOR, PresenceState, presence_of};
@@ -21,6 +22,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(20);
 pub struct PresenceTracker {
     node: uuid::Uuid,
     local: Mutex<HashMap<(TenantId, UserId), i32>>,
+    writes: TaskTracker,
 }
 
 impl PresenceTracker {
@@ -29,7 +31,14 @@ impl PresenceTracker {
         Arc::new(Self {
             node: uuid::Uuid::new_v4(),
             local: Mutex::new(HashMap::new()),
+            writes: TaskTracker::new(),
         })
+    }
+
+    /// Waits (at most `limit`) for presence writes still in flight, at shutdown.
+    pub async fn drain(&self, limit: Duration) {
+        self.writes.close();
+        let _ = tokio::time::timeout(limit, self.writes.wait()).await;
     }
 
     fn change(&self, tenant: TenantId, user: UserId, delta: i32) -> i32 {
@@ -148,8 +157,8 @@ impl Drop for PresenceGuard {
                 self.user,
             );
             // Drop cannot wait; the last stream's goodbye is written in the background.
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.tracker.writes.spawn(async move {
                     if let Err(err) = t.record(&e, tenant, user, 0).await {
                         tracing::warn!(error = %err, "recording presence failed");
                     }

@@ -198,12 +198,19 @@ async fn new_conversations_receipts_typing_and_presence_reach_open_streams() {
 
     // Bob steps away: his presence follows his status.
     app.agents()
-        .set_my_status(bearer(pb::SetMyStatusRequest { status: pb::AgentStatus::Away as i32 }, &bob_tok))
+        .set_my_status(bearer(
+            pb::SetMyStatusRequest {
+                status: pb::AgentStatus::Away as i32,
+            },
+            &bob_tok,
+        ))
         .await
         .unwrap();
     ann_ev
         .until(|i| match i {
-            Item::Presence(p) if p.agent_id == bob && p.presence == pb::Presence::Away as i32 => Some(()),
+            Item::Presence(p) if p.agent_id == bob && p.presence == pb::Presence::Away as i32 => {
+                Some(())
+            }
             _ => None,
         })
         .await;

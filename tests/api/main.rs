@@ -6,6 +6,7 @@ mod auth;
 mod delivery;
 mod harness;
 mod isolation;
+mod loadtest;
 mod messaging;
 mod nodes;
 mod server;
