@@ -16,12 +16,15 @@ use super::events::{ConversationEvent, Event, EventKind, Message, Publisher, Sen
 use crate::error::{AppError, AppResult};
 use crate::ids::{ConversationId, MessageId, TenantId, UserId};
 use crate::storage::Db;
-use crate::storage::conversations::{self as store, EventRow};
+use crate::storage::conversations as store;
 use crate::storage::messages::{self, MessageRow};
 use crate::tenancy::TenantScope;
 
 /// Most sends written in one transaction.
 const MAX_BATCH: usize = 512;
+/// Independent batching loops. Each owns a share of the conversations, so while one waits
+/// for its commit the others write, and PostgreSQL flushes their commits together.
+const PARTITIONS: usize = 4;
 
 /// One queued send, validated and authorised by the caller except for membership.
 pub struct SendJob {
@@ -44,23 +47,31 @@ pub struct SendJob {
 /// What the writer answers: a result, or `None` when the send must be written alone.
 type Reply = oneshot::Sender<Option<AppResult<Sent>>>;
 
-/// The queue in front of the batching loop.
+/// The queues in front of the batching loops, one per partition of conversations.
 pub struct Writer {
-    queue: mpsc::Sender<(SendJob, Reply)>,
+    queues: Vec<mpsc::Sender<(SendJob, Reply)>>,
 }
 
 impl Writer {
-    /// Starts the loop.
+    /// Starts one loop per partition.
     pub fn start(db: Db, publisher: Arc<dyn Publisher>, clock: Arc<dyn Clock>) -> Self {
-        let (queue, rx) = mpsc::channel(MAX_BATCH * 8);
-        tokio::spawn(run(rx, db, publisher, clock));
-        Self { queue }
+        let queues = (0..PARTITIONS)
+            .map(|_| {
+                let (queue, rx) = mpsc::channel(MAX_BATCH * 4);
+                tokio::spawn(run(rx, db.clone(), publisher.clone(), clock.clone()));
+                queue
+            })
+            .collect();
+        Self { queues }
     }
 
     /// Writes a send; `None` means the caller must write it alone.
     pub async fn write(&self, job: SendJob) -> Option<AppResult<Sent>> {
+        // A conversation always lands in the same partition: its sends are batched together
+        // and no two partitions ever wait for each other's row locks.
+        let partition = job.conv.as_uuid().as_u128() as usize % self.queues.len();
         let (tx, rx) = oneshot::channel();
-        self.queue.send((job, tx)).await.ok()?;
+        self.queues[partition].send((job, tx)).await.ok()?;
         rx.await.ok().flatten()
     }
 }
@@ -218,7 +229,7 @@ async fn write_batch(
         .collect();
 
     let tenant = scope.tenant_id();
-    let (mut rows, mut event_rows, mut events) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rows, mut events) = (Vec::new(), Vec::new());
     for i in writing {
         let j = &jobs[i];
         let Some(seq) = next.get_mut(&j.conv) else {
@@ -253,16 +264,6 @@ async fn write_batch(
             edited_at: None,
             deleted_at: None,
         });
-        event_rows.push(EventRow {
-            tenant_id: tenant,
-            conversation_id: m.conversation_id,
-            seq: m.seq,
-            kind: "message_posted".into(),
-            message_id: Some(m.id),
-            actor_id: Some(j.sender_id),
-            payload: serde_json::Value::Null,
-            created_at: now,
-        });
         answers[i] = Some(Ok(Sent {
             id: m.id,
             seq: m.seq,
@@ -276,8 +277,7 @@ async fn write_batch(
         });
     }
     if !rows.is_empty() {
-        messages::insert_many(&mut tx, &rows).await?;
-        store::insert_events(&mut tx, &event_rows).await?;
+        messages::insert_posted(&mut tx, &rows).await?;
     }
     tx.commit().await?;
     for (f, lead) in followers {

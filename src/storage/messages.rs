@@ -170,12 +170,48 @@ pub async fn delete(tx: &mut TenantTx, id: MessageId, at: DateTime<Utc>) -> AppR
         .await?)
 }
 
-/// Stores several messages in one statement.
-pub async fn insert_many(tx: &mut TenantTx, rows: &[MessageRow]) -> AppResult<()> {
-    diesel::insert_into(messages::table)
-        .values(rows)
-        .execute(tx.conn())
-        .await?;
+/// Stores posted messages and their `message_posted` events in one statement. The rows
+/// travel as arrays, so the statement text is the same for any batch size and stays
+/// prepared.
+pub async fn insert_posted(tx: &mut TenantTx, rows: &[MessageRow]) -> AppResult<()> {
+    use diesel::sql_types::{BigInt, Bytea, Nullable, Text, Timestamptz};
+    let t = tx.tenant_id();
+    let at = rows.first().map(|r| r.created_at).unwrap_or_default();
+    diesel::sql_query(
+        "WITH m AS (
+           INSERT INTO messages (tenant_id, message_id, conversation_id, seq, sender_type,
+                                 sender_id, body, request_id, request_hash, created_at)
+           SELECT $1, x.*, $10
+             FROM unnest($2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::uuid[],
+                         $7::text[], $8::uuid[], $9::bytea[]) AS x
+           RETURNING message_id, conversation_id, seq, sender_id
+         )
+         INSERT INTO conversation_events (tenant_id, conversation_id, seq, kind, message_id,
+                                          actor_id, payload, created_at)
+         SELECT $1, m.conversation_id, m.seq, 'message_posted', m.message_id, m.sender_id,
+                'null'::jsonb, $10
+           FROM m",
+    )
+    .bind::<SqlUuid, _>(t)
+    .bind::<Array<SqlUuid>, _>(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(rows.iter().map(|r| r.conversation_id).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(
+        rows.iter()
+            .map(|r| r.sender_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<SqlUuid>>, _>(rows.iter().map(|r| r.sender_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(rows.iter().map(|r| r.body.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<SqlUuid>>, _>(rows.iter().map(|r| r.request_id).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Bytea>>, _>(
+        rows.iter()
+            .map(|r| r.request_hash.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Timestamptz, _>(at)
+    .execute(tx.conn())
+    .await?;
     Ok(())
 }
 
