@@ -408,10 +408,16 @@ pub async fn memberships_among(
     }
     let t = tx.tenant_id();
     let rows: Vec<R> = diesel::sql_query(
-        "SELECT m.conversation_id, m.user_id FROM conversation_members m
-           JOIN unnest($2::uuid[], $3::uuid[]) AS p(conversation_id, user_id)
-             ON m.conversation_id = p.conversation_id AND m.user_id = p.user_id
-          WHERE m.tenant_id = $1",
+        // One primary-key lookup per pair; OFFSET 0 keeps the planner from flattening it
+        // into a scan of the tenant's members when its statistics are stale.
+        "SELECT m.conversation_id, m.user_id
+           FROM unnest($2::uuid[], $3::uuid[]) AS p(conversation_id, user_id)
+           CROSS JOIN LATERAL (
+             SELECT x.conversation_id, x.user_id FROM conversation_members x
+              WHERE x.tenant_id = $1 AND x.conversation_id = p.conversation_id
+                AND x.user_id = p.user_id
+             OFFSET 0
+           ) m",
     )
     .bind::<SqlUuid, _>(t)
     .bind::<Array<SqlUuid>, _>(convs)

@@ -223,10 +223,16 @@ pub async fn find_by_requests(
 ) -> AppResult<Vec<MessageRow>> {
     let t = tx.tenant_id();
     Ok(diesel::sql_query(
-        "SELECT m.* FROM messages m
-           JOIN unnest($2::uuid[], $3::uuid[]) AS r(sender_id, request_id)
-             ON m.sender_id = r.sender_id AND m.request_id = r.request_id
-          WHERE m.tenant_id = $1",
+        // One index lookup on (tenant_id, sender_id, request_id) per pair. OFFSET 0 keeps
+        // the planner from flattening the lookup: for a young tenant its statistics say
+        // "no rows" and it would scan all of the tenant's messages for every batch.
+        "SELECT m.* FROM unnest($2::uuid[], $3::uuid[]) AS r(sender_id, request_id)
+           CROSS JOIN LATERAL (
+             SELECT * FROM messages x
+              WHERE x.tenant_id = $1 AND x.sender_id = r.sender_id
+                AND x.request_id = r.request_id
+             OFFSET 0
+           ) m",
     )
     .bind::<SqlUuid, _>(t)
     .bind::<Array<SqlUuid>, _>(senders)
