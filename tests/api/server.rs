@@ -138,3 +138,108 @@ async fn oversized_messages_and_unbuilt_services_get_clear_statuses() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_command_seeds_a_tenant_whose_admin_can_log_in() {
+    use std::io::BufRead;
+    let (admin_url, app_url) = crate::harness::fresh_database().await;
+    let data = crate::harness::tempdir::Dir::new();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat-engine"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .env("CHAT_ENGINE_DATABASE_URL", &app_url)
+        .env("CHAT_ENGINE_MIGRATION_DATABASE_URL", &admin_url)
+        .env("CHAT_ENGINE_DATA_DIR", data.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Keep draining stdout for the child's whole life: a closed pipe would kill it.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+            let done = line.starts_with("widget api key");
+            out.push(line);
+            if done {
+                break;
+            }
+        }
+        out
+    })
+    .await
+    .unwrap();
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.starts_with("widget api key")),
+        "demo output incomplete: {lines:?}"
+    );
+    let addr = lines[0]
+        .split_whitespace()
+        .find(|w| w.starts_with("127.0.0.1:"))
+        .expect("address line")
+        .to_owned();
+    let field = |prefix: &str, key: &str| {
+        lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .and_then(|l| l.split(key).nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+            .expect("credential line")
+    };
+    let password = field("admin", "password: ");
+    let api_key = field("widget api key", ": ");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let tokens = pb::auth_service_client::AuthServiceClient::new(channel.clone())
+        .login(pb::LoginRequest {
+            tenant_slug: "demo".into(),
+            email: "admin@demo.example".into(),
+            password,
+        })
+        .await
+        .expect("the printed credentials log in")
+        .into_inner()
+        .tokens
+        .unwrap();
+    let agents = pb::agent_service_client::AgentServiceClient::new(channel.clone())
+        .list_agents(bearer(
+            pb::ListAgentsRequest::default(),
+            &tokens.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    assert_eq!(agents.len(), 3);
+    assert!(
+        agents
+            .iter()
+            .any(|a| a.skills.iter().any(|s| s.name == "billing"))
+    );
+    let widget = pb::visitor_service_client::VisitorServiceClient::new(channel)
+        .get_widget_config(crate::harness::with_key(
+            pb::GetWidgetConfigRequest {},
+            &api_key,
+            None,
+        ))
+        .await
+        .expect("the printed widget key works")
+        .into_inner();
+    assert_eq!(widget.tenant_name, "Demo Company");
+    let _ = child.kill();
+    let _ = child.wait();
+}
