@@ -222,7 +222,8 @@ async fn append_with_request(
     })
 }
 
-fn message_row(tenant: crate::ids::TenantId, m: &Message) -> MessageRow {
+/// The stored form of a new message (no idempotency key).
+pub(super) fn message_row(tenant: crate::ids::TenantId, m: &Message) -> MessageRow {
     MessageRow {
         tenant_id: tenant,
         message_id: m.id,

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Clock;
-use super::conversations::Sent;
+use super::conversations::{Sent, message_row};
 use super::events::{ConversationEvent, Event, EventKind, Message, Publisher, SenderType};
 use crate::error::{AppError, AppResult};
 use crate::ids::{ConversationId, MessageId, TenantId, UserId};
 use crate::storage::Db;
 use crate::storage::conversations as store;
-use crate::storage::messages::{self, MessageRow};
+use crate::storage::messages;
 use crate::tenancy::TenantScope;
 
 /// Most sends written in one transaction.
@@ -250,20 +250,12 @@ async fn write_batch(
             deleted: false,
         };
         *seq += 1;
-        rows.push(MessageRow {
-            tenant_id: tenant,
-            message_id: m.id,
-            conversation_id: m.conversation_id,
-            seq: m.seq,
-            sender_type: m.sender_type.as_str().to_owned(),
-            sender_id: m.sender_id,
-            body: m.text.clone(),
-            request_id: j.request.as_ref().map(|r| r.0),
-            request_hash: j.request.as_ref().map(|r| r.1.clone()),
-            created_at: now,
-            edited_at: None,
-            deleted_at: None,
-        });
+        let mut row = message_row(tenant, &m);
+        if let Some((rid, hash)) = &j.request {
+            row.request_id = Some(*rid);
+            row.request_hash = Some(hash.clone());
+        }
+        rows.push(row);
         answers[i] = Some(Ok(Sent {
             id: m.id,
             seq: m.seq,

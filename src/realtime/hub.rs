@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -27,9 +28,14 @@ struct Entry {
     ended: Arc<OnceLock<EndReason>>,
 }
 
+/// How long a typing signal counts without a refresh.
+const TYPING_FOR: Duration = Duration::from_secs(6);
+
 #[derive(Default)]
 struct State {
     subs: HashMap<u64, Entry>,
+    /// Who is typing where, so a stream that starts learns the current state.
+    typing: HashMap<(TenantId, ConversationId, uuid::Uuid), Instant>,
     by_conv: HashMap<(TenantId, ConversationId), HashSet<u64>>,
     by_user: HashMap<(TenantId, UserId), HashSet<u64>>,
     by_tenant: HashMap<TenantId, HashSet<u64>>,
@@ -135,6 +141,20 @@ impl Hub {
     pub fn dispatch(&self, event: Event) {
         let event = Arc::new(event);
         let mut s = self.lock();
+        if let Event::Typing {
+            tenant,
+            conversation,
+            sender,
+            typing,
+        } = &*event
+        {
+            let key = (*tenant, *conversation, *sender);
+            if *typing {
+                s.typing.insert(key, Instant::now() + TYPING_FOR);
+            } else {
+                s.typing.remove(&key);
+            }
+        }
         let mut targets: Vec<u64> = Vec::new();
         match &*event {
             Event::Durable { tenant, event: ev } => {
@@ -193,6 +213,22 @@ impl Hub {
         for id in ids {
             s.remove(id, Some(reason));
         }
+    }
+
+    /// Who is typing now in the given conversations of a tenant.
+    pub fn typing_in(
+        &self,
+        tenant: TenantId,
+        convs: &HashSet<ConversationId>,
+    ) -> Vec<(ConversationId, uuid::Uuid)> {
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.typing.retain(|_, until| *until > now);
+        s.typing
+            .keys()
+            .filter(|(t, c, _)| *t == tenant && convs.contains(c))
+            .map(|(_, c, u)| (*c, *u))
+            .collect()
     }
 
     /// Number of registered subscribers.

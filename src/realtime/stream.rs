@@ -115,6 +115,12 @@ pub fn subscribe(
         for state in ctx.presence.snapshot(&e, &scope).await? {
             yield Item::Presence(state);
         }
+        let followed = d.delivered.keys().copied().collect();
+        for (conversation, sender) in ctx.hub.typing_in(scope.tenant_id(), &followed) {
+            if sender != me.as_uuid() {
+                yield Item::Typing { conversation, sender, typing: true };
+            }
+        }
         for (c, from) in cursors {
             let up_to = last[&c];
             d.delivered.insert(c, from.min(up_to));

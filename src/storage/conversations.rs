@@ -81,6 +81,22 @@ pub struct EventRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// The join condition between a conversation and its member rows.
+type MemberOn = diesel::dsl::And<
+    diesel::dsl::Eq<conversation_members::tenant_id, conversations::tenant_id>,
+    diesel::dsl::Eq<conversation_members::conversation_id, conversations::conversation_id>,
+>;
+
+/// Conversations joined with their member rows (filter on the member to scope to one agent).
+fn with_members()
+-> diesel::dsl::InnerJoinOn<conversations::table, conversation_members::table, MemberOn> {
+    conversations::table.inner_join(
+        conversation_members::table.on(conversation_members::tenant_id
+            .eq(conversations::tenant_id)
+            .and(conversation_members::conversation_id.eq(conversations::conversation_id))),
+    )
+}
+
 /// Stores a conversation.
 pub async fn insert(tx: &mut TenantTx, row: &ConversationRow) -> AppResult<()> {
     diesel::insert_into(conversations::table)
@@ -151,12 +167,7 @@ pub async fn get_for_member(
     user: UserId,
 ) -> AppResult<Option<(ConversationRow, i64)>> {
     let t = tx.tenant_id();
-    Ok(conversations::table
-        .inner_join(
-            conversation_members::table.on(conversation_members::tenant_id
-                .eq(conversations::tenant_id)
-                .and(conversation_members::conversation_id.eq(conversations::conversation_id))),
-        )
+    Ok(with_members()
         .filter(
             conversations::tenant_id
                 .eq(t)
@@ -177,12 +188,7 @@ pub async fn list_for_member(
     limit: i64,
 ) -> AppResult<Vec<(ConversationRow, i64)>> {
     let t = tx.tenant_id();
-    let mut q = conversations::table
-        .inner_join(
-            conversation_members::table.on(conversation_members::tenant_id
-                .eq(conversations::tenant_id)
-                .and(conversation_members::conversation_id.eq(conversations::conversation_id))),
-        )
+    let mut q = with_members()
         .filter(
             conversations::tenant_id
                 .eq(t)
@@ -210,12 +216,7 @@ pub async fn list_for_member(
 /// Ids of every conversation the agent belongs to, with their current `last_seq`.
 pub async fn memberships(tx: &mut TenantTx, user: UserId) -> AppResult<Vec<(ConversationId, i64)>> {
     let t = tx.tenant_id();
-    Ok(conversations::table
-        .inner_join(
-            conversation_members::table.on(conversation_members::tenant_id
-                .eq(conversations::tenant_id)
-                .and(conversation_members::conversation_id.eq(conversations::conversation_id))),
-        )
+    Ok(with_members()
         .filter(
             conversations::tenant_id
                 .eq(t)

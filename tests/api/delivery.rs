@@ -246,6 +246,19 @@ async fn new_conversations_receipts_typing_and_presence_reach_open_streams() {
         (typing.sender_id.as_str(), typing.typing),
         (bob.as_str(), true)
     );
+    // A stream that starts now learns that Bob is typing, before the replay ends.
+    let mut late = Events::open(&app, &ann_tok, &[]).await.unwrap();
+    let mut typing_at_start = Vec::new();
+    loop {
+        match late.next().await.unwrap().unwrap() {
+            Item::Typing(t) => typing_at_start.push(t),
+            Item::CaughtUp(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(typing_at_start.len(), 1);
+    assert_eq!(typing_at_start[0].sender_id, bob);
+    drop(late);
 
     let (_, seq) = send(&app, &bob_tok, &conv, "read me").await.unwrap();
     assert_eq!(posted_text(&ann_ev.event().await), Some("read me"));
