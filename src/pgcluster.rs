@@ -31,7 +31,7 @@ use tokio::process::Command;
 use tokio::sync::oneshot;
 
 /// The unprivileged role the server connects as; migrations and DDL use the superuser instead.
-pub const APP_ROLE: &str = "chat_engine_app";
+pub use crate::storage::APP_ROLE;
 
 const SUPERUSER: &str = "chat_engine";
 const LISTEN_HOST: &str = "127.0.0.1";

@@ -249,6 +249,18 @@ fn publish(e: &Engine, scope: &TenantScope, events: Vec<ConversationEvent>) {
     }
 }
 
+/// The conversation and the agent's read position; NOT_FOUND unless they are a member
+/// (another tenant's conversation looks exactly like a missing one).
+async fn member_of(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    agent: UserId,
+) -> AppResult<(ConversationRow, i64)> {
+    store::get_for_member(tx, conv, agent)
+        .await?
+        .ok_or(AppError::NotFound("conversation"))
+}
+
 async fn require_active_agents(tx: &mut TenantTx, ids: &[UserId]) -> AppResult<()> {
     for id in ids {
         match users::get(tx, *id).await? {
@@ -374,9 +386,7 @@ pub async fn create(
 pub async fn get(e: &Engine, scope: &TenantScope, id: ConversationId) -> AppResult<Summary> {
     let (me, _) = require_agent(scope)?;
     let mut tx = e.db.tenant_tx(scope).await?;
-    let (row, read_seq) = store::get_for_member(&mut tx, id, me)
-        .await?
-        .ok_or(AppError::NotFound("conversation"))?;
+    let (row, read_seq) = member_of(&mut tx, id, me).await?;
     let mut s = summaries(&mut tx, me, vec![(row, read_seq)]).await?;
     tx.commit().await?;
     Ok(s.remove(0))
@@ -453,9 +463,7 @@ pub async fn add_members(
 ) -> AppResult<Conversation> {
     let (me, _) = require_agent(scope)?;
     let mut tx = e.db.tenant_tx(scope).await?;
-    let (row, _) = store::get_for_member(&mut tx, id, me)
-        .await?
-        .ok_or(AppError::NotFound("conversation"))?;
+    let (row, _) = member_of(&mut tx, id, me).await?;
     if row.kind != "group" {
         return Err(AppError::FailedPrecondition("only groups change members"));
     }
@@ -486,9 +494,7 @@ pub async fn add_members(
             .await?,
         );
     }
-    let (row, _) = store::get_for_member(&mut tx, id, me)
-        .await?
-        .ok_or(AppError::NotFound("conversation"))?;
+    let (row, _) = member_of(&mut tx, id, me).await?;
     let members = load_members(&mut tx, id).await?;
     tx.commit().await?;
     publish(e, scope, events);
@@ -509,9 +515,7 @@ pub async fn remove_member(
         ));
     }
     let mut tx = e.db.tenant_tx(scope).await?;
-    let (row, _) = store::get_for_member(&mut tx, id, me)
-        .await?
-        .ok_or(AppError::NotFound("conversation"))?;
+    let (row, _) = member_of(&mut tx, id, me).await?;
     if row.kind != "group" {
         return Err(AppError::FailedPrecondition("only groups change members"));
     }
@@ -613,9 +617,7 @@ async fn send_once(
         });
     }
     if let Actor::Agent { user_id, .. } = scope.actor() {
-        store::get_for_member(&mut tx, conv, user_id)
-            .await?
-            .ok_or(AppError::NotFound("conversation"))?;
+        member_of(&mut tx, conv, user_id).await?;
     }
     let now = e.now();
     let msg = Message {
@@ -670,9 +672,7 @@ pub async fn list_messages(
         }
     };
     let mut tx = e.db.tenant_tx(scope).await?;
-    store::get_for_member(&mut tx, conv, me)
-        .await?
-        .ok_or(AppError::NotFound("conversation"))?;
+    member_of(&mut tx, conv, me).await?;
     let rows = messages::page(&mut tx, conv, forward, anchor, size + 1).await?;
     tx.commit().await?;
     let (rows, more) = split_page(rows, size);
@@ -696,9 +696,7 @@ pub async fn change_message(
 ) -> AppResult<(Message, i64)> {
     let (me, _) = require_agent(scope)?;
     let mut tx = e.db.tenant_tx(scope).await?;
-    store::get_for_member(&mut tx, conv, me)
-        .await?
-        .ok_or(AppError::NotFound("conversation"))?;
+    member_of(&mut tx, conv, me).await?;
     let row = messages::get(&mut tx, conv, id)
         .await?
         .ok_or(AppError::NotFound("message"))?;
@@ -771,9 +769,7 @@ pub async fn set_typing(
 ) -> AppResult<()> {
     let (me, _) = require_agent(scope)?;
     let mut tx = e.db.tenant_tx(scope).await?;
-    store::get_for_member(&mut tx, conv, me)
-        .await?
-        .ok_or(AppError::NotFound("conversation"))?;
+    member_of(&mut tx, conv, me).await?;
     tx.commit().await?;
     e.publisher.publish(Event::Typing {
         tenant: scope.tenant_id(),
