@@ -30,6 +30,8 @@ struct Entry {
 
 /// How long a typing signal counts without a refresh.
 const TYPING_FOR: Duration = Duration::from_secs(6);
+/// Size of the typing map at which expired entries are swept on insert.
+const TYPING_SWEEP_AT: usize = 4096;
 
 #[derive(Default)]
 struct State {
@@ -150,7 +152,12 @@ impl Hub {
         {
             let key = (*tenant, *conversation, *sender);
             if *typing {
-                s.typing.insert(key, Instant::now() + TYPING_FOR);
+                let now = Instant::now();
+                // Typists who never said "stopped" expire; sweep them before the map grows.
+                if s.typing.len() >= TYPING_SWEEP_AT {
+                    s.typing.retain(|_, until| *until > now);
+                }
+                s.typing.insert(key, now + TYPING_FOR);
             } else {
                 s.typing.remove(&key);
             }
