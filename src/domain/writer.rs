@@ -187,8 +187,12 @@ async fn write_batch(
         .filter(|i| answers[*i].is_none() && jobs[*i].member.is_some() && !following.contains(i))
         .collect();
     if !to_check.is_empty() {
-        let convs: Vec<ConversationId> = to_check.iter().map(|i| jobs[*i].conv).collect();
-        let users: Vec<UserId> = to_check.iter().filter_map(|i| jobs[*i].member).collect();
+        // One lookup per distinct (conversation, agent), however many sends they made.
+        let pairs: HashSet<(ConversationId, UserId)> = to_check
+            .iter()
+            .filter_map(|i| jobs[*i].member.map(|u| (jobs[*i].conv, u)))
+            .collect();
+        let (convs, users): (Vec<ConversationId>, Vec<UserId>) = pairs.into_iter().unzip();
         let present: HashSet<(ConversationId, UserId)> =
             store::memberships_among(&mut tx, &convs, &users)
                 .await?
