@@ -91,12 +91,7 @@ impl NatsBus {
         Ok(Arc::new(Self { outbox, healthy }))
     }
 
-    /// Whether the NATS connection is up.
-    pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::SeqCst)
-    }
-
-    /// The health flag, for readers that outlive a borrow.
+    /// Whether the NATS connection is up, as a flag streams can check.
     pub fn health_flag(&self) -> Arc<AtomicBool> {
         self.healthy.clone()
     }

@@ -385,15 +385,6 @@ pub async fn unread_counts(
         .collect())
 }
 
-/// Stores several events in one statement.
-pub async fn insert_events(tx: &mut TenantTx, rows: &[EventRow]) -> AppResult<()> {
-    diesel::insert_into(conversation_events::table)
-        .values(rows)
-        .execute(tx.conn())
-        .await?;
-    Ok(())
-}
-
 /// Which of the (conversation, agent) pairs are memberships.
 pub async fn memberships_among(
     tx: &mut TenantTx,
