@@ -184,21 +184,22 @@ async fn append_with_request(
             .map_err(|e| AppError::Internal(e.to_string()))?,
         ),
     };
-    // A posted message carries its own seq; store it before the event that points at it.
-    let kind = match kind {
-        EventKind::MessagePosted(mut m) => {
-            m.seq = seq;
-            EventKind::MessagePosted(m)
-        }
-        other => other,
-    };
-    if let EventKind::MessagePosted(m) = &kind {
-        let mut row = message_row(tx.tenant_id(), m);
+    // A posted message is its own event: its row carries the seq, and replays read posts
+    // from the messages table. Every other change is a row in conversation_events.
+    if let EventKind::MessagePosted(mut m) = kind {
+        m.seq = seq;
+        let mut row = message_row(tx.tenant_id(), &m);
         if let Some((rid, hash)) = request {
             row.request_id = Some(rid);
             row.request_hash = Some(hash);
         }
         messages::insert(tx, &row).await?;
+        return Ok(ConversationEvent {
+            conversation_id: conv,
+            seq,
+            at,
+            kind: EventKind::MessagePosted(m),
+        });
     }
     store::insert_event(
         tx,
@@ -806,10 +807,11 @@ pub async fn events_between(
         return Ok(None);
     }
     let rows = store::events_between(&mut tx, conv, after, up_to, limit).await?;
+    let posted = messages::posted_between(&mut tx, conv, after, up_to, limit).await?;
     let ids: Vec<MessageId> = rows.iter().filter_map(|r| r.message_id).collect();
     let msgs = messages::by_ids(&mut tx, &ids).await?;
     tx.commit().await?;
-    let mut out = Vec::with_capacity(rows.len());
+    let mut out = Vec::with_capacity(rows.len() + posted.len());
     for r in rows {
         let msg = || {
             r.message_id
@@ -823,7 +825,6 @@ pub async fn events_between(
                 .map_err(|err| AppError::Internal(err.to_string()))
         };
         let kind = match r.kind.as_str() {
-            "message_posted" => EventKind::MessagePosted(msg()?),
             "message_edited" => EventKind::MessageEdited(msg()?),
             "message_deleted" => EventKind::MessageDeleted(msg()?),
             "members_added" => {
@@ -849,6 +850,16 @@ pub async fn events_between(
             kind,
         });
     }
+    out.extend(posted.into_iter().map(|m| ConversationEvent {
+        conversation_id: m.conversation_id,
+        seq: m.seq,
+        at: m.created_at,
+        kind: EventKind::MessagePosted(message(m)),
+    }));
+    // Seqs are gapless over both tables, so the first `limit` of the merge are exactly the
+    // events that follow `after`.
+    out.sort_by_key(|e| e.seq);
+    out.truncate(usize::try_from(limit).unwrap_or(0));
     Ok(Some(out))
 }
 

@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
-use super::TenantTx;
+use super::{TenantTx, sql};
 use super::schema::{conversation_events, conversation_members, conversations};
 use crate::error::AppResult;
 use crate::ids::{ConversationId, MessageId, TenantId, UserId, VisitorId};
@@ -331,7 +331,7 @@ pub async fn mark_read(
         read_seq: i64,
     }
     let t = tx.tenant_id();
-    let r: Option<R> = diesel::sql_query(
+    let r: Option<R> = sql::prepared(
         "UPDATE conversation_members m
             SET read_seq = GREATEST(m.read_seq, LEAST($4, c.last_seq))
            FROM conversations c
@@ -364,7 +364,7 @@ pub async fn unread_counts(
         unread: i64,
     }
     let t = tx.tenant_id();
-    let rows: Vec<R> = diesel::sql_query(
+    let rows: Vec<R> = sql::prepared(
         "SELECT m.conversation_id, count(msg.message_id) AS unread
            FROM conversation_members m
            LEFT JOIN messages msg
@@ -399,7 +399,7 @@ pub async fn memberships_among(
         user_id: UserId,
     }
     let t = tx.tenant_id();
-    let rows: Vec<R> = diesel::sql_query(
+    let rows: Vec<R> = sql::prepared(
         // One primary-key lookup per pair; OFFSET 0 keeps the planner from flattening it
         // into a scan of the tenant's members when its statistics are stale.
         "SELECT m.conversation_id, m.user_id
@@ -439,7 +439,7 @@ pub async fn reserve_seqs(
         last_seq: i64,
     }
     let t = tx.tenant_id();
-    diesel::sql_query(
+    sql::prepared(
         "SELECT 1 FROM conversations WHERE tenant_id = $1 AND conversation_id = ANY($2)
           ORDER BY conversation_id FOR UPDATE",
     )
@@ -447,7 +447,7 @@ pub async fn reserve_seqs(
     .bind::<Array<SqlUuid>, _>(convs)
     .execute(tx.conn())
     .await?;
-    let rows: Vec<R> = diesel::sql_query(
+    let rows: Vec<R> = sql::prepared(
         "UPDATE conversations c
             SET last_seq = c.last_seq + v.k, last_activity_at = $4
            FROM unnest($2::uuid[], $3::bigint[]) AS v(conversation_id, k)

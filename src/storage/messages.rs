@@ -1,12 +1,12 @@
-//! Messages: the current state of each message (text, edit and delete markers), keyed by the
-//! seq of the event that posted it.
+//! Messages: the current state of each message (text, edit and delete markers). A message
+//! row is also its conversation's `message_posted` event, numbered by its seq.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
-use super::TenantTx;
+use super::{TenantTx, sql};
 use super::schema::messages;
 use crate::error::AppResult;
 use crate::ids::{ConversationId, MessageId, TenantId};
@@ -170,27 +170,18 @@ pub async fn delete(tx: &mut TenantTx, id: MessageId, at: DateTime<Utc>) -> AppR
         .await?)
 }
 
-/// Stores posted messages and their `message_posted` events in one statement. The rows
-/// travel as arrays, so the statement text is the same for any batch size and stays
-/// prepared.
+/// Stores posted messages in one statement. The rows travel as arrays, so the statement
+/// text is the same for any batch size and stays prepared.
 pub async fn insert_posted(tx: &mut TenantTx, rows: &[MessageRow]) -> AppResult<()> {
     use diesel::sql_types::{BigInt, Bytea, Nullable, Text, Timestamptz};
     let t = tx.tenant_id();
     let at = rows.first().map(|r| r.created_at).unwrap_or_default();
-    diesel::sql_query(
-        "WITH m AS (
-           INSERT INTO messages (tenant_id, message_id, conversation_id, seq, sender_type,
-                                 sender_id, body, request_id, request_hash, created_at)
-           SELECT $1, x.*, $10
-             FROM unnest($2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::uuid[],
-                         $7::text[], $8::uuid[], $9::bytea[]) AS x
-           RETURNING message_id, conversation_id, seq, sender_id
-         )
-         INSERT INTO conversation_events (tenant_id, conversation_id, seq, kind, message_id,
-                                          actor_id, payload, created_at)
-         SELECT $1, m.conversation_id, m.seq, 'message_posted', m.message_id, m.sender_id,
-                'null'::jsonb, $10
-           FROM m",
+    sql::prepared(
+        "INSERT INTO messages (tenant_id, message_id, conversation_id, seq, sender_type,
+                               sender_id, body, request_id, request_hash, created_at)
+         SELECT $1, x.*, $10
+           FROM unnest($2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::uuid[],
+                       $7::text[], $8::uuid[], $9::bytea[]) AS x",
     )
     .bind::<SqlUuid, _>(t)
     .bind::<Array<SqlUuid>, _>(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
@@ -215,6 +206,31 @@ pub async fn insert_posted(tx: &mut TenantTx, rows: &[MessageRow]) -> AppResult<
     Ok(())
 }
 
+/// Messages posted with `after < seq <= up_to`, oldest first, at most `limit`: the
+/// `message_posted` events of a conversation.
+pub async fn posted_between(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> AppResult<Vec<MessageRow>> {
+    let t = tx.tenant_id();
+    Ok(messages::table
+        .filter(
+            messages::tenant_id
+                .eq(t)
+                .and(messages::conversation_id.eq(conv))
+                .and(messages::seq.gt(after))
+                .and(messages::seq.le(up_to)),
+        )
+        .select(MessageRow::as_select())
+        .order(messages::seq)
+        .limit(limit)
+        .load(tx.conn())
+        .await?)
+}
+
 /// Messages stored under any of the (sender, request id) pairs.
 pub async fn find_by_requests(
     tx: &mut TenantTx,
@@ -222,7 +238,7 @@ pub async fn find_by_requests(
     request_ids: &[uuid::Uuid],
 ) -> AppResult<Vec<MessageRow>> {
     let t = tx.tenant_id();
-    Ok(diesel::sql_query(
+    Ok(sql::prepared(
         // One index lookup on (tenant_id, sender_id, request_id) per pair. OFFSET 0 keeps
         // the planner from flattening the lookup: for a young tenant its statistics say
         // "no rows" and it would scan all of the tenant's messages for every batch.

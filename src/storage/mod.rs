@@ -8,6 +8,7 @@ pub mod conversations;
 pub mod messages;
 pub mod presence;
 pub mod schema;
+pub mod sql;
 pub mod tenants;
 pub mod tokens;
 pub mod users;
