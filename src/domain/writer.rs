@@ -144,66 +144,81 @@ async fn write_batch(
     let mut answers: Vec<Option<AppResult<Sent>>> = (0..jobs.len()).map(|_| None).collect();
     let mut tx = db.tenant_tx(scope).await?;
 
-    // Retries: a request id seen before (or earlier in this batch) gets the first answer.
+    // Three independent questions, pipelined in one round trip: which request ids were
+    // stored before, which senders are members, and the locks on the conversations.
     let keyed: Vec<(usize, uuid::Uuid, uuid::Uuid)> = jobs
         .iter()
         .enumerate()
         .filter_map(|(i, j)| j.request.as_ref().map(|(rid, _)| (i, j.sender_id, *rid)))
         .collect();
+    // One lookup per distinct (conversation, agent), however many sends they made.
+    let pairs: HashSet<(ConversationId, UserId)> = jobs
+        .iter()
+        .filter_map(|j| j.member.map(|u| (j.conv, u)))
+        .collect();
+    let mut all_convs: Vec<ConversationId> = jobs.iter().map(|j| j.conv).collect();
+    all_convs.sort();
+    all_convs.dedup();
+    let (stored, present, ()) = {
+        let senders: Vec<uuid::Uuid> = keyed.iter().map(|k| k.1).collect();
+        let rids: Vec<uuid::Uuid> = keyed.iter().map(|k| k.2).collect();
+        let (member_convs, member_users): (Vec<ConversationId>, Vec<UserId>) =
+            pairs.into_iter().unzip();
+        let tx = &tx;
+        futures_util::try_join!(
+            async {
+                if rids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                messages::find_by_requests(tx, &senders, &rids).await
+            },
+            async {
+                if member_convs.is_empty() {
+                    return Ok(HashSet::new());
+                }
+                let found = store::memberships_among(tx, &member_convs, &member_users).await?;
+                Ok(found.into_iter().collect::<HashSet<_>>())
+            },
+            store::lock(tx, &all_convs),
+        )?
+    };
+
+    // Retries: a request id seen before (or earlier in this batch) gets the first answer.
     let mut first_in_batch: HashMap<(uuid::Uuid, uuid::Uuid), usize> = HashMap::new();
     // Same key twice in one batch: the later ones take the first one's answer.
     let mut followers: Vec<(usize, usize)> = Vec::new();
     let mut following: HashSet<usize> = HashSet::new();
-    if !keyed.is_empty() {
-        let senders: Vec<uuid::Uuid> = keyed.iter().map(|k| k.1).collect();
-        let rids: Vec<uuid::Uuid> = keyed.iter().map(|k| k.2).collect();
-        let stored = messages::find_by_requests(&mut tx, &senders, &rids).await?;
-        for (i, sender, rid) in keyed {
-            let hash = jobs[i].request.as_ref().map(|(_, h)| h.as_slice());
-            if let Some(prev) = stored
-                .iter()
-                .find(|m| m.sender_id == Some(sender) && m.request_id == Some(rid))
-            {
-                answers[i] = Some(if prev.request_hash.as_deref() == hash {
-                    Ok(Sent {
-                        id: prev.message_id,
-                        seq: prev.seq,
-                        created_at: prev.created_at,
-                    })
-                } else {
-                    Err(reused())
-                });
-            } else if let Some(&lead) = first_in_batch.get(&(sender, rid)) {
-                followers.push((i, lead));
-                following.insert(i);
+    for (i, sender, rid) in keyed {
+        let hash = jobs[i].request.as_ref().map(|(_, h)| h.as_slice());
+        if let Some(prev) = stored
+            .iter()
+            .find(|m| m.sender_id == Some(sender) && m.request_id == Some(rid))
+        {
+            answers[i] = Some(if prev.request_hash.as_deref() == hash {
+                Ok(Sent {
+                    id: prev.message_id,
+                    seq: prev.seq,
+                    created_at: prev.created_at,
+                })
             } else {
-                first_in_batch.insert((sender, rid), i);
-            }
+                Err(reused())
+            });
+        } else if let Some(&lead) = first_in_batch.get(&(sender, rid)) {
+            followers.push((i, lead));
+            following.insert(i);
+        } else {
+            first_in_batch.insert((sender, rid), i);
         }
     }
 
     // Membership of the agents who send.
-    let to_check: Vec<usize> = (0..jobs.len())
-        .filter(|i| answers[*i].is_none() && jobs[*i].member.is_some() && !following.contains(i))
-        .collect();
-    if !to_check.is_empty() {
-        // One lookup per distinct (conversation, agent), however many sends they made.
-        let pairs: HashSet<(ConversationId, UserId)> = to_check
-            .iter()
-            .filter_map(|i| jobs[*i].member.map(|u| (jobs[*i].conv, u)))
-            .collect();
-        let (convs, users): (Vec<ConversationId>, Vec<UserId>) = pairs.into_iter().unzip();
-        let present: HashSet<(ConversationId, UserId)> =
-            store::memberships_among(&mut tx, &convs, &users)
-                .await?
-                .into_iter()
-                .collect();
-        for i in to_check {
-            if let Some(u) = jobs[i].member
-                && !present.contains(&(jobs[i].conv, u))
-            {
-                answers[i] = Some(Err(AppError::NotFound("conversation")));
-            }
+    for (i, j) in jobs.iter().enumerate() {
+        if answers[i].is_none()
+            && !following.contains(&i)
+            && let Some(u) = j.member
+            && !present.contains(&(j.conv, u))
+        {
+            answers[i] = Some(Err(AppError::NotFound("conversation")));
         }
     }
 

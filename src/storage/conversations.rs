@@ -7,8 +7,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
-use super::{TenantTx, sql};
 use super::schema::{conversation_events, conversation_members, conversations};
+use super::{TenantTx, sql};
 use crate::error::AppResult;
 use crate::ids::{ConversationId, MessageId, TenantId, UserId, VisitorId};
 
@@ -387,7 +387,7 @@ pub async fn unread_counts(
 
 /// Which of the (conversation, agent) pairs are memberships.
 pub async fn memberships_among(
-    tx: &mut TenantTx,
+    tx: &TenantTx,
     convs: &[ConversationId],
     users: &[UserId],
 ) -> AppResult<Vec<(ConversationId, UserId)>> {
@@ -414,7 +414,7 @@ pub async fn memberships_among(
     .bind::<SqlUuid, _>(t)
     .bind::<Array<SqlUuid>, _>(convs)
     .bind::<Array<SqlUuid>, _>(users)
-    .load(tx.conn())
+    .load(&mut tx.shared())
     .await?;
     Ok(rows
         .into_iter()
@@ -422,9 +422,24 @@ pub async fn memberships_among(
         .collect())
 }
 
-/// Takes `count` consecutive seqs from each open conversation (locking the rows in id order,
-/// so concurrent batches cannot deadlock each other) and marks the activity time. Returns
-/// each conversation's new `last_seq`; closed or missing conversations are left out.
+/// Locks the conversations' rows until commit, in id order, so that batches which share
+/// conversations (on other nodes, say) wait for each other instead of deadlocking.
+pub async fn lock(tx: &TenantTx, convs: &[ConversationId]) -> AppResult<()> {
+    let t = tx.tenant_id();
+    sql::prepared(
+        "SELECT 1 FROM conversations WHERE tenant_id = $1 AND conversation_id = ANY($2)
+          ORDER BY conversation_id FOR UPDATE",
+    )
+    .bind::<SqlUuid, _>(t)
+    .bind::<Array<SqlUuid>, _>(convs)
+    .execute(&mut tx.shared())
+    .await?;
+    Ok(())
+}
+
+/// Takes `count` consecutive seqs from each open conversation (lock them first with
+/// [`lock`]) and marks the activity time. Returns each conversation's new `last_seq`;
+/// closed or missing conversations are left out.
 pub async fn reserve_seqs(
     tx: &mut TenantTx,
     convs: &[ConversationId],
@@ -439,14 +454,6 @@ pub async fn reserve_seqs(
         last_seq: i64,
     }
     let t = tx.tenant_id();
-    sql::prepared(
-        "SELECT 1 FROM conversations WHERE tenant_id = $1 AND conversation_id = ANY($2)
-          ORDER BY conversation_id FOR UPDATE",
-    )
-    .bind::<SqlUuid, _>(t)
-    .bind::<Array<SqlUuid>, _>(convs)
-    .execute(tx.conn())
-    .await?;
     let rows: Vec<R> = sql::prepared(
         "UPDATE conversations c
             SET last_seq = c.last_seq + v.k, last_activity_at = $4

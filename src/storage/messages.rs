@@ -6,8 +6,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
-use super::{TenantTx, sql};
 use super::schema::messages;
+use super::{TenantTx, sql};
 use crate::error::AppResult;
 use crate::ids::{ConversationId, MessageId, TenantId};
 
@@ -233,7 +233,7 @@ pub async fn posted_between(
 
 /// Messages stored under any of the (sender, request id) pairs.
 pub async fn find_by_requests(
-    tx: &mut TenantTx,
+    tx: &TenantTx,
     senders: &[uuid::Uuid],
     request_ids: &[uuid::Uuid],
 ) -> AppResult<Vec<MessageRow>> {
@@ -253,6 +253,6 @@ pub async fn find_by_requests(
     .bind::<SqlUuid, _>(t)
     .bind::<Array<SqlUuid>, _>(senders)
     .bind::<Array<SqlUuid>, _>(request_ids)
-    .load(tx.conn())
+    .load(&mut tx.shared())
     .await?)
 }

@@ -65,7 +65,7 @@ impl Db {
                 let mut conn = AsyncPgConnection::establish(url).await?;
                 conn.batch_execute(&format!(
                     "SET ROLE {APP_ROLE}; SET statement_timeout = '30s'; \
-                     SET idle_in_transaction_session_timeout = '60s'"
+                     SET idle_in_transaction_session_timeout = '60s'; SET plan_cache_mode = force_generic_plan"
                 ))
                 .await
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
@@ -92,11 +92,15 @@ impl Db {
 
     /// Opens a transaction scoped to one tenant.
     pub async fn tenant_tx(&self, scope: &TenantScope) -> AppResult<TenantTx> {
-        let mut conn = self.begin().await?;
+        let mut conn = self.pool.get().await?;
         let tenant_id = scope.tenant_id();
-        diesel::select(set_config("app.tenant_id", tenant_id.to_string()))
-            .execute(&mut *conn)
-            .await?;
+        // One round trip for both. The id is a parsed UUID (hex digits and dashes only), so
+        // writing it into the text cannot change the statement.
+        TxManager::begin_transaction_sql(
+            &mut *conn,
+            &format!("BEGIN; SELECT set_config('app.tenant_id', '{tenant_id}', true)"),
+        )
+        .await?;
         Ok(TenantTx {
             conn: Some(conn),
             tenant_id,
@@ -162,6 +166,12 @@ impl TenantTx {
     /// The tenant every query in this transaction is for.
     pub fn tenant_id(&self) -> TenantId {
         self.tenant_id
+    }
+
+    /// The connection shared, so independent queries can be pipelined: each is sent before
+    /// the previous one's answer arrives.
+    pub(crate) fn shared(&self) -> &AsyncPgConnection {
+        self.conn.as_ref().expect("transaction used after commit")
     }
 }
 

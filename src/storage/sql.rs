@@ -51,7 +51,8 @@ impl<'a> Sql<'a> {
         T: ToSql<ST, Pg> + Send + Sync + 'a,
         ST: 'a,
     {
-        self.binds.push(Box::new(Typed(value, PhantomData::<fn() -> ST>)));
+        self.binds
+            .push(Box::new(Typed(value, PhantomData::<fn() -> ST>)));
         self
     }
 }
@@ -113,7 +114,10 @@ mod tests {
     fn a_missing_bind_is_an_error_not_a_panic() {
         let q = prepared("SELECT $3").bind::<BigInt, _>(1_i64);
         let mut out = String::new();
-        let r = std::fmt::write(&mut out, format_args!("{}", diesel::debug_query::<Pg, _>(&q)));
+        let r = std::fmt::write(
+            &mut out,
+            format_args!("{}", diesel::debug_query::<Pg, _>(&q)),
+        );
         assert!(r.is_err());
     }
 }
