@@ -63,9 +63,13 @@ impl Db {
         config.custom_setup = Box::new(|url| {
             async move {
                 let mut conn = AsyncPgConnection::establish(url).await?;
+                // Generic plans: every statement here is an index lookup led by tenant_id,
+                // and with array parameters PostgreSQL would otherwise plan each call again
+                // (a tenth of its CPU on the send path).
                 conn.batch_execute(&format!(
                     "SET ROLE {APP_ROLE}; SET statement_timeout = '30s'; \
-                     SET idle_in_transaction_session_timeout = '60s'; SET plan_cache_mode = force_generic_plan"
+                     SET idle_in_transaction_session_timeout = '60s'; \
+                     SET plan_cache_mode = force_generic_plan"
                 ))
                 .await
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
