@@ -167,6 +167,7 @@ pub async fn build(cfg: &Config, db: &Database) -> anyhow::Result<Node> {
             }
         }
     });
+    tokio::spawn(crate::memory::trim_periodically(streams.shutdown.clone()));
     Ok(Node {
         engine,
         auth,

@@ -14,6 +14,7 @@ pub mod error;
 pub mod grpc;
 pub mod ids;
 pub mod loadtest;
+pub mod memory;
 pub mod pb;
 pub mod pgcluster;
 pub mod realtime;

@@ -1070,7 +1070,9 @@ async fn messages(
     }
     let receivers = open_receivers(fx, &shared, &channels, cancel).await?;
     if matches!(target.rss, RssSource::Process) {
-        release_free_heap();
+        // Memory freed during setup (argon2 uses 19 MiB per hash) must not be silently
+        // reused by what is measured and hidden from the difference.
+        crate::memory::release_free_heap();
     }
     let rss_before = target.rss.sample();
 
@@ -1291,6 +1293,21 @@ async fn open_idle(
     }))
 }
 
+/// Resident memory once freed heap has gone back to the kernel, so memory freed earlier
+/// (argon2 uses 19 MiB per hash during setup) is neither counted as in use nor silently
+/// reused by what is measured and hidden from the difference. A server process trims on its
+/// own every [`crate::memory::TRIM_EVERY`]; this one trims now.
+async fn settled_rss(rss: RssSource) -> Option<u64> {
+    match rss {
+        RssSource::Process => crate::memory::release_free_heap(),
+        RssSource::Pid(_) => {
+            tokio::time::sleep(crate::memory::TRIM_EVERY + Duration::from_secs(1)).await;
+        }
+        RssSource::Unknown => {}
+    }
+    rss.sample()
+}
+
 /// Idle mode; prints the human report and returns the JSON one.
 async fn idle(
     args: &Args,
@@ -1298,10 +1315,7 @@ async fn idle(
     fx: &Fixture,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Value> {
-    if matches!(target.rss, RssSource::Process) {
-        release_free_heap();
-    }
-    let rss_before = target.rss.sample();
+    let rss_before = settled_rss(target.rss).await;
     let connections = args.streams.div_ceil(args.streams_per_connection);
     let mut channels = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -1335,7 +1349,7 @@ async fn idle(
     }
     let open = tasks.len();
     tokio::time::sleep(SETTLE).await;
-    let rss_after = target.rss.sample();
+    let rss_after = settled_rss(target.rss).await;
     let per_stream = match (rss_before, rss_after) {
         (Some(b), Some(a)) if open > 0 => Some((a as f64 - b as f64) / open as f64),
         _ => None,
@@ -1408,22 +1422,6 @@ async fn idle(
         "rss_source": target.rss.name(),
         "errors": stream_errors.first,
     }))
-}
-
-/// Hands freed heap pages back to the kernel before a baseline is read, so memory freed
-/// during setup (argon2 uses 19 MiB per hash) is not silently reused by the streams and
-/// hidden from the difference. Only meaningful for this process.
-fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
-        }
-        // SAFETY: glibc's malloc_trim takes no pointers and may be called at any time.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
 }
 
 /// Messages pushed through the hub in broadcast mode.

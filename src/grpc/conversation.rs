@@ -381,13 +381,27 @@ impl ConversationService for ConversationApi {
         let mut v = Violations::new();
         let cursors = cursors(&mut v, &sub.cursors);
         v.finish()?;
-        let events = self.open_stream(s, cursors)?.map(|r| {
+        // Commands wait until the subscription is live (CaughtUp sent), so whatever they
+        // cause, the client's own sends included, reaches this stream.
+        let (live_tx, live_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut live_tx = Some(live_tx);
+        let events = self.open_stream(s, cursors)?.map(move |r| {
+            if let Ok(pb::SubscribeResponse {
+                item: Some(pb::subscribe_response::Item::CaughtUp(_)),
+            }) = &r
+                && let Some(tx) = live_tx.take()
+            {
+                let _ = tx.send(());
+            }
             r.map(|e| pb::ConnectResponse {
                 item: Some(pb::connect_response::Item::Event(e)),
             })
         });
         let engine = self.streams.engine.clone();
         let acks = async_stream::stream! {
+            if live_rx.await.is_err() {
+                return;
+            }
             while let Some(cmd) = inbound.next().await {
                 let cmd = match cmd {
                     Ok(c) => c,

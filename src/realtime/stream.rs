@@ -88,6 +88,9 @@ impl Delivery {
 
 /// Opens a subscriber's stream. `cursors` name the last seq the client has per conversation;
 /// a cursor for a conversation the caller does not belong to fails with NOT_FOUND.
+///
+/// Every await inside is boxed: the stream lives as long as the client stays connected, and
+/// inline futures would size it by its largest step (4.4 KiB) for its whole life.
 pub fn subscribe(
     ctx: Arc<StreamContext>,
     scope: TenantScope,
@@ -97,10 +100,10 @@ pub fn subscribe(
         let (me, _) = require_agent(&scope)?;
         let e = ctx.engine.clone();
         let mut sub = ctx.hub.subscribe(scope.tenant_id(), me);
-        let _presence = ctx.presence.enter(&e, scope.tenant_id(), me).await?;
+        let _presence = Box::pin(ctx.presence.enter(&e, scope.tenant_id(), me)).await?;
 
         // Registered before reading positions: nothing committed from here on can be missed.
-        let memberships = conversations::memberships(&e, &scope).await?;
+        let memberships = Box::pin(conversations::memberships(&e, &scope)).await?;
         let last: HashMap<ConversationId, i64> = memberships.iter().copied().collect();
         for (c, _) in &cursors {
             if !last.contains_key(c) {
@@ -112,7 +115,7 @@ pub fn subscribe(
             ctx.hub.follow(&sub, *c);
             d.delivered.insert(*c, *seq);
         }
-        for state in ctx.presence.snapshot(&e, &scope).await? {
+        for state in Box::pin(ctx.presence.snapshot(&e, &scope)).await? {
             yield Item::Presence(state);
         }
         let followed = d.delivered.keys().copied().collect();
@@ -124,7 +127,7 @@ pub fn subscribe(
         for (c, from) in cursors {
             let up_to = last[&c];
             d.delivered.insert(c, from.min(up_to));
-            for ev in fetch(&e, &scope, c, from, up_to).await? {
+            for ev in Box::pin(fetch(&e, &scope, c, from, up_to)).await? {
                 d.delivered.insert(c, ev.seq);
                 yield Item::Event(ev);
             }
@@ -144,7 +147,7 @@ pub fn subscribe(
                     unreachable!();
                 }
             };
-            for item in handle(&ctx, &scope, &sub, &mut d, &ev).await? {
+            for item in Box::pin(handle(&ctx, &scope, &sub, &mut d, &ev)).await? {
                 yield item;
             }
         }
