@@ -3,6 +3,8 @@
 //! Every durable change takes the conversation's next seq inside its transaction, stores an
 //! event with that seq, commits, and only then is announced. A send answers after commit.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -559,12 +561,25 @@ fn request_hash(conv: ConversationId, text: &str) -> Vec<u8> {
 /// Sends a message. With a `request_id`, a retry returns the first answer and the same id
 /// with other content is refused; the answer comes only after commit.
 pub async fn send(
-    e: &Engine,
+    e: &Arc<Engine>,
     scope: &TenantScope,
     conv: ConversationId,
     text: String,
     request_id: Option<uuid::Uuid>,
 ) -> AppResult<Sent> {
+    submit(e, scope, conv, text, request_id).await?.await
+}
+
+/// [`send`] in two steps, so one client can have many sends in flight and keep their order:
+/// awaiting `submit` queues the send (sends queued one after the other take seqs in that
+/// order); the future it returns answers once the send is committed.
+pub async fn submit(
+    e: &Arc<Engine>,
+    scope: &TenantScope,
+    conv: ConversationId,
+    text: String,
+    request_id: Option<uuid::Uuid>,
+) -> AppResult<impl Future<Output = AppResult<Sent>> + Send + 'static> {
     let (sender_type, sender_id) = sender(scope)?;
     let member = match scope.actor() {
         Actor::Agent { user_id, .. } => Some(user_id),
@@ -579,17 +594,24 @@ pub async fn send(
         request: request_id.map(|r| (r, request_hash(conv, &text))),
         text: text.clone(),
     };
-    if let Some(answer) = e.writer.write(job).await {
-        return answer;
-    }
-    // The batch this send was in failed as a whole: write it alone for a precise answer.
-    match send_once(e, scope, conv, &text, request_id).await {
-        // A concurrent retry with the same request_id won the insert: answer with its result.
-        Err(AppError::AlreadyExists(_)) if request_id.is_some() => {
-            send_once(e, scope, conv, &text, request_id).await
+    let queued = e.writer.enqueue(job).await;
+    let (e, scope) = (e.clone(), *scope);
+    Ok(async move {
+        if let Some(q) = queued
+            && let Some(answer) = q.answer().await
+        {
+            return answer;
         }
-        other => other,
-    }
+        // The batch this send was in failed as a whole: write it alone for a precise answer.
+        match send_once(&e, &scope, conv, &text, request_id).await {
+            // A concurrent retry with the same request_id won the insert: answer with its
+            // result.
+            Err(AppError::AlreadyExists(_)) if request_id.is_some() => {
+                send_once(&e, &scope, conv, &text, request_id).await
+            }
+            other => other,
+        }
+    })
 }
 
 async fn send_once(

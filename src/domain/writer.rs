@@ -65,14 +65,26 @@ impl Writer {
         Self { queues }
     }
 
-    /// Writes a send; `None` means the caller must write it alone.
-    pub async fn write(&self, job: SendJob) -> Option<AppResult<Sent>> {
+    /// Queues a send behind those queued before it: sends of one conversation take seqs in
+    /// queue order, so a caller that queues one after the other keeps its order. `None`
+    /// when the writer has stopped.
+    pub async fn enqueue(&self, job: SendJob) -> Option<Queued> {
         // A conversation always lands in the same partition: its sends are batched together
         // and no two partitions ever wait for each other's row locks.
         let partition = job.conv.as_uuid().as_u128() as usize % self.queues.len();
         let (tx, rx) = oneshot::channel();
         self.queues[partition].send((job, tx)).await.ok()?;
-        rx.await.ok().flatten()
+        Some(Queued(rx))
+    }
+}
+
+/// A queued send's answer, once its batch has committed.
+pub struct Queued(oneshot::Receiver<Option<AppResult<Sent>>>);
+
+impl Queued {
+    /// The answer; `None` means the caller must write the send alone.
+    pub async fn answer(self) -> Option<AppResult<Sent>> {
+        self.0.await.ok().flatten()
     }
 }
 

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Streaming, convert, scope};
 use crate::domain::conversations::{self, Kind, MAX_TEXT_CHARS};
-use crate::domain::validate;
+use crate::domain::{Engine, validate};
 use crate::error::{AppError, FieldViolation, Violations};
 use crate::ids::{ConversationId, MessageId, UserId};
 use crate::pb;
@@ -28,7 +28,7 @@ impl ConversationApi {
         Self { streams, bus }
     }
 
-    fn engine(&self) -> &crate::domain::Engine {
+    fn engine(&self) -> &Arc<Engine> {
         &self.streams.engine
     }
 
@@ -102,21 +102,34 @@ fn cursors(v: &mut Violations, raw: &[pb::ConversationCursor]) -> Vec<(Conversat
 }
 
 async fn send(
-    e: &crate::domain::Engine,
+    e: &Arc<Engine>,
     s: &TenantScope,
     r: pb::SendMessageRequest,
 ) -> Result<pb::SendMessageResponse, Status> {
+    submit(e, s, r).await?.await
+}
+
+/// Checks and queues a send; the returned future answers once it is committed.
+async fn submit(
+    e: &Arc<Engine>,
+    s: &TenantScope,
+    r: pb::SendMessageRequest,
+) -> Result<impl Future<Output = Result<pb::SendMessageResponse, Status>> + Send + 'static, Status>
+{
     let mut v = Violations::new();
     let conv = conv_id(&mut v, "conversation_id", &r.conversation_id);
     let text = v.check(message_text("text", &r.text));
     let rid = request_id(&mut v, &r.request_id);
     v.finish()?;
     let text = text.ok_or_else(|| AppError::Internal("validated text missing".into()))?;
-    let sent = conversations::send(e, s, conv, text, rid).await?;
-    Ok(pb::SendMessageResponse {
-        message_id: sent.id.to_string(),
-        seq: convert::seq_out(sent.seq),
-        create_time: Some(convert::ts(sent.created_at)),
+    let pending = conversations::submit(e, s, conv, text, rid).await?;
+    Ok(async move {
+        let sent = pending.await?;
+        Ok(pb::SendMessageResponse {
+            message_id: sent.id.to_string(),
+            seq: convert::seq_out(sent.seq),
+            create_time: Some(convert::ts(sent.created_at)),
+        })
     })
 }
 
@@ -402,14 +415,28 @@ impl ConversationService for ConversationApi {
             if live_rx.await.is_err() {
                 return;
             }
-            while let Some(cmd) = inbound.next().await {
-                let cmd = match cmd {
-                    Ok(c) => c,
-                    Err(_) => break,
+            // Commands start in the order they arrive (a send is queued for its seq before
+            // the next command is read) and are acknowledged in that order, with up to
+            // CONNECT_IN_FLIGHT of them waiting for their commits at once.
+            let mut pending = futures_util::stream::FuturesOrdered::new();
+            let mut open = true;
+            while open || !pending.is_empty() {
+                let next = tokio::select! {
+                    Some(ack) = pending.next(), if !pending.is_empty() => Some(ack),
+                    cmd = inbound.next(), if open && pending.len() < CONNECT_IN_FLIGHT => {
+                        match cmd {
+                            Some(Ok(cmd)) => pending.push_back(command(&engine, &s, cmd).await),
+                            _ => open = false,
+                        }
+                        None
+                    }
+                    else => break,
                 };
-                yield Ok(pb::ConnectResponse {
-                    item: Some(pb::connect_response::Item::Ack(command(&engine, &s, cmd).await)),
-                });
+                if let Some(ack) = next {
+                    yield Ok(pb::ConnectResponse {
+                        item: Some(pb::connect_response::Item::Ack(ack)),
+                    });
+                }
             }
         };
         let merged: Pin<Box<dyn Stream<Item = Result<pb::ConnectResponse, Status>> + Send>> =
@@ -418,27 +445,63 @@ impl ConversationService for ConversationApi {
     }
 }
 
-/// Runs one Connect command and answers with its ack.
-async fn command(
-    e: &crate::domain::Engine,
-    s: &TenantScope,
-    cmd: pb::ConnectRequest,
-) -> pb::CommandAck {
+/// Commands one Connect stream may have in flight; it reads no further command until one
+/// is answered.
+const CONNECT_IN_FLIGHT: usize = 64;
+
+/// An ack answering one Connect command.
+type PendingAck = Pin<Box<dyn Future<Output = pb::CommandAck> + Send>>;
+
+/// Starts one Connect command: checking it and queueing a send happen before this returns,
+/// so commands keep their order; the returned future finishes it and answers with the ack.
+async fn command(e: &Arc<Engine>, s: &TenantScope, cmd: pb::ConnectRequest) -> PendingAck {
     use pb::connect_request::Command;
+    let id = cmd.client_id;
+    let (e, s) = (e.clone(), *s);
+    match cmd.command {
+        Some(Command::SendMessage(r)) => match submit(&e, &s, r).await {
+            Ok(sent) => {
+                Box::pin(async move { ack(id, sent.await, |a, r| a.send_message = Some(r)) })
+            }
+            Err(st) => Box::pin(std::future::ready(ack(id, Err::<(), _>(st), |_, _| {}))),
+        },
+        Some(Command::MarkRead(r)) => {
+            Box::pin(
+                async move { ack(id, mark_read(&e, &s, r).await, |a, r| a.mark_read = Some(r)) },
+            )
+        }
+        Some(Command::SetTyping(r)) => {
+            Box::pin(async move { ack(id, set_typing(&e, &s, r).await, |_, _| {}) })
+        }
+        Some(Command::Subscribe(_)) => Box::pin(std::future::ready(ack(
+            id,
+            Err::<(), _>(Status::failed_precondition("already subscribed")),
+            |_, _| {},
+        ))),
+        None => Box::pin(std::future::ready(ack(
+            id,
+            Err::<(), _>(Status::invalid_argument("empty command")),
+            |_, _| {},
+        ))),
+    }
+}
+
+/// The ack of a command with `client_id`: its status, and its answer filled in by `set`.
+fn ack<T>(
+    client_id: String,
+    result: Result<T, Status>,
+    set: impl FnOnce(&mut pb::CommandAck, T),
+) -> pb::CommandAck {
     let mut ack = pb::CommandAck {
-        client_id: cmd.client_id,
+        client_id,
         ..Default::default()
     };
-    let result: Result<(), Status> = match cmd.command {
-        Some(Command::SendMessage(r)) => send(e, s, r).await.map(|r| ack.send_message = Some(r)),
-        Some(Command::MarkRead(r)) => mark_read(e, s, r).await.map(|r| ack.mark_read = Some(r)),
-        Some(Command::SetTyping(r)) => set_typing(e, s, r).await.map(drop),
-        Some(Command::Subscribe(_)) => Err(Status::failed_precondition("already subscribed")),
-        None => Err(Status::invalid_argument("empty command")),
-    };
-    if let Err(st) = result {
-        ack.code = st.code() as i32;
-        ack.message = st.message().to_owned();
+    match result {
+        Ok(v) => set(&mut ack, v),
+        Err(st) => {
+            ack.code = st.code() as i32;
+            ack.message = st.message().to_owned();
+        }
     }
     ack
 }

@@ -434,3 +434,78 @@ async fn connect_carries_commands_up_and_events_down() {
     let bad = acks.iter().find(|a| a.client_id == "c2").unwrap();
     assert_eq!(bad.code, Code::InvalidArgument as i32);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_pipelines_sends_and_keeps_their_order() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("pipeline").await;
+    let (ann, _) = app.agent(&t, "ann").await;
+    let conv = group(&app, &t.admin_token, &[&ann]).await;
+    const N: usize = 40;
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ConnectRequest>(N + 1);
+    tx.send(pb::ConnectRequest {
+        client_id: "sub".into(),
+        command: Some(pb::connect_request::Command::Subscribe(
+            pb::SubscribeRequest { cursors: vec![] },
+        )),
+    })
+    .await
+    .unwrap();
+    // Every send is written before any answer comes back.
+    for i in 0..N {
+        tx.send(pb::ConnectRequest {
+            client_id: format!("c{i}"),
+            command: Some(pb::connect_request::Command::SendMessage(
+                pb::SendMessageRequest {
+                    conversation_id: conv.clone(),
+                    text: format!("pipelined {i}"),
+                    request_id: String::new(),
+                },
+            )),
+        })
+        .await
+        .unwrap();
+    }
+    let mut down = app
+        .conversations()
+        .connect(bearer(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &t.admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut acks, mut events) = (Vec::new(), Vec::new());
+    while acks.len() < N || events.len() < N {
+        let item = tokio::time::timeout(std::time::Duration::from_secs(20), down.next())
+            .await
+            .expect("connect stream stalled")
+            .unwrap()
+            .unwrap();
+        match item.item.unwrap() {
+            pb::connect_response::Item::Ack(a) => acks.push(a),
+            pb::connect_response::Item::Event(e) => {
+                if let Some(Item::Event(ev)) = e.item
+                    && let Some(text) = posted_text(&ev)
+                {
+                    events.push((ev.seq, text.to_owned()));
+                }
+            }
+        }
+    }
+    // Acks come in command order, each send got the next seq, and the stream shows the
+    // messages in that same order.
+    let ids: Vec<String> = acks.iter().map(|a| a.client_id.clone()).collect();
+    assert_eq!(ids, (0..N).map(|i| format!("c{i}")).collect::<Vec<_>>());
+    assert!(acks.iter().all(|a| a.code == 0), "{acks:?}");
+    let seqs: Vec<u64> = acks
+        .iter()
+        .map(|a| a.send_message.as_ref().unwrap().seq)
+        .collect();
+    let first = seqs[0];
+    assert_eq!(seqs, (first..first + N as u64).collect::<Vec<_>>());
+    let expected: Vec<(u64, String)> = (0..N)
+        .map(|i| (first + i as u64, format!("pipelined {i}")))
+        .collect();
+    assert_eq!(events, expected);
+}
