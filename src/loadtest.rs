@@ -83,6 +83,24 @@ impl Mode {
     }
 }
 
+/// Which RPCs messages mode drives.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// `SendMessage` calls, events on `Subscribe` streams.
+    Unary,
+    /// Sends and events on one `Connect` stream per agent.
+    Connect,
+}
+
+impl Api {
+    fn name(self) -> &'static str {
+        match self {
+            Api::Unary => "unary",
+            Api::Connect => "connect",
+        }
+    }
+}
+
 /// Options of `chat-engine loadtest`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -103,9 +121,14 @@ pub struct Args {
     /// Total messages per second over all senders; 0 sends as fast as --concurrency allows.
     #[arg(long, default_value_t = 0)]
     pub rate: u32,
-    /// Most SendMessage calls in flight at once.
+    /// Most sends in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// How messages mode sends and receives: a unary `SendMessage` call per message with a
+    /// `Subscribe` stream per agent, or one bidirectional `Connect` stream per agent that
+    /// carries that agent's sends (pipelined) and its events.
+    #[arg(long, value_enum, default_value_t = Api::Unary)]
+    pub api: Api,
     /// Seconds to wait, once sending stops, for every acknowledged message to reach every
     /// stream; what has not arrived by then is reported as undelivered.
     #[arg(long, default_value_t = 10)]
@@ -921,11 +944,18 @@ async fn receive(
     st
 }
 
+/// A send on a Connect stream waiting for its ack: when it started, and the slot it holds.
+type InFlight = (Instant, tokio::sync::OwnedSemaphorePermit);
+
 /// What the senders of a messages run share.
 struct Senders {
     shared: Arc<Shared>,
     /// Each agent's connection and credentials.
     agents: Vec<(Channel, MetadataValue<Ascii>)>,
+    /// With `--api connect`: each agent's command queue into its Connect stream.
+    commands: Vec<tokio::sync::mpsc::Sender<pb::ConnectRequest>>,
+    /// With `--api connect`: sends waiting for their ack, by message number.
+    in_flight: Mutex<HashMap<u64, InFlight>>,
     conversations: Vec<String>,
     acked: Mutex<Vec<u64>>,
     latencies_us: Mutex<Vec<u32>>,
@@ -959,6 +989,142 @@ async fn send_one(s: Arc<Senders>, k: u64) {
     }
 }
 
+/// Sends message number `k` up its sender's Connect stream; the stream's reader records the
+/// ack and frees `permit`.
+async fn command_one(s: &Senders, k: u64, permit: tokio::sync::OwnedSemaphorePermit) {
+    let m = s.conversations.len() as u64;
+    let n = s.commands.len() as u64;
+    let started = Instant::now();
+    let nanos = started.duration_since(s.shared.t0).as_nanos();
+    let req = pb::ConnectRequest {
+        client_id: k.to_string(),
+        command: Some(pb::connect_request::Command::SendMessage(
+            pb::SendMessageRequest {
+                conversation_id: s.conversations[(k % m) as usize].clone(),
+                text: format!("{}{k} {nanos}", s.shared.prefix),
+                request_id: uuid::Uuid::new_v4().to_string(),
+            },
+        )),
+    };
+    lock(&s.in_flight).insert(k, (started, permit));
+    if s.commands[((k / m) % n) as usize].send(req).await.is_err() {
+        lock(&s.in_flight).remove(&k);
+        lock(&s.errors).push("Connect: the stream is closed".into());
+    }
+}
+
+/// One agent's Connect stream: subscribes, reports `CaughtUp` through `ready`, then records
+/// this run's messages and the acks of the sends `commands` carries up, until cancelled or
+/// the stream ends (it does not reconnect).
+async fn connect_stream(
+    senders: Arc<Senders>,
+    channel: Channel,
+    auth: MetadataValue<Ascii>,
+    commands: tokio::sync::mpsc::Receiver<pb::ConnectRequest>,
+    ready: oneshot::Sender<Result<(), String>>,
+    cancel: CancellationToken,
+) -> RecvStats {
+    use pb::connect_response::Item as Up;
+    let mut st = RecvStats::default();
+    let mut ready = Some(ready);
+    let shared = senders.shared.clone();
+    let opened = ConversationServiceClient::new(channel)
+        .connect(authorized(
+            tokio_stream::wrappers::ReceiverStream::new(commands),
+            &auth,
+        ))
+        .await;
+    let mut stream = match opened {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            let msg = format!("Connect: {}", status_text(&s));
+            if let Some(tx) = ready.take() {
+                let _ = tx.send(Err(msg.clone()));
+            }
+            st.errors.push(msg);
+            return st;
+        }
+    };
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => break,
+            m = stream.message() => m,
+        };
+        match next {
+            Ok(Some(pb::ConnectResponse {
+                item: Some(Up::Ack(a)),
+            })) => {
+                let Ok(k) = a.client_id.parse::<u64>() else {
+                    continue;
+                };
+                let Some((started, permit)) = lock(&senders.in_flight).remove(&k) else {
+                    continue;
+                };
+                if a.code == 0 {
+                    let us = started.elapsed().as_micros();
+                    lock(&senders.latencies_us).push(u32::try_from(us).unwrap_or(u32::MAX));
+                    lock(&senders.acked).push(k);
+                } else {
+                    lock(&senders.errors).push(format!("SendMessage: code {}", a.code));
+                }
+                // Only once the answer is recorded: the last free slot ends the run.
+                drop(permit);
+            }
+            Ok(Some(pb::ConnectResponse {
+                item: Some(Up::Event(e)),
+            })) => match e.item {
+                Some(Item::Event(ev)) => {
+                    if let Some(pb::conversation_event::Kind::MessagePosted(m)) = &ev.kind {
+                        st.record(&shared, &m.text);
+                    }
+                }
+                Some(Item::CaughtUp(_)) => {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                Some(Item::Resync(_)) => {
+                    st.resyncs += 1;
+                    st.errors
+                        .push("Connect: resync (this mode does not reconnect)".into());
+                    break;
+                }
+                _ => {}
+            },
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                st.errors.push("Connect: the stream ended".into());
+                break;
+            }
+            Err(s) => {
+                st.errors.push(format!("Connect: {}", status_text(&s)));
+                break;
+            }
+        }
+    }
+    if let Some(tx) = ready.take() {
+        let _ = tx.send(Err("the stream ended before it caught up".into()));
+    }
+    st
+}
+
+/// Waits until every stream reported `CaughtUp`.
+async fn all_caught_up(readies: Vec<oneshot::Receiver<Result<(), String>>>) -> anyhow::Result<()> {
+    let all_ready = async {
+        for rx in readies {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => bail!("a stream failed to open: {e}"),
+                Err(_) => bail!("a stream's task ended before it caught up"),
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(CATCH_UP_TIMEOUT, all_ready)
+        .await
+        .map_err(|_| anyhow!("the streams did not catch up within {CATCH_UP_TIMEOUT:?}"))?
+}
+
 /// Starts one receiving stream per agent over `channels` and waits until all caught up.
 async fn open_receivers(
     fx: &Fixture,
@@ -981,19 +1147,7 @@ async fn open_receivers(
             cancel.clone(),
         )));
     }
-    let all_ready = async {
-        for rx in readies {
-            match rx.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => bail!("a stream failed to open: {e}"),
-                Err(_) => bail!("a stream's task ended before it caught up"),
-            }
-        }
-        Ok(())
-    };
-    tokio::time::timeout(CATCH_UP_TIMEOUT, all_ready)
-        .await
-        .map_err(|_| anyhow!("the streams did not catch up within {CATCH_UP_TIMEOUT:?}"))??;
+    all_caught_up(readies).await?;
     Ok(receivers)
 }
 
@@ -1023,11 +1177,15 @@ async fn send_for(
         if Instant::now() >= deadline {
             break;
         }
-        let s = senders.clone();
-        tokio::spawn(async move {
-            send_one(s, k).await;
-            drop(permit);
-        });
+        if senders.commands.is_empty() {
+            let s = senders.clone();
+            tokio::spawn(async move {
+                send_one(s, k).await;
+                drop(permit);
+            });
+        } else {
+            command_one(&senders, k, permit).await;
+        }
         k += 1;
     }
     // Every call is bounded by CALL_TIMEOUT; wait for those still in flight.
@@ -1068,14 +1226,22 @@ async fn messages(
     for _ in 0..n {
         channels.push(connect(&target.url).await?);
     }
-    let receivers = open_receivers(fx, &shared, &channels, cancel).await?;
-    if matches!(target.rss, RssSource::Process) {
-        // Memory freed during setup (argon2 uses 19 MiB per hash) must not be silently
-        // reused by what is measured and hidden from the difference.
-        crate::memory::release_free_heap();
+    let mut command_rx = Vec::new();
+    let mut commands = Vec::new();
+    if args.api == Api::Connect {
+        for _ in 0..n {
+            let (tx, rx) = tokio::sync::mpsc::channel(args.concurrency + 1);
+            tx.send(pb::ConnectRequest {
+                client_id: "subscribe".into(),
+                command: Some(pb::connect_request::Command::Subscribe(
+                    pb::SubscribeRequest { cursors: vec![] },
+                )),
+            })
+            .await?;
+            commands.push(tx);
+            command_rx.push(rx);
+        }
     }
-    let rss_before = target.rss.sample();
-
     let senders = Arc::new(Senders {
         shared: shared.clone(),
         agents: fx
@@ -1084,11 +1250,38 @@ async fn messages(
             .zip(&channels)
             .map(|(a, ch)| (ch.clone(), a.auth.clone()))
             .collect(),
+        commands,
+        in_flight: Mutex::new(HashMap::new()),
         conversations: fx.conversations.iter().map(|(c, _)| c.clone()).collect(),
         acked: Mutex::new(Vec::new()),
         latencies_us: Mutex::new(Vec::new()),
         errors: Mutex::new(ErrorLog::default()),
     });
+    let receivers = if args.api == Api::Connect {
+        let mut tasks = Vec::with_capacity(n);
+        let mut readies = Vec::with_capacity(n);
+        for ((a, ch), rx) in fx.agents.iter().zip(&channels).zip(command_rx) {
+            let (tx, ready) = oneshot::channel();
+            readies.push(ready);
+            tasks.push(tokio::spawn(connect_stream(
+                senders.clone(),
+                ch.clone(),
+                a.auth.clone(),
+                rx,
+                tx,
+                cancel.clone(),
+            )));
+        }
+        all_caught_up(readies).await?;
+        tasks
+    } else {
+        open_receivers(fx, &shared, &channels, cancel).await?
+    };
+    if matches!(target.rss, RssSource::Process) {
+        crate::memory::release_free_heap();
+    }
+    let rss_before = target.rss.sample();
+
     eprintln!(
         "loadtest: {n} streams caught up; sending for {} s {}",
         args.duration,
@@ -1143,7 +1336,11 @@ async fn messages(
     println!("  target             {}", target.description);
     println!("  tenant             {}", fx.slug);
     println!(
-        "  agents             {n}, each with one Subscribe stream on its own HTTP/2 connection"
+        "  agents             {n}, each with one {} stream on its own HTTP/2 connection",
+        match args.api {
+            Api::Unary => "Subscribe",
+            Api::Connect => "Connect (sends and events)",
+        }
     );
     println!(
         "  conversations      {}, each holding every agent ({n} receivers per message)",
@@ -1177,11 +1374,11 @@ async fn messages(
     println!("  resyncs            {resyncs}");
     println!("  stream errors      {}", stream_errors.count);
     println!(
-        "  delivery ms        {}  (SendMessage start to event on a stream)",
+        "  delivery ms        {}  (send start to event on a stream)",
         percentiles_text(latency)
     );
     println!(
-        "  send ms            {}  (SendMessage round trip)",
+        "  send ms            {}  (send to its answer)",
         percentiles_text(send_latency)
     );
     println!(
@@ -1208,6 +1405,7 @@ async fn messages(
         "duration_s": args.duration,
         "rate": args.rate,
         "concurrency": args.concurrency,
+        "api": args.api.name(),
         "attempted": attempted,
         "sent_ok": sent_ok,
         "send_errors": send_errors.count,

@@ -114,6 +114,34 @@ fn messages_mode_delivers_every_acknowledged_message_to_every_member() {
 }
 
 #[test]
+fn connect_api_sends_and_receives_on_one_stream_per_agent() {
+    let (r, _) = loadtest(&[
+        "--api",
+        "connect",
+        "--duration",
+        "2",
+        "--agents",
+        "2",
+        "--conversations",
+        "2",
+        "--concurrency",
+        "16",
+        "--json",
+    ]);
+    assert_eq!(r["api"], "connect");
+    let sent = r["sent_ok"].as_u64().expect("sent_ok");
+    assert!(sent > 0, "nothing was acknowledged: {r}");
+    // Every command sent up a stream got its ack.
+    assert_eq!(r["attempted"].as_u64(), Some(sent), "{r}");
+    assert_eq!(r["send_errors"], 0, "{r}");
+    assert_eq!(r["undelivered"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    assert_eq!(r["deliveries"].as_u64(), Some(sent * 2), "{r}");
+    let lat = &r["send_latency_ms"];
+    assert!(number(lat, "p50") <= number(lat, "max"), "{lat}");
+}
+
+#[test]
 fn idle_mode_reports_memory_per_open_stream() {
     let (r, _) = loadtest(&["--mode", "idle", "--streams", "20", "--json"]);
     assert_eq!(r["mode"], "idle");
