@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The `Connect` RPC would clash with the generated `connect` constructor; clients are
         // built with `XClient::new(channel)` instead.
         .build_transport(false)
+        .codec_path("crate::grpc::codec::LeanCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 mod agent;
 mod auth;
+pub(crate) mod codec;
 mod conversation;
 mod convert;
 mod limits;
