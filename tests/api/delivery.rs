@@ -366,24 +366,7 @@ async fn connect_carries_commands_up_and_events_down() {
     let t = app.tenant("bidi").await;
     let (ann, _) = app.agent(&t, "ann").await;
     let conv = group(&app, &t.admin_token, &[&ann]).await;
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ConnectRequest>(8);
-    tx.send(pb::ConnectRequest {
-        client_id: "sub".into(),
-        command: Some(pb::connect_request::Command::Subscribe(
-            pb::SubscribeRequest { cursors: vec![] },
-        )),
-    })
-    .await
-    .unwrap();
-    let mut down = app
-        .conversations()
-        .connect(bearer(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            &t.admin_token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut down) = open_connect(&app, &t.admin_token, 8).await;
     tx.send(pb::ConnectRequest {
         client_id: "c1".into(),
         command: Some(pb::connect_request::Command::SendMessage(
@@ -442,16 +425,8 @@ async fn connect_pipelines_sends_and_keeps_their_order() {
     let (ann, _) = app.agent(&t, "ann").await;
     let conv = group(&app, &t.admin_token, &[&ann]).await;
     const N: usize = 40;
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ConnectRequest>(N + 1);
-    tx.send(pb::ConnectRequest {
-        client_id: "sub".into(),
-        command: Some(pb::connect_request::Command::Subscribe(
-            pb::SubscribeRequest { cursors: vec![] },
-        )),
-    })
-    .await
-    .unwrap();
-    // Every send is written before any answer comes back.
+    let (tx, mut down) = open_connect(&app, &t.admin_token, N).await;
+    // Every send is written before any answer is read.
     for i in 0..N {
         tx.send(pb::ConnectRequest {
             client_id: format!("c{i}"),
@@ -466,15 +441,6 @@ async fn connect_pipelines_sends_and_keeps_their_order() {
         .await
         .unwrap();
     }
-    let mut down = app
-        .conversations()
-        .connect(bearer(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            &t.admin_token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
     let (mut acks, mut events) = (Vec::new(), Vec::new());
     while acks.len() < N || events.len() < N {
         let item = tokio::time::timeout(std::time::Duration::from_secs(20), down.next())
@@ -508,4 +474,35 @@ async fn connect_pipelines_sends_and_keeps_their_order() {
         .map(|i| (first + i as u64, format!("pipelined {i}")))
         .collect();
     assert_eq!(events, expected);
+}
+
+/// Opens a Connect stream whose first command subscribes with no cursors; the sender takes
+/// `room` more commands before the server reads any.
+async fn open_connect(
+    app: &TestApp,
+    token: &str,
+    room: usize,
+) -> (
+    tokio::sync::mpsc::Sender<pb::ConnectRequest>,
+    tonic::Streaming<pb::ConnectResponse>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ConnectRequest>(room + 1);
+    tx.send(pb::ConnectRequest {
+        client_id: "sub".into(),
+        command: Some(pb::connect_request::Command::Subscribe(
+            pb::SubscribeRequest { cursors: vec![] },
+        )),
+    })
+    .await
+    .unwrap();
+    let down = app
+        .conversations()
+        .connect(bearer(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, down)
 }
