@@ -1,6 +1,7 @@
 //! Group commit for sends. Concurrent sends queue here; one loop takes everything queued,
-//! writes each tenant's share in one transaction (one seq reservation per conversation, one
-//! insert for the messages, one for their events) and answers every send after that commit.
+//! writes each tenant's share in one transaction (idempotency, membership and row locks in one
+//! pipelined round trip, one seq reservation per conversation, one insert for the messages,
+//! which are their own `message_posted` events) and answers every send after that commit.
 //! A lone send goes through at once; under load, one commit carries many messages, which is
 //! what lifts throughput past one-fsync-per-message. A batch that fails as a whole hands its
 //! sends back to be written one by one, so one bad send never fails its neighbours.

@@ -58,7 +58,8 @@ pub struct MemberRow {
     pub joined_at: DateTime<Utc>,
 }
 
-/// A stored conversation event.
+/// A stored conversation event other than a posted message (a message row is its own
+/// `message_posted` event).
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = conversation_events)]
 pub struct EventRow {
@@ -68,8 +69,8 @@ pub struct EventRow {
     pub conversation_id: ConversationId,
     /// Gapless number.
     pub seq: i64,
-    /// `message_posted`, `message_edited`, `message_deleted`, `members_added`,
-    /// `member_removed` or `status_changed`.
+    /// `message_edited`, `message_deleted`, `members_added`, `member_removed` or
+    /// `status_changed`.
     pub kind: String,
     /// Message concerned, for message events.
     pub message_id: Option<MessageId>,
@@ -293,7 +294,8 @@ pub async fn insert_event(tx: &mut TenantTx, row: &EventRow) -> AppResult<()> {
     Ok(())
 }
 
-/// Events with `after < seq <= up_to`, oldest first, at most `limit`.
+/// Events with `after < seq <= up_to`, oldest first, at most `limit` (posted messages are
+/// read from the messages table).
 pub async fn events_between(
     tx: &mut TenantTx,
     conv: ConversationId,
