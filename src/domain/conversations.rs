@@ -173,19 +173,6 @@ async fn append_with_request(
     let seq = store::next_seq(tx, conv, is_message.then_some(at))
         .await?
         .ok_or(AppError::FailedPrecondition("the conversation is closed"))?;
-    let (message_id, payload) = match &kind {
-        EventKind::MessagePosted(m)
-        | EventKind::MessageEdited(m)
-        | EventKind::MessageDeleted(m) => (Some(m.id), serde_json::Value::Null),
-        EventKind::MembersAdded { agents, actor } | EventKind::MemberRemoved { agents, actor } => (
-            None,
-            serde_json::to_value(MembersPayload {
-                agents: agents.clone(),
-                actor: *actor,
-            })
-            .map_err(|e| AppError::Internal(e.to_string()))?,
-        ),
-    };
     // A posted message is its own event: its row carries the seq, and replays read posts
     // from the messages table. Every other change is a row in conversation_events.
     if let EventKind::MessagePosted(mut m) = kind {
@@ -203,6 +190,19 @@ async fn append_with_request(
             kind: EventKind::MessagePosted(m),
         });
     }
+    let (message_id, payload) = match &kind {
+        EventKind::MessagePosted(m)
+        | EventKind::MessageEdited(m)
+        | EventKind::MessageDeleted(m) => (Some(m.id), serde_json::Value::Null),
+        EventKind::MembersAdded { agents, actor } | EventKind::MemberRemoved { agents, actor } => (
+            None,
+            serde_json::to_value(MembersPayload {
+                agents: agents.clone(),
+                actor: *actor,
+            })
+            .map_err(|e| AppError::Internal(e.to_string()))?,
+        ),
+    };
     store::insert_event(
         tx,
         &EventRow {

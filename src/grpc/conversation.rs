@@ -463,7 +463,7 @@ async fn command(e: &Arc<Engine>, s: &TenantScope, cmd: pb::ConnectRequest) -> P
             Ok(sent) => {
                 Box::pin(async move { ack(id, sent.await, |a, r| a.send_message = Some(r)) })
             }
-            Err(st) => Box::pin(std::future::ready(ack(id, Err::<(), _>(st), |_, _| {}))),
+            Err(st) => refused(id, st),
         },
         Some(Command::MarkRead(r)) => {
             Box::pin(
@@ -473,17 +473,20 @@ async fn command(e: &Arc<Engine>, s: &TenantScope, cmd: pb::ConnectRequest) -> P
         Some(Command::SetTyping(r)) => {
             Box::pin(async move { ack(id, set_typing(&e, &s, r).await, |_, _| {}) })
         }
-        Some(Command::Subscribe(_)) => Box::pin(std::future::ready(ack(
-            id,
-            Err::<(), _>(Status::failed_precondition("already subscribed")),
-            |_, _| {},
-        ))),
-        None => Box::pin(std::future::ready(ack(
-            id,
-            Err::<(), _>(Status::invalid_argument("empty command")),
-            |_, _| {},
-        ))),
+        Some(Command::Subscribe(_)) => {
+            refused(id, Status::failed_precondition("already subscribed"))
+        }
+        None => refused(id, Status::invalid_argument("empty command")),
     }
+}
+
+/// The ack of a command refused before it started.
+fn refused(client_id: String, status: Status) -> PendingAck {
+    Box::pin(std::future::ready(ack(
+        client_id,
+        Err::<(), _>(status),
+        |_, _| {},
+    )))
 }
 
 /// The ack of a command with `client_id`: its status, and its answer filled in by `set`.
