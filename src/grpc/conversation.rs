@@ -6,6 +6,7 @@ use std::sync::Arc;
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::pace::Paced;
 use super::{Streaming, convert, scope};
 use crate::domain::conversations::{self, Kind, MAX_TEXT_CHARS};
 use crate::domain::{Engine, validate};
@@ -372,7 +373,7 @@ impl ConversationService for ConversationApi {
         let cursors = cursors(&mut v, &req.get_ref().cursors);
         v.finish()?;
         let stream = self.open_stream(s, cursors)?;
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(Paced::new(stream))))
     }
 
     type ConnectStream = Streaming<pb::ConnectResponse>;
@@ -440,7 +441,7 @@ impl ConversationService for ConversationApi {
             }
         };
         let merged: Pin<Box<dyn Stream<Item = Result<pb::ConnectResponse, Status>> + Send>> =
-            Box::pin(futures_util::stream::select(events, acks));
+            Box::pin(Paced::new(futures_util::stream::select(events, acks)));
         Ok(Response::new(merged))
     }
 }

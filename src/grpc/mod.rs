@@ -8,6 +8,7 @@ pub(crate) mod codec;
 mod conversation;
 mod convert;
 mod limits;
+mod pace;
 mod pending;
 mod scope;
 mod tenant;
