@@ -1,8 +1,8 @@
 //! Paces a server stream so that HTTP/2 writes out a burst as it goes instead of queueing it.
 //!
-//! hyper runs each response stream in its own task and queues every chunk the stream hands
-//! over in the connection's frame queue until the connection task gets to write it; that
-//! queue keeps its largest size for the connection's life. A stream that starts with a burst
+//! hyper runs each response stream in its own task, and h2 keeps every chunk the stream
+//! hands over in the connection's frame queue until the connection task gets to write it;
+//! that queue keeps its largest size for the connection's life. A stream that starts with a burst
 //! (the presence of every agent of the tenant, a replay after a reconnect) used to leave
 //! ~150 bytes per queued 1 KiB chunk behind on every idle connection: 5 KiB at 250 agents.
 //! After [`PACE_BYTES`] handed over without a natural pause, the stream steps aside once so
