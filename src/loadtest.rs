@@ -143,6 +143,10 @@ pub struct Args {
     /// Seconds to keep the idle streams open after measuring (idle mode).
     #[arg(long, default_value_t = 0)]
     pub hold: u64,
+    /// Messages to post into the first conversation before the idle streams open; every
+    /// stream then resumes from before them, so it starts by replaying them (idle mode).
+    #[arg(long, default_value_t = 0)]
+    pub replay: u64,
     /// CreateAgent and Login calls at once during setup (each runs argon2 on the server);
     /// defaults to the number of CPUs.
     #[arg(long)]
@@ -199,6 +203,7 @@ impl Args {
             10_000,
         )?;
         within("hold", self.hold, 0, 3600)?;
+        within("replay", self.replay, 0, 100_000)?;
         within("setup-concurrency", self.setup_concurrency(), 1, 256)?;
         if self.target.is_none() && (self.operator_token.is_some() || self.server_pid.is_some()) {
             bail!("--operator-token and --server-pid go with --target");
@@ -1437,19 +1442,37 @@ struct IdleStats {
 async fn open_idle(
     channel: Channel,
     auth: MetadataValue<Ascii>,
+    replay: Option<&Replay>,
     cancel: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<IdleStats>> {
+    let cursors = replay
+        .map(|r| pb::ConversationCursor {
+            conversation_id: r.conversation_id.clone(),
+            last_seq: r.after_seq,
+        })
+        .into_iter()
+        .collect();
     let mut stream = ConversationServiceClient::new(channel)
-        .subscribe(authorized(pb::SubscribeRequest { cursors: vec![] }, &auth))
+        .subscribe(authorized(pb::SubscribeRequest { cursors }, &auth))
         .await
         .map_err(|s| anyhow!("Subscribe: {}", status_text(&s)))?
         .into_inner();
+    let expected = replay.map_or(0, |r| r.messages);
     let caught_up = async {
+        let mut replayed = 0u64;
         loop {
             match stream.message().await {
                 Ok(Some(pb::SubscribeResponse {
                     item: Some(Item::CaughtUp(_)),
+                })) if replayed < expected => {
+                    bail!("Subscribe: caught up after replaying {replayed} of {expected} events")
+                }
+                Ok(Some(pb::SubscribeResponse {
+                    item: Some(Item::CaughtUp(_)),
                 })) => return Ok(()),
+                Ok(Some(pb::SubscribeResponse {
+                    item: Some(Item::Event(_)),
+                })) => replayed += 1,
                 Ok(Some(_)) => {}
                 Ok(None) => bail!("Subscribe: the stream ended before it caught up"),
                 Err(s) => bail!("Subscribe: {}", status_text(&s)),
@@ -1506,6 +1529,46 @@ async fn settled_rss(rss: RssSource) -> Option<u64> {
     rss.sample()
 }
 
+/// Messages every idle stream replays as it opens.
+struct Replay {
+    conversation_id: String,
+    /// The conversation's last seq before the messages were posted.
+    after_seq: u64,
+    messages: u64,
+}
+
+/// Posts `n` messages into the first conversation for the idle streams to replay.
+async fn post_for_replay(target: &Target, fx: &Fixture, n: u64) -> anyhow::Result<Replay> {
+    let (conversation_id, after_seq) = fx.conversations[0].clone();
+    let channel = connect(&target.url).await?;
+    let auth = &fx.agents[0].auth;
+    eprintln!("loadtest: posting {n} messages for the idle streams to replay");
+    let posted: Vec<Result<(), tonic::Status>> = futures_util::stream::iter(0..n)
+        .map(|k| {
+            let req = pb::SendMessageRequest {
+                conversation_id: conversation_id.clone(),
+                text: format!("loadtest {} replay {k}", fx.run),
+                request_id: uuid::Uuid::new_v4().to_string(),
+            };
+            let mut client = ConversationServiceClient::new(channel.clone());
+            async move { client.send_message(authorized(req, auth)).await.map(drop) }
+        })
+        .buffer_unordered(REPLAY_POST_CONCURRENCY)
+        .collect()
+        .await;
+    if let Some(Err(st)) = posted.into_iter().find(Result::is_err) {
+        bail!("SendMessage: {}", status_text(&st));
+    }
+    Ok(Replay {
+        conversation_id,
+        after_seq,
+        messages: n,
+    })
+}
+
+/// Sends in flight while posting the messages to replay.
+const REPLAY_POST_CONCURRENCY: usize = 32;
+
 /// Idle mode; prints the human report and returns the JSON one.
 async fn idle(
     args: &Args,
@@ -1513,6 +1576,10 @@ async fn idle(
     fx: &Fixture,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Value> {
+    let replay = match args.replay {
+        0 => None,
+        n => Some(post_for_replay(target, fx, n).await?),
+    };
     let rss_before = settled_rss(target.rss).await;
     let connections = args.streams.div_ceil(args.streams_per_connection);
     let mut channels = Vec::with_capacity(connections);
@@ -1530,6 +1597,7 @@ async fn idle(
                 open_idle(
                     channels[i / args.streams_per_connection].clone(),
                     fx.agents[i % fx.agents.len()].auth.clone(),
+                    replay.as_ref(),
                     cancel.clone(),
                 )
             })
@@ -1578,6 +1646,10 @@ async fn idle(
         open_time.as_secs_f64(),
         fx.agents.len()
     );
+    println!(
+        "  replayed           {} events per stream as it opened",
+        args.replay
+    );
     println!("  ended early        {ended}");
     println!("  stream errors      {}", stream_errors.count);
     println!(
@@ -1611,6 +1683,7 @@ async fn idle(
         "streams_open": open,
         "connections": connections,
         "open_s": round(open_time.as_secs_f64(), 3),
+        "replayed_per_stream": args.replay,
         "ended_early": ended,
         "stream_errors": stream_errors.count,
         "rss_kib_before": rss_before,

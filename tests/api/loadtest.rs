@@ -143,9 +143,20 @@ fn connect_api_sends_and_receives_on_one_stream_per_agent() {
 
 #[test]
 fn idle_mode_reports_memory_per_open_stream() {
-    let (r, _) = loadtest(&["--mode", "idle", "--streams", "20", "--json"]);
+    // Each stream resumes from before 30 posted messages; one that catches up having
+    // replayed fewer counts as a stream error.
+    let (r, _) = loadtest(&[
+        "--mode",
+        "idle",
+        "--streams",
+        "20",
+        "--replay",
+        "30",
+        "--json",
+    ]);
     assert_eq!(r["mode"], "idle");
     assert_eq!(r["streams"], 20);
+    assert_eq!(r["replayed_per_stream"], 30, "{r}");
     assert_eq!(r["streams_open"], 20, "{r}");
     assert_eq!(r["stream_errors"], 0, "{r}");
     assert!(number(&r, "rss_kib") > 0.0, "{r}");
