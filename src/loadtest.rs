@@ -1464,12 +1464,14 @@ async fn open_idle(
             match stream.message().await {
                 Ok(Some(pb::SubscribeResponse {
                     item: Some(Item::CaughtUp(_)),
-                })) if replayed < expected => {
-                    bail!("Subscribe: caught up after replaying {replayed} of {expected} events")
+                })) => {
+                    if replayed < expected {
+                        bail!(
+                            "Subscribe: caught up after replaying {replayed} of {expected} events"
+                        );
+                    }
+                    return Ok(());
                 }
-                Ok(Some(pb::SubscribeResponse {
-                    item: Some(Item::CaughtUp(_)),
-                })) => return Ok(()),
                 Ok(Some(pb::SubscribeResponse {
                     item: Some(Item::Event(_)),
                 })) => replayed += 1,
