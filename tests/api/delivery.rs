@@ -392,12 +392,7 @@ async fn connect_carries_commands_up_and_events_down() {
     .unwrap();
     let (mut acks, mut event) = (Vec::new(), None);
     while acks.len() < 2 || event.is_none() {
-        let item = tokio::time::timeout(std::time::Duration::from_secs(20), down.next())
-            .await
-            .expect("connect stream stalled")
-            .unwrap()
-            .unwrap();
-        match item.item.unwrap() {
+        match next_connect(&mut down).await {
             pb::connect_response::Item::Ack(a) => acks.push(a),
             pb::connect_response::Item::Event(e) => {
                 if let Some(Item::Event(ev)) = e.item {
@@ -443,12 +438,7 @@ async fn connect_pipelines_sends_and_keeps_their_order() {
     }
     let (mut acks, mut events) = (Vec::new(), Vec::new());
     while acks.len() < N || events.len() < N {
-        let item = tokio::time::timeout(std::time::Duration::from_secs(20), down.next())
-            .await
-            .expect("connect stream stalled")
-            .unwrap()
-            .unwrap();
-        match item.item.unwrap() {
+        match next_connect(&mut down).await {
             pb::connect_response::Item::Ack(a) => acks.push(a),
             pb::connect_response::Item::Event(e) => {
                 if let Some(Item::Event(ev)) = e.item
@@ -478,6 +468,19 @@ async fn connect_pipelines_sends_and_keeps_their_order() {
 
 /// Opens a Connect stream whose first command subscribes with no cursors; the sender takes
 /// `room` more commands before the server reads any.
+/// The next item of a Connect stream; fails the test if none comes within 20 s.
+async fn next_connect(
+    down: &mut tonic::Streaming<pb::ConnectResponse>,
+) -> pb::connect_response::Item {
+    tokio::time::timeout(std::time::Duration::from_secs(20), down.next())
+        .await
+        .expect("connect stream stalled")
+        .unwrap()
+        .unwrap()
+        .item
+        .unwrap()
+}
+
 async fn open_connect(
     app: &TestApp,
     token: &str,
