@@ -15,14 +15,19 @@ use crate::auth::jwt::JwtKeys;
 use crate::config::{Config, Secret};
 use crate::domain::events::Publisher;
 use crate::domain::paging::PageTokens;
+use crate::domain::reactors::{self, Reactor};
+use crate::domain::spine;
+use crate::domain::timers::{self, TimerHandler};
 use crate::domain::writer::Writer;
 use crate::domain::{Engine, SystemClock, TokenPolicy};
 use crate::grpc::{self, TransportSettings};
 use crate::pgcluster::PrivateCluster;
 use crate::realtime::bus::{LocalBus, NatsBus};
+use crate::realtime::hints;
 use crate::realtime::hub::Hub;
 use crate::realtime::presence::{HEARTBEAT, PresenceTracker};
 use crate::realtime::{BusHealth, StreamContext};
+use crate::storage::listen::Listener;
 use crate::storage::{self, Db};
 use tokio_util::sync::CancellationToken;
 
@@ -110,8 +115,22 @@ pub struct Node {
     pub bus: BusHealth,
 }
 
+/// The in-process consumers of committed events and timers a node runs besides the API.
+#[derive(Default)]
+pub struct Consumers {
+    /// Reactors fed by the event spine.
+    pub reactors: Vec<Arc<dyn Reactor>>,
+    /// Handlers of durable timers, by kind.
+    pub timers: Vec<Arc<dyn TimerHandler>>,
+}
+
 /// Runs migrations and builds a node over `db`.
 pub async fn build(cfg: &Config, db: &Database) -> anyhow::Result<Node> {
+    build_with(cfg, db, Consumers::default()).await
+}
+
+/// [`build`], with the given reactors and timer handlers running on this node.
+pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> anyhow::Result<Node> {
     storage::migrate(db.migration_url.expose())
         .await
         .context("running migrations")?;
@@ -148,7 +167,7 @@ pub async fn build(cfg: &Config, db: &Database) -> anyhow::Result<Node> {
     let auth = Arc::new(Authenticator::new(
         jwt,
         cfg.operator_token.as_ref().map(Secret::expose),
-        pool,
+        pool.clone(),
     ));
     let presence = PresenceTracker::new();
     let streams = Arc::new(StreamContext {
@@ -157,6 +176,32 @@ pub async fn build(cfg: &Config, db: &Database) -> anyhow::Result<Node> {
         presence: presence.clone(),
         shutdown: CancellationToken::new(),
     });
+    // Every commit's spine notice reaches this node's streams, its reactors and its timers
+    // from PostgreSQL itself, whichever node committed.
+    let mut listener = Listener::new(db.app_url.expose());
+    let spine_for_streams = listener.channel(spine::CHANNEL);
+    let spine_for_reactors = listener.channel(spine::CHANNEL);
+    let timer_notices = listener.channel(timers::CHANNEL);
+    let stop = streams.shutdown.clone();
+    listener
+        .start(stop.clone())
+        .await
+        .context("listening for commits")?;
+    hints::start(streams.hub.clone(), spine_for_streams, stop.clone());
+    reactors::start(
+        pool.clone(),
+        engine.clock.clone(),
+        consumers.reactors,
+        spine_for_reactors,
+        stop.clone(),
+    );
+    timers::start(
+        pool.clone(),
+        engine.clock.clone(),
+        consumers.timers,
+        timer_notices,
+        stop.clone(),
+    );
     let (e, stop) = (engine.clone(), streams.shutdown.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT);

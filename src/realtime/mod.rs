@@ -2,6 +2,7 @@
 //! presence from open streams, and the per-subscriber stream with exact resume.
 
 pub mod bus;
+pub mod hints;
 pub mod hub;
 pub mod presence;
 pub mod stream;

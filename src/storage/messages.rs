@@ -172,7 +172,7 @@ pub async fn delete(tx: &mut TenantTx, id: MessageId, at: DateTime<Utc>) -> AppR
 
 /// Stores posted messages in one statement. The rows travel as arrays, so the statement
 /// text is the same for any batch size and stays prepared.
-pub async fn insert_posted(tx: &mut TenantTx, rows: &[MessageRow]) -> AppResult<()> {
+pub async fn insert_posted(tx: &TenantTx, rows: &[MessageRow]) -> AppResult<()> {
     use diesel::sql_types::{BigInt, Bytea, Nullable, Text, Timestamptz};
     let t = tx.tenant_id();
     let at = rows.first().map(|r| r.created_at).unwrap_or_default();
@@ -201,7 +201,7 @@ pub async fn insert_posted(tx: &mut TenantTx, rows: &[MessageRow]) -> AppResult<
             .collect::<Vec<_>>(),
     )
     .bind::<Timestamptz, _>(at)
-    .execute(tx.conn())
+    .execute(&mut tx.shared())
     .await?;
     Ok(())
 }
