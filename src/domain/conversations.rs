@@ -159,7 +159,7 @@ async fn append(
     actor: Option<uuid::Uuid>,
     at: DateTime<Utc>,
 ) -> AppResult<ConversationEvent> {
-    let seq = store::next_seq(tx, conv, None)
+    let seq = store::next_seq(tx, conv)
         .await?
         .ok_or(AppError::FailedPrecondition("the conversation is closed"))?;
     let (message_id, payload) = match &kind {

@@ -41,35 +41,6 @@ pub struct MessageRow {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
-/// Stores a message.
-pub async fn insert(tx: &mut TenantTx, row: &MessageRow) -> AppResult<()> {
-    diesel::insert_into(messages::table)
-        .values(row)
-        .execute(tx.conn())
-        .await?;
-    Ok(())
-}
-
-/// The message a sender stored under an idempotency key.
-pub async fn find_by_request(
-    tx: &mut TenantTx,
-    sender: uuid::Uuid,
-    request_id: uuid::Uuid,
-) -> AppResult<Option<MessageRow>> {
-    let t = tx.tenant_id();
-    Ok(messages::table
-        .filter(
-            messages::tenant_id
-                .eq(t)
-                .and(messages::sender_id.eq(sender))
-                .and(messages::request_id.eq(request_id)),
-        )
-        .select(MessageRow::as_select())
-        .first(tx.conn())
-        .await
-        .optional()?)
-}
-
 /// One message of a conversation.
 pub async fn get(
     tx: &mut TenantTx,
