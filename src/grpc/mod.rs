@@ -11,6 +11,7 @@ mod limits;
 mod pace;
 mod pending;
 mod scope;
+mod status;
 mod tenant;
 mod visitor;
 
