@@ -1,11 +1,8 @@
-//! The one error type of the engine and its one mapping to `tonic::Status`.
+//! The one error type of the engine, [`AppError`], and the field violations it carries.
 //!
-//! Domain and storage code return [`AppError`]; the gRPC layer converts with `Status::from`.
-//! Internal causes are logged here, once, and never sent: the client sees a generic message.
-//! Field problems travel as `google.rpc.BadRequest` details so SDKs can show them per field.
-
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+//! Domain and storage code return [`AppError`]. It knows neither the wire nor the database:
+//! the mapping to `tonic::Status` lives in the transport (`grpc::status`), the mapping from
+//! diesel and pool errors in `storage::error`, so the domain imports neither.
 
 /// One invalid field of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,87 +109,6 @@ impl Violations {
             Ok(())
         } else {
             Err(AppError::InvalidArgument(self.0))
-        }
-    }
-}
-
-impl From<diesel::result::Error> for AppError {
-    fn from(e: diesel::result::Error) -> Self {
-        use diesel::result::{DatabaseErrorKind, Error};
-        match e {
-            Error::NotFound => AppError::NotFound("object"),
-            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
-                AppError::AlreadyExists("a unique value is already taken")
-            }
-            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
-                AppError::Unavailable(info.message().to_owned())
-            }
-            Error::DatabaseError(DatabaseErrorKind::SerializationFailure, info) => {
-                AppError::Unavailable(info.message().to_owned())
-            }
-            other => classify_unknown(other.to_string()),
-        }
-    }
-}
-
-/// Connection-level failures surface from tokio-postgres as plain text; they are retryable.
-fn classify_unknown(text: String) -> AppError {
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("connection") || lower.contains("terminating") || lower.contains("shut") {
-        AppError::Unavailable(text)
-    } else {
-        AppError::Internal(text)
-    }
-}
-
-impl From<diesel_async::pooled_connection::deadpool::PoolError> for AppError {
-    fn from(e: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
-        AppError::Unavailable(e.to_string())
-    }
-}
-
-impl From<AppError> for Status {
-    fn from(e: AppError) -> Self {
-        match e {
-            AppError::InvalidArgument(violations) => {
-                let mut details = ErrorDetails::new();
-                for v in &violations {
-                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
-                }
-                let summary = violations
-                    .iter()
-                    .map(|v| format!("{}: {}", v.field, v.description))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                Status::with_error_details(Code::InvalidArgument, summary, details)
-            }
-            AppError::NotFound(what) => Status::not_found(format!("{what} not found")),
-            AppError::Unauthenticated(why) => Status::unauthenticated(why),
-            AppError::PermissionDenied(why) => Status::permission_denied(why),
-            AppError::AlreadyExists(why) => Status::already_exists(why),
-            AppError::FailedPrecondition(why) => Status::failed_precondition(why),
-            AppError::ResourceExhausted(why) => Status::resource_exhausted(why),
-            AppError::Unavailable(cause) => {
-                tracing::warn!(error.cause = %cause, "dependency unavailable");
-                Status::unavailable("service temporarily unavailable, retry")
-            }
-            AppError::Resync(reason) => {
-                let mut details = ErrorDetails::new();
-                details.set_error_info(
-                    "RESYNC_REQUIRED",
-                    "chatengine",
-                    std::collections::HashMap::from([("cause".to_owned(), reason.to_owned())]),
-                );
-                Status::with_error_details(
-                    Code::Aborted,
-                    format!("reconnect and resume from your cursors ({reason})"),
-                    details,
-                )
-            }
-            AppError::Internal(cause) => {
-                tracing::error!(error.cause = %cause, "internal error");
-                Status::internal("internal error")
-            }
         }
     }
 }

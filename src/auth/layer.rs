@@ -10,6 +10,7 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use super::Authenticator;
+use crate::tenancy::TenantScope;
 
 /// Adds [`AuthService`] around the gRPC router.
 #[derive(Clone)]
@@ -64,6 +65,11 @@ where
         Box::pin(async move {
             match auth.authenticate(req.headers()).await {
                 Ok(Some(p)) => {
+                    // The request span (grpc::trace) leaves the tenant for us to fill in.
+                    if let Some(scope) = TenantScope::of(&p) {
+                        tracing::Span::current()
+                            .record("tenant", tracing::field::display(scope.tenant_id()));
+                    }
                     req.extensions_mut().insert(p);
                 }
                 Ok(None) => {}

@@ -11,7 +11,9 @@ mod limits;
 mod pace;
 mod pending;
 mod scope;
+mod status;
 mod tenant;
+mod trace;
 mod visitor;
 
 use std::future::Future;
@@ -185,6 +187,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(settings.keepalive_interval))
         .http2_keepalive_timeout(Some(settings.keepalive_timeout))
         .http2_max_header_list_size(16 * 1024)
+        .layer(trace::layer())
         .layer(cors(&settings))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(limits::LimitStatusLayer)

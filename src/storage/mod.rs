@@ -5,6 +5,7 @@
 
 pub mod api_keys;
 pub mod conversations;
+mod error;
 pub mod listen;
 pub mod messages;
 pub mod presence;

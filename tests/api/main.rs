@@ -7,6 +7,7 @@ mod delivery;
 mod harness;
 mod isolation;
 mod loadtest;
+mod logs;
 mod messaging;
 mod nodes;
 mod server;

@@ -1,7 +1,9 @@
 //! Several nodes over one PostgreSQL and NATS, and failures: a NATS restart, a killed server,
 //! a restarted database.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use chat_engine::pb;
 use pb::subscribe_response::Item;
@@ -216,8 +218,19 @@ async fn an_acknowledged_message_survives_a_killed_server() {
     server.kill();
 }
 
+/// One send as its client saw it: when it started and ended, and its ack or failure.
+struct SendOutcome {
+    started: Instant,
+    ended: Instant,
+    result: Result<(u64, String), Code>,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_loses_no_acknowledged_send_and_the_pool_recovers() {
+    // More senders than pool connections, so sends queue for connections as well as run in
+    // transactions when the database goes away.
+    const SENDERS: usize = 8;
+    const IN_FLIGHT_AT_RESTART: usize = 4;
     let (cluster, _dir, urls) = own_cluster().await;
     let app = TestApp::spawn_with(Options {
         database: Some(urls),
@@ -230,55 +243,109 @@ async fn a_database_restart_loses_no_acknowledged_send_and_the_pool_recovers() {
     let conv = group(&app, &t.admin_token, &[&ann]).await;
 
     let stop = tokio_util::sync::CancellationToken::new();
-    let sender = {
-        let (ch, tok, conv, stop) = (
-            app.channel.clone(),
-            t.admin_token.clone(),
-            conv.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move {
-            let mut c = pb::conversation_service_client::ConversationServiceClient::new(ch);
-            let (mut acked, mut failed) = (Vec::new(), Vec::new());
-            let mut i = 0;
-            while !stop.is_cancelled() && i < 5_000 {
-                i += 1;
-                let r = c
-                    .send_message(bearer(
-                        pb::SendMessageRequest {
-                            conversation_id: conv.clone(),
-                            text: format!("n{i}"),
-                            request_id: String::new(),
-                        },
-                        &tok,
-                    ))
-                    .await;
-                match r {
-                    Ok(r) => acked.push((r.into_inner().seq, format!("n{i}"))),
-                    Err(s) => failed.push(s.code()),
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let acked_count = Arc::new(AtomicUsize::new(0));
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|n| {
+            let ch = app.channel.clone();
+            let (tok, conv, stop) = (t.admin_token.clone(), conv.clone(), stop.clone());
+            let (in_flight, acked_count) = (in_flight.clone(), acked_count.clone());
+            tokio::spawn(async move {
+                let mut c = pb::conversation_service_client::ConversationServiceClient::new(ch);
+                let mut out = Vec::new();
+                let mut i = 0;
+                while !stop.is_cancelled() && i < 5_000 {
+                    i += 1;
+                    let text = format!("s{n}-{i}");
+                    in_flight.fetch_add(1, Ordering::SeqCst);
+                    let started = Instant::now();
+                    let r = c
+                        .send_message(bearer(
+                            pb::SendMessageRequest {
+                                conversation_id: conv.clone(),
+                                text: text.clone(),
+                                request_id: String::new(),
+                            },
+                            &tok,
+                        ))
+                        .await;
+                    let ended = Instant::now();
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    let result = match r {
+                        Ok(r) => {
+                            acked_count.fetch_add(1, Ordering::SeqCst);
+                            Ok((r.into_inner().seq, text))
+                        }
+                        Err(s) => Err(s.code()),
+                    };
+                    let failed = result.is_err();
+                    out.push(SendOutcome {
+                        started,
+                        ended,
+                        result,
+                    });
+                    if failed {
+                        // A client backs off on UNAVAILABLE instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                 }
-            }
-            (acked, failed)
+                out
+            })
         })
-    };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+        .collect();
+
+    // Restart only while sends are outstanding, so the restart cannot fall between sends.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked_count.load(Ordering::SeqCst) < 50
+        || in_flight.load(Ordering::SeqCst) < IN_FLIGHT_AT_RESTART
+    {
+        assert!(Instant::now() < deadline, "the senders never got going");
+        tokio::task::yield_now().await;
+    }
+    let restart_began = Instant::now();
     let cluster = cluster.restart().await.expect("restarting postgres");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.cancel();
-    let (acked, failed) = sender.await.unwrap();
-    assert!(!acked.is_empty());
-    // Whatever failed, failed with a status a client retries on.
-    for code in &failed {
+    let restarted = Instant::now();
+    // Keep sending until sends started after the restart are acknowledged again.
+    let acked_before = acked_count.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked_count.load(Ordering::SeqCst) < acked_before + 50 {
         assert!(
-            matches!(code, Code::Unavailable),
-            "unexpected failure {code:?}"
+            Instant::now() < deadline,
+            "sends did not recover after the restart"
         );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    let mut outcomes = Vec::new();
+    for s in senders {
+        outcomes.extend(s.await.unwrap());
+    }
+
+    let straddled: Vec<&SendOutcome> = outcomes
+        .iter()
+        .filter(|o| o.started < restart_began && o.ended > restart_began)
+        .collect();
+    assert!(
+        !straddled.is_empty(),
+        "no send was in flight when the restart began"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o.started > restarted && o.result.is_ok()),
+        "no send started after the restart was acknowledged"
+    );
+    // Whatever failed, failed with a status a client retries on.
+    for o in &outcomes {
+        if let Err(code) = o.result {
+            assert_eq!(code, Code::Unavailable, "unexpected failure");
+        }
     }
     // The pool recovered: sends work again without restarting the server.
     let (_, seq) = send(&app, &t.admin_token, &conv, "after the restart")
         .await
         .expect("pool did not recover");
-    // Every acknowledged message is there with its seq.
+    // Every acknowledged message is there with its seq, the straddling ones included.
     let mut stored = std::collections::HashMap::new();
     let mut token = String::new();
     loop {
@@ -305,9 +372,16 @@ async fn a_database_restart_loses_no_acknowledged_send_and_the_pool_recovers() {
         }
         token = page.next_page_token;
     }
-    for (seq, text) in &acked {
+    for (seq, text) in outcomes.iter().filter_map(|o| o.result.as_ref().ok()) {
         assert_eq!(stored.get(seq), Some(text), "acknowledged seq {seq} lost");
     }
     assert!(stored.contains_key(&seq));
+    eprintln!(
+        "database restart: {} sends, {} in flight when it began ({} of them acknowledged), {} failed in all",
+        outcomes.len(),
+        straddled.len(),
+        straddled.iter().filter(|o| o.result.is_ok()).count(),
+        outcomes.iter().filter(|o| o.result.is_err()).count(),
+    );
     drop(cluster);
 }

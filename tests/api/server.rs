@@ -143,7 +143,7 @@ async fn oversized_messages_and_unbuilt_services_get_clear_statuses() {
 async fn the_demo_command_seeds_a_tenant_whose_admin_can_log_in() {
     use std::io::BufRead;
     let (admin_url, app_url) = crate::harness::fresh_database().await;
-    let data = crate::harness::tempdir::Dir::new();
+    let data = tempfile::tempdir().expect("temp dir");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat-engine"))
         .args(["demo", "--listen", "127.0.0.1:0"])
         .env("CHAT_ENGINE_DATABASE_URL", &app_url)
