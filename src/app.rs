@@ -116,7 +116,7 @@ pub struct Node {
 }
 
 /// The in-process consumers of committed events and timers a node runs besides the API.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Consumers {
     /// Reactors fed by the event spine.
     pub reactors: Vec<Arc<dyn Reactor>>,

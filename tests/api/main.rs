@@ -11,5 +11,6 @@ mod logs;
 mod messaging;
 mod nodes;
 mod server;
+mod spine;
 mod tenants;
 mod web;
