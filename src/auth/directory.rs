@@ -291,6 +291,34 @@ mod tests {
         assert!(s.entries.len() > MAX_ENTRIES / 2);
     }
 
+    /// Runs `follow` over `notices` until they are all applied.
+    async fn apply(dir: &Arc<Directory>, notices: Vec<Notice>) {
+        let (tx, rx) = mpsc::channel(notices.len());
+        for n in notices {
+            tx.send(n).await.unwrap();
+        }
+        drop(tx);
+        dir.clone().follow(rx, Arc::new(|_, _| {})).await;
+    }
+
+    #[tokio::test]
+    async fn a_notice_drops_its_agent_and_a_reconnect_drops_everyone() {
+        // Nothing listens there: re-reading a changed entry fails, and the test shows what
+        // the notices themselves did.
+        let db = Db::connect("postgres://nobody@127.0.0.1:1/none", 1).unwrap();
+        let dir = Directory::new(db, chrono::Duration::minutes(15));
+        let t = TenantId::new();
+        let (a, b) = (UserId::new(), UserId::new());
+        for u in [a, b] {
+            dir.lock().insert((t, u), entry(true, vec![]));
+        }
+        apply(&dir, vec![Notice::Payload(format!("{t}:{a}"))]).await;
+        let cached: Vec<Key> = dir.lock().entries.keys().copied().collect();
+        assert_eq!(cached, [(t, b)]);
+        apply(&dir, vec![Notice::Reconnected]).await;
+        assert!(dir.lock().entries.is_empty());
+    }
+
     #[test]
     fn payloads_name_a_tenant_and_a_user() {
         let (t, u) = (TenantId::new(), UserId::new());
