@@ -11,6 +11,7 @@ use pb::subscribe_response::Item;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
+use crate::delivery::open_connect;
 use crate::harness::{Events, TestApp, bearer};
 
 /// The bound for a directory change to hold on every node.
@@ -162,7 +163,7 @@ async fn a_deactivated_agent_is_refused_and_their_open_streams_end_on_another_no
     let (ann, ann_token) = node1.agent(&t, "ann").await;
     let mut subscribe = Events::open(&node2, &ann_token, &[]).await.unwrap();
     subscribe.caught_up().await;
-    let (_commands, mut connect) = open_connect(&node2, &ann_token).await;
+    let (_commands, mut connect) = open_connect(&node2, &ann_token, 1).await;
     loop {
         if let pb::connect_response::Item::Event(pb::SubscribeResponse {
             item: Some(Item::CaughtUp(_)),
@@ -294,35 +295,6 @@ async fn a_revoked_session_is_refused_on_another_node_while_other_sessions_work(
     list(&node2, &c.access_token).await.unwrap();
     list(&node1, &c.access_token).await.unwrap();
     assert!(refused(&node1, &a.access_token).await);
-}
-
-/// Opens a Connect stream whose first command subscribes with no cursors.
-async fn open_connect(
-    app: &TestApp,
-    token: &str,
-) -> (
-    tokio::sync::mpsc::Sender<pb::ConnectRequest>,
-    tonic::Streaming<pb::ConnectResponse>,
-) {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::ConnectRequest {
-        client_id: "sub".into(),
-        command: Some(pb::connect_request::Command::Subscribe(
-            pb::SubscribeRequest { cursors: vec![] },
-        )),
-    })
-    .await
-    .unwrap();
-    let down = app
-        .conversations()
-        .connect(bearer(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    (tx, down)
 }
 
 /// The next Connect item, or the status the stream ended with; fails the test if nothing
