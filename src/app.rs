@@ -11,6 +11,7 @@ use sha2::Sha256;
 use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
+use crate::auth::directory::Directory;
 use crate::auth::jwt::JwtKeys;
 use crate::config::{Config, Secret};
 use crate::domain::events::Publisher;
@@ -24,11 +25,11 @@ use crate::grpc::{self, TransportSettings};
 use crate::pgcluster::PrivateCluster;
 use crate::realtime::bus::{LocalBus, NatsBus};
 use crate::realtime::hints;
-use crate::realtime::hub::Hub;
+use crate::realtime::hub::{DEACTIVATED, Hub};
 use crate::realtime::presence::{HEARTBEAT, PresenceTracker};
 use crate::realtime::{BusHealth, StreamContext};
 use crate::storage::listen::Listener;
-use crate::storage::{self, Db};
+use crate::storage::{self, Db, users};
 use tokio_util::sync::CancellationToken;
 
 /// Name of the database inside a private cluster.
@@ -135,6 +136,9 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         .await
         .context("running migrations")?;
     let pool = Db::connect(db.app_url.expose(), cfg.db_pool_size)?;
+    // One LISTEN connection per node; each consumer takes its channel before it starts.
+    let mut listener = Listener::new(db.app_url.expose());
+    let directory_notices = listener.channel(users::DIRECTORY_CHANNEL);
     let secret = jwt_secret(cfg);
     let jwt = Arc::new(JwtKeys::hmac(&cfg.jwt_key_id, &secret, &cfg.jwt_issuer)?);
     let mut page_key = Hmac::<Sha256>::new_from_slice(&secret).expect("HMAC takes any key size");
@@ -164,10 +168,12 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         publisher,
         writer,
     });
+    let directory = Directory::new(pool.clone(), engine.tokens.access_ttl);
     let auth = Arc::new(Authenticator::new(
         jwt,
         cfg.operator_token.as_ref().map(Secret::expose),
         pool.clone(),
+        directory.clone(),
     ));
     let presence = PresenceTracker::new();
     let streams = Arc::new(StreamContext {
@@ -178,15 +184,10 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
     });
     // Every commit's spine notice reaches this node's streams, its reactors and its timers
     // from PostgreSQL itself, whichever node committed.
-    let mut listener = Listener::new(db.app_url.expose());
     let spine_for_streams = listener.channel(spine::CHANNEL);
     let spine_for_reactors = listener.channel(spine::CHANNEL);
     let timer_notices = listener.channel(timers::CHANNEL);
     let stop = streams.shutdown.clone();
-    listener
-        .start(stop.clone())
-        .await
-        .context("listening for commits")?;
     hints::start(streams.hub.clone(), spine_for_streams, stop.clone());
     reactors::start(
         pool.clone(),
@@ -213,6 +214,25 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         }
     });
     tokio::spawn(crate::memory::trim_periodically(streams.shutdown.clone()));
+    let hub = streams.hub.clone();
+    tokio::spawn(directory.follow(
+        directory_notices,
+        Arc::new(move |tenant, user| {
+            let streams = hub.end_user(tenant, user, DEACTIVATED);
+            if streams > 0 {
+                tracing::info!(
+                    tenant.id = %tenant,
+                    user.id = %user,
+                    streams,
+                    "agent deactivated: streams ended"
+                );
+            }
+        }),
+    ));
+    listener
+        .start(streams.shutdown.clone())
+        .await
+        .context("listening for PostgreSQL notices")?;
     Ok(Node {
         engine,
         auth,

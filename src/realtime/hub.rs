@@ -19,6 +19,8 @@ pub type EndReason = &'static str;
 pub const SLOW_CONSUMER: EndReason = "slow_consumer";
 /// Cut off because this node lost the bus to other nodes.
 pub const BUS_LOST: EndReason = "bus_lost";
+/// Cut off because its agent was deactivated.
+pub const DEACTIVATED: EndReason = "deactivated";
 
 struct Entry {
     tx: mpsc::Sender<Arc<Event>>,
@@ -280,6 +282,21 @@ impl Hub {
     /// Number of registered subscribers.
     pub fn subscribers(&self) -> usize {
         self.lock().subs.len()
+    }
+
+    /// Cuts off every stream of one user on this node (e.g. they were deactivated); returns
+    /// how many there were.
+    pub fn end_user(&self, tenant: TenantId, user: UserId, reason: EndReason) -> usize {
+        let mut s = self.lock();
+        let ids: Vec<u64> = s
+            .by_user
+            .get(&(tenant, user))
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default();
+        for id in &ids {
+            s.remove(*id, Some(reason));
+        }
+        ids.len()
     }
 }
 

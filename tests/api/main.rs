@@ -4,6 +4,7 @@
 mod agents;
 mod auth;
 mod delivery;
+mod directory;
 mod harness;
 mod isolation;
 mod loadtest;
