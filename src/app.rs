@@ -43,11 +43,13 @@ pub struct Database {
     pub app_url: Secret,
     /// URL for migrations (schema owner).
     pub migration_url: Secret,
-    /// The private cluster, stopped when this is dropped.
+    /// The private cluster, stopped when this is dropped; it is restarted whenever its
+    /// postmaster dies, and its postmaster dies with this process.
     pub cluster: Option<PrivateCluster>,
 }
 
-/// Uses the configured database, or starts a private cluster under `data_dir/pg`.
+/// Uses the configured database, or starts a private cluster under `data_dir/pg` (stopping
+/// one that an earlier, killed run left behind).
 pub async fn open_database(cfg: &Config) -> anyhow::Result<Database> {
     if let Some(url) = &cfg.database_url {
         return Ok(Database {
@@ -59,9 +61,13 @@ pub async fn open_database(cfg: &Config) -> anyhow::Result<Database> {
             cluster: None,
         });
     }
-    let cluster = PrivateCluster::start(&cfg.data_dir.join("pg")).await?;
+    // A server killed with SIGKILL runs no shutdown code: the parent-death signal is what
+    // stops its postmaster then.
+    let mut cluster =
+        PrivateCluster::start_with_parent_death_signal(&cfg.data_dir.join("pg")).await?;
     cluster.ensure_app_role().await?;
     cluster.create_database(PRIVATE_DB_NAME).await?;
+    cluster.restart_when_it_exits()?;
     tracing::info!(port = cluster.port(), "private PostgreSQL cluster running");
     Ok(Database {
         app_url: Secret::new(cluster.app_url(PRIVATE_DB_NAME)),
