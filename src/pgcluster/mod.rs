@@ -339,7 +339,7 @@ mod tests {
     use std::net::TcpListener;
     use std::os::unix::fs::PermissionsExt;
 
-    use super::psql::psql;
+    use super::psql::{PSQL_TIMEOUT, psql};
     use super::*;
 
     /// World-traversable, so that the `postgres` account can reach it when tests run as root
@@ -388,6 +388,7 @@ mod tests {
         );
 
         let who = psql(
+            PSQL_TIMEOUT,
             &cluster.bins,
             cluster.port,
             APP_ROLE,
@@ -399,6 +400,7 @@ mod tests {
         .unwrap();
         assert_eq!(who, format!("{APP_ROLE} falsefalsefalsefalse"));
         let owner = psql(
+            PSQL_TIMEOUT,
             &cluster.bins,
             cluster.port,
             SUPERUSER,
@@ -443,6 +445,7 @@ mod tests {
         let cluster = PrivateCluster::start(&requested).await.unwrap();
         assert_eq!(cluster.data_dir(), data_dir);
         let kept = psql(
+            PSQL_TIMEOUT,
             &cluster.bins,
             cluster.port,
             APP_ROLE,

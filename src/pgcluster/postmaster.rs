@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use super::binaries::{PgBins, base_command};
 use super::layout::Layout;
-use super::psql::psql_within;
+use super::psql::psql;
 use super::{LISTEN_HOST, SUPERUSER};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -243,7 +243,7 @@ pub(super) async fn wait_ready(
         {
             // Asking for the data directory proves the answer came from our server and not
             // from another cluster that grabbed the port between our probe and its bind.
-            let probe = psql_within(
+            let probe = psql(
                 PROBE_TIMEOUT,
                 bins,
                 port,

@@ -9,7 +9,7 @@ use tokio::process::Command;
 use super::binaries::{PgBins, base_command};
 use super::{APP_ROLE, LISTEN_HOST, PrivateCluster, SUPERUSER};
 
-const PSQL_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const PSQL_TIMEOUT: Duration = Duration::from_secs(30);
 /// NAMEDATALEN - 1: postgres silently truncates longer names, which would make URLs lie.
 const MAX_IDENTIFIER_BYTES: usize = 63;
 
@@ -56,22 +56,20 @@ impl PrivateCluster {
     }
 
     async fn admin_sql(&self, sql: &str) -> Result<String> {
-        psql(&self.bins, self.port, SUPERUSER, "postgres", sql).await
+        psql(
+            PSQL_TIMEOUT,
+            &self.bins,
+            self.port,
+            SUPERUSER,
+            "postgres",
+            sql,
+        )
+        .await
     }
 }
 
 /// Runs `sql` as `user` on database `db` and returns its unaligned, tuples-only output.
 pub(super) async fn psql(
-    bins: &PgBins,
-    port: u16,
-    user: &str,
-    db: &str,
-    sql: &str,
-) -> Result<String> {
-    psql_within(PSQL_TIMEOUT, bins, port, user, db, sql).await
-}
-
-pub(super) async fn psql_within(
     timeout: Duration,
     bins: &PgBins,
     port: u16,
