@@ -1,33 +1,47 @@
 //! Wiring: from a [`Config`] to a database (given, or a private cluster), migrations, the
-//! [`Engine`] and a running server. Used by the CLI and by the integration tests.
+//! [`Engine`] and a running server, with the watcher that tells health whether the database
+//! answers. The composition root: used by the CLI and by the integration tests, imported by
+//! nothing below it.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use hmac::{Hmac, KeyInit, Mac};
 use rand::RngExt;
 use sha2::Sha256;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::auth::Authenticator;
+use crate::auth::directory::Directory;
 use crate::auth::jwt::JwtKeys;
 use crate::config::{Config, Secret};
 use crate::domain::events::Publisher;
 use crate::domain::paging::PageTokens;
+use crate::domain::reactors::{self, Reactor};
+use crate::domain::spine;
+use crate::domain::timers::{self, TimerHandler};
 use crate::domain::writer::Writer;
 use crate::domain::{Engine, SystemClock, TokenPolicy};
-use crate::grpc::{self, TransportSettings};
+use crate::grpc::{self, Dependencies, TransportSettings};
 use crate::pgcluster::PrivateCluster;
 use crate::realtime::bus::{LocalBus, NatsBus};
-use crate::realtime::hub::Hub;
+use crate::realtime::hints;
+use crate::realtime::hub::{DEACTIVATED, Hub};
 use crate::realtime::presence::{HEARTBEAT, PresenceTracker};
 use crate::realtime::{BusHealth, StreamContext};
-use crate::storage::{self, Db};
+use crate::storage::listen::Listener;
+use crate::storage::{self, Db, users};
 use tokio_util::sync::CancellationToken;
 
 /// Name of the database inside a private cluster.
 pub const PRIVATE_DB_NAME: &str = "chat_engine";
+/// How often the database is asked whether it answers.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// A probe slower than this counts as no answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The database the engine uses, and the private cluster behind it if there is one.
 pub struct Database {
@@ -35,11 +49,13 @@ pub struct Database {
     pub app_url: Secret,
     /// URL for migrations (schema owner).
     pub migration_url: Secret,
-    /// The private cluster, stopped when this is dropped.
+    /// The private cluster, stopped when this is dropped; it is restarted whenever its
+    /// postmaster dies, and its postmaster dies with this process.
     pub cluster: Option<PrivateCluster>,
 }
 
-/// Uses the configured database, or starts a private cluster under `data_dir/pg`.
+/// Uses the configured database, or starts a private cluster under `data_dir/pg` (stopping
+/// one that an earlier, killed run left behind).
 pub async fn open_database(cfg: &Config) -> anyhow::Result<Database> {
     if let Some(url) = &cfg.database_url {
         return Ok(Database {
@@ -51,9 +67,13 @@ pub async fn open_database(cfg: &Config) -> anyhow::Result<Database> {
             cluster: None,
         });
     }
-    let cluster = PrivateCluster::start(&cfg.data_dir.join("pg")).await?;
+    // A server killed with SIGKILL runs no shutdown code: the parent-death signal is what
+    // stops its postmaster then.
+    let mut cluster =
+        PrivateCluster::start_with_parent_death_signal(&cfg.data_dir.join("pg")).await?;
     cluster.ensure_app_role().await?;
     cluster.create_database(PRIVATE_DB_NAME).await?;
+    cluster.restart_when_it_exits()?;
     tracing::info!(port = cluster.port(), "private PostgreSQL cluster running");
     Ok(Database {
         app_url: Secret::new(cluster.app_url(PRIVATE_DB_NAME)),
@@ -110,12 +130,29 @@ pub struct Node {
     pub bus: BusHealth,
 }
 
+/// The in-process consumers of committed events and timers a node runs besides the API.
+#[derive(Clone, Default)]
+pub struct Consumers {
+    /// Reactors fed by the event spine.
+    pub reactors: Vec<Arc<dyn Reactor>>,
+    /// Handlers of durable timers, by kind.
+    pub timers: Vec<Arc<dyn TimerHandler>>,
+}
+
 /// Runs migrations and builds a node over `db`.
 pub async fn build(cfg: &Config, db: &Database) -> anyhow::Result<Node> {
+    build_with(cfg, db, Consumers::default()).await
+}
+
+/// [`build`], with the given reactors and timer handlers running on this node.
+pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> anyhow::Result<Node> {
     storage::migrate(db.migration_url.expose())
         .await
         .context("running migrations")?;
     let pool = Db::connect(db.app_url.expose(), cfg.db_pool_size)?;
+    // One LISTEN connection per node; each consumer takes its channel before it starts.
+    let mut listener = Listener::new(db.app_url.expose());
+    let directory_notices = listener.channel(users::DIRECTORY_CHANNEL);
     let secret = jwt_secret(cfg);
     let jwt = Arc::new(JwtKeys::hmac(&cfg.jwt_key_id, &secret, &cfg.jwt_issuer)?);
     let mut page_key = Hmac::<Sha256>::new_from_slice(&secret).expect("HMAC takes any key size");
@@ -145,10 +182,12 @@ pub async fn build(cfg: &Config, db: &Database) -> anyhow::Result<Node> {
         publisher,
         writer,
     });
+    let directory = Directory::new(pool.clone(), engine.tokens.access_ttl);
     let auth = Arc::new(Authenticator::new(
         jwt,
         cfg.operator_token.as_ref().map(Secret::expose),
-        pool,
+        pool.clone(),
+        directory.clone(),
     ));
     let presence = PresenceTracker::new();
     let streams = Arc::new(StreamContext {
@@ -157,6 +196,27 @@ pub async fn build(cfg: &Config, db: &Database) -> anyhow::Result<Node> {
         presence: presence.clone(),
         shutdown: CancellationToken::new(),
     });
+    // Every commit's spine notice reaches this node's streams, its reactors and its timers
+    // from PostgreSQL itself, whichever node committed.
+    let spine_for_streams = listener.channel(spine::CHANNEL);
+    let spine_for_reactors = listener.channel(spine::CHANNEL);
+    let timer_notices = listener.channel(timers::CHANNEL);
+    let stop = streams.shutdown.clone();
+    hints::start(streams.hub.clone(), spine_for_streams, stop.clone());
+    reactors::start(
+        pool.clone(),
+        engine.clock.clone(),
+        consumers.reactors,
+        spine_for_reactors,
+        stop.clone(),
+    );
+    timers::start(
+        pool.clone(),
+        engine.clock.clone(),
+        consumers.timers,
+        timer_notices,
+        stop.clone(),
+    );
     let (e, stop) = (engine.clone(), streams.shutdown.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT);
@@ -168,6 +228,25 @@ pub async fn build(cfg: &Config, db: &Database) -> anyhow::Result<Node> {
         }
     });
     tokio::spawn(crate::memory::trim_periodically(streams.shutdown.clone()));
+    let hub = streams.hub.clone();
+    tokio::spawn(directory.follow(
+        directory_notices,
+        Arc::new(move |tenant, user| {
+            let streams = hub.end_user(tenant, user, DEACTIVATED);
+            if streams > 0 {
+                tracing::info!(
+                    tenant.id = %tenant,
+                    user.id = %user,
+                    streams,
+                    "agent deactivated: streams ended"
+                );
+            }
+        }),
+    ));
+    listener
+        .start(streams.shutdown.clone())
+        .await
+        .context("listening for PostgreSQL notices")?;
     Ok(Node {
         engine,
         auth,
@@ -186,7 +265,59 @@ pub async fn serve(
     if cfg.operator_token.is_none() {
         tracing::info!("no operator_token configured: TenantService refuses every call");
     }
-    grpc::serve(node, TransportSettings::from(cfg), listener, shutdown).await
+    let watcher = CancellationToken::new();
+    // Ends the watcher however serving ends, including by this future being dropped.
+    let _watcher_guard = watcher.clone().drop_guard();
+    let deps = Dependencies {
+        database_up: watch_database(node.engine.db.clone(), watcher),
+        engine: node.engine,
+        auth: node.auth,
+        streams: node.streams,
+        bus: node.bus,
+    };
+    grpc::serve(deps, TransportSettings::from(cfg), listener, shutdown).await
+}
+
+/// Asks the database every [`PROBE_EVERY`] whether it answers, until `stop`; the receiver
+/// holds the last answer and changes only when the answer does.
+fn watch_database(db: Db, stop: CancellationToken) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(true);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            // A pooled connection can be dead after a database restart while the database
+            // answers again; the second try then gets a fresh one.
+            let answer = match probe(&db).await {
+                Ok(()) => Ok(()),
+                Err(_) => probe(&db).await,
+            };
+            let up = answer.is_ok();
+            if *tx.borrow() == up {
+                continue;
+            }
+            match answer {
+                Ok(()) => tracing::info!("the database answers again; health reports SERVING"),
+                Err(error) => tracing::error!(
+                    %error,
+                    "the database does not answer; health reports NOT_SERVING until it does"
+                ),
+            }
+            tx.send_replace(up);
+        }
+    });
+    rx
+}
+
+async fn probe(db: &Db) -> anyhow::Result<()> {
+    tokio::time::timeout(PROBE_TIMEOUT, db.ping())
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {PROBE_TIMEOUT:?}"))?
+        .map_err(Into::into)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

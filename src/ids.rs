@@ -100,3 +100,7 @@ typed_id!(
     /// Id of a workflow.
     WorkflowId
 );
+typed_id!(
+    /// Id of a durable timer.
+    TimerId
+);

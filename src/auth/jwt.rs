@@ -1,6 +1,9 @@
 //! Access tokens for agents and visitors: HS256 JWTs whose algorithm is fixed by the key id,
 //! never taken from the token. `iss`, `aud`, `exp` and `sub` are required; agent and visitor
-//! tokens have different audiences, so one can never stand in for the other.
+//! tokens have different audiences, so one can never stand in for the other. An agent token
+//! also names its session (`sid`, the refresh-token family), so revoking the session can
+//! refuse the access tokens issued in it; its role claim is informational, the directory
+//! (`auth::directory`) decides.
 
 use std::collections::HashMap;
 
@@ -13,6 +16,8 @@ use crate::error::{AppError, AppResult};
 pub const AGENT_AUDIENCE: &str = "chat-engine/agent";
 /// Audience of visitor tokens.
 pub const VISITOR_AUDIENCE: &str = "chat-engine/visitor";
+/// Seconds an expired token is still accepted, for clocks that differ between nodes.
+pub const LEEWAY_SECS: u64 = 30;
 
 /// Claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -25,8 +30,11 @@ pub struct Claims {
     pub sub: String,
     /// Tenant id.
     pub tid: String,
-    /// Agent role (`admin`/`agent`) or, for visitors, the widget key id.
+    /// Agent role (`admin`/`agent`) when issued or, for visitors, the widget key id.
     pub ctx: String,
+    /// Agent tokens: the session (refresh-token family) they were issued in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
     /// Issued at (seconds since the epoch).
     pub iat: i64,
     /// Expiry (seconds since the epoch).
@@ -89,7 +97,7 @@ impl JwtKeys {
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         v.set_audience(&[audience]);
         v.set_issuer(&[&self.issuer]);
-        v.leeway = 30;
+        v.leeway = LEEWAY_SECS;
         jsonwebtoken::decode::<Claims>(token, &key.decoding, &v)
             .map(|d| d.claims)
             .map_err(|_| invalid())
@@ -114,6 +122,7 @@ mod tests {
             sub: "u".into(),
             tid: "t".into(),
             ctx: "agent".into(),
+            sid: None,
             iat: now,
             exp: now + exp_offset,
         }

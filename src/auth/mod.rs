@@ -1,6 +1,9 @@
 //! Credentials: passwords, JWT access tokens, opaque API keys and refresh tokens, and the
-//! tower layer that turns request headers into a verified [`Principal`] exactly once.
+//! tower layer that turns request headers into a verified [`Principal`] exactly once, and the
+//! per-node [`directory::Directory`] that gives an agent token its current role and refuses it
+//! once its agent is deactivated or its session revoked.
 
+pub mod directory;
 pub mod jwt;
 pub mod keys;
 pub mod layer;
@@ -14,9 +17,10 @@ use subtle::ConstantTimeEq;
 
 use crate::domain::validate::origin_allowed;
 use crate::error::{AppError, AppResult};
-use crate::ids::{ApiKeyId, TenantId, UserId, VisitorId};
+use crate::ids::{ApiKeyId, TenantId, TokenFamilyId, UserId, VisitorId};
 use crate::storage::{Db, api_keys};
-use crate::tenancy::{Principal, Role, TenantScope, Verified};
+use crate::tenancy::{Principal, TenantScope, Verified};
+use directory::Directory;
 use jwt::{AGENT_AUDIENCE, JwtKeys, VISITOR_AUDIENCE};
 use keys::{Credential, Kind};
 
@@ -28,15 +32,22 @@ pub struct Authenticator {
     jwt: Arc<JwtKeys>,
     operator_token_hash: Option<[u8; 32]>,
     db: Db,
+    directory: Arc<Directory>,
 }
 
 impl Authenticator {
     /// An authenticator; with no operator token, operator calls are impossible.
-    pub fn new(jwt: Arc<JwtKeys>, operator_token: Option<&str>, db: Db) -> Self {
+    pub fn new(
+        jwt: Arc<JwtKeys>,
+        operator_token: Option<&str>,
+        db: Db,
+        directory: Arc<Directory>,
+    ) -> Self {
         Self {
             jwt,
             operator_token_hash: operator_token.map(|t| Sha256::digest(t.as_bytes()).into()),
             db,
+            directory,
         }
     }
 
@@ -64,10 +75,22 @@ impl Authenticator {
         }
         let claims = self.jwt.verify(token, AGENT_AUDIENCE)?;
         let bad = || AppError::Unauthenticated("invalid or expired token");
+        let tenant_id = TenantId::parse(&claims.tid).ok_or_else(bad)?;
+        let user_id = UserId::parse(&claims.sub).ok_or_else(bad)?;
+        let session = claims
+            .sid
+            .as_deref()
+            .and_then(TokenFamilyId::parse)
+            .ok_or_else(bad)?;
+        // The role the token was issued with may be stale; the directory's is current.
+        let role = self
+            .directory
+            .authorize(tenant_id, user_id, session)
+            .await?;
         Ok(Some(Principal::Agent {
-            tenant_id: TenantId::parse(&claims.tid).ok_or_else(bad)?,
-            user_id: UserId::parse(&claims.sub).ok_or_else(bad)?,
-            role: Role::parse(&claims.ctx).ok_or_else(bad)?,
+            tenant_id,
+            user_id,
+            role,
             verified: Verified::mint(),
         }))
     }

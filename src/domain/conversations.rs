@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::events::{ConversationEvent, Event, EventKind, Message, SenderType};
 use super::paging::{Page, page_size, split_page};
+use super::spine::{self, SpineEvent};
 use super::writer::SendJob;
 use super::{Engine, require_agent};
 use crate::error::{AppError, AppResult};
@@ -149,7 +150,8 @@ struct MembersPayload {
     actor: Option<UserId>,
 }
 
-/// Takes the next seq and stores an event; the caller commits, then announces.
+/// Takes the next seq and stores an event (not a posted message: those are written by the
+/// writer); the caller commits with [`commit_events`].
 async fn append(
     tx: &mut TenantTx,
     conv: ConversationId,
@@ -157,43 +159,16 @@ async fn append(
     actor: Option<uuid::Uuid>,
     at: DateTime<Utc>,
 ) -> AppResult<ConversationEvent> {
-    append_with_request(tx, conv, kind, actor, at, None).await
-}
-
-/// [`append`], recording the idempotency key of a posted message with it.
-async fn append_with_request(
-    tx: &mut TenantTx,
-    conv: ConversationId,
-    kind: EventKind,
-    actor: Option<uuid::Uuid>,
-    at: DateTime<Utc>,
-    request: Option<(uuid::Uuid, Vec<u8>)>,
-) -> AppResult<ConversationEvent> {
-    let is_message = matches!(kind, EventKind::MessagePosted(_));
-    let seq = store::next_seq(tx, conv, is_message.then_some(at))
+    let seq = store::next_seq(tx, conv)
         .await?
         .ok_or(AppError::FailedPrecondition("the conversation is closed"))?;
-    // A posted message is its own event: its row carries the seq, and replays read posts
-    // from the messages table. Every other change is a row in conversation_events.
-    if let EventKind::MessagePosted(mut m) = kind {
-        m.seq = seq;
-        let mut row = message_row(tx.tenant_id(), &m);
-        if let Some((rid, hash)) = request {
-            row.request_id = Some(rid);
-            row.request_hash = Some(hash);
-        }
-        messages::insert(tx, &row).await?;
-        return Ok(ConversationEvent {
-            conversation_id: conv,
-            seq,
-            at,
-            kind: EventKind::MessagePosted(m),
-        });
-    }
     let (message_id, payload) = match &kind {
-        EventKind::MessagePosted(m)
-        | EventKind::MessageEdited(m)
-        | EventKind::MessageDeleted(m) => (Some(m.id), serde_json::Value::Null),
+        EventKind::MessagePosted(_) => {
+            return Err(AppError::Internal("posts go through the writer".into()));
+        }
+        EventKind::MessageEdited(m) | EventKind::MessageDeleted(m) => {
+            (Some(m.id), serde_json::Value::Null)
+        }
         EventKind::MembersAdded { agents, actor } | EventKind::MemberRemoved { agents, actor } => (
             None,
             serde_json::to_value(MembersPayload {
@@ -225,6 +200,34 @@ async fn append_with_request(
     })
 }
 
+/// Records the events in the spine, commits, and only then announces them.
+async fn commit_events(
+    e: &Engine,
+    scope: &TenantScope,
+    tx: TenantTx,
+    events: Vec<ConversationEvent>,
+) -> AppResult<()> {
+    if !events.is_empty() {
+        let committed: Vec<SpineEvent> = events
+            .iter()
+            .map(|ev| SpineEvent::Conversation {
+                c: ev.conversation_id,
+                from: ev.seq,
+                to: ev.seq,
+            })
+            .collect();
+        spine::record(&tx, &committed, e.now()).await?;
+    }
+    tx.commit().await?;
+    for event in events {
+        e.publisher.publish(Event::Durable {
+            tenant: scope.tenant_id(),
+            event,
+        });
+    }
+    Ok(())
+}
+
 /// The stored form of a new message (no idempotency key).
 pub(super) fn message_row(tenant: crate::ids::TenantId, m: &Message) -> MessageRow {
     MessageRow {
@@ -240,15 +243,6 @@ pub(super) fn message_row(tenant: crate::ids::TenantId, m: &Message) -> MessageR
         created_at: m.created_at,
         edited_at: None,
         deleted_at: None,
-    }
-}
-
-fn publish(e: &Engine, scope: &TenantScope, events: Vec<ConversationEvent>) {
-    for event in events {
-        e.publisher.publish(Event::Durable {
-            tenant: scope.tenant_id(),
-            event,
-        });
     }
 }
 
@@ -376,12 +370,11 @@ pub async fn create(
         now,
     )
     .await?;
-    tx.commit().await?;
     let created = Conversation {
         last_seq: ev.seq,
         ..conversation(row, members)
     };
-    publish(e, scope, vec![ev]);
+    commit_events(e, scope, tx, vec![ev]).await?;
     Ok(created)
 }
 
@@ -499,8 +492,7 @@ pub async fn add_members(
     }
     let (row, _) = member_of(&mut tx, id, me).await?;
     let members = load_members(&mut tx, id).await?;
-    tx.commit().await?;
-    publish(e, scope, events);
+    commit_events(e, scope, tx, events).await?;
     Ok(conversation(row, members))
 }
 
@@ -542,9 +534,8 @@ pub async fn remove_member(
         return Err(AppError::NotFound("member"));
     }
     let members = load_members(&mut tx, id).await?;
-    tx.commit().await?;
     let last_seq = events.last().map_or(row.last_seq, |ev| ev.seq);
-    publish(e, scope, events);
+    commit_events(e, scope, tx, events).await?;
     Ok(Conversation {
         last_seq,
         ..conversation(row, members)
@@ -558,21 +549,11 @@ fn request_hash(conv: ConversationId, text: &str) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-/// Sends a message. With a `request_id`, a retry returns the first answer and the same id
-/// with other content is refused; the answer comes only after commit.
-pub async fn send(
-    e: &Arc<Engine>,
-    scope: &TenantScope,
-    conv: ConversationId,
-    text: String,
-    request_id: Option<uuid::Uuid>,
-) -> AppResult<Sent> {
-    submit(e, scope, conv, text, request_id).await?.await
-}
-
-/// [`send`] in two steps, so one client can have many sends in flight and keep their order:
-/// awaiting `submit` queues the send (sends queued one after the other take seqs in that
-/// order); the future it returns answers once the send is committed.
+/// Sends a message through the one send pipeline (the group-committing writer), in two steps
+/// so one client can have many sends in flight and keep their order: awaiting `submit`
+/// queues the send (sends queued one after the other take seqs in that order); the future it
+/// returns answers once the send is committed. With a `request_id`, a retry returns the
+/// first answer and the same id with other content is refused.
 pub async fn submit(
     e: &Arc<Engine>,
     scope: &TenantScope,
@@ -595,83 +576,12 @@ pub async fn submit(
         text: text.clone(),
     };
     let queued = e.writer.enqueue(job).await;
-    let (e, scope) = (e.clone(), *scope);
     Ok(async move {
-        if let Some(q) = queued
-            && let Some(answer) = q.answer().await
-        {
-            return answer;
-        }
-        // The batch this send was in failed as a whole: write it alone for a precise answer.
-        match send_once(&e, &scope, conv, &text, request_id).await {
-            // A concurrent retry with the same request_id won the insert: answer with its
-            // result.
-            Err(AppError::AlreadyExists(_)) if request_id.is_some() => {
-                send_once(&e, &scope, conv, &text, request_id).await
-            }
-            other => other,
+        match queued {
+            Some(q) => q.answer().await,
+            None => Err(AppError::Unavailable("the writer stopped".into())),
         }
     })
-}
-
-async fn send_once(
-    e: &Engine,
-    scope: &TenantScope,
-    conv: ConversationId,
-    text: &str,
-    request_id: Option<uuid::Uuid>,
-) -> AppResult<Sent> {
-    let (sender_type, sender_id) = sender(scope)?;
-    let hash = request_hash(conv, text);
-    let mut tx = e.db.tenant_tx(scope).await?;
-    if let Some(rid) = request_id
-        && let Some(prev) = messages::find_by_request(&mut tx, sender_id, rid).await?
-    {
-        tx.commit().await?;
-        if prev.request_hash.as_deref() != Some(&hash[..]) {
-            return Err(AppError::AlreadyExists(
-                "request_id was already used for a different message",
-            ));
-        }
-        return Ok(Sent {
-            id: prev.message_id,
-            seq: prev.seq,
-            created_at: prev.created_at,
-        });
-    }
-    if let Actor::Agent { user_id, .. } = scope.actor() {
-        member_of(&mut tx, conv, user_id).await?;
-    }
-    let now = e.now();
-    let msg = Message {
-        id: MessageId::new(),
-        conversation_id: conv,
-        seq: 0,
-        sender_type,
-        sender_id: Some(sender_id),
-        text: text.to_owned(),
-        created_at: now,
-        edited_at: None,
-        deleted: false,
-    };
-    let id = msg.id;
-    let ev = append_with_request(
-        &mut tx,
-        conv,
-        EventKind::MessagePosted(msg),
-        Some(sender_id),
-        now,
-        request_id.map(|rid| (rid, hash)),
-    )
-    .await?;
-    let sent = Sent {
-        id,
-        seq: ev.seq,
-        created_at: now,
-    };
-    tx.commit().await?;
-    publish(e, scope, vec![ev]);
-    Ok(sent)
 }
 
 /// Pages through messages by seq.
@@ -750,9 +660,8 @@ pub async fn change_message(
         now,
     )
     .await?;
-    tx.commit().await?;
     let seq = ev.seq;
-    publish(e, scope, vec![ev]);
+    commit_events(e, scope, tx, vec![ev]).await?;
     Ok((updated, seq))
 }
 
@@ -828,11 +737,24 @@ pub async fn events_between(
         tx.commit().await?;
         return Ok(None);
     }
-    let rows = store::events_between(&mut tx, conv, after, up_to, limit).await?;
-    let posted = messages::posted_between(&mut tx, conv, after, up_to, limit).await?;
-    let ids: Vec<MessageId> = rows.iter().filter_map(|r| r.message_id).collect();
-    let msgs = messages::by_ids(&mut tx, &ids).await?;
+    let out = stored_events(&mut tx, conv, after, up_to, limit).await?;
     tx.commit().await?;
+    Ok(Some(out))
+}
+
+/// Stored events of a conversation with `after < seq <= up_to`, oldest first, at most
+/// `limit`, whoever asks: callers check membership first, or are the engine itself.
+pub(crate) async fn stored_events(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> AppResult<Vec<ConversationEvent>> {
+    let rows = store::events_between(tx, conv, after, up_to, limit).await?;
+    let posted = messages::posted_between(tx, conv, after, up_to, limit).await?;
+    let ids: Vec<MessageId> = rows.iter().filter_map(|r| r.message_id).collect();
+    let msgs = messages::by_ids(tx, &ids).await?;
     let mut out = Vec::with_capacity(rows.len() + posted.len());
     for r in rows {
         let msg = || {
@@ -882,7 +804,7 @@ pub async fn events_between(
     // events that follow `after`.
     out.sort_by_key(|e| e.seq);
     out.truncate(usize::try_from(limit).unwrap_or(0));
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// One conversation by id, if the caller belongs to it.

@@ -181,6 +181,16 @@ pub enum Event {
         /// Whether typing.
         typing: bool,
     },
+    /// Seqs of a conversation up to `up_to` are committed (a spine notice). Never crosses the
+    /// bus: every node hears it from PostgreSQL itself.
+    Committed {
+        /// Tenant.
+        tenant: TenantId,
+        /// Conversation.
+        conversation: ConversationId,
+        /// Highest committed seq.
+        up_to: i64,
+    },
     /// An agent's presence changed.
     Presence {
         /// Tenant.
@@ -197,6 +207,7 @@ impl Event {
             Event::Durable { tenant, .. }
             | Event::Read { tenant, .. }
             | Event::Typing { tenant, .. }
+            | Event::Committed { tenant, .. }
             | Event::Presence { tenant, .. } => *tenant,
         }
     }

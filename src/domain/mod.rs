@@ -6,8 +6,11 @@ pub mod agents;
 pub mod conversations;
 pub mod events;
 pub mod paging;
+pub mod reactors;
 pub mod sessions;
+pub mod spine;
 pub mod tenants;
+pub mod timers;
 pub mod validate;
 pub mod writer;
 

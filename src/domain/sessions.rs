@@ -4,6 +4,10 @@
 //! the same family; presenting a rotated token again means it leaked, so the whole family is
 //! revoked. The token row is locked during the exchange, so of two concurrent refreshes only
 //! the first rotates; the second sees a rotated token and revokes the family.
+//!
+//! A family is a session: every access token issued in it carries its id (`sid`), and a
+//! revoked family's access tokens are refused on every node (`auth::directory`), not only
+//! once they expire.
 
 use chrono::{DateTime, Utc};
 
@@ -127,6 +131,7 @@ async fn issue(
         sub: user.to_string(),
         tid: tenant.to_string(),
         ctx: role.to_owned(),
+        sid: Some(family.to_string()),
         iat: now.timestamp(),
         exp: access_expires_at.timestamp(),
     })?;

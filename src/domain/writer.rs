@@ -3,8 +3,10 @@
 //! pipelined round trip, one seq reservation per conversation, one insert for the messages,
 //! which are their own `message_posted` events) and answers every send after that commit.
 //! A lone send goes through at once; under load, one commit carries many messages, which is
-//! what lifts throughput past one-fsync-per-message. A batch that fails as a whole hands its
-//! sends back to be written one by one, so one bad send never fails its neighbours.
+//! what lifts throughput past one-fsync-per-message. A batch that fails as a whole is written
+//! again one send at a time (a batch of one each), so one bad send never fails its
+//! neighbours. This is the only way a message is written: a lone send is a batch of one.
+//! Each batch records its conversations' new seqs in the event spine before it commits.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::Clock;
 use super::conversations::{Sent, message_row};
 use super::events::{ConversationEvent, Event, EventKind, Message, Publisher, SenderType};
+use super::spine::{self, SHARDS, SpineEvent};
 use crate::error::{AppError, AppResult};
 use crate::ids::{ConversationId, MessageId, TenantId, UserId};
 use crate::storage::Db;
@@ -23,9 +26,10 @@ use crate::tenancy::TenantScope;
 
 /// Most sends written in one transaction.
 const MAX_BATCH: usize = 512;
-/// Independent batching loops. Each owns a share of the conversations, so while one waits
-/// for its commit the others write, and PostgreSQL flushes their commits together.
-const PARTITIONS: usize = 4;
+/// Independent batching loops, one per spine shard. Each owns a share of the conversations,
+/// so while one waits for its commit the others write, and PostgreSQL flushes their commits
+/// together; and a batch touches one spine shard only.
+const PARTITIONS: usize = SHARDS as usize;
 
 /// One queued send, validated and authorised by the caller except for membership.
 pub struct SendJob {
@@ -45,8 +49,8 @@ pub struct SendJob {
     pub request: Option<(uuid::Uuid, Vec<u8>)>,
 }
 
-/// What the writer answers: a result, or `None` when the send must be written alone.
-type Reply = oneshot::Sender<Option<AppResult<Sent>>>;
+/// Where the writer answers a send.
+type Reply = oneshot::Sender<AppResult<Sent>>;
 
 /// The queues in front of the batching loops, one per partition of conversations.
 pub struct Writer {
@@ -72,7 +76,7 @@ impl Writer {
     pub async fn enqueue(&self, job: SendJob) -> Option<Queued> {
         // A conversation always lands in the same partition: its sends are batched together
         // and no two partitions ever wait for each other's row locks.
-        let partition = job.conv.as_uuid().as_u128() as usize % self.queues.len();
+        let partition = spine::shard_of_conversation(job.conv) as usize % self.queues.len();
         let (tx, rx) = oneshot::channel();
         self.queues[partition].send((job, tx)).await.ok()?;
         Some(Queued(rx))
@@ -80,12 +84,14 @@ impl Writer {
 }
 
 /// A queued send's answer, once its batch has committed.
-pub struct Queued(oneshot::Receiver<Option<AppResult<Sent>>>);
+pub struct Queued(oneshot::Receiver<AppResult<Sent>>);
 
 impl Queued {
-    /// The answer; `None` means the caller must write the send alone.
-    pub async fn answer(self) -> Option<AppResult<Sent>> {
-        self.0.await.ok().flatten()
+    /// The answer, after commit.
+    pub async fn answer(self) -> AppResult<Sent> {
+        self.0
+            .await
+            .unwrap_or_else(|_| Err(AppError::Unavailable("the writer stopped".into())))
     }
 }
 
@@ -125,22 +131,39 @@ async fn write_group(
 ) {
     let scope = jobs[0].0.scope;
     let (jobs, replies): (Vec<SendJob>, Vec<Reply>) = jobs.into_iter().unzip();
+    let announce = |events: Vec<ConversationEvent>| {
+        for event in events {
+            publisher.publish(Event::Durable {
+                tenant: scope.tenant_id(),
+                event,
+            });
+        }
+    };
     match write_batch(db, clock, &scope, &jobs).await {
         Ok((answers, events)) => {
             for (reply, answer) in replies.into_iter().zip(answers) {
-                let _ = reply.send(Some(answer));
+                let _ = reply.send(answer);
             }
-            for event in events {
-                publisher.publish(Event::Durable {
-                    tenant: scope.tenant_id(),
-                    event,
-                });
-            }
+            announce(events);
         }
         Err(e) => {
             tracing::debug!(error = %e, sends = jobs.len(), "batch failed; writing its sends one by one");
-            for reply in replies {
-                let _ = reply.send(None);
+            for (job, reply) in jobs.iter().zip(replies) {
+                let one = std::slice::from_ref(job);
+                let mut result = write_batch(db, clock, &scope, one).await;
+                // A concurrent retry with the same request_id won the insert: the second
+                // look finds its answer.
+                if matches!(result, Err(AppError::AlreadyExists(_))) && job.request.is_some() {
+                    result = write_batch(db, clock, &scope, one).await;
+                }
+                let answer = match result {
+                    Ok((mut answers, events)) => {
+                        announce(events);
+                        answers.pop().unwrap_or_else(|| Err(unanswered()))
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(answer);
             }
         }
     }
@@ -301,7 +324,19 @@ async fn write_batch(
         });
     }
     if !rows.is_empty() {
-        messages::insert_posted(&mut tx, &rows).await?;
+        let committed: Vec<SpineEvent> = reserved
+            .iter()
+            .map(|(c, last)| SpineEvent::Conversation {
+                c: *c,
+                from: last - counts[c] + 1,
+                to: *last,
+            })
+            .collect();
+        let tx = &tx;
+        futures_util::try_join!(
+            messages::insert_posted(tx, &rows),
+            spine::record(tx, &committed, now),
+        )?;
     }
     tx.commit().await?;
     for (f, lead) in followers {
@@ -315,9 +350,13 @@ async fn write_batch(
     }
     let answers = answers
         .into_iter()
-        .map(|a| a.unwrap_or_else(|| Err(AppError::Internal("send left unanswered".into()))))
+        .map(|a| a.unwrap_or_else(|| Err(unanswered())))
         .collect();
     Ok((answers, events))
+}
+
+fn unanswered() -> AppError {
+    AppError::Internal("send left unanswered".into())
 }
 
 fn reused() -> AppError {

@@ -19,6 +19,8 @@ pub type EndReason = &'static str;
 pub const SLOW_CONSUMER: EndReason = "slow_consumer";
 /// Cut off because this node lost the bus to other nodes.
 pub const BUS_LOST: EndReason = "bus_lost";
+/// Cut off because its agent was deactivated.
+pub const DEACTIVATED: EndReason = "deactivated";
 
 struct Entry {
     tx: mpsc::Sender<Arc<Event>>,
@@ -39,6 +41,9 @@ struct State {
     /// Who is typing where, so a stream that starts learns the current state.
     typing: HashMap<(TenantId, ConversationId, uuid::Uuid), Instant>,
     by_conv: HashMap<(TenantId, ConversationId), HashSet<u64>>,
+    /// Highest seq dispatched per followed conversation, so a spine notice for what already
+    /// arrived on the fast path costs nothing.
+    seen: HashMap<(TenantId, ConversationId), i64>,
     by_user: HashMap<(TenantId, UserId), HashSet<u64>>,
     by_tenant: HashMap<TenantId, HashSet<u64>>,
 }
@@ -52,10 +57,17 @@ impl State {
             let _ = e.ended.set(r);
         }
         for c in &e.convs {
-            detach(&mut self.by_conv, (e.tenant, *c), id);
+            self.detach_conv((e.tenant, *c), id);
         }
         detach(&mut self.by_user, (e.tenant, e.user), id);
         detach(&mut self.by_tenant, e.tenant, id);
+    }
+
+    fn detach_conv(&mut self, key: (TenantId, ConversationId), id: u64) {
+        detach(&mut self.by_conv, key, id);
+        if !self.by_conv.contains_key(&key) {
+            self.seen.remove(&key);
+        }
     }
 }
 
@@ -136,7 +148,7 @@ impl Hub {
         };
         e.convs.remove(&conv);
         let tenant = e.tenant;
-        detach(&mut s.by_conv, (tenant, conv), sub.id);
+        s.detach_conv((tenant, conv), sub.id);
     }
 
     /// Delivers an event to every local subscriber it concerns. Never blocks.
@@ -165,8 +177,11 @@ impl Hub {
         let mut targets: Vec<u64> = Vec::new();
         match &*event {
             Event::Durable { tenant, event: ev } => {
-                if let Some(set) = s.by_conv.get(&(*tenant, ev.conversation_id)) {
+                let key = (*tenant, ev.conversation_id);
+                if let Some(set) = s.by_conv.get(&key) {
                     targets.extend(set);
+                    let seen = s.seen.entry(key).or_default();
+                    *seen = (*seen).max(ev.seq);
                 }
                 // New members are not following the conversation yet.
                 if let EventKind::MembersAdded { agents, .. } = &ev.kind {
@@ -178,6 +193,11 @@ impl Hub {
                 }
             }
             Event::Read {
+                tenant,
+                conversation,
+                ..
+            }
+            | Event::Committed {
                 tenant,
                 conversation,
                 ..
@@ -213,6 +233,27 @@ impl Hub {
         }
     }
 
+    /// Whether a conversation followed here has not yet been dispatched up to `up_to`.
+    pub fn behind(&self, tenant: TenantId, conv: ConversationId, up_to: i64) -> bool {
+        let s = self.lock();
+        s.by_conv.contains_key(&(tenant, conv))
+            && s.seen.get(&(tenant, conv)).is_none_or(|seen| *seen < up_to)
+    }
+
+    /// Told by the spine that `conv` committed up to `up_to`: if the fast path has still not
+    /// brought that far, its followers are told to fetch the rest from PostgreSQL.
+    pub fn committed(&self, tenant: TenantId, conv: ConversationId, up_to: i64) {
+        if !self.behind(tenant, conv, up_to) {
+            return;
+        }
+        self.lock().seen.insert((tenant, conv), up_to);
+        self.dispatch(Event::Committed {
+            tenant,
+            conversation: conv,
+            up_to,
+        });
+    }
+
     /// Cuts off every subscriber (e.g. the bus to other nodes was lost).
     pub fn end_all(&self, reason: EndReason) {
         let mut s = self.lock();
@@ -241,6 +282,21 @@ impl Hub {
     /// Number of registered subscribers.
     pub fn subscribers(&self) -> usize {
         self.lock().subs.len()
+    }
+
+    /// Cuts off every stream of one user on this node (e.g. they were deactivated); returns
+    /// how many there were.
+    pub fn end_user(&self, tenant: TenantId, user: UserId, reason: EndReason) -> usize {
+        let mut s = self.lock();
+        let ids: Vec<u64> = s
+            .by_user
+            .get(&(tenant, user))
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default();
+        for id in &ids {
+            s.remove(*id, Some(reason));
+        }
+        ids.len()
     }
 }
 

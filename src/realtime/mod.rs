@@ -3,6 +3,7 @@
 //! rules of a `Connect` session's commands.
 
 pub mod bus;
+pub mod hints;
 pub mod hub;
 pub mod presence;
 pub mod session;

@@ -251,6 +251,22 @@ async fn handle(
                 });
             }
         }
+        Event::Committed {
+            conversation,
+            up_to,
+            ..
+        } => {
+            // The committing node's own announcement never came (it may have died right
+            // after its commit): PostgreSQL has what this stream lacks.
+            if let Some(done) = d.delivered.get(conversation).copied()
+                && *up_to > done
+            {
+                for missed in fetch(&ctx.engine, scope, *conversation, done, *up_to).await? {
+                    d.delivered.insert(*conversation, missed.seq);
+                    out.push(Item::Event(missed));
+                }
+            }
+        }
         Event::Presence { state, .. } => out.push(Item::Presence(state.clone())),
     }
     Ok(out)

@@ -253,36 +253,18 @@ pub async fn members_of(
 }
 
 /// Takes the next seq of an open conversation (locking its row until commit); None when it
-/// does not exist or is closed. Message events also move `last_activity_at`.
-pub async fn next_seq(
-    tx: &mut TenantTx,
-    conv: ConversationId,
-    activity_at: Option<DateTime<Utc>>,
-) -> AppResult<Option<i64>> {
+/// does not exist or is closed.
+pub async fn next_seq(tx: &mut TenantTx, conv: ConversationId) -> AppResult<Option<i64>> {
     let t = tx.tenant_id();
     let target = conversations::table
         .find((t, conv))
         .filter(conversations::status.ne("closed"));
-    let q = match activity_at {
-        Some(at) => {
-            diesel::update(target)
-                .set((
-                    conversations::last_seq.eq(conversations::last_seq + 1),
-                    conversations::last_activity_at.eq(at),
-                ))
-                .returning(conversations::last_seq)
-                .get_result(tx.conn())
-                .await
-        }
-        None => {
-            diesel::update(target)
-                .set(conversations::last_seq.eq(conversations::last_seq + 1))
-                .returning(conversations::last_seq)
-                .get_result(tx.conn())
-                .await
-        }
-    };
-    Ok(q.optional()?)
+    Ok(diesel::update(target)
+        .set(conversations::last_seq.eq(conversations::last_seq + 1))
+        .returning(conversations::last_seq)
+        .get_result(tx.conn())
+        .await
+        .optional()?)
 }
 
 /// Appends an event.

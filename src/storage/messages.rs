@@ -41,35 +41,6 @@ pub struct MessageRow {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
-/// Stores a message.
-pub async fn insert(tx: &mut TenantTx, row: &MessageRow) -> AppResult<()> {
-    diesel::insert_into(messages::table)
-        .values(row)
-        .execute(tx.conn())
-        .await?;
-    Ok(())
-}
-
-/// The message a sender stored under an idempotency key.
-pub async fn find_by_request(
-    tx: &mut TenantTx,
-    sender: uuid::Uuid,
-    request_id: uuid::Uuid,
-) -> AppResult<Option<MessageRow>> {
-    let t = tx.tenant_id();
-    Ok(messages::table
-        .filter(
-            messages::tenant_id
-                .eq(t)
-                .and(messages::sender_id.eq(sender))
-                .and(messages::request_id.eq(request_id)),
-        )
-        .select(MessageRow::as_select())
-        .first(tx.conn())
-        .await
-        .optional()?)
-}
-
 /// One message of a conversation.
 pub async fn get(
     tx: &mut TenantTx,
@@ -172,7 +143,7 @@ pub async fn delete(tx: &mut TenantTx, id: MessageId, at: DateTime<Utc>) -> AppR
 
 /// Stores posted messages in one statement. The rows travel as arrays, so the statement
 /// text is the same for any batch size and stays prepared.
-pub async fn insert_posted(tx: &mut TenantTx, rows: &[MessageRow]) -> AppResult<()> {
+pub async fn insert_posted(tx: &TenantTx, rows: &[MessageRow]) -> AppResult<()> {
     use diesel::sql_types::{BigInt, Bytea, Nullable, Text, Timestamptz};
     let t = tx.tenant_id();
     let at = rows.first().map(|r| r.created_at).unwrap_or_default();
@@ -201,7 +172,7 @@ pub async fn insert_posted(tx: &mut TenantTx, rows: &[MessageRow]) -> AppResult<
             .collect::<Vec<_>>(),
     )
     .bind::<Timestamptz, _>(at)
-    .execute(tx.conn())
+    .execute(&mut tx.shared())
     .await?;
     Ok(())
 }

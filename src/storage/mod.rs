@@ -10,8 +10,10 @@ pub mod listen;
 pub mod messages;
 pub mod presence;
 pub mod schema;
+pub mod spine;
 pub mod sql;
 pub mod tenants;
+pub mod timers;
 pub mod tokens;
 pub mod users;
 pub mod workflows;
@@ -111,6 +113,13 @@ impl Db {
             conn: Some(conn),
             tenant_id,
         })
+    }
+
+    /// One round trip on a pooled connection: whether the database answers (health).
+    pub async fn ping(&self) -> AppResult<()> {
+        let mut conn = self.pool.get().await?;
+        conn.batch_execute("SELECT 1").await?;
+        Ok(())
     }
 
     /// Opens a transaction with the operator's cross-tenant rights on the tenants table.

@@ -1,11 +1,13 @@
-//! Refresh tokens, stored as SHA-256 hashes of their secrets, grouped into families.
+//! Refresh tokens, stored as SHA-256 hashes of their secrets, grouped into families. A
+//! family is one session: its access tokens name it, so revoking it (logout, reuse detection,
+//! deactivation) is announced to every node's directory with the commit.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::TenantTx;
 use super::schema::refresh_tokens;
+use super::{TenantTx, users};
 use crate::error::AppResult;
 use crate::ids::{RefreshTokenId, TenantId, TokenFamilyId, UserId};
 
@@ -69,14 +71,14 @@ pub async fn mark_rotated(
     Ok(())
 }
 
-/// Revokes every token of a family.
+/// Revokes every token of a family, and announces it for the family's owner.
 pub async fn revoke_family(
     tx: &mut TenantTx,
     family: TokenFamilyId,
     now: DateTime<Utc>,
 ) -> AppResult<()> {
     let t = tx.tenant_id();
-    diesel::update(
+    let mut owners: Vec<UserId> = diesel::update(
         refresh_tokens::table.filter(
             refresh_tokens::tenant_id
                 .eq(t)
@@ -85,15 +87,21 @@ pub async fn revoke_family(
         ),
     )
     .set(refresh_tokens::revoked_at.eq(now))
-    .execute(tx.conn())
+    .returning(refresh_tokens::user_id)
+    .get_results(tx.conn())
     .await?;
+    owners.sort_unstable();
+    owners.dedup();
+    for user in owners {
+        users::notify_directory(tx, user).await?;
+    }
     Ok(())
 }
 
-/// Revokes every token of a user (deactivation).
+/// Revokes every token of a user (deactivation), and announces it.
 pub async fn revoke_user(tx: &mut TenantTx, user: UserId, now: DateTime<Utc>) -> AppResult<()> {
     let t = tx.tenant_id();
-    diesel::update(
+    let revoked = diesel::update(
         refresh_tokens::table.filter(
             refresh_tokens::tenant_id
                 .eq(t)
@@ -104,5 +112,8 @@ pub async fn revoke_user(tx: &mut TenantTx, user: UserId, now: DateTime<Utc>) ->
     .set(refresh_tokens::revoked_at.eq(now))
     .execute(tx.conn())
     .await?;
+    if revoked > 0 {
+        users::notify_directory(tx, user).await?;
+    }
     Ok(())
 }

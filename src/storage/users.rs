@@ -1,13 +1,21 @@
-//! Agents (users) of a tenant and their skills.
+//! Agents (users) of a tenant and their skills, and the directory notices: every transaction
+//! that changes who an agent is allowed to be (role, active flag, revoked sessions) also sends
+//! a `NOTIFY` on [`DIRECTORY_CHANNEL`], which PostgreSQL delivers to every node when, and only
+//! if, it commits.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, Bool, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
-use super::TenantTx;
 use super::schema::{agent_skills, users};
+use super::{TenantTx, sql};
 use crate::error::AppResult;
-use crate::ids::{TenantId, UserId};
+use crate::ids::{TenantId, TokenFamilyId, UserId};
+
+/// The channel that carries `<tenant>:<user>` whenever an agent's role, active flag or
+/// sessions changed.
+pub const DIRECTORY_CHANNEL: &str = "chatengine_directory";
 
 /// A stored agent.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -119,19 +127,74 @@ pub async fn list(
     Ok(q.load(tx.conn()).await?)
 }
 
-/// Applies changes; None when the agent does not exist.
+/// Applies changes; None when the agent does not exist. A change of role or active flag is
+/// announced on [`DIRECTORY_CHANNEL`] with the commit.
 pub async fn update(
     tx: &mut TenantTx,
     id: UserId,
     changes: &UserChanges,
 ) -> AppResult<Option<UserRow>> {
     let t = tx.tenant_id();
-    Ok(diesel::update(users::table.find((t, id)))
+    let row = diesel::update(users::table.find((t, id)))
         .set(changes)
         .returning(UserRow::as_returning())
         .get_result(tx.conn())
         .await
-        .optional()?)
+        .optional()?;
+    if row.is_some() && (changes.role.is_some() || changes.active.is_some()) {
+        notify_directory(tx, id).await?;
+    }
+    Ok(row)
+}
+
+/// Tells every node, once this transaction commits, that `user`'s directory entry changed.
+/// PostgreSQL folds identical notices of one transaction into one.
+pub(crate) async fn notify_directory(tx: &mut TenantTx, user: UserId) -> AppResult<()> {
+    let payload = format!("{}:{user}", tx.tenant_id());
+    sql::prepared("SELECT pg_notify($1, $2)")
+        .bind::<Text, _>(DIRECTORY_CHANNEL)
+        .bind::<Text, _>(payload)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// What authorization needs to know about an agent.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct DirectoryRow {
+    /// `admin` or `agent`.
+    #[diesel(sql_type = Text)]
+    pub role: String,
+    /// False once deactivated.
+    #[diesel(sql_type = Bool)]
+    pub active: bool,
+    /// Session families revoked after the cutoff given to [`directory`].
+    #[diesel(sql_type = Array<SqlUuid>)]
+    pub revoked_families: Vec<TokenFamilyId>,
+}
+
+/// An agent's role, active flag and the session families revoked since `revoked_since`, in
+/// one statement; None when there is no such agent.
+pub async fn directory(
+    tx: &mut TenantTx,
+    user: UserId,
+    revoked_since: DateTime<Utc>,
+) -> AppResult<Option<DirectoryRow>> {
+    let t = tx.tenant_id();
+    Ok(sql::prepared(
+        "SELECT u.role, u.active,
+                ARRAY(SELECT DISTINCT r.family_id FROM refresh_tokens r
+                       WHERE r.tenant_id = u.tenant_id AND r.user_id = u.user_id
+                         AND r.revoked_at > $3) AS revoked_families
+           FROM users u
+          WHERE u.tenant_id = $1 AND u.user_id = $2",
+    )
+    .bind::<SqlUuid, _>(t)
+    .bind::<SqlUuid, _>(user)
+    .bind::<Timestamptz, _>(revoked_since)
+    .get_result(tx.conn())
+    .await
+    .optional()?)
 }
 
 /// Replaces an agent's skills.

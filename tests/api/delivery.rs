@@ -481,7 +481,7 @@ async fn next_connect(
         .unwrap()
 }
 
-async fn open_connect(
+pub(crate) async fn open_connect(
     app: &TestApp,
     token: &str,
     room: usize,

@@ -3,7 +3,9 @@
 
 mod agents;
 mod auth;
+mod cluster;
 mod delivery;
+mod directory;
 mod harness;
 mod isolation;
 mod loadtest;
@@ -11,5 +13,6 @@ mod logs;
 mod messaging;
 mod nodes;
 mod server;
+mod spine;
 mod tenants;
 mod web;

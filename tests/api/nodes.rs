@@ -100,13 +100,18 @@ async fn nodes_deliver_each_others_events_and_resync_after_losing_nats() {
 }
 
 /// The real binary, as a child process over a given database.
-struct Child {
+pub(crate) struct Child {
     proc: std::process::Child,
     addr: String,
 }
 
 impl Child {
     async fn start(app: &TestApp) -> Self {
+        Self::start_with(app, None).await
+    }
+
+    /// The binary over `app`'s database and secrets, with NATS when `nats_url` is given.
+    pub(crate) async fn start_with(app: &TestApp, nats_url: Option<&str>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -123,6 +128,7 @@ impl Child {
                 "CHAT_ENGINE_DATA_DIR",
                 std::env::temp_dir().join("chat-engine-unused"),
             )
+            .envs(nats_url.map(|u| ("CHAT_ENGINE_NATS_URL", u)))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -138,7 +144,7 @@ impl Child {
         panic!("the server binary did not start");
     }
 
-    async fn channel(&self) -> tonic::transport::Channel {
+    pub(crate) async fn channel(&self) -> tonic::transport::Channel {
         tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
             .unwrap()
             .connect()
@@ -146,7 +152,7 @@ impl Child {
             .unwrap()
     }
 
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.sigkill();
     }
 

@@ -46,6 +46,97 @@ pub struct Options {
     pub secrets: Option<(String, String)>,
     /// Database pool size.
     pub pool_size: Option<usize>,
+    /// Reactors and timer handlers the node runs.
+    pub consumers: Option<app::Consumers>,
+}
+
+/// The configuration and database of a node started with `opts`, and its secrets (operator
+/// token, JWT secret).
+async fn node_config(opts: &Options) -> (Config, Database, (String, String)) {
+    let (admin_url, app_url) = match opts.database.clone() {
+        Some(db) => db,
+        None => fresh_database().await,
+    };
+    let (operator_token, jwt_secret) = opts.secrets.clone().unwrap_or_else(|| {
+        (
+            format!("op-{}", uuid::Uuid::new_v4()),
+            format!("secret-{}", uuid::Uuid::new_v4()),
+        )
+    });
+    let cfg = Config {
+        database_url: Some(Secret::new(app_url.clone())),
+        migration_database_url: Some(Secret::new(admin_url.clone())),
+        operator_token: Some(Secret::new(operator_token.clone())),
+        jwt_secret: Some(Secret::new(jwt_secret.clone())),
+        db_pool_size: opts.pool_size.unwrap_or(8),
+        shutdown_grace_secs: opts.shutdown_grace_secs.unwrap_or(2),
+        nats_url: opts.nats_url.clone(),
+        subscriber_buffer: opts.subscriber_buffer.unwrap_or(1024),
+        data_dir: std::env::temp_dir().join("chat-engine-unused"),
+        ..Config::default()
+    };
+    let db = Database {
+        app_url: Secret::new(app_url),
+        migration_url: Secret::new(admin_url),
+        cluster: None,
+    };
+    (cfg, db, (operator_token, jwt_secret))
+}
+
+/// A node (no API, just its background work: reactors, timers) on a runtime of its own, so
+/// the test can kill it: [`KillableNode::kill`] drops every task of the node at once, its
+/// connections close and PostgreSQL rolls back whatever it had not committed, as when the
+/// process dies.
+pub struct KillableNode {
+    rt: Option<tokio::runtime::Runtime>,
+    /// The node's domain access (for setting things up through it).
+    pub engine: std::sync::Arc<chat_engine::domain::Engine>,
+    /// The node's credential checks.
+    pub auth: std::sync::Arc<chat_engine::auth::Authenticator>,
+}
+
+impl KillableNode {
+    /// Starts a node with `opts` (give it `same_db()` options to share a database).
+    pub async fn start(opts: Options) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the node");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        rt.spawn(async move {
+            let (cfg, db, _) = node_config(&opts).await;
+            let consumers = opts.consumers.unwrap_or_default();
+            let node = app::build_with(&cfg, &db, consumers)
+                .await
+                .expect("building the node");
+            let _ = tx.send((node.engine.clone(), node.auth.clone()));
+            // The node lives until its runtime goes.
+            let _node = node;
+            std::future::pending::<()>().await;
+        });
+        let (engine, auth) = rx.await.expect("the node started");
+        Self {
+            rt: Some(rt),
+            engine,
+            auth,
+        }
+    }
+
+    /// Kills the node: no shutdown code runs.
+    pub fn kill(mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for KillableNode {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl TestApp {
@@ -56,34 +147,15 @@ impl TestApp {
 
     /// A server with `opts`.
     pub async fn spawn_with(opts: Options) -> Self {
-        let (admin_url, app_url) = match opts.database.clone() {
-            Some(db) => db,
-            None => fresh_database().await,
-        };
-        let (operator_token, jwt_secret) = opts.secrets.clone().unwrap_or_else(|| {
-            (
-                format!("op-{}", uuid::Uuid::new_v4()),
-                format!("secret-{}", uuid::Uuid::new_v4()),
-            )
-        });
-        let cfg = Config {
-            database_url: Some(Secret::new(app_url.clone())),
-            migration_database_url: Some(Secret::new(admin_url.clone())),
-            operator_token: Some(Secret::new(operator_token.clone())),
-            jwt_secret: Some(Secret::new(jwt_secret.clone())),
-            db_pool_size: opts.pool_size.unwrap_or(8),
-            shutdown_grace_secs: opts.shutdown_grace_secs.unwrap_or(2),
-            nats_url: opts.nats_url.clone(),
-            subscriber_buffer: opts.subscriber_buffer.unwrap_or(1024),
-            data_dir: std::env::temp_dir().join("chat-engine-unused"),
-            ..Config::default()
-        };
-        let db = Database {
-            app_url: Secret::new(app_url.clone()),
-            migration_url: Secret::new(admin_url.clone()),
-            cluster: None,
-        };
-        let node = app::build(&cfg, &db).await.expect("building the node");
+        let (cfg, db, (operator_token, jwt_secret)) = node_config(&opts).await;
+        let (admin_url, app_url) = (
+            db.migration_url.expose().to_owned(),
+            db.app_url.expose().to_owned(),
+        );
+        let consumers = opts.consumers.unwrap_or_default();
+        let node = app::build_with(&cfg, &db, consumers)
+            .await
+            .expect("building the node");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

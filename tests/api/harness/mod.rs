@@ -11,7 +11,7 @@ mod events;
 mod nats;
 mod requests;
 
-pub use app::{Options, TestApp};
+pub use app::{KillableNode, Options, TenantFixture, TestApp};
 pub use cluster::{fresh_database, own_cluster};
 pub use events::{Events, posted_text};
 pub use nats::Nats;

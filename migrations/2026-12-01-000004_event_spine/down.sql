@@ -1,0 +1,4 @@
+DROP TABLE timers;
+DROP TABLE reactor_cursors;
+DROP TABLE spine_entries;
+DROP TABLE spine_heads;

@@ -1,0 +1,245 @@
+//! Durable reactors: in-process consumers of every committed domain event (the coming
+//! dispatcher, queue positions, analytics projections, webhook delivery). They are added
+//! here, not threaded through the send path.
+//!
+//! A reactor sees each event at least once, in commit order per conversation (a conversation
+//! lives in one shard, and a shard's spine positions follow commit order), resuming from its
+//! stored cursor after a restart. Its work on one tenant is split into [`SHARDS`] shares; a
+//! node works on a share only while it holds that share's cursor row (`FOR UPDATE SKIP
+//! LOCKED`), so two nodes never process the same share at once, and a node that dies lets go
+//! of it with its connection. The cursor moves after the reactor returns: an event whose
+//! batch was handled but whose cursor was not stored is seen again, and nothing else is.
+//!
+//! Work is woken by spine notices (every node gets them); at start and after the listening
+//! connection was lost, every tenant's shares are checked once. A share held by another
+//! node is tried again a moment later, so work that node did not pick up is not left behind.
+//!
+//! Kept small and hand-written: the outbox and job crates for PostgreSQL bring sqlx or
+//! tokio-postgres as a second driver beside diesel-async.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Clock;
+use super::conversations::stored_events;
+use super::events::ConversationEvent;
+use super::spine::{Notice, SHARDS, SpineEvent};
+use crate::error::{AppError, AppResult};
+use crate::ids::{TenantId, UserId};
+use crate::storage::listen::Notice as Heard;
+use crate::storage::{Db, spine as store, tenants};
+use crate::tenancy::{OperatorScope, TenantScope};
+
+/// Spine entries read per round trip.
+const BATCH: i64 = 100;
+/// A share another node held is tried again after this.
+const RETRY_HELD: Duration = Duration::from_millis(500);
+/// A share that failed (database trouble, a reactor error) is tried again after this.
+const RETRY_FAILED: Duration = Duration::from_secs(2);
+
+/// A committed domain event as reactors see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DomainEvent {
+    /// A durable conversation event (message posted, edited, members changed, ...).
+    Conversation(ConversationEvent),
+    /// An agent's routing state changed; read the agent for the new state.
+    AgentChanged {
+        /// The agent.
+        agent: UserId,
+    },
+}
+
+/// One delivery to a reactor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Shard of the spine.
+    pub shard: i16,
+    /// Position of the spine entry that recorded it.
+    pub pos: i64,
+    /// When the entry was written.
+    pub at: DateTime<Utc>,
+    /// The event.
+    pub event: DomainEvent,
+}
+
+/// An in-process consumer of committed domain events.
+pub trait Reactor: Send + Sync + 'static {
+    /// Stable name; its cursors are stored under it.
+    fn name(&self) -> &'static str;
+    /// Handles a batch of one share, in order. An error leaves the cursor where it was, so
+    /// the batch comes again.
+    fn handle<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, AppResult<()>>;
+}
+
+/// Runs `reactors` until `shutdown`, woken by the spine notices in `heard`.
+pub fn start(
+    db: Db,
+    clock: Arc<dyn Clock>,
+    reactors: Vec<Arc<dyn Reactor>>,
+    heard: mpsc::Receiver<Heard>,
+    shutdown: CancellationToken,
+) {
+    if reactors.is_empty() {
+        return;
+    }
+    tokio::spawn(run(db, clock, reactors, heard, shutdown));
+}
+
+type Share = (TenantId, i16);
+
+async fn run(
+    db: Db,
+    clock: Arc<dyn Clock>,
+    reactors: Vec<Arc<dyn Reactor>>,
+    mut heard: mpsc::Receiver<Heard>,
+    shutdown: CancellationToken,
+) {
+    let mut dirty: BTreeSet<Share> = BTreeSet::new();
+    let mut later: HashSet<Share> = HashSet::new();
+    let mut rescan = true;
+    let mut retry = tokio::time::interval(RETRY_HELD);
+    loop {
+        if rescan {
+            match all_behind(&db, &reactors).await {
+                Ok(shares) => {
+                    dirty.extend(shares);
+                    rescan = false;
+                }
+                Err(e) => tracing::warn!(error = %e, "reactors could not scan the spine"),
+            }
+        }
+        while let Some(share) = dirty.pop_first() {
+            for r in &reactors {
+                match drain(&db, clock.as_ref(), r.as_ref(), share).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        later.insert(share);
+                    }
+                    Err(e) => {
+                        tracing::warn!(reactor = r.name(), error = %e, "reactor failed; retrying");
+                        later.insert(share);
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(RETRY_FAILED) => {}
+                        }
+                    }
+                }
+            }
+            // New notices are taken in between shares, so a busy share does not starve.
+            while let Ok(h) = heard.try_recv() {
+                note(h, &mut dirty, &mut rescan);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            h = heard.recv() => match h {
+                Some(h) => note(h, &mut dirty, &mut rescan),
+                None => return,
+            },
+            // Held or failed shares, and a scan that failed, are tried again.
+            _ = retry.tick(), if rescan || !later.is_empty() => dirty.extend(later.drain()),
+        }
+    }
+}
+
+fn note(h: Heard, dirty: &mut BTreeSet<Share>, rescan: &mut bool) {
+    match h {
+        Heard::Payload(p) => match Notice::decode(&p) {
+            Some(n) => {
+                dirty.insert((n.tenant, n.shard));
+            }
+            None => tracing::warn!("undecodable spine notice"),
+        },
+        // Notices of the gap are lost: look at every share again.
+        Heard::Reconnected => *rescan = true,
+    }
+}
+
+/// Every share that some reactor has not consumed to its head.
+async fn all_behind(db: &Db, reactors: &[Arc<dyn Reactor>]) -> AppResult<Vec<Share>> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let mut tx = db.operator_tx(&OperatorScope::system()).await?;
+        let page = tenants::list(&mut tx, after, 500).await?;
+        tx.commit().await?;
+        let Some(last) = page.last() else {
+            return Ok(out);
+        };
+        after = Some((last.created_at, last.tenant_id));
+        for t in &page {
+            let mut tx = db.tenant_tx(&TenantScope::system(t.tenant_id)).await?;
+            for r in reactors {
+                for shard in store::shards_behind(&mut tx, r.name()).await? {
+                    out.push((t.tenant_id, shard));
+                }
+            }
+            tx.commit().await?;
+        }
+    }
+}
+
+/// Feeds one share to one reactor until it is at the head. False when another node holds
+/// the share right now.
+async fn drain(
+    db: &Db,
+    clock: &dyn Clock,
+    r: &dyn Reactor,
+    (tenant, shard): Share,
+) -> AppResult<bool> {
+    debug_assert!((0..SHARDS).contains(&shard));
+    loop {
+        let mut tx = db.tenant_tx(&TenantScope::system(tenant)).await?;
+        let Some(pos) = store::claim_cursor(&mut tx, r.name(), shard).await? else {
+            return Ok(false);
+        };
+        let entries = store::entries_after(&mut tx, shard, pos, BATCH).await?;
+        let Some(last) = entries.last().map(|e| e.pos) else {
+            tx.commit().await?;
+            return Ok(true);
+        };
+        let full = entries.len() as i64 == BATCH;
+        let mut batch = Vec::new();
+        for entry in entries {
+            let recorded: Vec<SpineEvent> = serde_json::from_value(entry.events)
+                .map_err(|e| AppError::Internal(format!("spine entry {}: {e}", entry.pos)))?;
+            for ev in recorded {
+                let at = entry.created_at;
+                let delivery = |event| Delivery {
+                    tenant,
+                    shard,
+                    pos: entry.pos,
+                    at,
+                    event,
+                };
+                match ev {
+                    SpineEvent::Conversation { c, from, to } => {
+                        let events = stored_events(&mut tx, c, from - 1, to, to - from + 1).await?;
+                        batch.extend(
+                            events
+                                .into_iter()
+                                .map(|e| delivery(DomainEvent::Conversation(e))),
+                        );
+                    }
+                    SpineEvent::AgentChanged { agent } => {
+                        batch.push(delivery(DomainEvent::AgentChanged { agent }));
+                    }
+                }
+            }
+        }
+        r.handle(&batch).await?;
+        store::store_cursor(&mut tx, r.name(), shard, last, clock.now()).await?;
+        tx.commit().await?;
+        if !full {
+            return Ok(true);
+        }
+    }
+}

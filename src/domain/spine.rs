@@ -1,0 +1,198 @@
+//! The event spine: what a committing transaction records about the domain events it made,
+//! so that every node learns of them even when the committing node dies right after its
+//! commit, and so that in-process consumers ([`super::reactors`]) see each of them at least
+//! once, in commit order per conversation, from a stored cursor.
+//!
+//! A transaction calls [`record`] before it commits. That writes one spine entry per shard
+//! touched (a gapless position per tenant and shard, see the migration) and sends
+//! `NOTIFY chatengine_spine` with a compact [`Notice`] naming the conversations and seqs that
+//! committed. PostgreSQL delivers the notice to every listening node at commit, or never
+//! if the transaction rolls back.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::AppResult;
+use crate::ids::{ConversationId, TenantId, UserId};
+use crate::storage::TenantTx;
+use crate::storage::spine as store;
+
+/// The `LISTEN` channel of spine notices.
+pub const CHANNEL: &str = "chatengine_spine";
+
+/// Shards per tenant. A conversation always lives in one shard, so its events keep their
+/// order there; a consumer's work on a tenant is split into this many independent shares.
+/// The send path's batching loops are partitioned the same way, so a batch touches one shard.
+pub const SHARDS: i16 = 4;
+
+/// The shard of a conversation.
+pub fn shard_of_conversation(conv: ConversationId) -> i16 {
+    (conv.as_uuid().as_u128() % SHARDS as u128) as i16
+}
+
+/// The shard of an agent's own events (status, capacity).
+pub fn shard_of_agent(agent: UserId) -> i16 {
+    (agent.as_uuid().as_u128() % SHARDS as u128) as i16
+}
+
+/// What a spine entry records: a fact about committed rows, not the rows themselves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum SpineEvent {
+    /// Seqs `from..=to` of a conversation committed (messages and conversation events).
+    Conversation {
+        /// Conversation.
+        c: ConversationId,
+        /// First seq.
+        from: i64,
+        /// Last seq.
+        to: i64,
+    },
+    /// An agent's routing state changed (status, capacity, active flag or role).
+    AgentChanged {
+        /// The agent.
+        agent: UserId,
+    },
+}
+
+impl SpineEvent {
+    fn shard(&self) -> i16 {
+        match self {
+            Self::Conversation { c, .. } => shard_of_conversation(*c),
+            Self::AgentChanged { agent } => shard_of_agent(*agent),
+        }
+    }
+}
+
+/// Records `events` in the spine of the transaction's tenant, to become visible with its
+/// commit. Call it once per transaction, after the rows it names were written.
+pub async fn record(tx: &TenantTx, events: &[SpineEvent], at: DateTime<Utc>) -> AppResult<()> {
+    let mut by_shard: Vec<(i16, Vec<SpineEvent>)> = Vec::new();
+    for ev in events {
+        let s = ev.shard();
+        match by_shard.iter_mut().find(|(shard, _)| *shard == s) {
+            Some((_, list)) => list.push(ev.clone()),
+            None => by_shard.push((s, vec![ev.clone()])),
+        }
+    }
+    // Head rows are locked in shard order, so two transactions never wait on each other.
+    by_shard.sort_by_key(|(s, _)| *s);
+    let tenant = tx.tenant_id();
+    for (shard, list) in by_shard {
+        let notices = Notice {
+            tenant,
+            shard,
+            committed: list
+                .iter()
+                .filter_map(|e| match e {
+                    SpineEvent::Conversation { c, to, .. } => Some((*c, *to)),
+                    SpineEvent::AgentChanged { .. } => None,
+                })
+                .collect(),
+        }
+        .encode();
+        let json = serde_json::to_value(&list)
+            .map_err(|e| crate::error::AppError::Internal(e.to_string()))?;
+        store::append(tx, shard, json, at, &notices).await?;
+    }
+    Ok(())
+}
+
+/// The payload of a spine notice: which tenant and shard has a new entry, and the highest
+/// committed seq of each conversation it touched (enough for a stream to fetch what it lacks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Shard.
+    pub shard: i16,
+    /// Conversations and their last committed seq.
+    pub committed: Vec<(ConversationId, i64)>,
+}
+
+/// PostgreSQL refuses notice payloads of 8000 bytes or more.
+const MAX_PAYLOAD: usize = 7900;
+
+impl Notice {
+    /// One or more payloads (`<tenant> <shard> [<conv>:<seq> ...]`), each under the limit.
+    pub fn encode(&self) -> Vec<String> {
+        let head = format!("{} {}", self.tenant, self.shard);
+        let mut out = vec![head.clone()];
+        for (c, seq) in &self.committed {
+            let part = format!(" {c}:{seq}");
+            let last = out.last_mut().expect("never empty");
+            if last.len() + part.len() > MAX_PAYLOAD {
+                out.push(head.clone() + &part);
+            } else {
+                last.push_str(&part);
+            }
+        }
+        out
+    }
+
+    /// Parses a payload; None for anything malformed.
+    pub fn decode(payload: &str) -> Option<Self> {
+        let mut parts = payload.split(' ');
+        let tenant = TenantId::parse(parts.next()?)?;
+        let shard = parts.next()?.parse().ok()?;
+        let committed = parts
+            .map(|p| {
+                let (c, seq) = p.split_once(':')?;
+                Some((ConversationId::parse(c)?, seq.parse().ok()?))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            tenant,
+            shard,
+            committed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_round_trip_and_split_below_the_payload_limit() {
+        let n = Notice {
+            tenant: TenantId::new(),
+            shard: 3,
+            committed: (0..500).map(|i| (ConversationId::new(), i)).collect(),
+        };
+        let payloads = n.encode();
+        assert!(payloads.len() > 1);
+        assert!(payloads.iter().all(|p| p.len() < 8000));
+        let mut back = Vec::new();
+        for p in &payloads {
+            let d = Notice::decode(p).unwrap();
+            assert_eq!((d.tenant, d.shard), (n.tenant, n.shard));
+            back.extend(d.committed);
+        }
+        assert_eq!(back, n.committed);
+    }
+
+    #[test]
+    fn malformed_notices_are_refused() {
+        let t = TenantId::new();
+        assert!(Notice::decode("").is_none());
+        assert!(Notice::decode(&format!("{t}")).is_none());
+        assert!(Notice::decode(&format!("{t} x")).is_none());
+        assert!(Notice::decode(&format!("{t} 1 nope:3")).is_none());
+        assert!(Notice::decode(&format!("{t} 1 {}:x", ConversationId::new())).is_none());
+        assert_eq!(
+            Notice::decode(&format!("{t} 2")).unwrap().committed,
+            Vec::new()
+        );
+    }
+
+    #[test]
+    fn a_conversation_always_maps_to_the_same_shard_in_range() {
+        for _ in 0..100 {
+            let c = ConversationId::new();
+            let s = shard_of_conversation(c);
+            assert!((0..SHARDS).contains(&s));
+            assert_eq!(s, shard_of_conversation(c));
+        }
+    }
+}

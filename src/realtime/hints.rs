@@ -1,0 +1,61 @@
+//! Spine notices to this node's streams. Every node hears each commit's notice from
+//! PostgreSQL; when a followed conversation's events have not arrived on the fast path (the
+//! local hub or NATS) a moment later, its streams are told to fetch them from PostgreSQL.
+//! This is what delivers an event whose committing node died right after its commit.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::hub::{BUS_LOST, Hub};
+use crate::domain::spine::Notice;
+use crate::ids::{ConversationId, TenantId};
+use crate::storage::listen::Notice as Heard;
+
+/// How long the fast path gets before a stream fetches from PostgreSQL itself.
+const FAST_PATH_GRACE: Duration = Duration::from_millis(100);
+
+/// Feeds spine notices from `heard` to `hub` until `shutdown`.
+pub fn start(hub: Arc<Hub>, mut heard: mpsc::Receiver<Heard>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        // Every entry waits the same grace, so arrival order is deadline order.
+        let mut waiting: VecDeque<(Instant, TenantId, ConversationId, i64)> = VecDeque::new();
+        loop {
+            let next = waiting.front().map(|w| w.0);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                h = heard.recv() => match h {
+                    Some(Heard::Payload(p)) => {
+                        let Some(n) = Notice::decode(&p) else {
+                            tracing::warn!("undecodable spine notice");
+                            continue;
+                        };
+                        let due = Instant::now() + FAST_PATH_GRACE;
+                        for (c, up_to) in n.committed {
+                            if hub.behind(n.tenant, c, up_to) {
+                                waiting.push_back((due, n.tenant, c, up_to));
+                            }
+                        }
+                    }
+                    // Notices of the gap are lost: streams resume from their cursors.
+                    Some(Heard::Reconnected) => hub.end_all(BUS_LOST),
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+                    let now = Instant::now();
+                    while let Some(&(at, t, c, up_to)) = waiting.front() {
+                        if at > now {
+                            break;
+                        }
+                        waiting.pop_front();
+                        hub.committed(t, c, up_to);
+                    }
+                }
+            }
+        }
+    });
+}
