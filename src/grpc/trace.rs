@@ -64,47 +64,25 @@ pub fn layer() -> RequestSpanLayer {
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use tonic::Status;
     use tower::{Service, ServiceBuilder, ServiceExt};
+    use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
     use crate::error::AppError;
 
     const METHOD: &str = "/chatengine.v1.ConversationService/SendMessage";
 
-    /// Log output captured in memory.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("log buffer").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-        type Writer = Self;
-        fn make_writer(&'a self) -> Self {
-            self.clone()
-        }
-    }
-
-    impl Captured {
-        /// The JSON log lines written so far.
-        fn lines(&self) -> Vec<serde_json::Value> {
-            let bytes = self.0.lock().expect("log buffer").clone();
-            String::from_utf8(bytes)
-                .expect("utf-8 logs")
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("a JSON log line"))
-                .collect()
-        }
+    /// The JSON log lines in `logs`.
+    fn lines(logs: &Mutex<Vec<u8>>) -> Vec<serde_json::Value> {
+        let bytes = logs.lock().expect("log buffer").clone();
+        String::from_utf8(bytes)
+            .expect("utf-8 logs")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON log line"))
+            .collect()
     }
 
     /// A handler failing the way real ones do: an internal error mapped to its status.
@@ -117,10 +95,11 @@ mod tests {
     /// Calls `failing` through the layer with the production (JSON) log format and returns
     /// the span fields of the "internal error" line.
     async fn log_of_failed_call(request_id: Option<&str>) -> serde_json::Value {
-        let logs = Captured::default();
+        // Leaked, so the subscriber's writer may borrow it for as long as it likes.
+        let logs: &'static Mutex<Vec<u8>> = Box::leak(Box::default());
         let subscriber = tracing_subscriber::fmt()
             .json()
-            .with_writer(logs.clone())
+            .with_writer(move || logs.make_writer())
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
         let mut req = Request::builder().uri(METHOD);
@@ -136,8 +115,7 @@ mod tests {
             .await
             .expect("response");
         assert_eq!(res.headers()["grpc-status"], "13");
-        let line = logs
-            .lines()
+        let line = lines(logs)
             .into_iter()
             .find(|l| l["fields"]["message"] == "internal error")
             .expect("the internal error is logged");

@@ -131,8 +131,11 @@ pub(super) async fn in_process(args: &Args, mut cfg: Config) -> anyhow::Result<(
             None
         }
         None => {
-            let dir = std::env::temp_dir().join(format!("chat-engine-loadtest-{}", short_id()));
-            cfg.data_dir = dir.clone();
+            let dir = tempfile::Builder::new()
+                .prefix("chat-engine-loadtest-")
+                .tempdir()
+                .context("creating a temporary data directory")?;
+            cfg.data_dir = dir.path().to_path_buf();
             Some(dir)
         }
     };
@@ -140,11 +143,11 @@ pub(super) async fn in_process(args: &Args, mut cfg: Config) -> anyhow::Result<(
     cfg.operator_token = Some(Secret::new(token.clone()));
     cfg.shutdown_grace_secs = cfg.shutdown_grace_secs.min(5);
     let outcome = with_database(args, &cfg, token).await;
-    if let Some(dir) = temp
-        && let Err(e) = std::fs::remove_dir_all(&dir)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        eprintln!("loadtest: could not remove {}: {e}", dir.display());
+    if let Some(dir) = temp {
+        let path = dir.path().to_path_buf();
+        if let Err(e) = dir.close() {
+            eprintln!("loadtest: could not remove {}: {e}", path.display());
+        }
     }
     outcome
 }

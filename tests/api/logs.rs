@@ -1,52 +1,33 @@
 //! What operators read: a failed call's log line names its method, tenant and request id.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 use chat_engine::pb;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::harness::{Options, TestApp, bearer, group, own_cluster, send};
 
 /// Warnings and errors of every server in this test process, as JSON lines.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Self;
-    fn make_writer(&'a self) -> Self {
-        self.clone()
-    }
-}
-
-/// The process-wide log capture, installed on first use; servers run in-process, so their
-/// logs land here, and each test picks its lines by its own request id.
-fn captured() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Captured::default();
+/// Installs the process-wide log capture once; servers run in-process, so their logs land in
+/// [`LOGS`], and each test picks its lines by its own request id.
+fn capture() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
         let subscriber = tracing_subscriber::fmt()
             .json()
             .with_max_level(tracing::Level::WARN)
-            .with_writer(logs.clone())
+            .with_writer(|| LOGS.make_writer())
             .finish();
         tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
-        logs
-    })
+    });
 }
 
 fn lines_with_request_id(id: &str) -> Vec<serde_json::Value> {
-    let bytes = captured().0.lock().expect("log buffer").clone();
+    let bytes = LOGS.lock().expect("log buffer").clone();
     String::from_utf8_lossy(&bytes)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -56,7 +37,7 @@ fn lines_with_request_id(id: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_that_fails_on_the_database_is_logged_with_its_method_tenant_and_request_id() {
-    captured();
+    capture();
     let (cluster, _dir, urls) = own_cluster().await;
     let app = TestApp::spawn_with(Options {
         database: Some(urls),
