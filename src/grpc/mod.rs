@@ -133,6 +133,7 @@ fn cors(settings: &TransportSettings) -> CorsLayer {
         "x-grpc-web",
         "x-user-agent",
         "grpc-timeout",
+        "x-request-id",
     ];
     let exposed = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
     CorsLayer::new()
