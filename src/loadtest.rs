@@ -1703,7 +1703,8 @@ const BROADCAST_MESSAGES: u64 = 1_000_000;
 /// The in-process ceiling: one million message events through the hub to two subscribers
 /// that read concurrently, with no network and no database.
 async fn broadcast(args: &Args) -> anyhow::Result<()> {
-    use crate::domain::events::{ConversationEvent, Event, EventKind, Message, SenderType};
+    use crate::domain::events::{ConversationEvent, Event, EventKind, Message};
+    use crate::domain::participants::Participant;
     use crate::ids::{ConversationId, MessageId, TenantId, UserId};
     use crate::realtime::hub::Hub;
 
@@ -1711,7 +1712,7 @@ async fn broadcast(args: &Args) -> anyhow::Result<()> {
     let (tenant, conv) = (TenantId::new(), ConversationId::new());
     let mut readers = Vec::new();
     for _ in 0..2 {
-        let mut sub = hub.subscribe(tenant, UserId::new());
+        let mut sub = hub.subscribe(tenant, Participant::Agent(UserId::new()));
         hub.follow(&sub, conv);
         readers.push(tokio::spawn(async move {
             let mut n = 0u64;
@@ -1726,6 +1727,7 @@ async fn broadcast(args: &Args) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let text = "a typical short chat message of about fifty bytes!".to_owned();
+    let sender = UserId::new();
     for seq in 1..=BROADCAST_MESSAGES {
         let at = chrono::Utc::now();
         hub.dispatch(Event::Durable {
@@ -1738,8 +1740,7 @@ async fn broadcast(args: &Args) -> anyhow::Result<()> {
                     id: MessageId::new(),
                     conversation_id: conv,
                     seq: seq as i64,
-                    sender_type: SenderType::Agent,
-                    sender_id: None,
+                    sender: Participant::Agent(sender),
                     text: text.clone(),
                     created_at: at,
                     edited_at: None,
