@@ -1,14 +1,18 @@
 //! Wiring: from a [`Config`] to a database (given, or a private cluster), migrations, the
-//! [`Engine`] and a running server. Used by the CLI and by the integration tests.
+//! [`Engine`] and a running server, with the watcher that tells health whether the database
+//! answers. The composition root: used by the CLI and by the integration tests, imported by
+//! nothing below it.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use hmac::{Hmac, KeyInit, Mac};
 use rand::RngExt;
 use sha2::Sha256;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::auth::Authenticator;
 use crate::auth::directory::Directory;
@@ -22,7 +26,7 @@ use crate::domain::spine;
 use crate::domain::timers::{self, TimerHandler};
 use crate::domain::writer::Writer;
 use crate::domain::{Engine, SystemClock, TokenPolicy};
-use crate::grpc::{self, TransportSettings};
+use crate::grpc::{self, Dependencies, TransportSettings};
 use crate::pgcluster::PrivateCluster;
 use crate::realtime::bus::{LocalBus, NatsBus};
 use crate::realtime::hints;
@@ -35,6 +39,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Name of the database inside a private cluster.
 pub const PRIVATE_DB_NAME: &str = "chat_engine";
+/// How often the database is asked whether it answers.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// A probe slower than this counts as no answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The database the engine uses, and the private cluster behind it if there is one.
 pub struct Database {
@@ -42,11 +50,13 @@ pub struct Database {
     pub app_url: Secret,
     /// URL for migrations (schema owner).
     pub migration_url: Secret,
-    /// The private cluster, stopped when this is dropped.
+    /// The private cluster, stopped when this is dropped; it is restarted whenever its
+    /// postmaster dies, and its postmaster dies with this process.
     pub cluster: Option<PrivateCluster>,
 }
 
-/// Uses the configured database, or starts a private cluster under `data_dir/pg`.
+/// Uses the configured database, or starts a private cluster under `data_dir/pg` (stopping
+/// one that an earlier, killed run left behind).
 pub async fn open_database(cfg: &Config) -> anyhow::Result<Database> {
     if let Some(url) = &cfg.database_url {
         return Ok(Database {
@@ -58,9 +68,13 @@ pub async fn open_database(cfg: &Config) -> anyhow::Result<Database> {
             cluster: None,
         });
     }
-    let cluster = PrivateCluster::start(&cfg.data_dir.join("pg")).await?;
+    // A server killed with SIGKILL runs no shutdown code: the parent-death signal is what
+    // stops its postmaster then.
+    let mut cluster =
+        PrivateCluster::start_with_parent_death_signal(&cfg.data_dir.join("pg")).await?;
     cluster.ensure_app_role().await?;
     cluster.create_database(PRIVATE_DB_NAME).await?;
+    cluster.restart_when_it_exits()?;
     tracing::info!(port = cluster.port(), "private PostgreSQL cluster running");
     Ok(Database {
         app_url: Secret::new(cluster.app_url(PRIVATE_DB_NAME)),
@@ -252,7 +266,59 @@ pub async fn serve(
     if cfg.operator_token.is_none() {
         tracing::info!("no operator_token configured: TenantService refuses every call");
     }
-    grpc::serve(node, TransportSettings::from(cfg), listener, shutdown).await
+    let watcher = CancellationToken::new();
+    // Ends the watcher however serving ends, including by this future being dropped.
+    let _watcher_guard = watcher.clone().drop_guard();
+    let deps = Dependencies {
+        database_up: watch_database(node.engine.db.clone(), watcher),
+        engine: node.engine,
+        auth: node.auth,
+        streams: node.streams,
+        bus: node.bus,
+    };
+    grpc::serve(deps, TransportSettings::from(cfg), listener, shutdown).await
+}
+
+/// Asks the database every [`PROBE_EVERY`] whether it answers, until `stop`; the receiver
+/// holds the last answer and changes only when the answer does.
+fn watch_database(db: Db, stop: CancellationToken) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(true);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            // A pooled connection can be dead after a database restart while the database
+            // answers again; the second try then gets a fresh one.
+            let answer = match probe(&db).await {
+                Ok(()) => Ok(()),
+                Err(_) => probe(&db).await,
+            };
+            let up = answer.is_ok();
+            if *tx.borrow() == up {
+                continue;
+            }
+            match answer {
+                Ok(()) => tracing::info!("the database answers again; health reports SERVING"),
+                Err(error) => tracing::error!(
+                    %error,
+                    "the database does not answer; health reports NOT_SERVING until it does"
+                ),
+            }
+            tx.send_replace(up);
+        }
+    });
+    rx
+}
+
+async fn probe(db: &Db) -> anyhow::Result<()> {
+    tokio::time::timeout(PROBE_TIMEOUT, db.ping())
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {PROBE_TIMEOUT:?}"))?
+        .map_err(Into::into)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 
 use super::events::{Event, FRESH_FOR, PresenceState, presence_of};
 use super::paging::{Page, page_size, split_page};
+use super::spine::{self, SpineEvent};
 use super::{Engine, require_admin, require_admin_or_system, require_agent};
 use crate::auth::password;
 use crate::error::{AppError, AppResult};
@@ -139,6 +140,13 @@ async fn load_one(tx: &mut TenantTx, id: UserId) -> AppResult<Agent> {
     Ok(load(tx, vec![row]).await?.remove(0))
 }
 
+/// Records in the event spine that the agent's routing state (status, capacity, role, active
+/// flag) changed, and commits: reactors such as the dispatcher learn of it from there.
+async fn commit_changed(tx: TenantTx, agent: UserId, at: DateTime<Utc>) -> AppResult<()> {
+    spine::record(&tx, &[SpineEvent::AgentChanged { agent }], at).await?;
+    tx.commit().await
+}
+
 /// Creates an agent (admins only).
 pub async fn create(e: &Engine, scope: &TenantScope, new: NewAgent) -> AppResult<Agent> {
     require_admin_or_system(scope)?;
@@ -166,7 +174,7 @@ pub async fn create(e: &Engine, scope: &TenantScope, new: NewAgent) -> AppResult
     }
     users::replace_skills(&mut tx, row.user_id, &new.skills).await?;
     let agent = load_one(&mut tx, row.user_id).await?;
-    tx.commit().await?;
+    commit_changed(tx, row.user_id, now).await?;
     Ok(agent)
 }
 
@@ -242,7 +250,7 @@ pub async fn update(
         users::replace_skills(&mut tx, id, &skills).await?;
     }
     let a = load_one(&mut tx, id).await?;
-    tx.commit().await?;
+    commit_changed(tx, id, e.now()).await?;
     Ok(a)
 }
 
@@ -267,7 +275,7 @@ pub async fn deactivate(e: &Engine, scope: &TenantScope, id: UserId) -> AppResul
         .ok_or(AppError::NotFound("agent"))?;
     tokens::revoke_user(&mut tx, id, now).await?;
     let a = load_one(&mut tx, id).await?;
-    tx.commit().await?;
+    commit_changed(tx, id, now).await?;
     Ok(a)
 }
 
@@ -289,7 +297,7 @@ pub async fn set_my_status(
         .ok_or(AppError::NotFound("agent"))?;
     let a = load_one(&mut tx, me).await?;
     let snapshot = presence::snapshot(&mut tx, e.now() - FRESH_FOR).await?;
-    tx.commit().await?;
+    commit_changed(tx, me, e.now()).await?;
     if let Some((_, status, connected, last_seen)) = snapshot.into_iter().find(|r| r.0 == me) {
         e.publisher.publish(Event::Presence {
             tenant: scope.tenant_id(),

@@ -14,7 +14,7 @@ use crate::error::{AppError, FieldViolation, Violations};
 use crate::ids::{ConversationId, MessageId, UserId};
 use crate::pb;
 use crate::pb::conversation_service_server::ConversationService;
-use crate::realtime::{BusHealth, StreamContext, stream};
+use crate::realtime::{BusHealth, StreamContext, session, stream};
 use crate::tenancy::TenantScope;
 
 /// Handler of ConversationService.
@@ -413,54 +413,31 @@ impl ConversationService for ConversationApi {
                 item: Some(pb::connect_response::Item::Event(e)),
             })
         });
+        // A broken inbound stream ends the commands, as a closed one does.
+        let commands = tokio_stream::StreamExt::map_while(inbound, Result::ok);
         let engine = self.streams.engine.clone();
-        let acks = async_stream::stream! {
-            if live_rx.await.is_err() {
-                return;
-            }
-            // Commands start in the order they arrive (a send is queued for its seq before
-            // the next command is read) and are acknowledged in that order, with up to
-            // CONNECT_IN_FLIGHT of them waiting for their commits at once.
-            let mut pending = futures_util::stream::FuturesOrdered::new();
-            let mut open = true;
-            while open || !pending.is_empty() {
-                let next = tokio::select! {
-                    Some(ack) = pending.next(), if !pending.is_empty() => Some(ack),
-                    cmd = inbound.next(), if open && pending.len() < CONNECT_IN_FLIGHT => {
-                        match cmd {
-                            Some(Ok(cmd)) => pending.push_back(command(&engine, &s, cmd).await),
-                            _ => open = false,
-                        }
-                        None
-                    }
-                    else => break,
-                };
-                if let Some(ack) = next {
-                    yield Ok(pb::ConnectResponse {
-                        item: Some(pb::connect_response::Item::Ack(ack)),
-                    });
-                }
-            }
-        };
+        let acks = session::acks(live_rx, commands, move |cmd| {
+            command(engine.clone(), s, cmd)
+        })
+        .map(|ack| {
+            Ok(pb::ConnectResponse {
+                item: Some(pb::connect_response::Item::Ack(ack)),
+            })
+        });
         let merged: Pin<Box<dyn Stream<Item = Result<pb::ConnectResponse, Status>> + Send>> =
             Box::pin(Paced::new(futures_util::stream::select(events, acks)));
         Ok(Response::new(merged))
     }
 }
 
-/// Commands one Connect stream may have in flight; it reads no further command until one
-/// is answered.
-const CONNECT_IN_FLIGHT: usize = 64;
-
-/// An ack answering one Connect command.
-type PendingAck = Pin<Box<dyn Future<Output = pb::CommandAck> + Send>>;
+/// The rest of one started Connect command, answering with its ack.
+type PendingAck = session::Pending<pb::CommandAck>;
 
 /// Starts one Connect command: checking it and queueing a send happen before this returns,
 /// so commands keep their order; the returned future finishes it and answers with the ack.
-async fn command(e: &Arc<Engine>, s: &TenantScope, cmd: pb::ConnectRequest) -> PendingAck {
+async fn command(e: Arc<Engine>, s: TenantScope, cmd: pb::ConnectRequest) -> PendingAck {
     use pb::connect_request::Command;
     let id = cmd.client_id;
-    let (e, s) = (e.clone(), *s);
     match cmd.command {
         Some(Command::SendMessage(r)) => match submit(&e, &s, r).await {
             Ok(sent) => {

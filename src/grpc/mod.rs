@@ -7,9 +7,9 @@ mod auth;
 pub(crate) mod codec;
 mod conversation;
 mod convert;
+mod health;
 mod limits;
 mod pace;
-mod pending;
 mod scope;
 mod status;
 mod tenant;
@@ -18,6 +18,7 @@ mod visitor;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -26,17 +27,21 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::app::Node;
+use crate::auth::Authenticator;
 use crate::auth::layer::AuthLayer;
 use crate::config::Config;
+use crate::domain::Engine;
 use crate::pb;
+use crate::realtime::{BusHealth, StreamContext};
 
 /// A server-streaming response.
 pub type Streaming<T> =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;
 
-/// Stubs RPCs that answer UNIMPLEMENTED. The functions are spelled the way
-/// `#[async_trait]` expands them, because that attribute runs before this macro does.
+/// Stubs the RPCs of a partly built service that answer UNIMPLEMENTED (a service with none
+/// built is simply not registered: the router answers UNIMPLEMENTED for it). The functions are
+/// spelled the way `#[async_trait]` expands them, because that attribute runs before this
+/// macro does.
 macro_rules! unimplemented {
     ($($name:ident($req:ty) -> $resp:ty;)*) => {
         $(
@@ -63,6 +68,21 @@ macro_rules! unimplemented {
     };
 }
 pub(crate) use unimplemented;
+
+/// What the transport serves: the domain and the realtime parts it adapts, and the signals
+/// its health reports.
+pub struct Dependencies {
+    /// Domain access.
+    pub engine: Arc<Engine>,
+    /// Credential checks.
+    pub auth: Arc<Authenticator>,
+    /// Open streams' shared parts.
+    pub streams: Arc<StreamContext>,
+    /// Whether events from other nodes arrive.
+    pub bus: BusHealth,
+    /// Whether the database answers; health reports NOT_SERVING while it does not.
+    pub database_up: tokio::sync::watch::Receiver<bool>,
+}
 
 /// Limits and timings of the transport.
 #[derive(Clone, Debug)]
@@ -126,17 +146,18 @@ fn cors(settings: &TransportSettings) -> CorsLayer {
 /// Serves the API on `listener` until `shutdown` resolves, then drains open calls for at
 /// most the configured grace period.
 pub async fn serve(
-    node: Node,
+    deps: Dependencies,
     settings: TransportSettings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let Node {
+    let Dependencies {
         engine,
         auth: authenticator,
         streams,
         bus,
-    } = node;
+        database_up,
+    } = deps;
     let limit = settings.max_message_bytes;
     macro_rules! limited {
         ($server:ty, $handler:expr) => {
@@ -146,7 +167,8 @@ pub async fn serve(
         };
     }
 
-    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = health::Health::start(reporter, database_up).await?;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -157,30 +179,13 @@ pub async fn serve(
         .build_v1alpha()?;
 
     use pb::agent_service_server::AgentServiceServer;
-    use pb::analytics_service_server::AnalyticsServiceServer;
     use pb::auth_service_server::AuthServiceServer;
     use pb::conversation_service_server::ConversationServiceServer;
-    use pb::queue_service_server::QueueServiceServer;
     use pb::tenant_service_server::TenantServiceServer;
     use pb::visitor_service_server::VisitorServiceServer;
-    use pb::workflow_service_server::WorkflowServiceServer;
 
-    health_reporter
-        .set_serving::<TenantServiceServer<tenant::TenantApi>>()
-        .await;
-    health_reporter
-        .set_serving::<AuthServiceServer<auth::AuthApi>>()
-        .await;
-    health_reporter
-        .set_serving::<AgentServiceServer<agent::AgentApi>>()
-        .await;
-    health_reporter
-        .set_serving::<VisitorServiceServer<visitor::VisitorApi>>()
-        .await;
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-
+    // WorkflowService, QueueService and AnalyticsService are declared in the API (and listed
+    // by reflection) but not registered: the router answers UNIMPLEMENTED for them.
     let router = Server::builder()
         .accept_http1(true)
         .max_concurrent_streams(settings.max_concurrent_streams)
@@ -192,7 +197,7 @@ pub async fn serve(
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(limits::LimitStatusLayer)
         .layer(AuthLayer::new(authenticator))
-        .add_service(health)
+        .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(limited!(
@@ -214,10 +219,7 @@ pub async fn serve(
         .add_service(limited!(
             ConversationServiceServer<_>,
             conversation::ConversationApi::new(streams.clone(), bus)
-        ))
-        .add_service(limited!(WorkflowServiceServer<_>, pending::Pending))
-        .add_service(limited!(QueueServiceServer<_>, pending::Pending))
-        .add_service(limited!(AnalyticsServiceServer<_>, pending::Pending));
+        ));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // Chat messages are small: without TCP_NODELAY, Nagle's algorithm holds them back for
@@ -234,21 +236,7 @@ pub async fn serve(
     // Open streams tell their clients where to resume, then end.
     streams.shutdown.cancel();
     // Load balancers stop sending before connections close.
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
-    health_reporter
-        .set_not_serving::<AuthServiceServer<auth::AuthApi>>()
-        .await;
-    health_reporter
-        .set_not_serving::<TenantServiceServer<tenant::TenantApi>>()
-        .await;
-    health_reporter
-        .set_not_serving::<AgentServiceServer<agent::AgentApi>>()
-        .await;
-    health_reporter
-        .set_not_serving::<VisitorServiceServer<visitor::VisitorApi>>()
-        .await;
+    health.shutting_down().await;
     let _ = stop_tx.send(());
     let result = match tokio::time::timeout(settings.shutdown_grace, &mut server).await {
         Ok(r) => r.map_err(Into::into),

@@ -115,6 +115,13 @@ impl Db {
         })
     }
 
+    /// One round trip on a pooled connection: whether the database answers (health).
+    pub async fn ping(&self) -> AppResult<()> {
+        let mut conn = self.pool.get().await?;
+        conn.batch_execute("SELECT 1").await?;
+        Ok(())
+    }
+
     /// Opens a transaction with the operator's cross-tenant rights on the tenants table.
     pub async fn operator_tx(&self, _scope: &OperatorScope) -> AppResult<OperatorTx> {
         let mut conn = self.begin().await?;

@@ -3,6 +3,7 @@
 
 mod agents;
 mod auth;
+mod cluster;
 mod delivery;
 mod directory;
 mod harness;

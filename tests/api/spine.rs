@@ -122,6 +122,16 @@ async fn reactors_see_every_event_across_a_kill_and_restart_and_nodes_never_shar
             .unwrap();
         expected.insert((c.clone(), seq as i64));
     }
+    // Not only messages: an agent going available is a domain event too.
+    app.agents()
+        .set_my_status(bearer(
+            pb::SetMyStatusRequest {
+                status: pb::AgentStatus::Available as i32,
+            },
+            &ann_tok,
+        ))
+        .await
+        .unwrap();
 
     // Two nodes come back: between them they see the rest, each event once.
     let (consumers, second) = recorder();
@@ -190,6 +200,21 @@ async fn reactors_see_every_event_across_a_kill_and_restart_and_nodes_never_shar
             }
         }
     }
+    let ann_id = ann.parse::<uuid::Uuid>().unwrap();
+    // Ann's creation and her status change: two entries, whichever node saw them.
+    let first = &first;
+    wait_until("the status change never reached a reactor", || {
+        let mut entries = HashSet::new();
+        for seen in [first.clone(), second.lock().unwrap().clone(), third.lock().unwrap().clone()] {
+            for d in seen {
+                if matches!(d.event, DomainEvent::AgentChanged { agent } if agent.as_uuid() == ann_id) {
+                    entries.insert((d.shard, d.pos));
+                }
+            }
+        }
+        entries.len() == 2
+    })
+    .await;
     // What a reactor gets is the event itself, not only its number.
     assert!(later.iter().any(|d| matches!(
         &d.event,

@@ -1,0 +1,118 @@
+//! Health as `grpc.health.v1` reports it. A service is SERVING only while this server serves
+//! it and the database behind it answers; the whole server ("") likewise. Every service the
+//! API declares but this server does not (or only partly) serve is NOT_SERVING, so that a
+//! client asking about one gets a definite answer rather than NOT_FOUND, and can watch it.
+
+use prost::Message;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::pb;
+
+/// The services this server serves completely. VisitorService is left out until its chat
+/// RPCs exist: all but GetWidgetConfig answer UNIMPLEMENTED.
+const SERVED: [&str; 4] = [
+    pb::tenant_service_server::SERVICE_NAME,
+    pb::auth_service_server::SERVICE_NAME,
+    pb::agent_service_server::SERVICE_NAME,
+    pb::conversation_service_server::SERVICE_NAME,
+];
+
+/// Keeps the reported statuses in step with the database until shutdown.
+pub(super) struct Health {
+    reporter: HealthReporter,
+    stop: CancellationToken,
+    follower: JoinHandle<()>,
+}
+
+impl Health {
+    /// Reports the current state, then follows `database_up`.
+    pub(super) async fn start(
+        reporter: HealthReporter,
+        mut database_up: watch::Receiver<bool>,
+    ) -> anyhow::Result<Health> {
+        for name in declared_services()? {
+            if !SERVED.contains(&name.as_str()) {
+                reporter
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+        }
+        let up = *database_up.borrow_and_update();
+        report(&reporter, up).await;
+        let stop = CancellationToken::new();
+        let follower = tokio::spawn({
+            let (reporter, stop) = (reporter.clone(), stop.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        changed = database_up.changed() => if changed.is_err() { return },
+                    }
+                    let up = *database_up.borrow_and_update();
+                    report(&reporter, up).await;
+                }
+            }
+        });
+        Ok(Health {
+            reporter,
+            stop,
+            follower,
+        })
+    }
+
+    /// Reports everything NOT_SERVING for good: the server is going away.
+    pub(super) async fn shutting_down(self) {
+        self.stop.cancel();
+        let _ = self.follower.await;
+        report(&self.reporter, false).await;
+    }
+}
+
+/// Sets "" and the served services; the rest stay NOT_SERVING, as [`Health::start`] set them
+/// (setting a status again would repeat it to every watcher).
+async fn report(reporter: &HealthReporter, up: bool) {
+    let status = if up {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    for name in SERVED {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Every service of the chat-engine API, by its full name, as reflection lists them.
+fn declared_services() -> anyhow::Result<Vec<String>> {
+    let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET)?;
+    Ok(set
+        .file
+        .iter()
+        .flat_map(|file| {
+            file.service
+                .iter()
+                .map(|service| format!("{}.{}", file.package(), service.name()))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_service_is_declared() {
+        let declared = declared_services().unwrap();
+        for name in SERVED {
+            assert!(
+                declared.iter().any(|d| d == name),
+                "{name} not in {declared:?}"
+            );
+        }
+        assert!(declared.len() > SERVED.len(), "{declared:?}");
+    }
+}
