@@ -278,10 +278,7 @@ async fn admitted(
     conv: ConversationId,
     who: Participant,
 ) -> AppResult<Option<(ConversationRow, Option<i64>)>> {
-    let agent = match who {
-        Participant::Agent(u) => Some(u),
-        Participant::Visitor(_) | Participant::System => None,
-    };
+    let agent = who.agent();
     let Some((row, read_seq)) = store::get_with_member(tx, conv, agent).await? else {
         return Ok(None);
     };

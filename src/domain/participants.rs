@@ -42,6 +42,15 @@ impl Participant {
         }
     }
 
+    /// The agent, if this is one. Only for looking up agent facts (memberships, presence):
+    /// whether a participant may act is [`admits`]'s decision.
+    pub fn agent(&self) -> Option<UserId> {
+        match self {
+            Self::Agent(u) => Some(*u),
+            Self::Visitor(_) | Self::System => None,
+        }
+    }
+
     /// Storage spelling of the kind (`messages.sender_type`).
     pub fn kind_str(&self) -> &'static str {
         match self {

@@ -200,10 +200,7 @@ async fn write_batch(
     // One lookup per distinct (conversation, agent), however many sends they made.
     let pairs: HashSet<(ConversationId, UserId)> = jobs
         .iter()
-        .filter_map(|j| match j.sender {
-            Participant::Agent(u) => Some((j.conv, u)),
-            Participant::Visitor(_) | Participant::System => None,
-        })
+        .filter_map(|j| Some((j.conv, j.sender.agent()?)))
         .collect();
     let mut all_convs: Vec<ConversationId> = jobs.iter().map(|j| j.conv).collect();
     all_convs.sort();

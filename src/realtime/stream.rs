@@ -84,10 +84,7 @@ struct Delivery {
 impl Delivery {
     /// Whether `agents` name this subscriber.
     fn among(&self, agents: &[UserId]) -> bool {
-        match self.me {
-            Participant::Agent(u) => agents.contains(&u),
-            Participant::Visitor(_) | Participant::System => false,
-        }
+        self.me.agent().is_some_and(|u| agents.contains(&u))
     }
 
     fn cursors(&self) -> Vec<(ConversationId, i64)> {
@@ -112,10 +109,7 @@ pub fn subscribe(
         let e = ctx.engine.clone();
         let mut sub = ctx.hub.subscribe(scope.tenant_id(), me);
         // Agent presence counts agents' streams; a visitor's stream is no agent online.
-        let agent = match me {
-            Participant::Agent(u) => Some(u),
-            Participant::Visitor(_) | Participant::System => None,
-        };
+        let agent = me.agent();
         let _presence = match agent {
             Some(u) => Some(Box::pin(ctx.presence.enter(&e, scope.tenant_id(), u)).await?),
             None => None,
