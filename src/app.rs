@@ -20,6 +20,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::config::{Config, Secret};
 use crate::domain::events::Publisher;
 use crate::domain::paging::PageTokens;
+use crate::domain::participants::Participant;
 use crate::domain::reactors::{self, Reactor};
 use crate::domain::spine;
 use crate::domain::timers::{self, TimerHandler};
@@ -232,7 +233,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
     tokio::spawn(directory.follow(
         directory_notices,
         Arc::new(move |tenant, user| {
-            let streams = hub.end_user(tenant, user, DEACTIVATED);
+            let streams = hub.end_participant(tenant, Participant::Agent(user), DEACTIVATED);
             if streams > 0 {
                 tracing::info!(
                     tenant.id = %tenant,

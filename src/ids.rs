@@ -1,5 +1,6 @@
 //! Typed ids: one newtype per kind of row, so a user id can never be passed where a tenant id
-//! is expected. They are created fresh (UUIDv7, time-ordered) or parsed from the wire.
+//! is expected. They are created fresh (UUIDv7, time-ordered) or parsed from the wire. None
+//! has a `Default`: a default that minted a random id would hide a missing one.
 
 use diesel::deserialize::{FromSql, FromSqlRow};
 use diesel::expression::AsExpression;
@@ -19,6 +20,8 @@ macro_rules! typed_id {
         #[diesel(sql_type = SqlUuid)]
         pub struct $name(Uuid);
 
+        // No Default on purpose: `new` mints a fresh id, and a caller must say so.
+        #[allow(clippy::new_without_default)]
         impl $name {
             /// A new, time-ordered id.
             pub fn new() -> Self {
@@ -35,12 +38,6 @@ macro_rules! typed_id {
             /// Parses the hyphenated or simple form; None for anything else.
             pub fn parse(s: &str) -> Option<Self> {
                 Uuid::try_parse(s).ok().map(Self)
-            }
-        }
-
-        impl Default for $name {
-            fn default() -> Self {
-                Self::new()
             }
         }
 

@@ -9,18 +9,19 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::events::{ConversationEvent, Event, EventKind, Message, SenderType};
+use super::events::{ConversationEvent, Event, EventKind, Message};
 use super::paging::{Page, page_size, split_page};
+use super::participants::{ConversationAccess, Participant, admits};
 use super::spine::{self, SpineEvent};
 use super::writer::SendJob;
 use super::{Engine, require_agent};
 use crate::error::{AppError, AppResult};
-use crate::ids::{ConversationId, MessageId, UserId};
+use crate::ids::{ConversationId, MessageId, UserId, VisitorId};
 use crate::storage::TenantTx;
 use crate::storage::conversations::{self as store, ConversationRow, EventRow};
 use crate::storage::messages::{self, MessageRow};
 use crate::storage::users;
-use crate::tenancy::{Actor, Role, TenantScope};
+use crate::tenancy::{Role, TenantScope};
 
 /// Longest message text, in characters.
 pub const MAX_TEXT_CHARS: usize = 8000;
@@ -39,18 +40,56 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn as_str(self) -> &'static str {
+    /// Storage spelling.
+    pub fn as_str(self) -> &'static str {
         match self {
             Kind::Direct => "direct",
             Kind::Group => "group",
             Kind::External => "external",
         }
     }
-    fn parse(s: &str) -> Self {
+    /// Parses the storage spelling; anything else is corrupt data, never some default kind.
+    pub fn parse(s: &str) -> AppResult<Self> {
         match s {
-            "direct" => Kind::Direct,
-            "external" => Kind::External,
-            _ => Kind::Group,
+            "direct" => Ok(Kind::Direct),
+            "group" => Ok(Kind::Group),
+            "external" => Ok(Kind::External),
+            other => Err(AppError::Internal(format!(
+                "unknown conversation kind {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Where a conversation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// Members talk.
+    Open,
+    /// An external chat waiting for an agent.
+    Queued,
+    /// Over; nothing more is posted.
+    Closed,
+}
+
+impl Status {
+    /// Storage spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Queued => "queued",
+            Status::Closed => "closed",
+        }
+    }
+    /// Parses the storage spelling; anything else is corrupt data, never some default.
+    pub fn parse(s: &str) -> AppResult<Self> {
+        match s {
+            "open" => Ok(Status::Open),
+            "queued" => Ok(Status::Queued),
+            "closed" => Ok(Status::Closed),
+            other => Err(AppError::Internal(format!(
+                "unknown conversation status {other:?}"
+            ))),
         }
     }
 }
@@ -62,14 +101,14 @@ pub struct Conversation {
     pub id: ConversationId,
     /// Kind.
     pub kind: Kind,
-    /// `open`, `queued` or `closed`.
-    pub status: String,
+    /// Where it stands.
+    pub status: Status,
     /// Group title.
     pub title: String,
-    /// Agent members.
+    /// Agent members (an external chat's visitor is [`Conversation::visitor_id`]).
     pub members: Vec<UserId>,
     /// Visitor of an external conversation.
-    pub visitor_id: Option<uuid::Uuid>,
+    pub visitor_id: Option<VisitorId>,
     /// Seq of the newest event.
     pub last_seq: i64,
     /// Creation time.
@@ -102,46 +141,32 @@ pub struct Sent {
     pub created_at: DateTime<Utc>,
 }
 
-fn conversation(row: ConversationRow, members: Vec<UserId>) -> Conversation {
-    Conversation {
+fn conversation(row: ConversationRow, members: Vec<UserId>) -> AppResult<Conversation> {
+    Ok(Conversation {
         id: row.conversation_id,
-        kind: Kind::parse(&row.kind),
-        status: row.status,
+        kind: Kind::parse(&row.kind)?,
+        status: Status::parse(&row.status)?,
         title: row.title,
         members,
-        visitor_id: row.visitor_id.map(|v| v.as_uuid()),
+        visitor_id: row.visitor_id,
         last_seq: row.last_seq,
         created_at: row.created_at,
         last_activity_at: row.last_activity_at,
-    }
+    })
 }
 
-/// A message as members see it.
-pub fn message(row: MessageRow) -> Message {
-    Message {
+/// A message as members see it; a corrupt stored sender is an internal error.
+pub fn message(row: MessageRow) -> AppResult<Message> {
+    Ok(Message {
         id: row.message_id,
         conversation_id: row.conversation_id,
         seq: row.seq,
-        sender_type: SenderType::parse(&row.sender_type),
-        sender_id: row.sender_id,
+        sender: Participant::from_stored(&row.sender_type, row.sender_id)?,
         text: row.body,
         created_at: row.created_at,
         edited_at: row.edited_at,
         deleted: row.deleted_at.is_some(),
-    }
-}
-
-/// The caller as a message sender.
-fn sender(scope: &TenantScope) -> AppResult<(SenderType, uuid::Uuid)> {
-    match scope.actor() {
-        Actor::Agent { user_id, .. } => Ok((SenderType::Agent, user_id.as_uuid())),
-        Actor::Visitor {
-            visitor_id: Some(v),
-        } => Ok((SenderType::Visitor, v.as_uuid())),
-        _ => Err(AppError::PermissionDenied(
-            "only agents and visitors send messages",
-        )),
-    }
+    })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -156,7 +181,7 @@ async fn append(
     tx: &mut TenantTx,
     conv: ConversationId,
     kind: EventKind,
-    actor: Option<uuid::Uuid>,
+    actor: Participant,
     at: DateTime<Utc>,
 ) -> AppResult<ConversationEvent> {
     let seq = store::next_seq(tx, conv)
@@ -186,7 +211,7 @@ async fn append(
             seq,
             kind: kind.name().to_owned(),
             message_id,
-            actor_id: actor,
+            actor_id: actor.id(),
             payload,
             created_at: at,
         },
@@ -235,8 +260,8 @@ pub(super) fn message_row(tenant: crate::ids::TenantId, m: &Message) -> MessageR
         message_id: m.id,
         conversation_id: m.conversation_id,
         seq: m.seq,
-        sender_type: m.sender_type.as_str().to_owned(),
-        sender_id: m.sender_id,
+        sender_type: m.sender.kind_str().to_owned(),
+        sender_id: m.sender.id(),
         body: m.text.clone(),
         request_id: None,
         request_hash: None,
@@ -246,16 +271,52 @@ pub(super) fn message_row(tenant: crate::ids::TenantId, m: &Message) -> MessageR
     }
 }
 
-/// The conversation and the agent's read position; NOT_FOUND unless they are a member
-/// (another tenant's conversation looks exactly like a missing one).
+/// The conversation, if `who` takes part in it (see [`admits`]), with an agent member's read
+/// position.
+async fn admitted(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    who: Participant,
+) -> AppResult<Option<(ConversationRow, Option<i64>)>> {
+    let agent = who.agent();
+    let Some((row, read_seq)) = store::get_with_member(tx, conv, agent).await? else {
+        return Ok(None);
+    };
+    let members: &[UserId] = match (agent, read_seq) {
+        (Some(u), Some(_)) => &[u],
+        _ => &[],
+    };
+    let access = ConversationAccess {
+        tenant: row.tenant_id,
+        kind: Kind::parse(&row.kind)?,
+        visitor: row.visitor_id,
+        agents: members,
+    };
+    Ok(admits(tx.tenant_id(), &who, &access).then_some((row, read_seq)))
+}
+
+/// [`admitted`], or NOT_FOUND (another tenant's conversation, or one the caller takes no
+/// part in, looks exactly like a missing one).
+async fn require_admitted(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    who: Participant,
+) -> AppResult<(ConversationRow, Option<i64>)> {
+    admitted(tx, conv, who)
+        .await?
+        .ok_or(AppError::NotFound("conversation"))
+}
+
+/// The conversation and the agent's read position; NOT_FOUND unless they are a member.
 async fn member_of(
     tx: &mut TenantTx,
     conv: ConversationId,
     agent: UserId,
 ) -> AppResult<(ConversationRow, i64)> {
-    store::get_for_member(tx, conv, agent)
-        .await?
-        .ok_or(AppError::NotFound("conversation"))
+    match require_admitted(tx, conv, Participant::Agent(agent)).await? {
+        (row, Some(read_seq)) => Ok((row, read_seq)),
+        (_, None) => Err(AppError::NotFound("conversation")),
+    }
 }
 
 async fn require_active_agents(tx: &mut TenantTx, ids: &[UserId]) -> AppResult<()> {
@@ -323,7 +384,7 @@ pub async fn create(
     {
         let members = load_members(&mut tx, existing.conversation_id).await?;
         tx.commit().await?;
-        return Ok(conversation(existing, members));
+        return conversation(existing, members);
     }
     require_active_agents(&mut tx, &members).await?;
     members.push(me);
@@ -333,7 +394,7 @@ pub async fn create(
         tenant_id: scope.tenant_id(),
         conversation_id: ConversationId::new(),
         kind: kind.as_str().into(),
-        status: "open".into(),
+        status: Status::Open.as_str().into(),
         title,
         direct_key: direct_key.clone(),
         visitor_id: None,
@@ -354,7 +415,7 @@ pub async fn create(
                 .ok_or(AppError::Unavailable("direct conversation race".into()))?;
             let members = load_members(&mut tx, existing.conversation_id).await?;
             tx.commit().await?;
-            return Ok(conversation(existing, members));
+            return conversation(existing, members);
         }
         other => other?,
     }
@@ -366,13 +427,13 @@ pub async fn create(
             agents: members.clone(),
             actor: Some(me),
         },
-        Some(me.as_uuid()),
+        Participant::Agent(me),
         now,
     )
     .await?;
     let created = Conversation {
         last_seq: ev.seq,
-        ..conversation(row, members)
+        ..conversation(row, members)?
     };
     commit_events(e, scope, tx, vec![ev]).await?;
     Ok(created)
@@ -397,8 +458,7 @@ async fn summaries(
     let members = store::members_of(tx, &ids).await?;
     let unread = store::unread_counts(tx, me, &ids).await?;
     let mut latest = messages::latest(tx, &ids).await?;
-    Ok(rows
-        .into_iter()
+    rows.into_iter()
         .map(|(row, read_seq)| {
             let id = row.conversation_id;
             let m = members
@@ -409,15 +469,16 @@ async fn summaries(
             let last = latest
                 .iter()
                 .position(|l| l.conversation_id == id)
-                .map(|i| message(latest.swap_remove(i)));
-            Summary {
-                conversation: conversation(row, m),
+                .map(|i| message(latest.swap_remove(i)))
+                .transpose()?;
+            Ok(Summary {
+                conversation: conversation(row, m)?,
                 unread: unread.iter().find(|(c, _)| *c == id).map_or(0, |(_, n)| *n),
                 last_message: last,
                 read_seq,
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// The caller's conversations, newest activity first.
@@ -460,7 +521,7 @@ pub async fn add_members(
     let (me, _) = require_agent(scope)?;
     let mut tx = e.db.tenant_tx(scope).await?;
     let (row, _) = member_of(&mut tx, id, me).await?;
-    if row.kind != "group" {
+    if Kind::parse(&row.kind)? != Kind::Group {
         return Err(AppError::FailedPrecondition("only groups change members"));
     }
     require_active_agents(&mut tx, &agents).await?;
@@ -484,7 +545,7 @@ pub async fn add_members(
                     agents: added,
                     actor: Some(me),
                 },
-                Some(me.as_uuid()),
+                Participant::Agent(me),
                 now,
             )
             .await?,
@@ -493,7 +554,7 @@ pub async fn add_members(
     let (row, _) = member_of(&mut tx, id, me).await?;
     let members = load_members(&mut tx, id).await?;
     commit_events(e, scope, tx, events).await?;
-    Ok(conversation(row, members))
+    conversation(row, members)
 }
 
 /// Removes an agent from a group: anyone may leave; admins may remove others.
@@ -511,7 +572,7 @@ pub async fn remove_member(
     }
     let mut tx = e.db.tenant_tx(scope).await?;
     let (row, _) = member_of(&mut tx, id, me).await?;
-    if row.kind != "group" {
+    if Kind::parse(&row.kind)? != Kind::Group {
         return Err(AppError::FailedPrecondition("only groups change members"));
     }
     let now = e.now();
@@ -525,7 +586,7 @@ pub async fn remove_member(
                     agents: vec![agent],
                     actor: Some(me),
                 },
-                Some(me.as_uuid()),
+                Participant::Agent(me),
                 now,
             )
             .await?,
@@ -538,7 +599,7 @@ pub async fn remove_member(
     commit_events(e, scope, tx, events).await?;
     Ok(Conversation {
         last_seq,
-        ..conversation(row, members)
+        ..conversation(row, members)?
     })
 }
 
@@ -561,17 +622,10 @@ pub async fn submit(
     text: String,
     request_id: Option<uuid::Uuid>,
 ) -> AppResult<impl Future<Output = AppResult<Sent>> + Send + 'static> {
-    let (sender_type, sender_id) = sender(scope)?;
-    let member = match scope.actor() {
-        Actor::Agent { user_id, .. } => Some(user_id),
-        _ => None,
-    };
     let job = SendJob {
         scope: *scope,
         conv,
-        sender_type,
-        sender_id,
-        member,
+        sender: Participant::of(scope)?,
         request: request_id.map(|r| (r, request_hash(conv, &text))),
         text: text.clone(),
     };
@@ -594,7 +648,7 @@ pub async fn list_messages(
     requested_size: i32,
     token: &str,
 ) -> AppResult<Page<Message>> {
-    let (me, _) = require_agent(scope)?;
+    let who = Participant::of(scope)?;
     let size = page_size(requested_size)?;
     let binding = format!("tenant:{}|ListMessages|{conv}|{forward}", scope.tenant_id());
     let anchor = match e.pages.open::<i64>(&binding, token)? {
@@ -605,7 +659,7 @@ pub async fn list_messages(
         }
     };
     let mut tx = e.db.tenant_tx(scope).await?;
-    member_of(&mut tx, conv, me).await?;
+    require_admitted(&mut tx, conv, who).await?;
     let rows = messages::page(&mut tx, conv, forward, anchor, size + 1).await?;
     tx.commit().await?;
     let (rows, more) = split_page(rows, size);
@@ -614,7 +668,7 @@ pub async fn list_messages(
         _ => String::new(),
     };
     Ok(Page {
-        items: rows.into_iter().map(message).collect(),
+        items: rows.into_iter().map(message).collect::<AppResult<_>>()?,
         next_page_token,
     })
 }
@@ -627,13 +681,13 @@ pub async fn change_message(
     id: MessageId,
     text: Option<String>,
 ) -> AppResult<(Message, i64)> {
-    let (me, _) = require_agent(scope)?;
+    let me = Participant::of(scope)?;
     let mut tx = e.db.tenant_tx(scope).await?;
-    member_of(&mut tx, conv, me).await?;
+    require_admitted(&mut tx, conv, me).await?;
     let row = messages::get(&mut tx, conv, id)
         .await?
         .ok_or(AppError::NotFound("message"))?;
-    if row.sender_id != Some(me.as_uuid()) {
+    if Participant::from_stored(&row.sender_type, row.sender_id)? != me {
         return Err(AppError::PermissionDenied(
             "only the author changes a message",
         ));
@@ -644,22 +698,15 @@ pub async fn change_message(
     let now = e.now();
     let (updated, kind): (Message, fn(Message) -> EventKind) = match text {
         Some(t) => (
-            message(messages::edit(&mut tx, id, &t, now).await?),
+            message(messages::edit(&mut tx, id, &t, now).await?)?,
             EventKind::MessageEdited,
         ),
         None => (
-            message(messages::delete(&mut tx, id, now).await?),
+            message(messages::delete(&mut tx, id, now).await?)?,
             EventKind::MessageDeleted,
         ),
     };
-    let ev = append(
-        &mut tx,
-        conv,
-        kind(updated.clone()),
-        Some(me.as_uuid()),
-        now,
-    )
-    .await?;
+    let ev = append(&mut tx, conv, kind(updated.clone()), me, now).await?;
     let seq = ev.seq;
     commit_events(e, scope, tx, vec![ev]).await?;
     Ok((updated, seq))
@@ -686,7 +733,7 @@ pub async fn mark_read(
     e.publisher.publish(Event::Read {
         tenant: scope.tenant_id(),
         conversation: conv,
-        reader: me.as_uuid(),
+        reader: Participant::Agent(me),
         read_seq,
     });
     Ok((read_seq, unread))
@@ -699,30 +746,38 @@ pub async fn set_typing(
     conv: ConversationId,
     typing: bool,
 ) -> AppResult<()> {
-    let (me, _) = require_agent(scope)?;
+    let me = Participant::of(scope)?;
     let mut tx = e.db.tenant_tx(scope).await?;
-    member_of(&mut tx, conv, me).await?;
+    require_admitted(&mut tx, conv, me).await?;
     tx.commit().await?;
     e.publisher.publish(Event::Typing {
         tenant: scope.tenant_id(),
         conversation: conv,
-        sender: me.as_uuid(),
+        sender: me,
         typing,
     });
     Ok(())
 }
 
-/// Conversations the caller belongs to, with their current last seq.
+/// Conversations the caller takes part in, with their current last seq: an agent's
+/// memberships, a visitor's own external chats. The engine takes part everywhere and follows
+/// nothing: it holds no stream.
 pub async fn memberships(e: &Engine, scope: &TenantScope) -> AppResult<Vec<(ConversationId, i64)>> {
-    let (me, _) = require_agent(scope)?;
+    let who = Participant::of(scope)?;
     let mut tx = e.db.tenant_tx(scope).await?;
-    let m = store::memberships(&mut tx, me).await?;
+    let m = match who {
+        Participant::Agent(u) => store::memberships(&mut tx, u).await?,
+        Participant::Visitor(v) => store::visitor_conversations(&mut tx, v).await?,
+        Participant::System => {
+            return Err(AppError::PermissionDenied("the engine holds no stream"));
+        }
+    };
     tx.commit().await?;
     Ok(m)
 }
 
-/// Stored events of a conversation the caller belongs to with `after < seq <= up_to`,
-/// oldest first, at most `limit`; None when the caller is not a member.
+/// Stored events of a conversation the caller takes part in with `after < seq <= up_to`,
+/// oldest first, at most `limit`; None when the caller takes no part in it.
 pub async fn events_between(
     e: &Engine,
     scope: &TenantScope,
@@ -731,9 +786,9 @@ pub async fn events_between(
     up_to: i64,
     limit: i64,
 ) -> AppResult<Option<Vec<ConversationEvent>>> {
-    let (me, _) = require_agent(scope)?;
+    let who = Participant::of(scope)?;
     let mut tx = e.db.tenant_tx(scope).await?;
-    if store::get_for_member(&mut tx, conv, me).await?.is_none() {
+    if admitted(&mut tx, conv, who).await?.is_none() {
         tx.commit().await?;
         return Ok(None);
     }
@@ -762,7 +817,7 @@ pub(crate) async fn stored_events(
                 .and_then(|id| msgs.iter().find(|m| m.message_id == id))
                 .cloned()
                 .map(message)
-                .ok_or_else(|| AppError::Internal(format!("event {} lost its message", r.seq)))
+                .ok_or_else(|| AppError::Internal(format!("event {} lost its message", r.seq)))?
         };
         let members = || {
             serde_json::from_value::<MembersPayload>(r.payload.clone())
@@ -794,12 +849,14 @@ pub(crate) async fn stored_events(
             kind,
         });
     }
-    out.extend(posted.into_iter().map(|m| ConversationEvent {
-        conversation_id: m.conversation_id,
-        seq: m.seq,
-        at: m.created_at,
-        kind: EventKind::MessagePosted(message(m)),
-    }));
+    for m in posted {
+        out.push(ConversationEvent {
+            conversation_id: m.conversation_id,
+            seq: m.seq,
+            at: m.created_at,
+            kind: EventKind::MessagePosted(message(m)?),
+        });
+    }
     // Seqs are gapless over both tables, so the first `limit` of the merge are exactly the
     // events that follow `after`.
     out.sort_by_key(|e| e.seq);
@@ -807,19 +864,46 @@ pub(crate) async fn stored_events(
     Ok(out)
 }
 
-/// One conversation by id, if the caller belongs to it.
+/// One conversation by id, if the caller takes part in it.
 pub async fn get_conversation(
     e: &Engine,
     scope: &TenantScope,
     id: ConversationId,
 ) -> AppResult<Option<Conversation>> {
-    let (me, _) = require_agent(scope)?;
+    let who = Participant::of(scope)?;
     let mut tx = e.db.tenant_tx(scope).await?;
-    let Some((row, _)) = store::get_for_member(&mut tx, id, me).await? else {
+    let Some((row, _)) = admitted(&mut tx, id, who).await? else {
         tx.commit().await?;
         return Ok(None);
     };
     let members = load_members(&mut tx, id).await?;
     tx.commit().await?;
-    Ok(Some(conversation(row, members)))
+    Ok(Some(conversation(row, members)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_kinds_and_statuses_round_trip_and_unknown_ones_are_errors() {
+        for k in [Kind::Direct, Kind::Group, Kind::External] {
+            assert_eq!(Kind::parse(k.as_str()).unwrap(), k);
+        }
+        for st in [Status::Open, Status::Queued, Status::Closed] {
+            assert_eq!(Status::parse(st.as_str()).unwrap(), st);
+        }
+        for junk in ["", "Group", "groups", "channel"] {
+            assert!(
+                matches!(Kind::parse(junk), Err(AppError::Internal(_))),
+                "{junk}"
+            );
+        }
+        for junk in ["", "Open", "archived"] {
+            assert!(
+                matches!(Status::parse(junk), Err(AppError::Internal(_))),
+                "{junk}"
+            );
+        }
+    }
 }

@@ -5,37 +5,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::participants::Participant;
 use crate::ids::{ConversationId, MessageId, TenantId, UserId};
-
-/// Who sent a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SenderType {
-    /// An agent.
-    Agent,
-    /// A website visitor.
-    Visitor,
-    /// The engine.
-    System,
-}
-
-impl SenderType {
-    /// Storage spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Agent => "agent",
-            Self::Visitor => "visitor",
-            Self::System => "system",
-        }
-    }
-    /// Parses the storage spelling.
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "visitor" => Self::Visitor,
-            "system" => Self::System,
-            _ => Self::Agent,
-        }
-    }
-}
 
 /// A message as members see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,10 +17,8 @@ pub struct Message {
     pub conversation_id: ConversationId,
     /// Seq of the posting event.
     pub seq: i64,
-    /// Sender kind.
-    pub sender_type: SenderType,
-    /// Sender id.
-    pub sender_id: Option<uuid::Uuid>,
+    /// Who sent it.
+    pub sender: Participant,
     /// Text; empty once deleted.
     pub text: String,
     /// Send time.
@@ -166,7 +135,7 @@ pub enum Event {
         /// Conversation.
         conversation: ConversationId,
         /// Reader.
-        reader: uuid::Uuid,
+        reader: Participant,
         /// New position.
         read_seq: i64,
     },
@@ -177,7 +146,7 @@ pub enum Event {
         /// Conversation.
         conversation: ConversationId,
         /// Typist.
-        sender: uuid::Uuid,
+        sender: Participant,
         /// Whether typing.
         typing: bool,
     },

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod conversations;
 pub mod events;
 pub mod paging;
+pub mod participants;
 pub mod reactors;
 pub mod sessions;
 pub mod spine;

@@ -1,7 +1,9 @@
 //! Group commit for sends. Concurrent sends queue here; one loop takes everything queued,
-//! writes each tenant's share in one transaction (idempotency, membership and row locks in one
-//! pipelined round trip, one seq reservation per conversation, one insert for the messages,
-//! which are their own `message_posted` events) and answers every send after that commit.
+//! writes each tenant's share in one transaction (idempotency, agent memberships and row locks,
+//! which also say whose each conversation is, in one pipelined round trip; one seq
+//! reservation per conversation; one insert for the messages, which are their own
+//! `message_posted` events) and answers every send after that commit. Every sender, whatever
+//! kind of participant, is checked by the one rule, [`admits`].
 //! A lone send goes through at once; under load, one commit carries many messages, which is
 //! what lifts throughput past one-fsync-per-message. A batch that fails as a whole is written
 //! again one send at a time (a batch of one each), so one bad send never fails its
@@ -14,11 +16,12 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Clock;
-use super::conversations::{Sent, message_row};
-use super::events::{ConversationEvent, Event, EventKind, Message, Publisher, SenderType};
+use super::conversations::{Kind, Sent, message_row};
+use super::events::{ConversationEvent, Event, EventKind, Message, Publisher};
+use super::participants::{ConversationAccess, Participant, admits};
 use super::spine::{self, SHARDS, SpineEvent};
 use crate::error::{AppError, AppResult};
-use crate::ids::{ConversationId, MessageId, TenantId, UserId};
+use crate::ids::{ConversationId, MessageId, TenantId, UserId, VisitorId};
 use crate::storage::Db;
 use crate::storage::conversations as store;
 use crate::storage::messages;
@@ -31,18 +34,14 @@ const MAX_BATCH: usize = 512;
 /// together; and a batch touches one spine shard only.
 const PARTITIONS: usize = SHARDS as usize;
 
-/// One queued send, validated and authorised by the caller except for membership.
+/// One queued send, validated by the caller; the writer decides whether the sender may post.
 pub struct SendJob {
     /// Scope of the sender.
     pub scope: TenantScope,
     /// Conversation.
     pub conv: ConversationId,
-    /// Kind of sender.
-    pub sender_type: SenderType,
-    /// Sender id.
-    pub sender_id: uuid::Uuid,
-    /// Agent whose membership must be checked (None for visitors and the system).
-    pub member: Option<UserId>,
+    /// Who sends.
+    pub sender: Participant,
     /// Text.
     pub text: String,
     /// Idempotency key and the payload hash stored with it.
@@ -180,22 +179,33 @@ async fn write_batch(
     let mut answers: Vec<Option<AppResult<Sent>>> = (0..jobs.len()).map(|_| None).collect();
     let mut tx = db.tenant_tx(scope).await?;
 
+    // The engine's sends have no sender id to key a retry by: refused rather than written
+    // without the promise a request id makes.
+    for (i, j) in jobs.iter().enumerate() {
+        if j.request.is_some() && j.sender.id().is_none() {
+            answers[i] = Some(Err(AppError::FailedPrecondition(
+                "sends of the engine carry no request_id",
+            )));
+        }
+    }
     // Three independent questions, pipelined in one round trip: which request ids were
-    // stored before, which senders are members, and the locks on the conversations.
+    // stored before, which agents who send are members, and the locks on the conversations
+    // (which say whose each one is: its tenant, kind and visitor).
     let keyed: Vec<(usize, uuid::Uuid, uuid::Uuid)> = jobs
         .iter()
         .enumerate()
-        .filter_map(|(i, j)| j.request.as_ref().map(|(rid, _)| (i, j.sender_id, *rid)))
+        .filter(|(i, _)| answers[*i].is_none())
+        .filter_map(|(i, j)| Some((i, j.sender.id()?, j.request.as_ref()?.0)))
         .collect();
     // One lookup per distinct (conversation, agent), however many sends they made.
     let pairs: HashSet<(ConversationId, UserId)> = jobs
         .iter()
-        .filter_map(|j| j.member.map(|u| (j.conv, u)))
+        .filter_map(|j| Some((j.conv, j.sender.agent()?)))
         .collect();
     let mut all_convs: Vec<ConversationId> = jobs.iter().map(|j| j.conv).collect();
     all_convs.sort();
     all_convs.dedup();
-    let (stored, present, ()) = {
+    let (stored, members, locked) = {
         let senders: Vec<uuid::Uuid> = keyed.iter().map(|k| k.1).collect();
         let rids: Vec<uuid::Uuid> = keyed.iter().map(|k| k.2).collect();
         let (member_convs, member_users): (Vec<ConversationId>, Vec<UserId>) =
@@ -210,14 +220,27 @@ async fn write_batch(
             },
             async {
                 if member_convs.is_empty() {
-                    return Ok(HashSet::new());
+                    return Ok(Vec::new());
                 }
-                let found = store::memberships_among(tx, &member_convs, &member_users).await?;
-                Ok(found.into_iter().collect::<HashSet<_>>())
+                store::memberships_among(tx, &member_convs, &member_users).await
             },
             store::lock(tx, &all_convs),
         )?
     };
+    // Agents found to be members, per conversation.
+    let mut agents: HashMap<ConversationId, Vec<UserId>> = HashMap::new();
+    for (c, u) in members {
+        agents.entry(c).or_default().push(u);
+    }
+    let owners: HashMap<ConversationId, (TenantId, Kind, Option<VisitorId>)> = locked
+        .into_iter()
+        .map(|r| {
+            Ok((
+                r.conversation_id,
+                (r.tenant_id, Kind::parse(&r.kind)?, r.visitor_id),
+            ))
+        })
+        .collect::<AppResult<_>>()?;
 
     // Retries: a request id seen before (or earlier in this batch) gets the first answer.
     let mut first_in_batch: HashMap<(uuid::Uuid, uuid::Uuid), usize> = HashMap::new();
@@ -247,13 +270,23 @@ async fn write_batch(
         }
     }
 
-    // Membership of the agents who send.
+    // Whether each sender may post: one rule for every kind of participant. A conversation
+    // that is missing, or another tenant's, was not locked and admits nobody.
+    let tenant = scope.tenant_id();
     for (i, j) in jobs.iter().enumerate() {
-        if answers[i].is_none()
-            && !following.contains(&i)
-            && let Some(u) = j.member
-            && !present.contains(&(j.conv, u))
-        {
+        if answers[i].is_some() || following.contains(&i) {
+            continue;
+        }
+        let admitted = owners.get(&j.conv).is_some_and(|&(owner, kind, visitor)| {
+            let access = ConversationAccess {
+                tenant: owner,
+                kind,
+                visitor,
+                agents: agents.get(&j.conv).map_or(&[], Vec::as_slice),
+            };
+            admits(tenant, &j.sender, &access)
+        });
+        if !admitted {
             answers[i] = Some(Err(AppError::NotFound("conversation")));
         }
     }
@@ -283,7 +316,6 @@ async fn write_batch(
         .map(|(c, last)| (*c, last - counts[c] + 1))
         .collect();
 
-    let tenant = scope.tenant_id();
     let (mut rows, mut events) = (Vec::new(), Vec::new());
     for i in writing {
         let j = &jobs[i];
@@ -297,8 +329,7 @@ async fn write_batch(
             id: MessageId::new(),
             conversation_id: j.conv,
             seq: *seq,
-            sender_type: j.sender_type,
-            sender_id: Some(j.sender_id),
+            sender: j.sender,
             text: j.text.clone(),
             created_at: now,
             edited_at: None,

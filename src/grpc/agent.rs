@@ -27,7 +27,7 @@ impl AgentApi {
 
 fn agent_id(v: &mut Violations, raw: &str) -> UserId {
     v.check(validate::id("agent_id", raw, UserId::parse))
-        .unwrap_or_default()
+        .unwrap_or_else(UserId::new)
 }
 
 fn capacity(v: &mut Violations, raw: u32) -> u32 {

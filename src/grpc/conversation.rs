@@ -47,9 +47,11 @@ impl ConversationApi {
     }
 }
 
+/// The conversation id in `raw`; when it is invalid, the violation is recorded and a fresh
+/// id stands in, never used: the caller's `v.finish()` refuses the request first.
 fn conv_id(v: &mut Violations, field: &str, raw: &str) -> ConversationId {
     v.check(validate::id(field, raw, ConversationId::parse))
-        .unwrap_or_default()
+        .unwrap_or_else(ConversationId::new)
 }
 
 fn agent_ids(v: &mut Violations, field: &str, raw: &[String]) -> Vec<UserId> {
@@ -252,7 +254,7 @@ impl ConversationService for ConversationApi {
         let id = conv_id(&mut v, "conversation_id", &r.conversation_id);
         let agent = v
             .check(validate::id("agent_id", &r.agent_id, UserId::parse))
-            .unwrap_or_default();
+            .unwrap_or_else(UserId::new);
         v.finish()?;
         let c = conversations::remove_member(self.engine(), &s, id, agent).await?;
         Ok(Response::new(pb::RemoveMemberResponse {
@@ -313,7 +315,7 @@ impl ConversationService for ConversationApi {
         let conv = conv_id(&mut v, "conversation_id", &r.conversation_id);
         let id = v
             .check(validate::id("message_id", &r.message_id, MessageId::parse))
-            .unwrap_or_default();
+            .unwrap_or_else(MessageId::new);
         let text = v.check(message_text("text", &r.text));
         v.finish()?;
         let (m, seq) = conversations::change_message(self.engine(), &s, conv, id, text).await?;
@@ -333,7 +335,7 @@ impl ConversationService for ConversationApi {
         let conv = conv_id(&mut v, "conversation_id", &r.conversation_id);
         let id = v
             .check(validate::id("message_id", &r.message_id, MessageId::parse))
-            .unwrap_or_default();
+            .unwrap_or_else(MessageId::new);
         v.finish()?;
         let (m, seq) = conversations::change_message(self.engine(), &s, conv, id, None).await?;
         Ok(Response::new(pb::DeleteMessageResponse {

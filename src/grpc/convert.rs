@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::domain::agents::{Agent, AgentStatus};
+use crate::domain::participants::Participant;
 use crate::domain::tenants::{ApiKey, Tenant, WidgetSettings};
 use crate::domain::validate;
 use crate::error::{FieldViolation, Violations};
@@ -251,7 +252,7 @@ pub fn agent(a: Agent) -> pb::Agent {
 
 /// Wire form of a conversation.
 pub fn conversation(c: crate::domain::conversations::Conversation) -> pb::Conversation {
-    use crate::domain::conversations::Kind;
+    use crate::domain::conversations::{Kind, Status};
     pb::Conversation {
         id: c.id.to_string(),
         kind: match c.kind {
@@ -259,10 +260,10 @@ pub fn conversation(c: crate::domain::conversations::Conversation) -> pb::Conver
             Kind::Group => pb::ConversationKind::Group,
             Kind::External => pb::ConversationKind::External,
         } as i32,
-        status: match c.status.as_str() {
-            "queued" => pb::ConversationStatus::Queued,
-            "closed" => pb::ConversationStatus::Closed,
-            _ => pb::ConversationStatus::Open,
+        status: match c.status {
+            Status::Open => pb::ConversationStatus::Open,
+            Status::Queued => pb::ConversationStatus::Queued,
+            Status::Closed => pb::ConversationStatus::Closed,
         } as i32,
         title: c.title,
         member_agent_ids: c.members.iter().map(ToString::to_string).collect(),
@@ -278,19 +279,23 @@ pub fn seq_out(seq: i64) -> u64 {
     u64::try_from(seq).unwrap_or(0)
 }
 
+/// The wire's id of a participant: empty for the engine.
+fn participant_id(p: Participant) -> String {
+    p.id().map(|id| id.to_string()).unwrap_or_default()
+}
+
 /// Wire form of a message.
 pub fn message(m: crate::domain::events::Message) -> pb::Message {
-    use crate::domain::events::SenderType;
     pb::Message {
         id: m.id.to_string(),
         conversation_id: m.conversation_id.to_string(),
         seq: seq_out(m.seq),
-        sender_type: match m.sender_type {
-            SenderType::Agent => pb::SenderType::Agent,
-            SenderType::Visitor => pb::SenderType::Visitor,
-            SenderType::System => pb::SenderType::System,
+        sender_type: match m.sender {
+            Participant::Agent(_) => pb::SenderType::Agent,
+            Participant::Visitor(_) => pb::SenderType::Visitor,
+            Participant::System => pb::SenderType::System,
         } as i32,
-        sender_id: m.sender_id.map(|s| s.to_string()).unwrap_or_default(),
+        sender_id: participant_id(m.sender),
         text: m.text,
         create_time: Some(ts(m.created_at)),
         edit_time: m.edited_at.map(ts),
@@ -349,7 +354,7 @@ pub fn stream_item(item: crate::realtime::Item) -> pb::SubscribeResponse {
                 read_seq,
             } => P::ReadReceipt(pb::ReadReceipt {
                 conversation_id: conversation.to_string(),
-                reader_id: reader.to_string(),
+                reader_id: participant_id(reader),
                 read_seq: seq_out(read_seq),
             }),
             Item::Typing {
@@ -358,7 +363,7 @@ pub fn stream_item(item: crate::realtime::Item) -> pb::SubscribeResponse {
                 typing,
             } => P::Typing(pb::TypingState {
                 conversation_id: conversation.to_string(),
-                sender_id: sender.to_string(),
+                sender_id: participant_id(sender),
                 typing,
             }),
             Item::Presence(p) => P::Presence(pb::PresenceState {

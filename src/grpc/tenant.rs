@@ -28,12 +28,12 @@ impl TenantApi {
 
 fn tenant_id(v: &mut Violations, raw: &str) -> TenantId {
     v.check(validate::id("tenant_id", raw, TenantId::parse))
-        .unwrap_or_default()
+        .unwrap_or_else(TenantId::new)
 }
 
 fn key_id(v: &mut Violations, raw: &str) -> ApiKeyId {
     v.check(validate::id("api_key_id", raw, ApiKeyId::parse))
-        .unwrap_or_default()
+        .unwrap_or_else(ApiKeyId::new)
 }
 
 #[tonic::async_trait]

@@ -11,7 +11,8 @@ const BROADCAST_MESSAGES: u64 = 1_000_000;
 /// The in-process ceiling: one million message events through the hub to two subscribers
 /// that read concurrently, with no network and no database.
 pub(super) async fn run(args: &Args) -> anyhow::Result<()> {
-    use crate::domain::events::{ConversationEvent, Event, EventKind, Message, SenderType};
+    use crate::domain::events::{ConversationEvent, Event, EventKind, Message};
+    use crate::domain::participants::Participant;
     use crate::ids::{ConversationId, MessageId, TenantId, UserId};
     use crate::realtime::hub::Hub;
 
@@ -19,7 +20,7 @@ pub(super) async fn run(args: &Args) -> anyhow::Result<()> {
     let (tenant, conv) = (TenantId::new(), ConversationId::new());
     let mut readers = Vec::new();
     for _ in 0..2 {
-        let mut sub = hub.subscribe(tenant, UserId::new());
+        let mut sub = hub.subscribe(tenant, Participant::Agent(UserId::new()));
         hub.follow(&sub, conv);
         readers.push(tokio::spawn(async move {
             let mut n = 0u64;
@@ -34,6 +35,7 @@ pub(super) async fn run(args: &Args) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let text = "a typical short chat message of about fifty bytes!".to_owned();
+    let sender = UserId::new();
     for seq in 1..=BROADCAST_MESSAGES {
         let at = chrono::Utc::now();
         hub.dispatch(Event::Durable {
@@ -46,8 +48,7 @@ pub(super) async fn run(args: &Args) -> anyhow::Result<()> {
                     id: MessageId::new(),
                     conversation_id: conv,
                     seq: seq as i64,
-                    sender_type: SenderType::Agent,
-                    sender_id: None,
+                    sender: Participant::Agent(sender),
                     text: text.clone(),
                     created_at: at,
                     edited_at: None,

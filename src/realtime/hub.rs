@@ -1,6 +1,7 @@
-//! The node-local hub: routes announced events to the open streams on this node. Each stream
-//! has a bounded queue; a stream that falls behind is cut off (told to resync) instead of
-//! slowing the publisher or growing memory.
+//! The node-local hub: routes announced events to the open streams on this node, each stream
+//! registered for one participant of one tenant (an agent or a visitor). Each stream has a
+//! bounded queue; a stream that falls behind is cut off (told to resync) instead of slowing
+//! the publisher or growing memory.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::domain::events::{Event, EventKind};
-use crate::ids::{ConversationId, TenantId, UserId};
+use crate::domain::participants::Participant;
+use crate::ids::{ConversationId, TenantId};
 
 /// Why a stream was cut off.
 pub type EndReason = &'static str;
@@ -19,13 +21,13 @@ pub type EndReason = &'static str;
 pub const SLOW_CONSUMER: EndReason = "slow_consumer";
 /// Cut off because this node lost the bus to other nodes.
 pub const BUS_LOST: EndReason = "bus_lost";
-/// Cut off because its agent was deactivated.
+/// Cut off because its participant was deactivated.
 pub const DEACTIVATED: EndReason = "deactivated";
 
 struct Entry {
     tx: mpsc::Sender<Arc<Event>>,
     tenant: TenantId,
-    user: UserId,
+    who: Participant,
     convs: HashSet<ConversationId>,
     ended: Arc<OnceLock<EndReason>>,
 }
@@ -39,12 +41,14 @@ const TYPING_SWEEP_AT: usize = 4096;
 struct State {
     subs: HashMap<u64, Entry>,
     /// Who is typing where, so a stream that starts learns the current state.
-    typing: HashMap<(TenantId, ConversationId, uuid::Uuid), Instant>,
+    typing: HashMap<(TenantId, ConversationId, Participant), Instant>,
     by_conv: HashMap<(TenantId, ConversationId), HashSet<u64>>,
     /// Highest seq dispatched per followed conversation, so a spine notice for what already
     /// arrived on the fast path costs nothing.
     seen: HashMap<(TenantId, ConversationId), i64>,
-    by_user: HashMap<(TenantId, UserId), HashSet<u64>>,
+    by_participant: HashMap<(TenantId, Participant), HashSet<u64>>,
+    /// Streams that see the tenant's agent presence: agents'. A visitor learns who serves
+    /// them from their chat, not the tenant's roster.
     by_tenant: HashMap<TenantId, HashSet<u64>>,
 }
 
@@ -59,7 +63,7 @@ impl State {
         for c in &e.convs {
             self.detach_conv((e.tenant, *c), id);
         }
-        detach(&mut self.by_user, (e.tenant, e.user), id);
+        detach(&mut self.by_participant, (e.tenant, e.who), id);
         detach(&mut self.by_tenant, e.tenant, id);
     }
 
@@ -103,8 +107,8 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a stream of `user` in `tenant`.
-    pub fn subscribe(self: &Arc<Self>, tenant: TenantId, user: UserId) -> Subscriber {
+    /// Registers a stream of `who` in `tenant`.
+    pub fn subscribe(self: &Arc<Self>, tenant: TenantId, who: Participant) -> Subscriber {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.buffer);
         let ended = Arc::new(OnceLock::new());
@@ -114,13 +118,21 @@ impl Hub {
             Entry {
                 tx,
                 tenant,
-                user,
+                who,
                 convs: HashSet::new(),
                 ended: ended.clone(),
             },
         );
-        s.by_user.entry((tenant, user)).or_default().insert(id);
-        s.by_tenant.entry(tenant).or_default().insert(id);
+        s.by_participant
+            .entry((tenant, who))
+            .or_default()
+            .insert(id);
+        match who {
+            Participant::Agent(_) => {
+                s.by_tenant.entry(tenant).or_default().insert(id);
+            }
+            Participant::Visitor(_) | Participant::System => {}
+        }
         Subscriber {
             id,
             rx,
@@ -186,7 +198,8 @@ impl Hub {
                 // New members are not following the conversation yet.
                 if let EventKind::MembersAdded { agents, .. } = &ev.kind {
                     for a in agents {
-                        if let Some(set) = s.by_user.get(&(*tenant, *a)) {
+                        if let Some(set) = s.by_participant.get(&(*tenant, Participant::Agent(*a)))
+                        {
                             targets.extend(set);
                         }
                     }
@@ -268,7 +281,7 @@ impl Hub {
         &self,
         tenant: TenantId,
         convs: &HashSet<ConversationId>,
-    ) -> Vec<(ConversationId, uuid::Uuid)> {
+    ) -> Vec<(ConversationId, Participant)> {
         let now = Instant::now();
         let mut s = self.lock();
         s.typing.retain(|_, until| *until > now);
@@ -284,13 +297,13 @@ impl Hub {
         self.lock().subs.len()
     }
 
-    /// Cuts off every stream of one user on this node (e.g. they were deactivated); returns
-    /// how many there were.
-    pub fn end_user(&self, tenant: TenantId, user: UserId, reason: EndReason) -> usize {
+    /// Cuts off every stream of one participant on this node (e.g. an agent was
+    /// deactivated); returns how many there were.
+    pub fn end_participant(&self, tenant: TenantId, who: Participant, reason: EndReason) -> usize {
         let mut s = self.lock();
         let ids: Vec<u64> = s
-            .by_user
-            .get(&(tenant, user))
+            .by_participant
+            .get(&(tenant, who))
             .map(|set| set.iter().copied().collect())
             .unwrap_or_default();
         for id in &ids {
@@ -327,15 +340,20 @@ impl Drop for Subscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::events::Event;
+    use crate::domain::events::{Event, Presence, PresenceState};
+    use crate::ids::{UserId, VisitorId};
 
     fn typing(t: TenantId, c: ConversationId) -> Event {
         Event::Typing {
             tenant: t,
             conversation: c,
-            sender: uuid::Uuid::nil(),
+            sender: Participant::System,
             typing: true,
         }
+    }
+
+    fn agent() -> Participant {
+        Participant::Agent(UserId::new())
     }
 
     #[tokio::test]
@@ -343,8 +361,8 @@ mod tests {
         let hub = Hub::new(2);
         let (t1, t2) = (TenantId::new(), TenantId::new());
         let conv = ConversationId::new();
-        let mut a = hub.subscribe(t1, UserId::new());
-        let mut b = hub.subscribe(t2, UserId::new());
+        let mut a = hub.subscribe(t1, agent());
+        let mut b = hub.subscribe(t2, agent());
         hub.follow(&a, conv);
         // Same conversation id in another tenant: never crosses.
         hub.follow(&b, conv);
@@ -361,5 +379,40 @@ mod tests {
         assert_eq!(hub.subscribers(), 1);
         drop(b);
         assert_eq!(hub.subscribers(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_visitor_stream_gets_its_chat_but_not_the_tenants_agent_presence() {
+        let hub = Hub::new(8);
+        let tenant = TenantId::new();
+        let chat = ConversationId::new();
+        let vera = Participant::Visitor(VisitorId::new());
+        let mut visitor = hub.subscribe(tenant, vera);
+        let mut colleague = hub.subscribe(tenant, agent());
+        hub.follow(&visitor, chat);
+        hub.dispatch(Event::Presence {
+            tenant,
+            state: PresenceState {
+                agent: UserId::new(),
+                presence: Presence::Online,
+                status: "available".into(),
+                last_seen: None,
+            },
+        });
+        hub.dispatch(typing(tenant, chat));
+        assert!(matches!(
+            *colleague.recv().await.unwrap(),
+            Event::Presence { .. }
+        ));
+        assert!(matches!(
+            *visitor.recv().await.unwrap(),
+            Event::Typing { .. }
+        ));
+        assert!(visitor.rx.try_recv().is_err(), "presence reached a visitor");
+
+        // Ending one participant's streams leaves the others alone.
+        assert_eq!(hub.end_participant(tenant, vera, DEACTIVATED), 1);
+        assert_eq!(visitor.recv().await.unwrap_err(), DEACTIVATED);
+        assert_eq!(hub.subscribers(), 1);
     }
 }

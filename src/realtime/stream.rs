@@ -1,6 +1,8 @@
 //! One subscriber's stream: register with the hub first, replay from PostgreSQL what the
 //! client missed since its cursors, then forward live events, skipping what was already sent
 //! and fetching any gap from PostgreSQL, so the client sees every seq once and in order.
+//! The subscriber is a participant: an agent (their conversations, and the tenant's agent
+//! presence) or a visitor (their own external chats only); the same code serves both.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::{EndReason, Hub, Subscriber};
 use super::presence::PresenceTracker;
+use crate::domain::Engine;
 use crate::domain::conversations::{self, Conversation};
 use crate::domain::events::{ConversationEvent, Event, EventKind, PresenceState};
-use crate::domain::{Engine, require_agent};
+use crate::domain::participants::Participant;
 use crate::error::{AppError, AppResult};
 use crate::ids::{ConversationId, UserId};
 use crate::tenancy::TenantScope;
@@ -33,7 +36,7 @@ pub enum Item {
         /// Conversation.
         conversation: ConversationId,
         /// Reader.
-        reader: uuid::Uuid,
+        reader: Participant,
         /// New position.
         read_seq: i64,
     },
@@ -42,7 +45,7 @@ pub enum Item {
         /// Conversation.
         conversation: ConversationId,
         /// Typist.
-        sender: uuid::Uuid,
+        sender: Participant,
         /// Whether typing.
         typing: bool,
     },
@@ -74,11 +77,16 @@ pub struct StreamContext {
 }
 
 struct Delivery {
-    me: UserId,
+    me: Participant,
     delivered: HashMap<ConversationId, i64>,
 }
 
 impl Delivery {
+    /// Whether `agents` name this subscriber.
+    fn among(&self, agents: &[UserId]) -> bool {
+        self.me.agent().is_some_and(|u| agents.contains(&u))
+    }
+
     fn cursors(&self) -> Vec<(ConversationId, i64)> {
         let mut c: Vec<_> = self.delivered.iter().map(|(k, v)| (*k, *v)).collect();
         c.sort();
@@ -87,7 +95,7 @@ impl Delivery {
 }
 
 /// Opens a subscriber's stream. `cursors` name the last seq the client has per conversation;
-/// a cursor for a conversation the caller does not belong to fails with NOT_FOUND.
+/// a cursor for a conversation the caller takes no part in fails with NOT_FOUND.
 ///
 /// Every await inside is boxed: the stream lives as long as the client stays connected, and
 /// inline futures would size it by its largest step (4.4 KiB) for its whole life.
@@ -97,10 +105,15 @@ pub fn subscribe(
     cursors: Vec<(ConversationId, i64)>,
 ) -> impl Stream<Item = AppResult<Item>> + Send + 'static {
     async_stream::try_stream! {
-        let (me, _) = require_agent(&scope)?;
+        let me = Participant::of(&scope)?;
         let e = ctx.engine.clone();
         let mut sub = ctx.hub.subscribe(scope.tenant_id(), me);
-        let _presence = Box::pin(ctx.presence.enter(&e, scope.tenant_id(), me)).await?;
+        // Agent presence counts agents' streams; a visitor's stream is no agent online.
+        let agent = me.agent();
+        let _presence = match agent {
+            Some(u) => Some(Box::pin(ctx.presence.enter(&e, scope.tenant_id(), u)).await?),
+            None => None,
+        };
 
         // Registered before reading positions: nothing committed from here on can be missed.
         let memberships = Box::pin(conversations::memberships(&e, &scope)).await?;
@@ -115,12 +128,14 @@ pub fn subscribe(
             ctx.hub.follow(&sub, *c);
             d.delivered.insert(*c, *seq);
         }
-        for state in Box::pin(ctx.presence.snapshot(&e, &scope)).await? {
-            yield Item::Presence(state);
+        if agent.is_some() {
+            for state in Box::pin(ctx.presence.snapshot(&e, &scope)).await? {
+                yield Item::Presence(state);
+            }
         }
         let followed = d.delivered.keys().copied().collect();
         for (conversation, sender) in ctx.hub.typing_in(scope.tenant_id(), &followed) {
-            if sender != me.as_uuid() {
+            if sender != me {
                 yield Item::Typing { conversation, sender, typing: true };
             }
         }
@@ -191,7 +206,7 @@ async fn handle(
         Event::Durable { event, .. } => {
             let conv = event.conversation_id;
             if !d.delivered.contains_key(&conv) {
-                let joined = matches!(&event.kind, EventKind::MembersAdded { agents, .. } if agents.contains(&d.me));
+                let joined = matches!(&event.kind, EventKind::MembersAdded { agents, .. } if d.among(agents));
                 if !joined {
                     return Ok(out);
                 }
@@ -217,7 +232,7 @@ async fn handle(
             d.delivered.insert(conv, event.seq);
             out.push(Item::Event(event.clone()));
             if let EventKind::MemberRemoved { agents, .. } = &event.kind
-                && agents.contains(&d.me)
+                && d.among(agents)
             {
                 ctx.hub.unfollow(sub, conv);
                 d.delivered.remove(&conv);
@@ -243,7 +258,7 @@ async fn handle(
             typing,
             ..
         } => {
-            if d.delivered.contains_key(conversation) && *sender != d.me.as_uuid() {
+            if d.delivered.contains_key(conversation) && *sender != d.me {
                 out.push(Item::Typing {
                     conversation: *conversation,
                     sender: *sender,
@@ -267,6 +282,7 @@ async fn handle(
                 }
             }
         }
+        // The hub routes presence to agents' streams only.
         Event::Presence { state, .. } => out.push(Item::Presence(state.clone())),
     }
     Ok(out)

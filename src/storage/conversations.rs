@@ -161,21 +161,30 @@ pub async fn find_direct(tx: &mut TenantTx, key: &str) -> AppResult<Option<Conve
         .optional()?)
 }
 
-/// A conversation and the caller's read position, if the caller is a member.
-pub async fn get_for_member(
+/// A conversation, with `agent`'s read position when they are a member of it (no agent, or
+/// one who is not a member: no position).
+pub async fn get_with_member(
     tx: &mut TenantTx,
     conv: ConversationId,
-    user: UserId,
-) -> AppResult<Option<(ConversationRow, i64)>> {
+    agent: Option<UserId>,
+) -> AppResult<Option<(ConversationRow, Option<i64>)>> {
     let t = tx.tenant_id();
-    Ok(with_members()
+    Ok(conversations::table
+        .left_join(
+            conversation_members::table.on(conversation_members::tenant_id
+                .eq(conversations::tenant_id)
+                .and(conversation_members::conversation_id.eq(conversations::conversation_id))
+                .and(conversation_members::user_id.nullable().eq(agent))),
+        )
         .filter(
             conversations::tenant_id
                 .eq(t)
-                .and(conversations::conversation_id.eq(conv))
-                .and(conversation_members::user_id.eq(user)),
+                .and(conversations::conversation_id.eq(conv)),
         )
-        .select((ConversationRow::as_select(), conversation_members::read_seq))
+        .select((
+            ConversationRow::as_select(),
+            conversation_members::read_seq.nullable(),
+        ))
         .first(tx.conn())
         .await
         .optional()?)
@@ -222,6 +231,24 @@ pub async fn memberships(tx: &mut TenantTx, user: UserId) -> AppResult<Vec<(Conv
             conversations::tenant_id
                 .eq(t)
                 .and(conversation_members::user_id.eq(user)),
+        )
+        .select((conversations::conversation_id, conversations::last_seq))
+        .load(tx.conn())
+        .await?)
+}
+
+/// Ids of the visitor's external conversations, with their current `last_seq`.
+pub async fn visitor_conversations(
+    tx: &mut TenantTx,
+    visitor: VisitorId,
+) -> AppResult<Vec<(ConversationId, i64)>> {
+    let t = tx.tenant_id();
+    Ok(conversations::table
+        .filter(
+            conversations::tenant_id
+                .eq(t)
+                .and(conversations::visitor_id.eq(visitor))
+                .and(conversations::kind.eq("external")),
         )
         .select((conversations::conversation_id, conversations::last_seq))
         .load(tx.conn())
@@ -406,19 +433,38 @@ pub async fn memberships_among(
         .collect())
 }
 
+/// What a send needs to know about a conversation it locked: whose it is.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct LockedRow {
+    /// Tenant.
+    #[diesel(sql_type = SqlUuid)]
+    pub tenant_id: TenantId,
+    /// Id.
+    #[diesel(sql_type = SqlUuid)]
+    pub conversation_id: ConversationId,
+    /// `direct`, `group` or `external`.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub kind: String,
+    /// Visitor of an external conversation.
+    #[diesel(sql_type = diesel::sql_types::Nullable<SqlUuid>)]
+    pub visitor_id: Option<VisitorId>,
+}
+
 /// Locks the conversations' rows until commit, in id order, so that batches which share
-/// conversations (on other nodes, say) wait for each other instead of deadlocking.
-pub async fn lock(tx: &TenantTx, convs: &[ConversationId]) -> AppResult<()> {
+/// conversations (on other nodes, say) wait for each other instead of deadlocking. Answers
+/// with who the locked conversations belong to, which the lock reads anyway: the send path
+/// learns visitor ownership without a statement of its own. Missing ones are left out.
+pub async fn lock(tx: &TenantTx, convs: &[ConversationId]) -> AppResult<Vec<LockedRow>> {
     let t = tx.tenant_id();
-    sql::prepared(
-        "SELECT 1 FROM conversations WHERE tenant_id = $1 AND conversation_id = ANY($2)
+    Ok(sql::prepared(
+        "SELECT tenant_id, conversation_id, kind, visitor_id FROM conversations
+          WHERE tenant_id = $1 AND conversation_id = ANY($2)
           ORDER BY conversation_id FOR UPDATE",
     )
     .bind::<SqlUuid, _>(t)
     .bind::<Array<SqlUuid>, _>(convs)
-    .execute(&mut tx.shared())
-    .await?;
-    Ok(())
+    .load(&mut tx.shared())
+    .await?)
 }
 
 /// Takes `count` consecutive seqs from each open conversation (lock them first with

@@ -12,6 +12,7 @@ mod loadtest;
 mod logs;
 mod messaging;
 mod nodes;
+mod participants;
 mod server;
 mod spine;
 mod tenants;

@@ -93,6 +93,8 @@ pub struct KillableNode {
     pub engine: std::sync::Arc<chat_engine::domain::Engine>,
     /// The node's credential checks.
     pub auth: std::sync::Arc<chat_engine::auth::Authenticator>,
+    /// The node's stream context (its hub, fed by its spine notices).
+    pub streams: std::sync::Arc<chat_engine::realtime::StreamContext>,
 }
 
 impl KillableNode {
@@ -110,16 +112,17 @@ impl KillableNode {
             let node = app::build_with(&cfg, &db, consumers)
                 .await
                 .expect("building the node");
-            let _ = tx.send((node.engine.clone(), node.auth.clone()));
+            let _ = tx.send((node.engine.clone(), node.auth.clone(), node.streams.clone()));
             // The node lives until its runtime goes.
             let _node = node;
             std::future::pending::<()>().await;
         });
-        let (engine, auth) = rx.await.expect("the node started");
+        let (engine, auth, streams) = rx.await.expect("the node started");
         Self {
             rt: Some(rt),
             engine,
             auth,
+            streams,
         }
     }
 
