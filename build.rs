@@ -1,16 +1,26 @@
 //! Compiles `proto/` with protox (pure Rust, no system `protoc`) and generates the tonic
 //! servers and clients plus the descriptor set that reflection serves.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Every `.proto` file under `dir`, recursively.
+fn protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            protos(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files: Vec<PathBuf> = std::fs::read_dir("proto/chatengine/v1")?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    let mut files: Vec<PathBuf> = files
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "proto"))
-        .collect();
+    // Our packages (`chatengine.v1`, `chatengine.admin.v1`); the vendored `google/` files are
+    // compiled only as far as these import them.
+    let mut files = Vec::new();
+    protos(Path::new("proto/chatengine"), &mut files)?;
     files.sort();
     println!("cargo:rerun-if-changed=proto");
 
@@ -27,6 +37,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // built with `XClient::new(channel)` instead.
         .build_transport(false)
         .codec_path("crate::grpc::codec::LeanCodec")
+        // google.rpc.Status (Connect acks) and its details are tonic-types' own types, so the
+        // `tonic_types::StatusExt` helpers work on them.
+        .extern_path(".google.rpc", "::tonic_types::pb")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::pace::Paced;
+use super::status::{rpc_ok, rpc_status};
 use super::{Streaming, convert, scope};
 use crate::domain::conversations::{self, Kind, MAX_TEXT_CHARS};
 use crate::domain::{Engine, validate};
@@ -37,8 +38,7 @@ impl ConversationApi {
         &self,
         scope: TenantScope,
         cursors: Vec<(ConversationId, i64)>,
-    ) -> Result<impl Stream<Item = Result<pb::SubscribeResponse, Status>> + Send + 'static, Status>
-    {
+    ) -> Result<impl Stream<Item = Result<pb::StreamItem, Status>> + Send + 'static, Status> {
         if !self.bus.healthy() {
             return Err(AppError::Unavailable("event bus unavailable".into()).into());
         }
@@ -147,7 +147,7 @@ async fn mark_read(
     let (read, unread) = conversations::mark_read(e, s, conv, r.seq).await?;
     Ok(pb::MarkReadResponse {
         read_seq: convert::seq_out(read),
-        unread_count: convert::seq_out(unread),
+        unread_count: convert::count_out(unread),
     })
 }
 
@@ -374,7 +374,9 @@ impl ConversationService for ConversationApi {
         let mut v = Violations::new();
         let cursors = cursors(&mut v, &req.get_ref().cursors);
         v.finish()?;
-        let stream = self.open_stream(s, cursors)?;
+        let stream = self
+            .open_stream(s, cursors)?
+            .map(|r| r.map(|item| pb::SubscribeResponse { item: Some(item) }));
         Ok(Response::new(Box::pin(Paced::new(stream))))
     }
 
@@ -402,15 +404,15 @@ impl ConversationService for ConversationApi {
         let (live_tx, live_rx) = tokio::sync::oneshot::channel::<()>();
         let mut live_tx = Some(live_tx);
         let events = self.open_stream(s, cursors)?.map(move |r| {
-            if let Ok(pb::SubscribeResponse {
-                item: Some(pb::subscribe_response::Item::CaughtUp(_)),
+            if let Ok(pb::StreamItem {
+                kind: Some(pb::stream_item::Kind::CaughtUp(_)),
             }) = &r
                 && let Some(tx) = live_tx.take()
             {
                 let _ = tx.send(());
             }
-            r.map(|e| pb::ConnectResponse {
-                item: Some(pb::connect_response::Item::Event(e)),
+            r.map(|item| pb::ConnectResponse {
+                kind: Some(pb::connect_response::Kind::Item(item)),
             })
         });
         // A broken inbound stream ends the commands, as a closed one does.
@@ -421,7 +423,7 @@ impl ConversationService for ConversationApi {
         })
         .map(|ack| {
             Ok(pb::ConnectResponse {
-                item: Some(pb::connect_response::Item::Ack(ack)),
+                kind: Some(pb::connect_response::Kind::Ack(ack)),
             })
         });
         let merged: Pin<Box<dyn Stream<Item = Result<pb::ConnectResponse, Status>> + Send>> =
@@ -436,22 +438,19 @@ type PendingAck = session::Pending<pb::CommandAck>;
 /// Starts one Connect command: checking it and queueing a send happen before this returns,
 /// so commands keep their order; the returned future finishes it and answers with the ack.
 async fn command(e: Arc<Engine>, s: TenantScope, cmd: pb::ConnectRequest) -> PendingAck {
+    use pb::command_ack::Result as Answer;
     use pb::connect_request::Command;
     let id = cmd.client_id;
     match cmd.command {
         Some(Command::SendMessage(r)) => match submit(&e, &s, r).await {
-            Ok(sent) => {
-                Box::pin(async move { ack(id, sent.await, |a, r| a.send_message = Some(r)) })
-            }
+            Ok(sent) => Box::pin(async move { ack(id, sent.await, Answer::SendMessage) }),
             Err(st) => refused(id, st),
         },
         Some(Command::MarkRead(r)) => {
-            Box::pin(
-                async move { ack(id, mark_read(&e, &s, r).await, |a, r| a.mark_read = Some(r)) },
-            )
+            Box::pin(async move { ack(id, mark_read(&e, &s, r).await, Answer::MarkRead) })
         }
         Some(Command::SetTyping(r)) => {
-            Box::pin(async move { ack(id, set_typing(&e, &s, r).await, |_, _| {}) })
+            Box::pin(async move { ack(id, set_typing(&e, &s, r).await, Answer::SetTyping) })
         }
         Some(Command::Subscribe(_)) => {
             refused(id, Status::failed_precondition("already subscribed"))
@@ -464,27 +463,25 @@ async fn command(e: Arc<Engine>, s: TenantScope, cmd: pb::ConnectRequest) -> Pen
 fn refused(client_id: String, status: Status) -> PendingAck {
     Box::pin(std::future::ready(ack(
         client_id,
-        Err::<(), _>(status),
-        |_, _| {},
+        Err::<pb::SetTypingResponse, _>(status),
+        pb::command_ack::Result::SetTyping,
     )))
 }
 
-/// The ack of a command with `client_id`: its status, and its answer filled in by `set`.
+/// The ack of a command with `client_id`: its status as the unary call would have carried
+/// it (details included), and on success its answer, wrapped by `answer`.
 fn ack<T>(
     client_id: String,
     result: Result<T, Status>,
-    set: impl FnOnce(&mut pb::CommandAck, T),
+    answer: impl FnOnce(T) -> pb::command_ack::Result,
 ) -> pb::CommandAck {
-    let mut ack = pb::CommandAck {
-        client_id,
-        ..Default::default()
+    let (status, result) = match result {
+        Ok(v) => (rpc_ok(), Some(answer(v))),
+        Err(st) => (rpc_status(&st), None),
     };
-    match result {
-        Ok(v) => set(&mut ack, v),
-        Err(st) => {
-            ack.code = st.code() as i32;
-            ack.message = st.message().to_owned();
-        }
+    pb::CommandAck {
+        client_id,
+        status: Some(status),
+        result,
     }
-    ack
 }

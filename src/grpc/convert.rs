@@ -20,8 +20,8 @@ pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
 }
 
 /// Wire form of a tenant.
-pub fn tenant(t: Tenant) -> pb::Tenant {
-    pb::Tenant {
+pub fn tenant(t: Tenant) -> pb::admin::Tenant {
+    pb::admin::Tenant {
         id: t.id.to_string(),
         name: t.name,
         slug: t.slug,
@@ -129,8 +129,8 @@ pub fn widget_in(v: &mut Violations, field: &str, w: pb::WidgetSettings) -> Widg
 }
 
 /// Wire form of an API key.
-pub fn api_key(k: ApiKey) -> pb::ApiKey {
-    pb::ApiKey {
+pub fn api_key(k: ApiKey) -> pb::admin::ApiKey {
+    pb::admin::ApiKey {
         id: k.id.to_string(),
         tenant_id: k.tenant_id.to_string(),
         name: k.name,
@@ -284,6 +284,26 @@ fn participant_id(p: Participant) -> String {
     p.id().map(|id| id.to_string()).unwrap_or_default()
 }
 
+/// A stored count on the wire: never negative, and saturating rather than wrapping in the
+/// 32 bits that keep it a plain number in TypeScript.
+pub fn count_out(n: i64) -> u32 {
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+}
+
+/// Wire form of a stream's end reason. The reasons are the server's `EndReason`s; one added
+/// there without a wire value here reaches clients as UNSPECIFIED, which they treat as any
+/// other resync.
+pub fn resync_reason(reason: crate::realtime::hub::EndReason) -> pb::ResyncReason {
+    use crate::realtime::{hub, stream};
+    match reason {
+        stream::SHUTDOWN => pb::ResyncReason::Shutdown,
+        hub::SLOW_CONSUMER => pb::ResyncReason::SlowConsumer,
+        hub::BUS_LOST => pb::ResyncReason::BusLost,
+        hub::DEACTIVATED => pb::ResyncReason::Deactivated,
+        _ => pb::ResyncReason::Unspecified,
+    }
+}
+
 /// Wire form of a message.
 pub fn message(m: crate::domain::events::Message) -> pb::Message {
     pb::Message {
@@ -307,7 +327,7 @@ pub fn message(m: crate::domain::events::Message) -> pb::Message {
 pub fn summary(s: crate::domain::conversations::Summary) -> pb::ConversationSummary {
     pb::ConversationSummary {
         conversation: Some(conversation(s.conversation)),
-        unread_count: seq_out(s.unread),
+        unread_count: count_out(s.unread),
         last_message: s.last_message.map(message),
         read_seq: seq_out(s.read_seq),
     }
@@ -336,17 +356,17 @@ pub fn event(e: crate::domain::events::ConversationEvent) -> pb::ConversationEve
     }
 }
 
-/// Wire form of a stream item.
-pub fn stream_item(item: crate::realtime::Item) -> pb::SubscribeResponse {
+/// Wire form of a stream item, the one shape every stream carries.
+pub fn stream_item(item: crate::realtime::Item) -> pb::StreamItem {
     use crate::domain::events::Presence;
     use crate::realtime::Item;
-    use pb::subscribe_response::Item as P;
+    use pb::stream_item::Kind as P;
     let cursor = |(c, s): (crate::ids::ConversationId, i64)| pb::ConversationCursor {
         conversation_id: c.to_string(),
         last_seq: seq_out(s),
     };
-    pb::SubscribeResponse {
-        item: Some(match item {
+    pb::StreamItem {
+        kind: Some(match item {
             Item::Event(e) => P::Event(event(e)),
             Item::Read {
                 conversation,
@@ -383,9 +403,36 @@ pub fn stream_item(item: crate::realtime::Item) -> pb::SubscribeResponse {
             }),
             Item::CaughtUp => P::CaughtUp(pb::CaughtUp {}),
             Item::Resync { reason, cursors } => P::Resync(pb::Resync {
-                reason: reason.to_owned(),
+                reason: resync_reason(reason) as i32,
                 cursors: cursors.into_iter().map(cursor).collect(),
             }),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::realtime::{hub, stream};
+
+    #[test]
+    fn every_end_reason_has_its_own_wire_value() {
+        let reasons = [
+            (stream::SHUTDOWN, pb::ResyncReason::Shutdown),
+            (hub::SLOW_CONSUMER, pb::ResyncReason::SlowConsumer),
+            (hub::BUS_LOST, pb::ResyncReason::BusLost),
+            (hub::DEACTIVATED, pb::ResyncReason::Deactivated),
+        ];
+        for (reason, wire) in reasons {
+            assert_eq!(resync_reason(reason), wire, "{reason}");
+        }
+        assert_eq!(resync_reason("later"), pb::ResyncReason::Unspecified);
+    }
+
+    #[test]
+    fn counts_saturate_instead_of_wrapping() {
+        assert_eq!(count_out(-1), 0);
+        assert_eq!(count_out(7), 7);
+        assert_eq!(count_out(i64::from(u32::MAX) + 1), u32::MAX);
     }
 }

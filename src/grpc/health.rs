@@ -15,7 +15,7 @@ use crate::pb;
 /// The services this server serves completely. VisitorService is left out until its chat
 /// RPCs exist: all but GetWidgetConfig answer UNIMPLEMENTED.
 const SERVED: [&str; 4] = [
-    pb::tenant_service_server::SERVICE_NAME,
+    pb::admin::tenant_service_server::SERVICE_NAME,
     pb::auth_service_server::SERVICE_NAME,
     pb::agent_service_server::SERVICE_NAME,
     pb::conversation_service_server::SERVICE_NAME,

@@ -179,10 +179,10 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    use pb::admin::tenant_service_server::TenantServiceServer;
     use pb::agent_service_server::AgentServiceServer;
     use pb::auth_service_server::AuthServiceServer;
     use pb::conversation_service_server::ConversationServiceServer;
-    use pb::tenant_service_server::TenantServiceServer;
     use pb::visitor_service_server::VisitorServiceServer;
 
     // WorkflowService, QueueService and AnalyticsService are declared in the API (and listed

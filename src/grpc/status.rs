@@ -1,7 +1,8 @@
 //! The one mapping from [`AppError`] to `tonic::Status`. Internal and unavailable causes are
 //! logged here, once, inside the request's span, and never sent: the client sees a generic
 //! message. Field problems travel as `google.rpc.BadRequest` details so SDKs can show them
-//! per field; a resync travels as `google.rpc.ErrorInfo`.
+//! per field; a resync travels as `google.rpc.ErrorInfo`. A Connect ack carries the same
+//! status as a `google.rpc.Status` message ([`rpc_status`]).
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -51,5 +52,57 @@ impl From<AppError> for Status {
                 Status::internal("internal error")
             }
         }
+    }
+}
+
+/// `status` as a `google.rpc.Status` message, details included: what a unary call carries in
+/// `grpc-status-details-bin`, for answers that travel inside a stream (Connect acks).
+pub fn rpc_status(status: &Status) -> tonic_types::pb::Status {
+    // A status built with details already holds the whole `google.rpc.Status`, encoded.
+    if !status.details().is_empty()
+        && let Ok(full) = <tonic_types::pb::Status as prost::Message>::decode(status.details())
+    {
+        return full;
+    }
+    tonic_types::pb::Status {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        details: Vec::new(),
+    }
+}
+
+/// An OK `google.rpc.Status`.
+pub fn rpc_ok() -> tonic_types::pb::Status {
+    tonic_types::pb::Status {
+        code: Code::Ok as i32,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Violations;
+    use tonic_types::RpcStatusExt;
+
+    #[test]
+    fn field_violations_survive_into_the_message_form() {
+        let mut v = Violations::new();
+        v.add("text", "must not be empty");
+        let status = Status::from(v.finish().unwrap_err());
+        let rpc = rpc_status(&status);
+        assert_eq!(rpc.code, Code::InvalidArgument as i32);
+        assert_eq!(rpc.message, status.message());
+        let bad = rpc.get_details_bad_request().expect("BadRequest details");
+        assert_eq!(bad.field_violations.len(), 1);
+        assert_eq!(bad.field_violations[0].field, "text");
+    }
+
+    #[test]
+    fn a_status_without_details_keeps_its_code_and_message() {
+        let rpc = rpc_status(&Status::failed_precondition("already subscribed"));
+        assert_eq!(rpc.code, Code::FailedPrecondition as i32);
+        assert_eq!(rpc.message, "already subscribed");
+        assert!(rpc.details.is_empty());
     }
 }

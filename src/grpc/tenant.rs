@@ -10,8 +10,8 @@ use crate::domain::agents::NewAgent;
 use crate::domain::{Engine, tenants, validate};
 use crate::error::{AppError, Violations};
 use crate::ids::{ApiKeyId, TenantId};
-use crate::pb;
-use crate::pb::tenant_service_server::TenantService;
+use crate::pb::admin;
+use crate::pb::admin::tenant_service_server::TenantService;
 use crate::tenancy::Role;
 
 /// Handler of TenantService.
@@ -40,8 +40,8 @@ fn key_id(v: &mut Violations, raw: &str) -> ApiKeyId {
 impl TenantService for TenantApi {
     async fn create_tenant(
         &self,
-        req: Request<pb::CreateTenantRequest>,
-    ) -> Result<Response<pb::CreateTenantResponse>, Status> {
+        req: Request<admin::CreateTenantRequest>,
+    ) -> Result<Response<admin::CreateTenantResponse>, Status> {
         let op = scope::operator(&req)?;
         let r = req.into_inner();
         let mut v = Violations::new();
@@ -75,7 +75,7 @@ impl TenantService for TenantApi {
         };
         let (t, a) =
             tenants::create_with_admin(&self.engine, &op, name, slug, widget, admin).await?;
-        Ok(Response::new(pb::CreateTenantResponse {
+        Ok(Response::new(admin::CreateTenantResponse {
             tenant: Some(convert::tenant(t)),
             admin_agent_id: a.id.to_string(),
         }))
@@ -83,26 +83,26 @@ impl TenantService for TenantApi {
 
     async fn get_tenant(
         &self,
-        req: Request<pb::GetTenantRequest>,
-    ) -> Result<Response<pb::GetTenantResponse>, Status> {
+        req: Request<admin::GetTenantRequest>,
+    ) -> Result<Response<admin::GetTenantResponse>, Status> {
         let op = scope::operator(&req)?;
         let mut v = Violations::new();
         let id = tenant_id(&mut v, &req.get_ref().tenant_id);
         v.finish()?;
         let t = tenants::get(&self.engine, &op, id).await?;
-        Ok(Response::new(pb::GetTenantResponse {
+        Ok(Response::new(admin::GetTenantResponse {
             tenant: Some(convert::tenant(t)),
         }))
     }
 
     async fn list_tenants(
         &self,
-        req: Request<pb::ListTenantsRequest>,
-    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        req: Request<admin::ListTenantsRequest>,
+    ) -> Result<Response<admin::ListTenantsResponse>, Status> {
         let op = scope::operator(&req)?;
         let r = req.into_inner();
         let page = tenants::list(&self.engine, &op, r.page_size, &r.page_token).await?;
-        Ok(Response::new(pb::ListTenantsResponse {
+        Ok(Response::new(admin::ListTenantsResponse {
             tenants: page.items.into_iter().map(convert::tenant).collect(),
             next_page_token: page.next_page_token,
         }))
@@ -110,8 +110,8 @@ impl TenantService for TenantApi {
 
     async fn update_tenant(
         &self,
-        req: Request<pb::UpdateTenantRequest>,
-    ) -> Result<Response<pb::UpdateTenantResponse>, Status> {
+        req: Request<admin::UpdateTenantRequest>,
+    ) -> Result<Response<admin::UpdateTenantResponse>, Status> {
         let op = scope::operator(&req)?;
         let r = req.into_inner();
         let mut v = Violations::new();
@@ -123,15 +123,15 @@ impl TenantService for TenantApi {
         let widget = r.widget.map(|w| convert::widget_in(&mut v, "widget", w));
         v.finish()?;
         let t = tenants::update(&self.engine, &op, id, name, widget).await?;
-        Ok(Response::new(pb::UpdateTenantResponse {
+        Ok(Response::new(admin::UpdateTenantResponse {
             tenant: Some(convert::tenant(t)),
         }))
     }
 
     async fn create_api_key(
         &self,
-        req: Request<pb::CreateApiKeyRequest>,
-    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        req: Request<admin::CreateApiKeyRequest>,
+    ) -> Result<Response<admin::CreateApiKeyResponse>, Status> {
         let op = scope::operator(&req)?;
         let r = req.into_inner();
         let mut v = Violations::new();
@@ -142,7 +142,7 @@ impl TenantService for TenantApi {
         let domains = convert::origins(&mut v, "allowed_domains", &r.allowed_domains);
         v.finish()?;
         let (key, secret) = tenants::create_api_key(&self.engine, &op, id, name, domains).await?;
-        Ok(Response::new(pb::CreateApiKeyResponse {
+        Ok(Response::new(admin::CreateApiKeyResponse {
             api_key: Some(convert::api_key(key)),
             secret,
         }))
@@ -150,8 +150,8 @@ impl TenantService for TenantApi {
 
     async fn list_api_keys(
         &self,
-        req: Request<pb::ListApiKeysRequest>,
-    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        req: Request<admin::ListApiKeysRequest>,
+    ) -> Result<Response<admin::ListApiKeysResponse>, Status> {
         let op = scope::operator(&req)?;
         let r = req.into_inner();
         let mut v = Violations::new();
@@ -159,7 +159,7 @@ impl TenantService for TenantApi {
         v.finish()?;
         let page =
             tenants::list_api_keys(&self.engine, &op, id, r.page_size, &r.page_token).await?;
-        Ok(Response::new(pb::ListApiKeysResponse {
+        Ok(Response::new(admin::ListApiKeysResponse {
             api_keys: page.items.into_iter().map(convert::api_key).collect(),
             next_page_token: page.next_page_token,
         }))
@@ -167,8 +167,8 @@ impl TenantService for TenantApi {
 
     async fn revoke_api_key(
         &self,
-        req: Request<pb::RevokeApiKeyRequest>,
-    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        req: Request<admin::RevokeApiKeyRequest>,
+    ) -> Result<Response<admin::RevokeApiKeyResponse>, Status> {
         let op = scope::operator(&req)?;
         let r = req.into_inner();
         let mut v = Violations::new();
@@ -176,15 +176,15 @@ impl TenantService for TenantApi {
         let key = key_id(&mut v, &r.api_key_id);
         v.finish()?;
         let k = tenants::revoke_api_key(&self.engine, &op, tenant, key).await?;
-        Ok(Response::new(pb::RevokeApiKeyResponse {
+        Ok(Response::new(admin::RevokeApiKeyResponse {
             api_key: Some(convert::api_key(k)),
         }))
     }
 
     async fn set_allowed_domains(
         &self,
-        req: Request<pb::SetAllowedDomainsRequest>,
-    ) -> Result<Response<pb::SetAllowedDomainsResponse>, Status> {
+        req: Request<admin::SetAllowedDomainsRequest>,
+    ) -> Result<Response<admin::SetAllowedDomainsResponse>, Status> {
         let op = scope::operator(&req)?;
         let r = req.into_inner();
         let mut v = Violations::new();
@@ -193,7 +193,7 @@ impl TenantService for TenantApi {
         let domains = convert::origins(&mut v, "allowed_domains", &r.allowed_domains);
         v.finish()?;
         let k = tenants::set_allowed_domains(&self.engine, &op, tenant, key, domains).await?;
-        Ok(Response::new(pb::SetAllowedDomainsResponse {
+        Ok(Response::new(admin::SetAllowedDomainsResponse {
             api_key: Some(convert::api_key(k)),
         }))
     }

@@ -12,10 +12,10 @@ use tonic::transport::{Channel, Endpoint};
 use super::Args;
 use super::target::Target;
 use crate::pb;
+use crate::pb::admin::tenant_service_client::TenantServiceClient;
 use crate::pb::agent_service_client::AgentServiceClient;
 use crate::pb::auth_service_client::AuthServiceClient;
 use crate::pb::conversation_service_client::ConversationServiceClient;
-use crate::pb::tenant_service_client::TenantServiceClient;
 
 /// Bound on every unary call, including argon2-heavy ones on a busy machine.
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -124,11 +124,11 @@ pub(super) async fn setup(args: &Args, target: &Target) -> anyhow::Result<Fixtur
     let op = bearer_value(&target.operator_token)?;
     TenantServiceClient::new(ctl.clone())
         .create_tenant(authorized(
-            pb::CreateTenantRequest {
+            pb::admin::CreateTenantRequest {
                 name: format!("Load test {run}"),
                 slug: slug.clone(),
                 widget: None,
-                initial_admin: Some(pb::InitialAdmin {
+                initial_admin: Some(pb::admin::InitialAdmin {
                     email: admin_email.clone(),
                     display_name: "Load test admin".into(),
                     password: password.clone(),

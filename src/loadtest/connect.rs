@@ -13,7 +13,7 @@ use super::client::{Fixture, authorized, status_text};
 use super::messages::{RecvStats, Senders, all_caught_up, lock};
 use crate::pb;
 use crate::pb::conversation_service_client::ConversationServiceClient;
-use crate::pb::subscribe_response::Item;
+use crate::pb::stream_item::Kind as Item;
 
 /// A send on a Connect stream waiting for its ack: when it started, and the slot it holds.
 pub(super) type InFlight = (Instant, tokio::sync::OwnedSemaphorePermit);
@@ -106,7 +106,7 @@ pub(super) async fn connect_stream(
     ready: oneshot::Sender<Result<(), String>>,
     cancel: CancellationToken,
 ) -> RecvStats {
-    use pb::connect_response::Item as Up;
+    use pb::connect_response::Kind as Up;
     let mut st = RecvStats::default();
     let mut ready = Some(ready);
     let shared = senders.shared.clone();
@@ -134,7 +134,7 @@ pub(super) async fn connect_stream(
         };
         match next {
             Ok(Some(pb::ConnectResponse {
-                item: Some(Up::Ack(a)),
+                kind: Some(Up::Ack(a)),
             })) => {
                 let Ok(k) = a.client_id.parse::<u64>() else {
                     continue;
@@ -142,19 +142,20 @@ pub(super) async fn connect_stream(
                 let Some((started, permit)) = lock(&senders.in_flight).remove(&k) else {
                     continue;
                 };
-                if a.code == 0 {
+                let code = a.status.as_ref().map_or(0, |s| s.code);
+                if code == 0 {
                     let us = started.elapsed().as_micros();
                     lock(&senders.latencies_us).push(u32::try_from(us).unwrap_or(u32::MAX));
                     lock(&senders.acked).push(k);
                 } else {
-                    lock(&senders.errors).push(format!("SendMessage: code {}", a.code));
+                    lock(&senders.errors).push(format!("SendMessage: code {code}"));
                 }
                 // Only once the answer is recorded: the last free slot ends the run.
                 drop(permit);
             }
             Ok(Some(pb::ConnectResponse {
-                item: Some(Up::Event(e)),
-            })) => match e.item {
+                kind: Some(Up::Item(e)),
+            })) => match e.kind {
                 Some(Item::Event(ev)) => {
                     if let Some(pb::conversation_event::Kind::MessagePosted(m)) = &ev.kind {
                         st.record(&shared, &m.text);

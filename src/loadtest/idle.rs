@@ -16,7 +16,7 @@ use super::target::{Target, settled_rss};
 use super::{Args, Mode};
 use crate::pb;
 use crate::pb::conversation_service_client::ConversationServiceClient;
-use crate::pb::subscribe_response::Item;
+use crate::pb::stream_item::Kind as Item;
 
 /// Idle streams being opened at once.
 const OPEN_CONCURRENCY: usize = 64;
@@ -56,7 +56,10 @@ pub(super) async fn open_idle(
         loop {
             match stream.message().await {
                 Ok(Some(pb::SubscribeResponse {
-                    item: Some(Item::CaughtUp(_)),
+                    item:
+                        Some(pb::StreamItem {
+                            kind: Some(Item::CaughtUp(_)),
+                        }),
                 })) => {
                     if replayed < expected {
                         bail!(
@@ -66,7 +69,10 @@ pub(super) async fn open_idle(
                     return Ok(());
                 }
                 Ok(Some(pb::SubscribeResponse {
-                    item: Some(Item::Event(_)),
+                    item:
+                        Some(pb::StreamItem {
+                            kind: Some(Item::Event(_)),
+                        }),
                 })) => replayed += 1,
                 Ok(Some(_)) => {}
                 Ok(None) => bail!("Subscribe: the stream ended before it caught up"),
@@ -86,7 +92,10 @@ pub(super) async fn open_idle(
             };
             match next {
                 Ok(Some(pb::SubscribeResponse {
-                    item: Some(Item::Resync(_)),
+                    item:
+                        Some(pb::StreamItem {
+                            kind: Some(Item::Resync(_)),
+                        }),
                 })) => {
                     st.errors.push("Subscribe: resync while idle".into());
                     st.ended = true;

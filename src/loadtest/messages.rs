@@ -26,7 +26,7 @@ use super::target::{RssSource, Target};
 use super::{Api, Args, Mode};
 use crate::pb;
 use crate::pb::conversation_service_client::ConversationServiceClient;
-use crate::pb::subscribe_response::Item;
+use crate::pb::stream_item::Kind as Item;
 
 /// Reconnections per stream after a resync or an error, before it gives up.
 const MAX_RECONNECTS: u32 = 20;
@@ -160,7 +160,9 @@ pub(super) async fn receive(
                         m = stream.message() => m,
                     };
                     match next {
-                        Ok(Some(pb::SubscribeResponse { item: Some(item) })) => match item {
+                        Ok(Some(pb::SubscribeResponse {
+                            item: Some(pb::StreamItem { kind: Some(item) }),
+                        })) => match item {
                             Item::Event(ev) => {
                                 if let Some(pb::conversation_event::Kind::MessagePosted(m)) =
                                     &ev.kind

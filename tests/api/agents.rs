@@ -241,3 +241,105 @@ async fn bad_agent_input_names_each_field() {
         .unwrap_err();
     assert_eq!(violated_fields(&negative), ["page_size"]);
 }
+
+/// UpdateAgent follows the partial update convention: a field the request does not name is
+/// left as it was; a present but empty skill list clears the skills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_agent_changes_only_the_fields_it_names() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("partial").await;
+    let mut c = app.agents();
+    let created = c
+        .create_agent(bearer(
+            pb::CreateAgentRequest {
+                email: "max@partial.example".into(),
+                display_name: "Max".into(),
+                role: pb::AgentRole::Agent as i32,
+                password: "max-password-1234".into(),
+                max_concurrent_chats: 4,
+                skills: vec![skill("billing", 7)],
+            },
+            &t.admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
+    let update = |req: pb::UpdateAgentRequest| {
+        let mut c = c.clone();
+        let token = t.admin_token.clone();
+        async move {
+            c.update_agent(bearer(req, &token))
+                .await
+                .unwrap()
+                .into_inner()
+                .agent
+                .unwrap()
+        }
+    };
+
+    let promoted = update(pb::UpdateAgentRequest {
+        agent_id: created.id.clone(),
+        role: Some(pb::AgentRole::Admin as i32),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        promoted,
+        pb::Agent {
+            role: pb::AgentRole::Admin as i32,
+            ..created.clone()
+        }
+    );
+
+    let renamed = update(pb::UpdateAgentRequest {
+        agent_id: created.id.clone(),
+        display_name: Some("Maxine".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        renamed,
+        pb::Agent {
+            display_name: "Maxine".into(),
+            ..promoted.clone()
+        }
+    );
+
+    let more_chats = update(pb::UpdateAgentRequest {
+        agent_id: created.id.clone(),
+        max_concurrent_chats: Some(6),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        more_chats,
+        pb::Agent {
+            max_concurrent_chats: 6,
+            ..renamed.clone()
+        }
+    );
+
+    let no_skills = update(pb::UpdateAgentRequest {
+        agent_id: created.id.clone(),
+        skills: Some(pb::SkillList { skills: vec![] }),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        no_skills,
+        pb::Agent {
+            skills: vec![],
+            ..more_chats.clone()
+        }
+    );
+
+    // A request naming nothing changes nothing.
+    let untouched = update(pb::UpdateAgentRequest {
+        agent_id: created.id.clone(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(untouched, no_skills);
+}

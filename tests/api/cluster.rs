@@ -128,13 +128,13 @@ async fn overall_health(ch: &Channel) -> Result<ServingStatus, Code> {
 
 /// Creates tenant `slug` with an admin through the operator API.
 async fn create_tenant(ch: &Channel, slug: &str) {
-    pb::tenant_service_client::TenantServiceClient::new(ch.clone())
+    pb::admin::tenant_service_client::TenantServiceClient::new(ch.clone())
         .create_tenant(bearer(
-            pb::CreateTenantRequest {
+            pb::admin::CreateTenantRequest {
                 name: format!("Tenant {slug}"),
                 slug: slug.into(),
                 widget: None,
-                initial_admin: Some(pb::InitialAdmin {
+                initial_admin: Some(pb::admin::InitialAdmin {
                     email: format!("admin@{slug}.example"),
                     display_name: "Admin".into(),
                     password: PASSWORD.into(),

@@ -2,7 +2,7 @@
 //! presence, slow consumers, shutdown, and the bidirectional Connect stream.
 
 use chat_engine::pb;
-use pb::subscribe_response::Item;
+use pb::stream_item::Kind as Item;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -135,7 +135,7 @@ async fn a_stream_resumes_across_a_server_restart() {
             _ => None,
         })
         .await;
-    assert_eq!(resync.reason, "shutdown");
+    assert_eq!(resync.reason, pb::ResyncReason::Shutdown as i32);
     let cursor = resync
         .cursors
         .iter()
@@ -349,7 +349,7 @@ async fn a_subscriber_that_does_not_read_is_cut_off_while_others_keep_receiving(
             other => panic!("expected a resync notice, got {other:?}"),
         }
     };
-    assert_eq!(resync.reason, "slow_consumer");
+    assert_eq!(resync.reason, pb::ResyncReason::SlowConsumer as i32);
     assert!(last < 301, "the slow subscriber was not cut off");
     let status = slow.next().await.unwrap_err();
     assert_eq!(status.code(), Code::Aborted);
@@ -393,24 +393,48 @@ async fn connect_carries_commands_up_and_events_down() {
     let (mut acks, mut event) = (Vec::new(), None);
     while acks.len() < 2 || event.is_none() {
         match next_connect(&mut down).await {
-            pb::connect_response::Item::Ack(a) => acks.push(a),
-            pb::connect_response::Item::Event(e) => {
-                if let Some(Item::Event(ev)) = e.item {
+            pb::connect_response::Kind::Ack(a) => acks.push(a),
+            pb::connect_response::Kind::Item(e) => {
+                if let Some(Item::Event(ev)) = e.kind {
                     event = Some(ev);
                 }
             }
         }
     }
     let sent = acks.iter().find(|a| a.client_id == "c1").unwrap();
-    assert_eq!(sent.code, 0);
-    let seq = sent.send_message.as_ref().unwrap().seq;
+    assert_eq!(ack_code(sent), Code::Ok as i32);
+    let Some(pb::command_ack::Result::SendMessage(answer)) = &sent.result else {
+        panic!("no send answer in {sent:?}");
+    };
+    let seq = answer.seq;
     let ev = event.unwrap();
     assert_eq!(
         (ev.seq, posted_text(&ev)),
         (seq, Some("over the bidi stream"))
     );
     let bad = acks.iter().find(|a| a.client_id == "c2").unwrap();
-    assert_eq!(bad.code, Code::InvalidArgument as i32);
+    assert_eq!(ack_code(bad), Code::InvalidArgument as i32);
+    assert!(bad.result.is_none(), "{bad:?}");
+    use tonic_types::RpcStatusExt;
+    // The field violation travels in the ack as it would in a unary call's status.
+    let violations = bad
+        .status
+        .as_ref()
+        .and_then(|s| s.get_details_bad_request())
+        .expect("BadRequest details in the ack")
+        .field_violations;
+    assert_eq!(
+        violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect::<Vec<_>>(),
+        ["conversation_id"]
+    );
+}
+
+/// The status code of an ack (its status is always set).
+fn ack_code(ack: &pb::CommandAck) -> i32 {
+    ack.status.as_ref().expect("ack status").code
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,9 +463,9 @@ async fn connect_pipelines_sends_and_keeps_their_order() {
     let (mut acks, mut events) = (Vec::new(), Vec::new());
     while acks.len() < N || events.len() < N {
         match next_connect(&mut down).await {
-            pb::connect_response::Item::Ack(a) => acks.push(a),
-            pb::connect_response::Item::Event(e) => {
-                if let Some(Item::Event(ev)) = e.item
+            pb::connect_response::Kind::Ack(a) => acks.push(a),
+            pb::connect_response::Kind::Item(e) => {
+                if let Some(Item::Event(ev)) = e.kind
                     && let Some(text) = posted_text(&ev)
                 {
                     events.push((ev.seq, text.to_owned()));
@@ -453,10 +477,16 @@ async fn connect_pipelines_sends_and_keeps_their_order() {
     // messages in that same order.
     let ids: Vec<String> = acks.iter().map(|a| a.client_id.clone()).collect();
     assert_eq!(ids, (0..N).map(|i| format!("c{i}")).collect::<Vec<_>>());
-    assert!(acks.iter().all(|a| a.code == 0), "{acks:?}");
+    assert!(
+        acks.iter().all(|a| ack_code(a) == Code::Ok as i32),
+        "{acks:?}"
+    );
     let seqs: Vec<u64> = acks
         .iter()
-        .map(|a| a.send_message.as_ref().unwrap().seq)
+        .map(|a| match &a.result {
+            Some(pb::command_ack::Result::SendMessage(r)) => r.seq,
+            other => panic!("not a send answer: {other:?}"),
+        })
         .collect();
     let first = seqs[0];
     assert_eq!(seqs, (first..first + N as u64).collect::<Vec<_>>());
@@ -466,21 +496,21 @@ async fn connect_pipelines_sends_and_keeps_their_order() {
     assert_eq!(events, expected);
 }
 
-/// Opens a Connect stream whose first command subscribes with no cursors; the sender takes
-/// `room` more commands before the server reads any.
-/// The next item of a Connect stream; fails the test if none comes within 20 s.
+/// The next item or ack of a Connect stream; fails the test if none comes within 20 s.
 async fn next_connect(
     down: &mut tonic::Streaming<pb::ConnectResponse>,
-) -> pb::connect_response::Item {
+) -> pb::connect_response::Kind {
     tokio::time::timeout(std::time::Duration::from_secs(20), down.next())
         .await
         .expect("connect stream stalled")
         .unwrap()
         .unwrap()
-        .item
+        .kind
         .unwrap()
 }
 
+/// Opens a Connect stream whose first command subscribes with no cursors; the sender takes
+/// `room` more commands before the server reads any.
 pub(crate) async fn open_connect(
     app: &TestApp,
     token: &str,

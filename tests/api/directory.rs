@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chat_engine::pb;
-use pb::subscribe_response::Item;
+use pb::stream_item::Kind as Item;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -165,8 +165,8 @@ async fn a_deactivated_agent_is_refused_and_their_open_streams_end_on_another_no
     subscribe.caught_up().await;
     let (_commands, mut connect) = open_connect(&node2, &ann_token, 1).await;
     loop {
-        if let pb::connect_response::Item::Event(pb::SubscribeResponse {
-            item: Some(Item::CaughtUp(_)),
+        if let pb::connect_response::Kind::Item(pb::StreamItem {
+            kind: Some(Item::CaughtUp(_)),
         }) = next_connect(&mut connect).await.unwrap()
         {
             break;
@@ -197,13 +197,13 @@ async fn a_deactivated_agent_is_refused_and_their_open_streams_end_on_another_no
     )
     .await
     .expect("the Subscribe stream on node 2 stayed open");
-    assert_eq!(resync.reason, "deactivated");
+    assert_eq!(resync.reason, pb::ResyncReason::Deactivated as i32);
     assert_eq!(subscribe.next().await.unwrap_err().code(), Code::Aborted);
     let ended = tokio::time::timeout_at((deactivated + WITHIN).into(), async {
         loop {
             match next_connect(&mut connect).await {
-                Ok(pb::connect_response::Item::Event(pb::SubscribeResponse {
-                    item: Some(Item::Resync(r)),
+                Ok(pb::connect_response::Kind::Item(pb::StreamItem {
+                    kind: Some(Item::Resync(r)),
                 })) => break r.reason,
                 Ok(_) => continue,
                 Err(s) => panic!("Connect ended without a resync: {s:?}"),
@@ -212,7 +212,7 @@ async fn a_deactivated_agent_is_refused_and_their_open_streams_end_on_another_no
     })
     .await
     .expect("the Connect stream on node 2 stayed open");
-    assert_eq!(ended, "deactivated");
+    assert_eq!(ended, pb::ResyncReason::Deactivated as i32);
     assert_eq!(
         next_connect(&mut connect).await.unwrap_err().code(),
         Code::Aborted
@@ -301,10 +301,10 @@ async fn a_revoked_session_is_refused_on_another_node_while_other_sessions_work(
 /// comes within 20 s.
 async fn next_connect(
     down: &mut tonic::Streaming<pb::ConnectResponse>,
-) -> Result<pb::connect_response::Item, tonic::Status> {
+) -> Result<pb::connect_response::Kind, tonic::Status> {
     let next = tokio::time::timeout(Duration::from_secs(20), down.next())
         .await
         .expect("connect stream stalled")
         .expect("connect stream ended without a status")?;
-    Ok(next.item.expect("item"))
+    Ok(next.kind.expect("item or ack"))
 }

@@ -16,7 +16,7 @@ async fn another_tenants_ids_are_not_found() {
     let a_key = app
         .tenants()
         .create_api_key(bearer(
-            pb::CreateApiKeyRequest {
+            pb::admin::CreateApiKeyRequest {
                 tenant_id: a.tenant_id.clone(),
                 name: "w".into(),
                 allowed_domains: vec![],
@@ -77,7 +77,7 @@ async fn another_tenants_ids_are_not_found() {
             "RevokeApiKey (key of A under tenant B)",
             tenants
                 .revoke_api_key(bearer(
-                    pb::RevokeApiKeyRequest {
+                    pb::admin::RevokeApiKeyRequest {
                         tenant_id: b.tenant_id.clone(),
                         api_key_id: a_key.clone(),
                     },
@@ -90,7 +90,7 @@ async fn another_tenants_ids_are_not_found() {
             "SetAllowedDomains (key of A under tenant B)",
             tenants
                 .set_allowed_domains(bearer(
-                    pb::SetAllowedDomainsRequest {
+                    pb::admin::SetAllowedDomainsRequest {
                         tenant_id: b.tenant_id.clone(),
                         api_key_id: a_key.clone(),
                         allowed_domains: vec![],

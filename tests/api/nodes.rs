@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chat_engine::pb;
-use pb::subscribe_response::Item;
+use pb::stream_item::Kind as Item;
 use tonic::Code;
 
 use crate::harness::{
@@ -48,7 +48,7 @@ async fn nodes_deliver_each_others_events_and_resync_after_losing_nats() {
             _ => None,
         })
         .await;
-    assert_eq!(resync.reason, "bus_lost");
+    assert_eq!(resync.reason, pb::ResyncReason::BusLost as i32);
     assert_eq!(ev.next().await.unwrap_err().code(), Code::Aborted);
     for i in 0..3 {
         send(

@@ -57,7 +57,7 @@ async fn visitor_scope(
     let key = app
         .tenants()
         .create_api_key(bearer(
-            pb::CreateApiKeyRequest {
+            pb::admin::CreateApiKeyRequest {
                 tenant_id: t.tenant_id.clone(),
                 name: "widget".into(),
                 allowed_domains: vec![],
@@ -196,12 +196,10 @@ async fn a_visitor_takes_part_in_their_own_chat_through_the_agents_pipeline_and_
     // The agent serving her sees it live on the other node, as hers.
     let posted = admin
         .until(|item| match item {
-            pb::subscribe_response::Item::Event(e) if posted_text(e) == Some("hello") => {
-                match &e.kind {
-                    Some(pb::conversation_event::Kind::MessagePosted(m)) => Some(m.clone()),
-                    _ => None,
-                }
-            }
+            pb::stream_item::Kind::Event(e) if posted_text(e) == Some("hello") => match &e.kind {
+                Some(pb::conversation_event::Kind::MessagePosted(m)) => Some(m.clone()),
+                _ => None,
+            },
             _ => None,
         })
         .await;

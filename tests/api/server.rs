@@ -68,7 +68,7 @@ async fn reflection_lists_every_service() {
     let app = TestApp::spawn().await;
     let names = reflected_services(&app.channel).await;
     for s in [
-        "chatengine.v1.TenantService",
+        "chatengine.admin.v1.TenantService",
         "chatengine.v1.AuthService",
         "chatengine.v1.AgentService",
         "chatengine.v1.ConversationService",
@@ -89,7 +89,7 @@ async fn health_says_serving_only_for_the_services_that_are_served() {
     let not_serving = Ok(ServingStatus::NotServing);
     let expected: BTreeMap<String, _> = [
         ("", serving),
-        ("chatengine.v1.TenantService", serving),
+        ("chatengine.admin.v1.TenantService", serving),
         ("chatengine.v1.AuthService", serving),
         ("chatengine.v1.AgentService", serving),
         ("chatengine.v1.ConversationService", serving),

@@ -6,12 +6,12 @@ use tonic::Code;
 
 use crate::harness::{TestApp, bearer, violated_fields, with_key};
 
-fn create_req(slug: &str) -> pb::CreateTenantRequest {
-    pb::CreateTenantRequest {
+fn create_req(slug: &str) -> pb::admin::CreateTenantRequest {
+    pb::admin::CreateTenantRequest {
         name: format!("Company {slug}"),
         slug: slug.into(),
         widget: None,
-        initial_admin: Some(pb::InitialAdmin {
+        initial_admin: Some(pb::admin::InitialAdmin {
             email: format!("boss@{slug}.example"),
             display_name: "Boss".into(),
             password: "long-enough-password".into(),
@@ -37,7 +37,7 @@ async fn operator_creates_pages_and_updates_tenants() {
 
     let first = c
         .list_tenants(bearer(
-            pb::ListTenantsRequest {
+            pb::admin::ListTenantsRequest {
                 page_size: 2,
                 page_token: String::new(),
             },
@@ -50,7 +50,7 @@ async fn operator_creates_pages_and_updates_tenants() {
     assert!(!first.next_page_token.is_empty());
     let second = c
         .list_tenants(bearer(
-            pb::ListTenantsRequest {
+            pb::admin::ListTenantsRequest {
                 page_size: 2,
                 page_token: first.next_page_token,
             },
@@ -72,7 +72,7 @@ async fn operator_creates_pages_and_updates_tenants() {
     let id = second.tenants[0].id.clone();
     let updated = c
         .update_tenant(bearer(
-            pb::UpdateTenantRequest {
+            pb::admin::UpdateTenantRequest {
                 tenant_id: id.clone(),
                 name: Some("Charlie Ltd".into()),
                 widget: Some(pb::WidgetSettings {
@@ -93,7 +93,7 @@ async fn operator_creates_pages_and_updates_tenants() {
         .tenant
         .unwrap();
     let got = c
-        .get_tenant(bearer(pb::GetTenantRequest { tenant_id: id }, &op))
+        .get_tenant(bearer(pb::admin::GetTenantRequest { tenant_id: id }, &op))
         .await
         .unwrap()
         .into_inner()
@@ -115,17 +115,20 @@ async fn only_the_operator_may_administer_tenants() {
     let t = app.tenant("acme").await;
     let mut c = app.tenants();
     let no_creds = c
-        .list_tenants(pb::ListTenantsRequest::default())
+        .list_tenants(pb::admin::ListTenantsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(no_creds.code(), Code::Unauthenticated);
     let agent = c
-        .list_tenants(bearer(pb::ListTenantsRequest::default(), &t.admin_token))
+        .list_tenants(bearer(
+            pb::admin::ListTenantsRequest::default(),
+            &t.admin_token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(agent.code(), Code::PermissionDenied);
     let wrong = c
-        .list_tenants(bearer(pb::ListTenantsRequest::default(), "op-wrong"))
+        .list_tenants(bearer(pb::admin::ListTenantsRequest::default(), "op-wrong"))
         .await
         .unwrap_err();
     assert_eq!(wrong.code(), Code::Unauthenticated);
@@ -137,7 +140,7 @@ async fn create_tenant_reports_every_bad_field() {
     let err = app
         .tenants()
         .create_tenant(bearer(
-            pb::CreateTenantRequest {
+            pb::admin::CreateTenantRequest {
                 name: " ".into(),
                 slug: "No Spaces".into(),
                 widget: Some(pb::WidgetSettings {
@@ -146,7 +149,7 @@ async fn create_tenant_reports_every_bad_field() {
                     theme: 42,
                     ..Default::default()
                 }),
-                initial_admin: Some(pb::InitialAdmin {
+                initial_admin: Some(pb::admin::InitialAdmin {
                     email: "not-an-email".into(),
                     display_name: "x".repeat(201),
                     password: "short".into(),
@@ -182,7 +185,7 @@ async fn api_keys_are_shown_once_stored_hashed_and_revocable() {
     let mut c = app.tenants();
     let created = c
         .create_api_key(bearer(
-            pb::CreateApiKeyRequest {
+            pb::admin::CreateApiKeyRequest {
                 tenant_id: t.tenant_id.clone(),
                 name: "website".into(),
                 allowed_domains: vec![
@@ -202,7 +205,7 @@ async fn api_keys_are_shown_once_stored_hashed_and_revocable() {
 
     let listed = c
         .list_api_keys(bearer(
-            pb::ListApiKeysRequest {
+            pb::admin::ListApiKeysRequest {
                 tenant_id: t.tenant_id.clone(),
                 ..Default::default()
             },
@@ -259,7 +262,7 @@ async fn api_keys_are_shown_once_stored_hashed_and_revocable() {
     assert_eq!(denied.code(), Code::PermissionDenied);
     // ... until the domains change ...
     c.set_allowed_domains(bearer(
-        pb::SetAllowedDomainsRequest {
+        pb::admin::SetAllowedDomainsRequest {
             tenant_id: t.tenant_id.clone(),
             api_key_id: key.id.clone(),
             allowed_domains: vec!["https://evil.example".into()],
@@ -278,7 +281,7 @@ async fn api_keys_are_shown_once_stored_hashed_and_revocable() {
     // ... and not at all once revoked.
     let revoked = c
         .revoke_api_key(bearer(
-            pb::RevokeApiKeyRequest {
+            pb::admin::RevokeApiKeyRequest {
                 tenant_id: t.tenant_id.clone(),
                 api_key_id: key.id.clone(),
             },
@@ -310,7 +313,7 @@ async fn bad_key_checksum_is_rejected_without_touching_the_database() {
     let secret = app
         .tenants()
         .create_api_key(bearer(
-            pb::CreateApiKeyRequest {
+            pb::admin::CreateApiKeyRequest {
                 tenant_id: t.tenant_id.clone(),
                 name: "w".into(),
                 allowed_domains: vec![],
@@ -358,4 +361,65 @@ async fn bad_key_checksum_is_rejected_without_touching_the_database() {
         .await
         .unwrap_err();
     assert_eq!(junk.code(), Code::Unauthenticated);
+}
+
+/// UpdateTenant follows the partial update convention: a field the request does not name is
+/// left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_tenant_changes_only_the_fields_it_names() {
+    let app = TestApp::spawn().await;
+    let op = app.operator_token.clone();
+    let mut c = app.tenants();
+    let mut req = create_req("partial");
+    req.widget = Some(pb::WidgetSettings {
+        primary_color: "#112233".into(),
+        theme: pb::WidgetTheme::Dark as i32,
+        greeting: "Hello there".into(),
+        ..Default::default()
+    });
+    let created = c
+        .create_tenant(bearer(req, &op))
+        .await
+        .unwrap()
+        .into_inner()
+        .tenant
+        .unwrap();
+    let update = |req: pb::admin::UpdateTenantRequest| {
+        let mut c = c.clone();
+        let op = op.clone();
+        async move {
+            c.update_tenant(bearer(req, &op))
+                .await
+                .unwrap()
+                .into_inner()
+                .tenant
+                .unwrap()
+        }
+    };
+
+    let renamed = update(pb::admin::UpdateTenantRequest {
+        tenant_id: created.id.clone(),
+        name: Some("Partial GmbH".into()),
+        widget: None,
+    })
+    .await;
+    assert_eq!(renamed.name, "Partial GmbH");
+    assert_eq!(renamed.slug, created.slug);
+    assert_eq!(renamed.widget, created.widget);
+
+    let restyled = update(pb::admin::UpdateTenantRequest {
+        tenant_id: created.id.clone(),
+        name: None,
+        widget: Some(pb::WidgetSettings {
+            primary_color: "#445566".into(),
+            ..Default::default()
+        }),
+    })
+    .await;
+    assert_eq!(restyled.name, "Partial GmbH");
+    let w = restyled.widget.unwrap();
+    assert_eq!(w.primary_color, "#445566");
+    // A present widget replaces the old one whole.
+    assert_eq!(w.greeting, "");
+    assert_eq!(w.theme, pb::WidgetTheme::Light as i32);
 }

@@ -227,8 +227,8 @@ impl TestApp {
     }
 
     /// A client of TenantService authenticated as the operator.
-    pub fn tenants(&self) -> pb::tenant_service_client::TenantServiceClient<Channel> {
-        pb::tenant_service_client::TenantServiceClient::new(self.channel.clone())
+    pub fn tenants(&self) -> pb::admin::tenant_service_client::TenantServiceClient<Channel> {
+        pb::admin::tenant_service_client::TenantServiceClient::new(self.channel.clone())
     }
 
     /// A client of AuthService.
@@ -253,11 +253,11 @@ impl TestApp {
         let created = self
             .tenants()
             .create_tenant(bearer(
-                pb::CreateTenantRequest {
+                pb::admin::CreateTenantRequest {
                     name: format!("Tenant {slug}"),
                     slug: slug.to_owned(),
                     widget: None,
-                    initial_admin: Some(pb::InitialAdmin {
+                    initial_admin: Some(pb::admin::InitialAdmin {
                         email: email.clone(),
                         display_name: "Admin".into(),
                         password: password.clone(),

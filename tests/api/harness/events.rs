@@ -50,9 +50,9 @@ impl Events {
     }
 
     /// The next item; Err with the status when the stream ends with one.
-    pub async fn next(&mut self) -> Result<Option<pb::subscribe_response::Item>, tonic::Status> {
+    pub async fn next(&mut self) -> Result<Option<pb::stream_item::Kind>, tonic::Status> {
         match tokio::time::timeout(WAIT, self.inner.message()).await {
-            Ok(Ok(Some(r))) => Ok(r.item),
+            Ok(Ok(Some(r))) => Ok(r.item.and_then(|i| i.kind)),
             Ok(Ok(None)) => Ok(None),
             Ok(Err(s)) => Err(s),
             Err(_) => panic!("no stream item within {WAIT:?}"),
@@ -69,8 +69,8 @@ impl Events {
                 .expect("stream failed")
                 .expect("stream ended")
             {
-                pb::subscribe_response::Item::CaughtUp(_) => return out,
-                pb::subscribe_response::Item::Event(e) => out.push(e),
+                pb::stream_item::Kind::CaughtUp(_) => return out,
+                pb::stream_item::Kind::Event(e) => out.push(e),
                 _ => {}
             }
         }
@@ -85,17 +85,14 @@ impl Events {
                 .expect("stream failed")
                 .expect("stream ended")
             {
-                pb::subscribe_response::Item::Event(e) => return e,
+                pb::stream_item::Kind::Event(e) => return e,
                 _ => continue,
             }
         }
     }
 
     /// The next item matching `f`.
-    pub async fn until<T>(
-        &mut self,
-        mut f: impl FnMut(&pb::subscribe_response::Item) -> Option<T>,
-    ) -> T {
+    pub async fn until<T>(&mut self, mut f: impl FnMut(&pb::stream_item::Kind) -> Option<T>) -> T {
         loop {
             let item = self
                 .next()
