@@ -33,8 +33,8 @@ use super::spine::{Notice, SHARDS, SpineEvent};
 use crate::error::{AppError, AppResult};
 use crate::ids::{TenantId, UserId};
 use crate::storage::listen::Notice as Heard;
-use crate::storage::{Db, spine as store, tenants};
-use crate::tenancy::{OperatorScope, TenantScope};
+use crate::storage::{Db, spine as store};
+use crate::tenancy::TenantScope;
 
 /// Spine entries read per round trip.
 const BATCH: i64 = 100;
@@ -166,25 +166,16 @@ fn note(h: Heard, dirty: &mut BTreeSet<Share>, rescan: &mut bool) {
 /// Every share that some reactor has not consumed to its head.
 async fn all_behind(db: &Db, reactors: &[Arc<dyn Reactor>]) -> AppResult<Vec<Share>> {
     let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let mut tx = db.operator_tx(&OperatorScope::system()).await?;
-        let page = tenants::list(&mut tx, after, 500).await?;
-        tx.commit().await?;
-        let Some(last) = page.last() else {
-            return Ok(out);
-        };
-        after = Some((last.created_at, last.tenant_id));
-        for t in &page {
-            let mut tx = db.tenant_tx(&TenantScope::system(t.tenant_id)).await?;
-            for r in reactors {
-                for shard in store::shards_behind(&mut tx, r.name()).await? {
-                    out.push((t.tenant_id, shard));
-                }
+    for tenant in super::tenants::all_ids(db).await? {
+        let mut tx = db.tenant_tx(&TenantScope::system(tenant)).await?;
+        for r in reactors {
+            for shard in store::shards_behind(&mut tx, r.name()).await? {
+                out.push((tenant, shard));
             }
-            tx.commit().await?;
         }
+        tx.commit().await?;
     }
+    Ok(out)
 }
 
 /// Feeds one share to one reactor until it is at the head. False when another node holds

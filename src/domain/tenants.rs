@@ -9,6 +9,7 @@ use crate::auth::keys::{Credential, Kind, display_prefix};
 use crate::domain::agents::NewAgent;
 use crate::error::{AppError, AppResult};
 use crate::ids::{ApiKeyId, TenantId};
+use crate::storage::Db;
 use crate::storage::api_keys::{self, ApiKeyRow};
 use crate::storage::tenants::{self as store, TenantRow};
 use crate::tenancy::{OperatorScope, TenantScope};
@@ -314,4 +315,21 @@ pub async fn widget_config(e: &Engine, scope: &TenantScope) -> AppResult<(Tenant
     let available = crate::storage::users::count_available(&mut tx).await?;
     tx.commit().await?;
     Ok((t.into(), available > 0))
+}
+
+/// Every tenant's id, for background work that looks at each tenant in turn (reactors and
+/// timers catching up after a start).
+pub(crate) async fn all_ids(db: &Db) -> AppResult<Vec<TenantId>> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let mut tx = db.operator_tx(&OperatorScope::system()).await?;
+        let page = store::list(&mut tx, after, 500).await?;
+        tx.commit().await?;
+        let Some(last) = page.last() else {
+            return Ok(out);
+        };
+        after = Some((last.created_at, last.tenant_id));
+        out.extend(page.iter().map(|t| t.tenant_id));
+    }
 }

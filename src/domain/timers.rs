@@ -22,8 +22,8 @@ use super::Clock;
 use crate::error::AppResult;
 use crate::ids::{TenantId, TimerId};
 use crate::storage::listen::Notice as Heard;
-use crate::storage::{Db, TenantTx, tenants, timers as store};
-use crate::tenancy::{OperatorScope, TenantScope};
+use crate::storage::{Db, TenantTx, timers as store};
+use crate::tenancy::TenantScope;
 
 /// The `LISTEN` channel of new timers.
 pub const CHANNEL: &str = "chatengine_timers";
@@ -171,23 +171,14 @@ async fn run(
 /// Every tenant's nearest due time.
 async fn scan(db: &Db, kinds: &[String]) -> AppResult<Vec<(DateTime<Utc>, TenantId)>> {
     let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let mut tx = db.operator_tx(&OperatorScope::system()).await?;
-        let page = tenants::list(&mut tx, after, 500).await?;
-        tx.commit().await?;
-        let Some(last) = page.last() else {
-            return Ok(out);
-        };
-        after = Some((last.created_at, last.tenant_id));
-        for t in &page {
-            let mut tx = db.tenant_tx(&TenantScope::system(t.tenant_id)).await?;
-            if let Some(at) = store::next_due(&mut tx, kinds).await? {
-                out.push((at, t.tenant_id));
-            }
-            tx.commit().await?;
+    for tenant in super::tenants::all_ids(db).await? {
+        let mut tx = db.tenant_tx(&TenantScope::system(tenant)).await?;
+        if let Some(at) = store::next_due(&mut tx, kinds).await? {
+            out.push((at, tenant));
         }
+        tx.commit().await?;
     }
+    Ok(out)
 }
 
 /// Fires the tenant's due timers; returns its next due time.
