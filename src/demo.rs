@@ -4,13 +4,11 @@
 use rand::RngExt;
 use serde_json::json;
 
-use crate::auth::password;
 use crate::domain::Engine;
 use crate::domain::agents::{self, NewAgent};
 use crate::domain::tenants::{self, WidgetSettings};
+use crate::domain::workflows;
 use crate::error::AppResult;
-use crate::ids::WorkflowId;
-use crate::storage::{users, workflows};
 use crate::tenancy::{OperatorScope, Role, TenantScope};
 
 /// Slug of the demo tenant.
@@ -37,11 +35,9 @@ fn fresh_password() -> String {
 /// Creates the demo tenant if missing and sets new passwords for its agents.
 pub async fn seed(e: &Engine) -> AppResult<DemoSeed> {
     let op = OperatorScope::system();
-    let mut tx = e.db.operator_tx(&op).await?;
-    let existing = crate::storage::tenants::find_by_slug(&mut tx, DEMO_SLUG).await?;
-    tx.commit().await?;
+    let existing = tenants::find_by_slug(e, &op, DEMO_SLUG).await?;
     let tenant = match existing {
-        Some(t) => t.tenant_id,
+        Some(t) => t,
         None => {
             let widget = WidgetSettings {
                 primary_color: "#2f6fed".into(),
@@ -90,65 +86,42 @@ pub async fn seed(e: &Engine) -> AppResult<DemoSeed> {
     let mut printed = Vec::new();
     for (email, name, role, role_name, skills, skills_text) in people {
         let pass = fresh_password();
-        let mut tx = e.db.tenant_tx(&system).await?;
-        let found = users::find_by_email(&mut tx, email).await?;
-        tx.commit().await?;
-        match found {
-            Some(u) => {
-                let hash = password::hash(pass.clone()).await?;
-                let mut tx = e.db.tenant_tx(&system).await?;
-                users::set_password_hash(&mut tx, u.user_id, &hash).await?;
-                tx.commit().await?;
-            }
-            None => {
-                agents::create(
-                    e,
-                    &system,
-                    NewAgent {
-                        email: email.into(),
-                        display_name: name.into(),
-                        role,
-                        password: pass.clone(),
-                        max_concurrent_chats: 3,
-                        skills,
-                    },
-                )
-                .await?;
-            }
+        if !agents::reset_password(e, &system, email, pass.clone()).await? {
+            agents::create(
+                e,
+                &system,
+                NewAgent {
+                    email: email.into(),
+                    display_name: name.into(),
+                    role,
+                    password: pass.clone(),
+                    max_concurrent_chats: 3,
+                    skills,
+                },
+            )
+            .await?;
         }
         printed.push((email.to_owned(), pass, role_name, skills_text));
     }
 
-    let mut tx = e.db.tenant_tx(&system).await?;
-    if workflows::count(&mut tx).await? == 0 {
-        let now = e.now();
-        workflows::insert(
-            &mut tx,
-            &workflows::WorkflowRow {
-                tenant_id: tenant,
-                workflow_id: WorkflowId::new(),
-                name: "Billing pages go to billing experts".into(),
-                enabled: true,
-                position: 0,
-                definition: json!({
-                    "trigger": { "page_url_patterns": ["*/billing*"] },
-                    "actions": {
-                        "auto_assign": true,
-                        "strategy": "skill_based",
-                        "required_skills": ["billing"],
-                        "welcome_message": "Welcome! A billing expert will be with you shortly.",
-                        "queue_message": "All billing experts are busy; you are in the queue.",
-                        "max_wait_seconds": 300,
-                        "max_wait_action": "offline_message"
-                    }
-                }),
-                created_at: now,
-                updated_at: now,
-            },
-        )
-        .await?;
-    }
-    tx.commit().await?;
+    workflows::seed_first(
+        e,
+        &system,
+        "Billing pages go to billing experts",
+        json!({
+            "trigger": { "page_url_patterns": ["*/billing*"] },
+            "actions": {
+                "auto_assign": true,
+                "strategy": "skill_based",
+                "required_skills": ["billing"],
+                "welcome_message": "Welcome! A billing expert will be with you shortly.",
+                "queue_message": "All billing experts are busy; you are in the queue.",
+                "max_wait_seconds": 300,
+                "max_wait_action": "offline_message"
+            }
+        }),
+    )
+    .await?;
 
     let (_, api_key) = tenants::create_api_key(
         e,

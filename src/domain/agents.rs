@@ -147,6 +147,28 @@ async fn commit_changed(tx: TenantTx, agent: UserId, at: DateTime<Utc>) -> AppRe
     tx.commit().await
 }
 
+/// Sets a new password for the agent with `email` (admins and the engine only); false when
+/// there is no such agent.
+pub async fn reset_password(
+    e: &Engine,
+    scope: &TenantScope,
+    email: &str,
+    new_password: String,
+) -> AppResult<bool> {
+    require_admin_or_system(scope)?;
+    let mut tx = e.db.tenant_tx(scope).await?;
+    let found = users::find_by_email(&mut tx, email).await?;
+    tx.commit().await?;
+    let Some(user) = found else {
+        return Ok(false);
+    };
+    let hash = password::hash(new_password).await?;
+    let mut tx = e.db.tenant_tx(scope).await?;
+    users::set_password_hash(&mut tx, user.user_id, &hash).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Creates an agent (admins only).
 pub async fn create(e: &Engine, scope: &TenantScope, new: NewAgent) -> AppResult<Agent> {
     require_admin_or_system(scope)?;

@@ -317,6 +317,18 @@ pub async fn widget_config(e: &Engine, scope: &TenantScope) -> AppResult<(Tenant
     Ok((t.into(), available > 0))
 }
 
+/// The id of the tenant with `slug`, if there is one (operator only).
+pub async fn find_by_slug(
+    e: &Engine,
+    op: &OperatorScope,
+    slug: &str,
+) -> AppResult<Option<TenantId>> {
+    let mut tx = e.db.operator_tx(op).await?;
+    let found = store::find_by_slug(&mut tx, slug).await?;
+    tx.commit().await?;
+    Ok(found.map(|t| t.tenant_id))
+}
+
 /// Every tenant's id, for background work that looks at each tenant in turn (reactors and
 /// timers catching up after a start).
 pub(crate) async fn all_ids(db: &Db) -> AppResult<Vec<TenantId>> {
