@@ -2,6 +2,16 @@
 //!
 //! Every durable change takes the conversation's next seq inside its transaction, stores an
 //! event with that seq, commits, and only then is announced. A send answers after commit.
+//! This module owns conversations and their members; [`messaging`] what is said in them;
+//! [`log`] the numbered event log and how it is committed and read back.
+
+mod log;
+mod messaging;
+
+pub use log::events_between;
+pub(crate) use log::stored_events;
+use log::{append, commit_events};
+pub use messaging::{change_message, list_messages, mark_read, set_typing, submit};
 
 use std::sync::Arc;
 
@@ -167,90 +177,6 @@ pub fn message(row: MessageRow) -> AppResult<Message> {
         edited_at: row.edited_at,
         deleted: row.deleted_at.is_some(),
     })
-}
-
-#[derive(Serialize, Deserialize)]
-struct MembersPayload {
-    agents: Vec<UserId>,
-    actor: Option<UserId>,
-}
-
-/// Takes the next seq and stores an event (not a posted message: those are written by the
-/// writer); the caller commits with [`commit_events`].
-async fn append(
-    tx: &mut TenantTx,
-    conv: ConversationId,
-    kind: EventKind,
-    actor: Participant,
-    at: DateTime<Utc>,
-) -> AppResult<ConversationEvent> {
-    let seq = store::next_seq(tx, conv)
-        .await?
-        .ok_or(AppError::FailedPrecondition("the conversation is closed"))?;
-    let (message_id, payload) = match &kind {
-        EventKind::MessagePosted(_) => {
-            return Err(AppError::Internal("posts go through the writer".into()));
-        }
-        EventKind::MessageEdited(m) | EventKind::MessageDeleted(m) => {
-            (Some(m.id), serde_json::Value::Null)
-        }
-        EventKind::MembersAdded { agents, actor } | EventKind::MemberRemoved { agents, actor } => (
-            None,
-            serde_json::to_value(MembersPayload {
-                agents: agents.clone(),
-                actor: *actor,
-            })
-            .map_err(|e| AppError::Internal(e.to_string()))?,
-        ),
-    };
-    store::insert_event(
-        tx,
-        &EventRow {
-            tenant_id: tx.tenant_id(),
-            conversation_id: conv,
-            seq,
-            kind: kind.name().to_owned(),
-            message_id,
-            actor_id: actor.id(),
-            payload,
-            created_at: at,
-        },
-    )
-    .await?;
-    Ok(ConversationEvent {
-        conversation_id: conv,
-        seq,
-        at,
-        kind,
-    })
-}
-
-/// Records the events in the spine, commits, and only then announces them.
-async fn commit_events(
-    e: &Engine,
-    scope: &TenantScope,
-    tx: TenantTx,
-    events: Vec<ConversationEvent>,
-) -> AppResult<()> {
-    if !events.is_empty() {
-        let committed: Vec<SpineEvent> = events
-            .iter()
-            .map(|ev| SpineEvent::Conversation {
-                c: ev.conversation_id,
-                from: ev.seq,
-                to: ev.seq,
-            })
-            .collect();
-        spine::record(&tx, &committed, e.now()).await?;
-    }
-    tx.commit().await?;
-    for event in events {
-        e.publisher.publish(Event::Durable {
-            tenant: scope.tenant_id(),
-            event,
-        });
-    }
-    Ok(())
 }
 
 /// The stored form of a new message (no idempotency key).
@@ -603,162 +529,6 @@ pub async fn remove_member(
     })
 }
 
-fn request_hash(conv: ConversationId, text: &str) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(conv.as_uuid().as_bytes());
-    h.update(text.as_bytes());
-    h.finalize().to_vec()
-}
-
-/// Sends a message through the one send pipeline (the group-committing writer), in two steps
-/// so one client can have many sends in flight and keep their order: awaiting `submit`
-/// queues the send (sends queued one after the other take seqs in that order); the future it
-/// returns answers once the send is committed. With a `request_id`, a retry returns the
-/// first answer and the same id with other content is refused.
-pub async fn submit(
-    e: &Arc<Engine>,
-    scope: &TenantScope,
-    conv: ConversationId,
-    text: String,
-    request_id: Option<uuid::Uuid>,
-) -> AppResult<impl Future<Output = AppResult<Sent>> + Send + 'static> {
-    let job = SendJob {
-        scope: *scope,
-        conv,
-        sender: Participant::of(scope)?,
-        request: request_id.map(|r| (r, request_hash(conv, &text))),
-        text: text.clone(),
-    };
-    let queued = e.writer.enqueue(job).await;
-    Ok(async move {
-        match queued {
-            Some(q) => q.answer().await,
-            None => Err(AppError::Unavailable("the writer stopped".into())),
-        }
-    })
-}
-
-/// Pages through messages by seq.
-pub async fn list_messages(
-    e: &Engine,
-    scope: &TenantScope,
-    conv: ConversationId,
-    forward: bool,
-    anchor: u64,
-    requested_size: i32,
-    token: &str,
-) -> AppResult<Page<Message>> {
-    let who = Participant::of(scope)?;
-    let size = page_size(requested_size)?;
-    let binding = format!("tenant:{}|ListMessages|{conv}|{forward}", scope.tenant_id());
-    let anchor = match e.pages.open::<i64>(&binding, token)? {
-        Some(seq) => Some(seq),
-        None if anchor == 0 => None,
-        None => {
-            Some(i64::try_from(anchor).map_err(|_| AppError::field("anchor_seq", "too large"))?)
-        }
-    };
-    let mut tx = e.db.tenant_tx(scope).await?;
-    require_admitted(&mut tx, conv, who).await?;
-    let rows = messages::page(&mut tx, conv, forward, anchor, size + 1).await?;
-    tx.commit().await?;
-    let (rows, more) = split_page(rows, size);
-    let next_page_token = match rows.last() {
-        Some(last) if more => e.pages.seal(&binding, &last.seq),
-        _ => String::new(),
-    };
-    Ok(Page {
-        items: rows.into_iter().map(message).collect::<AppResult<_>>()?,
-        next_page_token,
-    })
-}
-
-/// Edits (`Some(text)`) or deletes (`None`) one of the caller's own messages.
-pub async fn change_message(
-    e: &Engine,
-    scope: &TenantScope,
-    conv: ConversationId,
-    id: MessageId,
-    text: Option<String>,
-) -> AppResult<(Message, i64)> {
-    let me = Participant::of(scope)?;
-    let mut tx = e.db.tenant_tx(scope).await?;
-    require_admitted(&mut tx, conv, me).await?;
-    let row = messages::get(&mut tx, conv, id)
-        .await?
-        .ok_or(AppError::NotFound("message"))?;
-    if Participant::from_stored(&row.sender_type, row.sender_id)? != me {
-        return Err(AppError::PermissionDenied(
-            "only the author changes a message",
-        ));
-    }
-    if row.deleted_at.is_some() {
-        return Err(AppError::FailedPrecondition("the message is deleted"));
-    }
-    let now = e.now();
-    let (updated, kind): (Message, fn(Message) -> EventKind) = match text {
-        Some(t) => (
-            message(messages::edit(&mut tx, id, &t, now).await?)?,
-            EventKind::MessageEdited,
-        ),
-        None => (
-            message(messages::delete(&mut tx, id, now).await?)?,
-            EventKind::MessageDeleted,
-        ),
-    };
-    let ev = append(&mut tx, conv, kind(updated.clone()), me, now).await?;
-    let seq = ev.seq;
-    commit_events(e, scope, tx, vec![ev]).await?;
-    Ok((updated, seq))
-}
-
-/// Moves the caller's read position; returns it and the unread count left.
-pub async fn mark_read(
-    e: &Engine,
-    scope: &TenantScope,
-    conv: ConversationId,
-    seq: u64,
-) -> AppResult<(i64, i64)> {
-    let (me, _) = require_agent(scope)?;
-    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-    let mut tx = e.db.tenant_tx(scope).await?;
-    let read_seq = store::mark_read(&mut tx, conv, me, seq)
-        .await?
-        .ok_or(AppError::NotFound("conversation"))?;
-    let unread = store::unread_counts(&mut tx, me, &[conv])
-        .await?
-        .first()
-        .map_or(0, |(_, n)| *n);
-    tx.commit().await?;
-    e.publisher.publish(Event::Read {
-        tenant: scope.tenant_id(),
-        conversation: conv,
-        reader: Participant::Agent(me),
-        read_seq,
-    });
-    Ok((read_seq, unread))
-}
-
-/// Announces that the caller is (or stopped) typing.
-pub async fn set_typing(
-    e: &Engine,
-    scope: &TenantScope,
-    conv: ConversationId,
-    typing: bool,
-) -> AppResult<()> {
-    let me = Participant::of(scope)?;
-    let mut tx = e.db.tenant_tx(scope).await?;
-    require_admitted(&mut tx, conv, me).await?;
-    tx.commit().await?;
-    e.publisher.publish(Event::Typing {
-        tenant: scope.tenant_id(),
-        conversation: conv,
-        sender: me,
-        typing,
-    });
-    Ok(())
-}
-
 /// Conversations the caller takes part in, with their current last seq: an agent's
 /// memberships, a visitor's own external chats. The engine takes part everywhere and follows
 /// nothing: it holds no stream.
@@ -774,94 +544,6 @@ pub async fn memberships(e: &Engine, scope: &TenantScope) -> AppResult<Vec<(Conv
     };
     tx.commit().await?;
     Ok(m)
-}
-
-/// Stored events of a conversation the caller takes part in with `after < seq <= up_to`,
-/// oldest first, at most `limit`; None when the caller takes no part in it.
-pub async fn events_between(
-    e: &Engine,
-    scope: &TenantScope,
-    conv: ConversationId,
-    after: i64,
-    up_to: i64,
-    limit: i64,
-) -> AppResult<Option<Vec<ConversationEvent>>> {
-    let who = Participant::of(scope)?;
-    let mut tx = e.db.tenant_tx(scope).await?;
-    if admitted(&mut tx, conv, who).await?.is_none() {
-        tx.commit().await?;
-        return Ok(None);
-    }
-    let out = stored_events(&mut tx, conv, after, up_to, limit).await?;
-    tx.commit().await?;
-    Ok(Some(out))
-}
-
-/// Stored events of a conversation with `after < seq <= up_to`, oldest first, at most
-/// `limit`, whoever asks: callers check membership first, or are the engine itself.
-pub(crate) async fn stored_events(
-    tx: &mut TenantTx,
-    conv: ConversationId,
-    after: i64,
-    up_to: i64,
-    limit: i64,
-) -> AppResult<Vec<ConversationEvent>> {
-    let rows = store::events_between(tx, conv, after, up_to, limit).await?;
-    let posted = messages::posted_between(tx, conv, after, up_to, limit).await?;
-    let ids: Vec<MessageId> = rows.iter().filter_map(|r| r.message_id).collect();
-    let msgs = messages::by_ids(tx, &ids).await?;
-    let mut out = Vec::with_capacity(rows.len() + posted.len());
-    for r in rows {
-        let msg = || {
-            r.message_id
-                .and_then(|id| msgs.iter().find(|m| m.message_id == id))
-                .cloned()
-                .map(message)
-                .ok_or_else(|| AppError::Internal(format!("event {} lost its message", r.seq)))?
-        };
-        let members = || {
-            serde_json::from_value::<MembersPayload>(r.payload.clone())
-                .map_err(|err| AppError::Internal(err.to_string()))
-        };
-        let kind = match r.kind.as_str() {
-            "message_edited" => EventKind::MessageEdited(msg()?),
-            "message_deleted" => EventKind::MessageDeleted(msg()?),
-            "members_added" => {
-                let p = members()?;
-                EventKind::MembersAdded {
-                    agents: p.agents,
-                    actor: p.actor,
-                }
-            }
-            "member_removed" => {
-                let p = members()?;
-                EventKind::MemberRemoved {
-                    agents: p.agents,
-                    actor: p.actor,
-                }
-            }
-            other => return Err(AppError::Internal(format!("unknown event kind {other}"))),
-        };
-        out.push(ConversationEvent {
-            conversation_id: r.conversation_id,
-            seq: r.seq,
-            at: r.created_at,
-            kind,
-        });
-    }
-    for m in posted {
-        out.push(ConversationEvent {
-            conversation_id: m.conversation_id,
-            seq: m.seq,
-            at: m.created_at,
-            kind: EventKind::MessagePosted(message(m)?),
-        });
-    }
-    // Seqs are gapless over both tables, so the first `limit` of the merge are exactly the
-    // events that follow `after`.
-    out.sort_by_key(|e| e.seq);
-    out.truncate(usize::try_from(limit).unwrap_or(0));
-    Ok(out)
 }
 
 /// One conversation by id, if the caller takes part in it.

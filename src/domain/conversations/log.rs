@@ -1,0 +1,178 @@
+//! The conversation's event log: taking the next seq for a change, committing changes with
+//! their spine entry and announcing them after commit, and reading stored events back in seq
+//! order (posted messages live in the messages table, every other change in
+//! conversation_events).
+
+use super::*;
+
+#[derive(Serialize, Deserialize)]
+struct MembersPayload {
+    agents: Vec<UserId>,
+    actor: Option<UserId>,
+}
+
+/// Takes the next seq and stores an event (not a posted message: those are written by the
+/// writer); the caller commits with [`commit_events`].
+pub(super) async fn append(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    kind: EventKind,
+    actor: Participant,
+    at: DateTime<Utc>,
+) -> AppResult<ConversationEvent> {
+    let seq = store::next_seq(tx, conv)
+        .await?
+        .ok_or(AppError::FailedPrecondition("the conversation is closed"))?;
+    let (message_id, payload) = match &kind {
+        EventKind::MessagePosted(_) => {
+            return Err(AppError::Internal("posts go through the writer".into()));
+        }
+        EventKind::MessageEdited(m) | EventKind::MessageDeleted(m) => {
+            (Some(m.id), serde_json::Value::Null)
+        }
+        EventKind::MembersAdded { agents, actor } | EventKind::MemberRemoved { agents, actor } => (
+            None,
+            serde_json::to_value(MembersPayload {
+                agents: agents.clone(),
+                actor: *actor,
+            })
+            .map_err(|e| AppError::Internal(e.to_string()))?,
+        ),
+    };
+    store::insert_event(
+        tx,
+        &EventRow {
+            tenant_id: tx.tenant_id(),
+            conversation_id: conv,
+            seq,
+            kind: kind.name().to_owned(),
+            message_id,
+            actor_id: actor.id(),
+            payload,
+            created_at: at,
+        },
+    )
+    .await?;
+    Ok(ConversationEvent {
+        conversation_id: conv,
+        seq,
+        at,
+        kind,
+    })
+}
+
+/// Records the events in the spine, commits, and only then announces them.
+pub(super) async fn commit_events(
+    e: &Engine,
+    scope: &TenantScope,
+    tx: TenantTx,
+    events: Vec<ConversationEvent>,
+) -> AppResult<()> {
+    if !events.is_empty() {
+        let committed: Vec<SpineEvent> = events
+            .iter()
+            .map(|ev| SpineEvent::Conversation {
+                c: ev.conversation_id,
+                from: ev.seq,
+                to: ev.seq,
+            })
+            .collect();
+        spine::record(&tx, &committed, e.now()).await?;
+    }
+    tx.commit().await?;
+    for event in events {
+        e.publisher.publish(Event::Durable {
+            tenant: scope.tenant_id(),
+            event,
+        });
+    }
+    Ok(())
+}
+
+/// Stored events of a conversation the caller takes part in with `after < seq <= up_to`,
+/// oldest first, at most `limit`; None when the caller takes no part in it.
+pub async fn events_between(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> AppResult<Option<Vec<ConversationEvent>>> {
+    let who = Participant::of(scope)?;
+    let mut tx = e.db.tenant_tx(scope).await?;
+    if admitted(&mut tx, conv, who).await?.is_none() {
+        tx.commit().await?;
+        return Ok(None);
+    }
+    let out = stored_events(&mut tx, conv, after, up_to, limit).await?;
+    tx.commit().await?;
+    Ok(Some(out))
+}
+
+/// Stored events of a conversation with `after < seq <= up_to`, oldest first, at most
+/// `limit`, whoever asks: callers check membership first, or are the engine itself.
+pub(crate) async fn stored_events(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> AppResult<Vec<ConversationEvent>> {
+    let rows = store::events_between(tx, conv, after, up_to, limit).await?;
+    let posted = messages::posted_between(tx, conv, after, up_to, limit).await?;
+    let ids: Vec<MessageId> = rows.iter().filter_map(|r| r.message_id).collect();
+    let msgs = messages::by_ids(tx, &ids).await?;
+    let mut out = Vec::with_capacity(rows.len() + posted.len());
+    for r in rows {
+        let msg = || {
+            r.message_id
+                .and_then(|id| msgs.iter().find(|m| m.message_id == id))
+                .cloned()
+                .map(message)
+                .ok_or_else(|| AppError::Internal(format!("event {} lost its message", r.seq)))?
+        };
+        let members = || {
+            serde_json::from_value::<MembersPayload>(r.payload.clone())
+                .map_err(|err| AppError::Internal(err.to_string()))
+        };
+        let kind = match r.kind.as_str() {
+            "message_edited" => EventKind::MessageEdited(msg()?),
+            "message_deleted" => EventKind::MessageDeleted(msg()?),
+            "members_added" => {
+                let p = members()?;
+                EventKind::MembersAdded {
+                    agents: p.agents,
+                    actor: p.actor,
+                }
+            }
+            "member_removed" => {
+                let p = members()?;
+                EventKind::MemberRemoved {
+                    agents: p.agents,
+                    actor: p.actor,
+                }
+            }
+            other => return Err(AppError::Internal(format!("unknown event kind {other}"))),
+        };
+        out.push(ConversationEvent {
+            conversation_id: r.conversation_id,
+            seq: r.seq,
+            at: r.created_at,
+            kind,
+        });
+    }
+    for m in posted {
+        out.push(ConversationEvent {
+            conversation_id: m.conversation_id,
+            seq: m.seq,
+            at: m.created_at,
+            kind: EventKind::MessagePosted(message(m)?),
+        });
+    }
+    // Seqs are gapless over both tables, so the first `limit` of the merge are exactly the
+    // events that follow `after`.
+    out.sort_by_key(|e| e.seq);
+    out.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok(out)
+}
