@@ -4,10 +4,12 @@
 //! once, in commit order per conversation, from a stored cursor.
 //!
 //! A transaction calls [`record`] before it commits. That writes one spine entry per shard
-//! touched (a gapless position per tenant and shard, see the migration) and sends
+//! touched (a gapless position per tenant and shard, see the migration) and queues
 //! `NOTIFY chatengine_spine` with a compact [`Notice`] naming the conversations and seqs that
-//! committed. PostgreSQL delivers the notice to every listening node at commit, or never
-//! if the transaction rolls back.
+//! committed, which this node's announcer sends right after the commit (never if the
+//! transaction rolls back; `storage::announce` says why not inside it). What committed is
+//! acknowledged only once its notice is sent, so an acknowledged event reaches every
+//! listening node even when this node dies right after the acknowledgement.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -93,9 +95,23 @@ pub async fn record(tx: &TenantTx, events: &[SpineEvent], at: DateTime<Utc>) -> 
         .encode();
         let json = serde_json::to_value(&list)
             .map_err(|e| crate::error::AppError::Internal(e.to_string()))?;
-        store::append(tx, shard, json, at, &notices).await?;
+        store::append(tx, shard, json, at).await?;
+        tx.announce(CHANNEL, notices);
     }
     Ok(())
+}
+
+/// Queues notices of seqs that committed earlier (`(conversation, seq)`), to be sent again
+/// after the transaction's commit, without a new spine entry.
+pub fn announce_again(tx: &TenantTx, seqs: &[(ConversationId, i64)]) {
+    for &(c, seq) in seqs {
+        let notice = Notice {
+            tenant: tx.tenant_id(),
+            shard: shard_of_conversation(c),
+            committed: vec![(c, seq)],
+        };
+        tx.announce(CHANNEL, notice.encode());
+    }
 }
 
 /// The payload of a spine notice: which tenant and shard has a new entry, and the highest

@@ -8,7 +8,8 @@
 //! what lifts throughput past one-fsync-per-message. A batch that fails as a whole is written
 //! again one send at a time (a batch of one each), so one bad send never fails its
 //! neighbours. This is the only way a message is written: a lone send is a batch of one.
-//! Each batch records its conversations' new seqs in the event spine before it commits.
+//! Each batch records its conversations' new seqs in the event spine before it commits; its
+//! sends are answered once the spine's notice of the commit is sent (see `storage::announce`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use super::spine::{self, SHARDS, SpineEvent};
 use crate::error::{AppError, AppResult};
 use crate::ids::{ConversationId, MessageId, TenantId, UserId, VisitorId};
 use crate::storage::Db;
+use crate::storage::announce::Announced;
 use crate::storage::conversations as store;
 use crate::storage::messages;
 use crate::tenancy::TenantScope;
@@ -94,12 +96,26 @@ impl Queued {
     }
 }
 
+/// Answers waiting for their batch's announcement, in commit order.
+type Replies = mpsc::UnboundedSender<(Announced, Vec<(Reply, AppResult<Sent>)>)>;
+
 async fn run(
     mut rx: mpsc::Receiver<(SendJob, Reply)>,
     db: Db,
     publisher: Arc<dyn Publisher>,
     clock: Arc<dyn Clock>,
 ) {
+    // The loop goes on to the next batch while this one's notices are being sent; its
+    // answers follow in order once they are.
+    let (replies, mut answered): (Replies, _) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some((announced, answers)) = answered.recv().await {
+            Announced::wait(announced).await;
+            for (reply, answer) in answers {
+                let _ = reply.send(answer);
+            }
+        }
+    });
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -117,7 +133,7 @@ async fn run(
         }
         let groups = by_tenant
             .into_values()
-            .map(|jobs| write_group(&db, publisher.as_ref(), clock.as_ref(), jobs));
+            .map(|jobs| write_group(&db, publisher.as_ref(), clock.as_ref(), &replies, jobs));
         futures_util::future::join_all(groups).await;
     }
 }
@@ -126,11 +142,13 @@ async fn write_group(
     db: &Db,
     publisher: &dyn Publisher,
     clock: &dyn Clock,
+    replies: &Replies,
     jobs: Vec<(SendJob, Reply)>,
 ) {
     let scope = jobs[0].0.scope;
-    let (jobs, replies): (Vec<SendJob>, Vec<Reply>) = jobs.into_iter().unzip();
-    let announce = |events: Vec<ConversationEvent>| {
+    let (jobs, waiting): (Vec<SendJob>, Vec<Reply>) = jobs.into_iter().unzip();
+    // The fast path (this node's hub, NATS) hears of the commit at once.
+    let publish = |events: Vec<ConversationEvent>| {
         for event in events {
             publisher.publish(Event::Durable {
                 tenant: scope.tenant_id(),
@@ -139,15 +157,13 @@ async fn write_group(
         }
     };
     match write_batch(db, clock, &scope, &jobs).await {
-        Ok((answers, events)) => {
-            for (reply, answer) in replies.into_iter().zip(answers) {
-                let _ = reply.send(answer);
-            }
-            announce(events);
+        Ok((answers, events, announced)) => {
+            publish(events);
+            let _ = replies.send((announced, waiting.into_iter().zip(answers).collect()));
         }
         Err(e) => {
             tracing::debug!(error = %e, sends = jobs.len(), "batch failed; writing its sends one by one");
-            for (job, reply) in jobs.iter().zip(replies) {
+            for (job, reply) in jobs.iter().zip(waiting) {
                 let one = std::slice::from_ref(job);
                 let mut result = write_batch(db, clock, &scope, one).await;
                 // A concurrent retry with the same request_id won the insert: the second
@@ -155,20 +171,21 @@ async fn write_group(
                 if matches!(result, Err(AppError::AlreadyExists(_))) && job.request.is_some() {
                     result = write_batch(db, clock, &scope, one).await;
                 }
-                let answer = match result {
-                    Ok((mut answers, events)) => {
-                        announce(events);
-                        answers.pop().unwrap_or_else(|| Err(unanswered()))
+                let (announced, answer) = match result {
+                    Ok((mut answers, events, announced)) => {
+                        publish(events);
+                        let answer = answers.pop().unwrap_or_else(|| Err(unanswered()));
+                        (announced, answer)
                     }
-                    Err(e) => Err(e),
+                    Err(e) => (Announced::ready(), Err(e)),
                 };
-                let _ = reply.send(answer);
+                let _ = replies.send((announced, vec![(reply, answer)]));
             }
         }
     }
 }
 
-type BatchResult = (Vec<AppResult<Sent>>, Vec<ConversationEvent>);
+type BatchResult = (Vec<AppResult<Sent>>, Vec<ConversationEvent>, Announced);
 
 async fn write_batch(
     db: &Db,
@@ -247,6 +264,9 @@ async fn write_batch(
     // Same key twice in one batch: the later ones take the first one's answer.
     let mut followers: Vec<(usize, usize)> = Vec::new();
     let mut following: HashSet<usize> = HashSet::new();
+    // What a retry finds stored is announced again: the first attempt's node may have died
+    // between its commit and its announcement, and nobody else would tell the other nodes.
+    let mut found: Vec<(ConversationId, i64)> = Vec::new();
     for (i, sender, rid) in keyed {
         let hash = jobs[i].request.as_ref().map(|(_, h)| h.as_slice());
         if let Some(prev) = stored
@@ -254,6 +274,7 @@ async fn write_batch(
             .find(|m| m.sender_id == Some(sender) && m.request_id == Some(rid))
         {
             answers[i] = Some(if prev.request_hash.as_deref() == hash {
+                found.push((prev.conversation_id, prev.seq));
                 Ok(Sent {
                     id: prev.message_id,
                     seq: prev.seq,
@@ -369,7 +390,8 @@ async fn write_batch(
             spine::record(tx, &committed, now),
         )?;
     }
-    tx.commit().await?;
+    spine::announce_again(&tx, &found);
+    let announced = tx.commit_then_announce().await?;
     for (f, lead) in followers {
         let same =
             jobs[f].request.as_ref().map(|r| &r.1) == jobs[lead].request.as_ref().map(|r| &r.1);
@@ -383,7 +405,7 @@ async fn write_batch(
         .into_iter()
         .map(|a| a.unwrap_or_else(|| Err(unanswered())))
         .collect();
-    Ok((answers, events))
+    Ok((answers, events, announced))
 }
 
 fn unanswered() -> AppError {

@@ -3,6 +3,7 @@
 //! [`TenantScope`] and sets `app.tenant_id` for its transaction only (`set_config(.., true)`),
 //! so row-level security backs every query and nothing leaks into a pooled connection.
 
+pub mod announce;
 pub mod api_keys;
 pub mod conversations;
 mod error;
@@ -18,6 +19,7 @@ pub mod tokens;
 pub mod users;
 pub mod workflows;
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use diesel::sql_types::Text;
@@ -32,6 +34,7 @@ use futures_util::FutureExt;
 use crate::error::{AppError, AppResult};
 use crate::ids::TenantId;
 use crate::tenancy::{OperatorScope, TenantScope};
+use announce::{Announced, Announcer, Notice};
 
 /// The migrations in `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -53,10 +56,11 @@ pub async fn migrate(url: &str) -> AppResult<()> {
         .map_err(|e| AppError::Internal(format!("migrations failed: {e}")))
 }
 
-/// The connection pool.
+/// The connection pool, and the node's announcer of committed events.
 #[derive(Clone)]
 pub struct Db {
     pool: Pool<AsyncPgConnection>,
+    announcer: Announcer,
 }
 
 impl Db {
@@ -89,7 +93,10 @@ impl Db {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|e| AppError::Internal(format!("building pool: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            announcer: Announcer::start(url),
+        })
     }
 
     async fn begin(&self) -> AppResult<Conn> {
@@ -112,6 +119,8 @@ impl Db {
         Ok(TenantTx {
             conn: Some(conn),
             tenant_id,
+            notices: Mutex::new(Vec::new()),
+            announcer: self.announcer.clone(),
         })
     }
 
@@ -153,8 +162,7 @@ macro_rules! tx_common {
                 self.conn.as_mut().expect("transaction used after commit")
             }
 
-            /// Commits the transaction.
-            pub async fn commit(mut self) -> AppResult<()> {
+            async fn commit_conn(&mut self) -> AppResult<()> {
                 let mut conn = self.conn.take().expect("transaction committed twice");
                 TxManager::commit_transaction(&mut *conn).await?;
                 Ok(())
@@ -175,6 +183,9 @@ macro_rules! tx_common {
 pub struct TenantTx {
     conn: Option<Conn>,
     tenant_id: TenantId,
+    /// Sent by the announcer once the transaction has committed.
+    notices: Mutex<Vec<Notice>>,
+    announcer: Announcer,
 }
 
 impl TenantTx {
@@ -188,6 +199,27 @@ impl TenantTx {
     pub(crate) fn shared(&self) -> &AsyncPgConnection {
         self.conn.as_ref().expect("transaction used after commit")
     }
+
+    /// Queues notices to be sent on `channel` once this transaction has committed (and never
+    /// if it rolls back).
+    pub(crate) fn announce(&self, channel: &'static str, payloads: Vec<String>) {
+        let mut notices = self.notices.lock().unwrap_or_else(|e| e.into_inner());
+        notices.extend(payloads.into_iter().map(|p| (channel, p)));
+    }
+
+    /// Commits, then waits until its notices are announced.
+    pub async fn commit(self) -> AppResult<()> {
+        self.commit_then_announce().await?.wait().await;
+        Ok(())
+    }
+
+    /// Commits and queues its notices; the answer says when they have been announced, which
+    /// is when what committed may be acknowledged.
+    pub async fn commit_then_announce(mut self) -> AppResult<Announced> {
+        self.commit_conn().await?;
+        let notices = std::mem::take(self.notices.get_mut().unwrap_or_else(|e| e.into_inner()));
+        Ok(self.announcer.send(notices))
+    }
 }
 
 tx_common!(TenantTx);
@@ -198,3 +230,10 @@ pub struct OperatorTx {
 }
 
 tx_common!(OperatorTx);
+
+impl OperatorTx {
+    /// Commits the transaction.
+    pub async fn commit(mut self) -> AppResult<()> {
+        self.commit_conn().await
+    }
+}

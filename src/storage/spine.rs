@@ -4,39 +4,33 @@
 
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
-use diesel::sql_types::{Array, BigInt, Jsonb, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Jsonb, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
 use super::{TenantTx, sql};
 use crate::error::AppResult;
 
-/// Takes the shard's next position, stores an entry there and queues the notices, all to
-/// become visible at commit. One round trip.
+/// Takes the shard's next position and stores an entry there, to become visible at commit.
+/// One round trip.
 pub async fn append(
     tx: &TenantTx,
     shard: i16,
     events: serde_json::Value,
     at: DateTime<Utc>,
-    notices: &[String],
 ) -> AppResult<()> {
     sql::prepared(
         "WITH head AS (
            INSERT INTO spine_heads (tenant_id, shard, last_pos) VALUES ($1, $2, 1)
            ON CONFLICT (tenant_id, shard) DO UPDATE SET last_pos = spine_heads.last_pos + 1
            RETURNING last_pos
-         ), entry AS (
-           INSERT INTO spine_entries (tenant_id, shard, pos, created_at, events)
-           SELECT $1, $2, last_pos, $3, $4 FROM head
-           RETURNING pos
          )
-         SELECT pos, (SELECT count(pg_notify('chatengine_spine', p)) FROM unnest($5::text[]) p)
-           FROM entry",
+         INSERT INTO spine_entries (tenant_id, shard, pos, created_at, events)
+         SELECT $1, $2, last_pos, $3, $4 FROM head",
     )
     .bind::<SqlUuid, _>(tx.tenant_id())
     .bind::<SmallInt, _>(shard)
     .bind::<Timestamptz, _>(at)
     .bind::<Jsonb, _>(events)
-    .bind::<Array<Text>, _>(notices)
     .execute(&mut tx.shared())
     .await?;
     Ok(())
