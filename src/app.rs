@@ -22,10 +22,10 @@ use crate::domain::events::Publisher;
 use crate::domain::paging::PageTokens;
 use crate::domain::participants::Participant;
 use crate::domain::reactors::{self, Reactor};
-use crate::domain::spine;
 use crate::domain::timers::{self, TimerHandler};
 use crate::domain::writer::Writer;
 use crate::domain::{Engine, SystemClock, TokenPolicy};
+use crate::domain::{follower, spine};
 use crate::grpc::{self, Dependencies, TransportSettings};
 use crate::pgcluster::PrivateCluster;
 use crate::realtime::bus::{LocalBus, NatsBus};
@@ -198,11 +198,13 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         shutdown: CancellationToken::new(),
     });
     // Every commit's spine notice reaches this node's streams, its reactors and its timers
-    // from PostgreSQL itself, whichever node committed.
-    let spine_for_streams = listener.channel(spine::CHANNEL);
-    let spine_for_reactors = listener.channel(spine::CHANNEL);
+    // from PostgreSQL itself, whichever node committed; the follower adds the entries of a
+    // node that died before announcing them.
+    let spine_notices = listener.channel(spine::CHANNEL);
     let timer_notices = listener.channel(timers::CHANNEL);
     let stop = streams.shutdown.clone();
+    let (spine_for_streams, spine_for_reactors) =
+        follower::start(pool.clone(), spine_notices, stop.clone());
     hints::start(streams.hub.clone(), spine_for_streams, stop.clone());
     reactors::start(
         pool.clone(),

@@ -81,22 +81,11 @@ pub async fn record(tx: &TenantTx, events: &[SpineEvent], at: DateTime<Utc>) -> 
     by_shard.sort_by_key(|(s, _)| *s);
     let tenant = tx.tenant_id();
     for (shard, list) in by_shard {
-        let notices = Notice {
-            tenant,
-            shard,
-            committed: list
-                .iter()
-                .filter_map(|e| match e {
-                    SpineEvent::Conversation { c, to, .. } => Some((*c, *to)),
-                    SpineEvent::AgentChanged { .. } => None,
-                })
-                .collect(),
-        }
-        .encode();
         let json = serde_json::to_value(&list)
             .map_err(|e| crate::error::AppError::Internal(e.to_string()))?;
-        store::append(tx, shard, json, at).await?;
-        tx.announce(CHANNEL, notices);
+        let pos = store::append(tx, shard, json, at).await?;
+        let notice = Notice::of_entry(tenant, shard, pos, &list);
+        tx.announce(CHANNEL, notice.encode());
     }
     Ok(())
 }
@@ -108,20 +97,24 @@ pub fn announce_again(tx: &TenantTx, seqs: &[(ConversationId, i64)]) {
         let notice = Notice {
             tenant: tx.tenant_id(),
             shard: shard_of_conversation(c),
+            pos: None,
             committed: vec![(c, seq)],
         };
         tx.announce(CHANNEL, notice.encode());
     }
 }
 
-/// The payload of a spine notice: which tenant and shard has a new entry, and the highest
-/// committed seq of each conversation it touched (enough for a stream to fetch what it lacks).
+/// The payload of a spine notice: which tenant and shard has a new entry at which position,
+/// and the highest committed seq of each conversation it touched (enough for a stream to
+/// fetch what it lacks).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
     /// Tenant.
     pub tenant: TenantId,
     /// Shard.
     pub shard: i16,
+    /// The entry's position; None when seqs committed earlier are announced again.
+    pub pos: Option<i64>,
     /// Conversations and their last committed seq.
     pub committed: Vec<(ConversationId, i64)>,
 }
@@ -130,9 +123,27 @@ pub struct Notice {
 const MAX_PAYLOAD: usize = 7900;
 
 impl Notice {
-    /// One or more payloads (`<tenant> <shard> [<conv>:<seq> ...]`), each under the limit.
+    /// The notice of the entry at `pos` holding `events`.
+    pub fn of_entry(tenant: TenantId, shard: i16, pos: i64, events: &[SpineEvent]) -> Self {
+        Self {
+            tenant,
+            shard,
+            pos: Some(pos),
+            committed: events
+                .iter()
+                .filter_map(|e| match e {
+                    SpineEvent::Conversation { c, to, .. } => Some((*c, *to)),
+                    SpineEvent::AgentChanged { .. } => None,
+                })
+                .collect(),
+        }
+    }
+
+    /// One or more payloads (`<tenant> <shard> <pos or -> [<conv>:<seq> ...]`), each under
+    /// the limit.
     pub fn encode(&self) -> Vec<String> {
-        let head = format!("{} {}", self.tenant, self.shard);
+        let pos = self.pos.map_or_else(|| "-".to_owned(), |p| p.to_string());
+        let head = format!("{} {} {pos}", self.tenant, self.shard);
         let mut out = vec![head.clone()];
         for (c, seq) in &self.committed {
             let part = format!(" {c}:{seq}");
@@ -151,6 +162,10 @@ impl Notice {
         let mut parts = payload.split(' ');
         let tenant = TenantId::parse(parts.next()?)?;
         let shard = parts.next()?.parse().ok()?;
+        let pos = match parts.next()? {
+            "-" => None,
+            p => Some(p.parse().ok()?),
+        };
         let committed = parts
             .map(|p| {
                 let (c, seq) = p.split_once(':')?;
@@ -160,6 +175,7 @@ impl Notice {
         Some(Self {
             tenant,
             shard,
+            pos,
             committed,
         })
     }
@@ -174,6 +190,7 @@ mod tests {
         let n = Notice {
             tenant: TenantId::new(),
             shard: 3,
+            pos: Some(17),
             committed: (0..500).map(|i| (ConversationId::new(), i)).collect(),
         };
         let payloads = n.encode();
@@ -182,7 +199,7 @@ mod tests {
         let mut back = Vec::new();
         for p in &payloads {
             let d = Notice::decode(p).unwrap();
-            assert_eq!((d.tenant, d.shard), (n.tenant, n.shard));
+            assert_eq!((d.tenant, d.shard, d.pos), (n.tenant, n.shard, n.pos));
             back.extend(d.committed);
         }
         assert_eq!(back, n.committed);
@@ -194,12 +211,12 @@ mod tests {
         assert!(Notice::decode("").is_none());
         assert!(Notice::decode(&format!("{t}")).is_none());
         assert!(Notice::decode(&format!("{t} x")).is_none());
-        assert!(Notice::decode(&format!("{t} 1 nope:3")).is_none());
-        assert!(Notice::decode(&format!("{t} 1 {}:x", ConversationId::new())).is_none());
-        assert_eq!(
-            Notice::decode(&format!("{t} 2")).unwrap().committed,
-            Vec::new()
-        );
+        assert!(Notice::decode(&format!("{t} 1")).is_none());
+        assert!(Notice::decode(&format!("{t} 1 x")).is_none());
+        assert!(Notice::decode(&format!("{t} 1 4 nope:3")).is_none());
+        assert!(Notice::decode(&format!("{t} 1 4 {}:x", ConversationId::new())).is_none());
+        let empty = Notice::decode(&format!("{t} 2 -")).unwrap();
+        assert_eq!((empty.pos, empty.committed), (None, Vec::new()));
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! what lifts throughput past one-fsync-per-message. A batch that fails as a whole is written
 //! again one send at a time (a batch of one each), so one bad send never fails its
 //! neighbours. This is the only way a message is written: a lone send is a batch of one.
-//! Each batch records its conversations' new seqs in the event spine before it commits; its
-//! sends are answered once the spine's notice of the commit is sent (see `storage::announce`).
+//! Each batch records its conversations' new seqs in the event spine before it commits, and
+//! this node announces them to every node right after (see `storage::announce`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -24,7 +24,6 @@ use super::spine::{self, SHARDS, SpineEvent};
 use crate::error::{AppError, AppResult};
 use crate::ids::{ConversationId, MessageId, TenantId, UserId, VisitorId};
 use crate::storage::Db;
-use crate::storage::announce::Announced;
 use crate::storage::conversations as store;
 use crate::storage::messages;
 use crate::tenancy::TenantScope;
@@ -96,26 +95,12 @@ impl Queued {
     }
 }
 
-/// Answers waiting for their batch's announcement, in commit order.
-type Replies = mpsc::UnboundedSender<(Announced, Vec<(Reply, AppResult<Sent>)>)>;
-
 async fn run(
     mut rx: mpsc::Receiver<(SendJob, Reply)>,
     db: Db,
     publisher: Arc<dyn Publisher>,
     clock: Arc<dyn Clock>,
 ) {
-    // The loop goes on to the next batch while this one's notices are being sent; its
-    // answers follow in order once they are.
-    let (replies, mut answered): (Replies, _) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some((announced, answers)) = answered.recv().await {
-            Announced::wait(announced).await;
-            for (reply, answer) in answers {
-                let _ = reply.send(answer);
-            }
-        }
-    });
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -133,7 +118,7 @@ async fn run(
         }
         let groups = by_tenant
             .into_values()
-            .map(|jobs| write_group(&db, publisher.as_ref(), clock.as_ref(), &replies, jobs));
+            .map(|jobs| write_group(&db, publisher.as_ref(), clock.as_ref(), jobs));
         futures_util::future::join_all(groups).await;
     }
 }
@@ -142,13 +127,11 @@ async fn write_group(
     db: &Db,
     publisher: &dyn Publisher,
     clock: &dyn Clock,
-    replies: &Replies,
     jobs: Vec<(SendJob, Reply)>,
 ) {
     let scope = jobs[0].0.scope;
-    let (jobs, waiting): (Vec<SendJob>, Vec<Reply>) = jobs.into_iter().unzip();
-    // The fast path (this node's hub, NATS) hears of the commit at once.
-    let publish = |events: Vec<ConversationEvent>| {
+    let (jobs, replies): (Vec<SendJob>, Vec<Reply>) = jobs.into_iter().unzip();
+    let announce = |events: Vec<ConversationEvent>| {
         for event in events {
             publisher.publish(Event::Durable {
                 tenant: scope.tenant_id(),
@@ -157,13 +140,15 @@ async fn write_group(
         }
     };
     match write_batch(db, clock, &scope, &jobs).await {
-        Ok((answers, events, announced)) => {
-            publish(events);
-            let _ = replies.send((announced, waiting.into_iter().zip(answers).collect()));
+        Ok((answers, events)) => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
+            }
+            announce(events);
         }
         Err(e) => {
             tracing::debug!(error = %e, sends = jobs.len(), "batch failed; writing its sends one by one");
-            for (job, reply) in jobs.iter().zip(waiting) {
+            for (job, reply) in jobs.iter().zip(replies) {
                 let one = std::slice::from_ref(job);
                 let mut result = write_batch(db, clock, &scope, one).await;
                 // A concurrent retry with the same request_id won the insert: the second
@@ -171,21 +156,20 @@ async fn write_group(
                 if matches!(result, Err(AppError::AlreadyExists(_))) && job.request.is_some() {
                     result = write_batch(db, clock, &scope, one).await;
                 }
-                let (announced, answer) = match result {
-                    Ok((mut answers, events, announced)) => {
-                        publish(events);
-                        let answer = answers.pop().unwrap_or_else(|| Err(unanswered()));
-                        (announced, answer)
+                let answer = match result {
+                    Ok((mut answers, events)) => {
+                        announce(events);
+                        answers.pop().unwrap_or_else(|| Err(unanswered()))
                     }
-                    Err(e) => (Announced::ready(), Err(e)),
+                    Err(e) => Err(e),
                 };
-                let _ = replies.send((announced, vec![(reply, answer)]));
+                let _ = reply.send(answer);
             }
         }
     }
 }
 
-type BatchResult = (Vec<AppResult<Sent>>, Vec<ConversationEvent>, Announced);
+type BatchResult = (Vec<AppResult<Sent>>, Vec<ConversationEvent>);
 
 async fn write_batch(
     db: &Db,
@@ -265,7 +249,7 @@ async fn write_batch(
     let mut followers: Vec<(usize, usize)> = Vec::new();
     let mut following: HashSet<usize> = HashSet::new();
     // What a retry finds stored is announced again: the first attempt's node may have died
-    // between its commit and its announcement, and nobody else would tell the other nodes.
+    // between its commit and its announcement.
     let mut found: Vec<(ConversationId, i64)> = Vec::new();
     for (i, sender, rid) in keyed {
         let hash = jobs[i].request.as_ref().map(|(_, h)| h.as_slice());
@@ -391,7 +375,7 @@ async fn write_batch(
         )?;
     }
     spine::announce_again(&tx, &found);
-    let announced = tx.commit_then_announce().await?;
+    tx.commit().await?;
     for (f, lead) in followers {
         let same =
             jobs[f].request.as_ref().map(|r| &r.1) == jobs[lead].request.as_ref().map(|r| &r.1);
@@ -405,7 +389,7 @@ async fn write_batch(
         .into_iter()
         .map(|a| a.unwrap_or_else(|| Err(unanswered())))
         .collect();
-    Ok((answers, events, announced))
+    Ok((answers, events))
 }
 
 fn unanswered() -> AppError {

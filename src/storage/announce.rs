@@ -7,15 +7,15 @@
 //! a transaction only collects its notices ([`super::TenantTx::announce`]); after its commit
 //! they are queued to this node's announcer, which sends whatever is queued in one
 //! transaction with `synchronous_commit = off` (a notice is never durable anyway, and without
-//! the flush the lock is held for microseconds). Acknowledgements wait for the announcement
-//! ([`Announced`]), so an acknowledged event has been announced to every node even if this
-//! node dies right after the acknowledgement.
+//! the flush the lock is held for microseconds). Nothing waits for it: a node that dies
+//! between a commit and its announcement leaves a gap in the spine positions the other nodes
+//! heard, and they fetch what is in it (`domain::follower`).
 
 use std::time::Duration;
 
 use diesel::sql_types::{Array, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Most notices sent in one announcing transaction.
 const MAX_NOTICES: usize = 4096;
@@ -25,16 +25,10 @@ const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A notice: its channel and payload.
 pub(crate) type Notice = (&'static str, String);
 
-/// Notices of one committed transaction, and who waits for them to be sent.
-struct Job {
-    notices: Vec<Notice>,
-    done: oneshot::Sender<()>,
-}
-
 /// The node's announcer: a queue in front of one task and one connection.
 #[derive(Clone)]
 pub struct Announcer {
-    queue: mpsc::UnboundedSender<Job>,
+    queue: mpsc::UnboundedSender<Vec<Notice>>,
 }
 
 impl Announcer {
@@ -46,46 +40,23 @@ impl Announcer {
         Self { queue }
     }
 
-    /// Queues `notices`; the answer resolves once they were sent (or given up).
-    pub(crate) fn send(&self, notices: Vec<Notice>) -> Announced {
-        let (done, rx) = oneshot::channel();
-        if notices.is_empty() {
-            let _ = done.send(());
-        } else {
-            let _ = self.queue.send(Job { notices, done });
+    /// Queues `notices` to be sent as soon as possible.
+    pub(crate) fn send(&self, notices: Vec<Notice>) {
+        if !notices.is_empty() {
+            let _ = self.queue.send(notices);
         }
-        Announced(rx)
     }
 }
 
-/// Resolves once a committed transaction's notices have been sent.
-#[must_use = "acknowledge only after the announcement"]
-pub struct Announced(oneshot::Receiver<()>);
-
-impl Announced {
-    /// An announcement with nothing to wait for.
-    pub fn ready() -> Self {
-        let (done, rx) = oneshot::channel();
-        let _ = done.send(());
-        Self(rx)
-    }
-
-    /// Waits until the notices were sent to PostgreSQL, or given up after a failure (the
-    /// rows are committed either way; nodes then learn of them with a later event).
-    pub async fn wait(self) {
-        let _ = self.0.await;
-    }
-}
-
-async fn run(url: String, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn run(url: String, mut rx: mpsc::UnboundedReceiver<Vec<Notice>>) {
     let mut conn: Option<AsyncPgConnection> = None;
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
-        let mut count = jobs[0].notices.len();
+        let mut count = jobs[0].len();
         while count < MAX_NOTICES {
             match rx.try_recv() {
                 Ok(job) => {
-                    count += job.notices.len();
+                    count += job.len();
                     jobs.push(job);
                 }
                 Err(_) => break,
@@ -96,15 +67,15 @@ async fn run(url: String, mut rx: mpsc::UnboundedReceiver<Job>) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 conn = None;
-                tracing::warn!(error = %e, notices = count, "could not announce committed events");
+                tracing::warn!(error = %e, notices = count, "could not announce committed events; nodes will find them in the spine");
             }
             Err(_) => {
                 conn = None;
-                tracing::warn!(notices = count, "announcing committed events timed out");
+                tracing::warn!(
+                    notices = count,
+                    "announcing committed events timed out; nodes will find them in the spine"
+                );
             }
-        }
-        for job in jobs {
-            let _ = job.done.send(());
         }
     }
 }
@@ -112,7 +83,7 @@ async fn run(url: String, mut rx: mpsc::UnboundedReceiver<Job>) {
 async fn announce(
     url: &str,
     conn: &mut Option<AsyncPgConnection>,
-    jobs: &[Job],
+    jobs: &[Vec<Notice>],
 ) -> anyhow::Result<()> {
     if conn.is_none() {
         let mut c = AsyncPgConnection::establish(url).await?;
@@ -122,7 +93,7 @@ async fn announce(
     let c = conn.as_mut().expect("connected above");
     let (channels, payloads): (Vec<&str>, Vec<&str>) = jobs
         .iter()
-        .flat_map(|j| j.notices.iter().map(|(c, p)| (*c, p.as_str())))
+        .flat_map(|j| j.iter().map(|(c, p)| (*c, p.as_str())))
         .unzip();
     // One statement, so one transaction: its notices are delivered together, in order.
     super::sql::prepared(

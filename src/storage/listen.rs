@@ -1,7 +1,7 @@
 //! PostgreSQL `LISTEN` on one dedicated connection per node, fanned out to the in-process
-//! consumers of each channel. A `NOTIFY` sent inside a transaction is delivered by the
-//! database when that transaction commits, to every node, whether or not the committing node
-//! is still alive; that is what makes it the carrier of "something committed" between nodes.
+//! consumers of each channel. PostgreSQL delivers a `NOTIFY` to every listening node when the
+//! transaction that sent it commits (see `announce` for who sends the spine's), which makes it
+//! the carrier of "something committed" between nodes, with or without NATS.
 //!
 //! The connection is kept alive with a ping and re-opened when it fails. Notices sent while
 //! it was down are lost, so every consumer is told [`Notice::Reconnected`] after a gap and must

@@ -34,7 +34,7 @@ use futures_util::FutureExt;
 use crate::error::{AppError, AppResult};
 use crate::ids::TenantId;
 use crate::tenancy::{OperatorScope, TenantScope};
-use announce::{Announced, Announcer, Notice};
+use announce::{Announcer, Notice};
 
 /// The migrations in `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -131,6 +131,18 @@ impl Db {
         Ok(())
     }
 
+    /// Opens a read transaction over every tenant's event spine (heads and entries only),
+    /// for the node's spine follower.
+    pub async fn spine_follower_tx(&self) -> AppResult<FollowerTx> {
+        let mut conn = self.pool.get().await?;
+        TxManager::begin_transaction_sql(
+            &mut *conn,
+            "BEGIN READ ONLY; SELECT set_config('app.spine_follower', 'on', true)",
+        )
+        .await?;
+        Ok(FollowerTx { conn: Some(conn) })
+    }
+
     /// Opens a transaction with the operator's cross-tenant rights on the tenants table.
     pub async fn operator_tx(&self, _scope: &OperatorScope) -> AppResult<OperatorTx> {
         let mut conn = self.begin().await?;
@@ -207,18 +219,12 @@ impl TenantTx {
         notices.extend(payloads.into_iter().map(|p| (channel, p)));
     }
 
-    /// Commits, then waits until its notices are announced.
-    pub async fn commit(self) -> AppResult<()> {
-        self.commit_then_announce().await?.wait().await;
-        Ok(())
-    }
-
-    /// Commits and queues its notices; the answer says when they have been announced, which
-    /// is when what committed may be acknowledged.
-    pub async fn commit_then_announce(mut self) -> AppResult<Announced> {
+    /// Commits, then queues its notices to this node's announcer.
+    pub async fn commit(mut self) -> AppResult<()> {
         self.commit_conn().await?;
         let notices = std::mem::take(self.notices.get_mut().unwrap_or_else(|e| e.into_inner()));
-        Ok(self.announcer.send(notices))
+        self.announcer.send(notices);
+        Ok(())
     }
 }
 
@@ -231,9 +237,21 @@ pub struct OperatorTx {
 
 tx_common!(OperatorTx);
 
-impl OperatorTx {
-    /// Commits the transaction.
-    pub async fn commit(mut self) -> AppResult<()> {
-        self.commit_conn().await
-    }
+/// A read-only transaction over every tenant's event spine.
+pub struct FollowerTx {
+    conn: Option<Conn>,
 }
+
+tx_common!(FollowerTx);
+
+macro_rules! plain_commit {
+    ($($t:ty),*) => {$(
+        impl $t {
+            /// Commits the transaction.
+            pub async fn commit(mut self) -> AppResult<()> {
+                self.commit_conn().await
+            }
+        }
+    )*};
+}
+plain_commit!(OperatorTx, FollowerTx);

@@ -7,33 +7,49 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Jsonb, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
-use super::{TenantTx, sql};
+use super::{FollowerTx, TenantTx, sql};
 use crate::error::AppResult;
+use crate::ids::TenantId;
 
-/// Takes the shard's next position and stores an entry there, to become visible at commit.
-/// One round trip.
+/// Takes the shard's next position and stores an entry there, to become visible at commit;
+/// returns the position.
+/// One round trip. The head row exists after a shard's first entry, so the plain update
+/// almost always does it; the insert is for that first entry (and a concurrent first one,
+/// which the conflict clause turns into an update).
 pub async fn append(
     tx: &TenantTx,
     shard: i16,
     events: serde_json::Value,
     at: DateTime<Utc>,
-) -> AppResult<()> {
-    sql::prepared(
-        "WITH head AS (
-           INSERT INTO spine_heads (tenant_id, shard, last_pos) VALUES ($1, $2, 1)
+) -> AppResult<i64> {
+    Ok(sql::prepared(
+        "WITH moved AS (
+           UPDATE spine_heads SET last_pos = last_pos + 1
+            WHERE tenant_id = $1 AND shard = $2
+           RETURNING last_pos
+         ), first AS (
+           INSERT INTO spine_heads (tenant_id, shard, last_pos)
+           SELECT $1, $2, 1 WHERE NOT EXISTS (SELECT FROM moved)
            ON CONFLICT (tenant_id, shard) DO UPDATE SET last_pos = spine_heads.last_pos + 1
            RETURNING last_pos
          )
          INSERT INTO spine_entries (tenant_id, shard, pos, created_at, events)
-         SELECT $1, $2, last_pos, $3, $4 FROM head",
+         SELECT $1, $2, last_pos, $3, $4 FROM (TABLE moved UNION ALL TABLE first) head
+         RETURNING pos",
     )
     .bind::<SqlUuid, _>(tx.tenant_id())
     .bind::<SmallInt, _>(shard)
     .bind::<Timestamptz, _>(at)
     .bind::<Jsonb, _>(events)
-    .execute(&mut tx.shared())
-    .await?;
-    Ok(())
+    .get_result::<Pos>(&mut tx.shared())
+    .await
+    .map(|r| r.pos)?)
+}
+
+#[derive(QueryableByName)]
+struct Pos {
+    #[diesel(sql_type = BigInt)]
+    pos: i64,
 }
 
 /// A stored spine entry.
@@ -142,4 +158,45 @@ pub async fn shards_behind(tx: &mut TenantTx, consumer: &str) -> AppResult<Vec<i
     .load(tx.conn())
     .await?;
     Ok(rows.into_iter().map(|r| r.shard).collect())
+}
+
+/// Where one tenant's shard stands.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct HeadRow {
+    /// Tenant.
+    #[diesel(sql_type = SqlUuid)]
+    pub tenant_id: TenantId,
+    /// Shard.
+    #[diesel(sql_type = SmallInt)]
+    pub shard: i16,
+    /// Its last position.
+    #[diesel(sql_type = BigInt)]
+    pub last_pos: i64,
+}
+
+/// Every tenant's shard heads.
+pub async fn all_heads(tx: &mut FollowerTx) -> AppResult<Vec<HeadRow>> {
+    Ok(
+        sql::prepared("SELECT tenant_id, shard, last_pos FROM spine_heads")
+            .load(tx.conn())
+            .await?,
+    )
+}
+
+/// The entries of a tenant's shard at `positions`, oldest first.
+pub async fn entries_at(
+    tx: &mut FollowerTx,
+    tenant: TenantId,
+    shard: i16,
+    positions: &[i64],
+) -> AppResult<Vec<EntryRow>> {
+    Ok(sql::prepared(
+        "SELECT pos, created_at, events FROM spine_entries
+          WHERE tenant_id = $1 AND shard = $2 AND pos = ANY($3) ORDER BY pos",
+    )
+    .bind::<SqlUuid, _>(tenant)
+    .bind::<SmallInt, _>(shard)
+    .bind::<diesel::sql_types::Array<BigInt>, _>(positions)
+    .load(tx.conn())
+    .await?)
 }

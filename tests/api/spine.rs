@@ -1,6 +1,7 @@
 //! The event spine: reactors see every committed event across a node kill and restart, timers
 //! fire once after a restart, and an event acknowledged by a node killed right after its ack
-//! reaches the other node's live streams with no later event to expose the gap.
+//! reaches the other node's live streams with no later event to expose the gap, as does one
+//! whose committing node died before announcing it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -364,4 +365,52 @@ async fn a_message_acked_by_a_node_killed_right_after_reaches_the_other_nodes_li
     // The target is 1 s; the bound here leaves room for a loaded test machine, and the
     // figure above goes to BENCHMARKS.md.
     assert!(*worst < Duration::from_secs(3), "worst {worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_message_nobody_announced_reaches_live_streams() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("unannounced").await;
+    let (ann, ann_tok) = app.agent(&t, "ann").await;
+    let conv = group(&app, &t.admin_token, &[&ann]).await;
+    let mut ev = Events::open(&app, &ann_tok, &[(&conv, 1)]).await.unwrap();
+    ev.caught_up().await;
+
+    // What a node that died between its commit and its announcement leaves behind: the
+    // message and its spine entry committed, and no NOTIFY sent.
+    let conv_id = chat_engine::ids::ConversationId::parse(&conv).unwrap();
+    let shard = chat_engine::domain::spine::shard_of_conversation(conv_id);
+    let mut conn = AsyncPgConnection::establish(&app.admin_url).await.unwrap();
+    diesel::sql_query(format!(
+        "WITH s AS (
+           UPDATE conversations SET last_seq = last_seq + 1
+            WHERE tenant_id = '{tenant}' AND conversation_id = '{conv}' RETURNING last_seq
+         ), m AS (
+           INSERT INTO messages (tenant_id, message_id, conversation_id, seq, sender_type,
+                                 sender_id, body)
+           SELECT '{tenant}', gen_random_uuid(), '{conv}', last_seq, 'agent', '{ann}',
+                  'committed, never announced' FROM s
+         ), h AS (
+           INSERT INTO spine_heads (tenant_id, shard, last_pos) VALUES ('{tenant}', {shard}, 1)
+           ON CONFLICT (tenant_id, shard) DO UPDATE SET last_pos = spine_heads.last_pos + 1
+           RETURNING last_pos
+         )
+         INSERT INTO spine_entries (tenant_id, shard, pos, created_at, events)
+         SELECT '{tenant}', {shard}, last_pos, now(),
+                jsonb_build_array(jsonb_build_object('t', 'conversation', 'c', '{conv}',
+                                                     'from', s.last_seq, 'to', s.last_seq))
+           FROM h, s",
+        tenant = t.tenant_id,
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let e = tokio::time::timeout(Duration::from_secs(10), ev.event())
+        .await
+        .expect("the unannounced message never reached the live stream");
+    assert_eq!(
+        crate::harness::posted_text(&e),
+        Some("committed, never announced")
+    );
 }
