@@ -8,6 +8,7 @@ pub mod events;
 pub mod paging;
 pub mod participants;
 pub mod reactors;
+pub mod routing;
 pub mod sessions;
 pub mod spine;
 pub mod tenants;
