@@ -32,13 +32,16 @@ pub struct AgentRoutingRow {
     pub skills: Vec<(String, i16)>,
 }
 
+/// (id, display name, status, capacity, last assignment) of a user row.
+type UserCols = (UserId, String, String, i32, Option<DateTime<Utc>>);
+
 /// Every active agent of the tenant, by id.
 pub async fn agents(
     tx: &mut TenantTx,
     fresh_after: DateTime<Utc>,
 ) -> AppResult<Vec<AgentRoutingRow>> {
     let t = tx.tenant_id();
-    let rows: Vec<(UserId, String, String, i32, Option<DateTime<Utc>>)> = users::table
+    let rows: Vec<UserCols> = users::table
         .filter(users::tenant_id.eq(t).and(users::active.eq(true)))
         .select((
             users::user_id,
