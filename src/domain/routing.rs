@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::agents::AgentStatus;
-use super::workflows::model::{SkillNeed, Strategy};
+use super::workflows::model::{Actions, OnMaxWait, OverflowTarget, SkillNeed, Strategy};
 use crate::ids::UserId;
 
 /// What routing knows about one agent.
@@ -125,6 +125,36 @@ pub struct Decision {
     /// Every candidate: the chosen one, then the outranked in rank order, then the skipped in
     /// input order.
     pub candidates: Vec<Candidate>,
+}
+
+impl ChatNeeds {
+    /// What a chat routed by `actions` needs after `waited_seconds` of waiting. Once the max
+    /// wait has passed and the action is an overflow, the requirements widen: to nobody's
+    /// skills (all agents) or to the overflow skills instead of the required ones. The other
+    /// max-wait actions (offline message, close) are the dispatcher's to carry out; until
+    /// then the chat keeps its requirements.
+    pub fn for_actions(actions: &Actions, waited_seconds: u64) -> Self {
+        let overflowed = actions
+            .max_wait_seconds
+            .is_some_and(|max| waited_seconds >= u64::from(max));
+        let required_skills = match (&actions.on_max_wait, overflowed) {
+            (OnMaxWait::Overflow(OverflowTarget::AllAgents), true) => Vec::new(),
+            (OnMaxWait::Overflow(OverflowTarget::Skills(skills)), true) => skills
+                .iter()
+                .map(|s| SkillNeed {
+                    skill: s.clone(),
+                    min_level: None,
+                    relax_after_seconds: None,
+                })
+                .collect(),
+            _ => actions.required_skills.clone(),
+        };
+        Self {
+            strategy: actions.strategy,
+            required_skills,
+            waited_seconds,
+        }
+    }
 }
 
 /// The skills still required after `waited_seconds`, and the ones relaxed.
@@ -469,6 +499,42 @@ mod tests {
         let after = decide(&[generalist], &needs(Strategy::SkillBased, &skills, 120));
         assert_eq!(after.chosen, Some(id(1)));
         assert_eq!(after.relaxed_skills, ["billing"]);
+    }
+
+    #[test]
+    fn an_overflow_widens_the_requirements_once_the_max_wait_has_passed() {
+        let actions = Actions {
+            strategy: Strategy::SkillBased,
+            required_skills: vec![SkillNeed {
+                skill: "billing".into(),
+                min_level: Some(8),
+                relax_after_seconds: None,
+            }],
+            max_wait_seconds: Some(300),
+            on_max_wait: OnMaxWait::Overflow(OverflowTarget::Skills(vec!["general".into()])),
+            ..Default::default()
+        };
+        let mut general = agent(1, "General");
+        general.skills = vec![("general".into(), 1)];
+        let before = ChatNeeds::for_actions(&actions, 299);
+        assert_eq!(before.required_skills[0].skill, "billing");
+        assert_eq!(decide(&[general.clone()], &before).chosen, None);
+        let after = ChatNeeds::for_actions(&actions, 300);
+        assert_eq!(decide(&[general.clone()], &after).chosen, Some(id(1)));
+        let everyone = Actions {
+            on_max_wait: OnMaxWait::Overflow(OverflowTarget::AllAgents),
+            ..actions.clone()
+        };
+        assert!(
+            ChatNeeds::for_actions(&everyone, 300)
+                .required_skills
+                .is_empty()
+        );
+        let close = Actions {
+            on_max_wait: OnMaxWait::Close,
+            ..actions
+        };
+        assert_eq!(ChatNeeds::for_actions(&close, 999).required_skills.len(), 1);
     }
 
     #[test]

@@ -361,11 +361,7 @@ pub async fn explain(
     let selection = select::select(&workflows, visitor, at.unwrap_or(now));
     let decision = routing::decide(
         &agents,
-        &ChatNeeds {
-            strategy: selection.actions.strategy,
-            required_skills: selection.actions.required_skills.clone(),
-            waited_seconds,
-        },
+        &ChatNeeds::for_actions(&selection.actions, waited_seconds),
     );
     Ok(Explanation {
         selection,
