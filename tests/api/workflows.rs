@@ -849,3 +849,83 @@ async fn workflow_import_reads_the_briefs_json_shape() {
         3
     );
 }
+
+/// Runs `sql` as the superuser (routing's inputs that no RPC can set yet: external chats).
+async fn sql(app: &TestApp, sql: &str) {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    let mut db = AsyncPgConnection::establish(&app.admin_url).await.unwrap();
+    db.batch_execute(sql).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_snapshots_count_open_external_chats_and_follow_the_rotation() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("snap").await;
+    // Built-in defaults apply: round-robin over everyone.
+    let (busy_id, busy) = app.agent(&t, "busy").await; // capacity 2
+    let (seen_id, seen) = app.agent(&t, "seen").await;
+    let (fresh_id, fresh) = app.agent(&t, "fresh").await;
+    let mut streams = Vec::new();
+    for tok in [&busy, &seen, &fresh] {
+        set_status(&app, tok, pb::AgentStatus::Available).await;
+        let mut s = Events::open(&app, tok, &[]).await.unwrap();
+        s.caught_up().await;
+        streams.push(s);
+    }
+    let tenant = &t.tenant_id;
+    sql(
+        &app,
+        &format!(
+            "INSERT INTO visitors (tenant_id, visitor_id) VALUES ('{tenant}', gen_random_uuid());
+             INSERT INTO conversations (tenant_id, conversation_id, kind, status, visitor_id, assigned_agent_id, closed_at)
+             SELECT '{tenant}', gen_random_uuid(), 'external', s, v.visitor_id, '{busy_id}',
+                    CASE WHEN s = 'closed' THEN now() END
+             FROM visitors v, unnest(ARRAY['open', 'queued', 'closed']) s WHERE v.tenant_id = '{tenant}';
+             UPDATE users SET last_assigned_at = now() - interval '1 hour' WHERE user_id = '{seen_id}';"
+        ),
+    )
+    .await;
+    let explain = || {
+        let mut c = client(&app);
+        let tok = t.admin_token.clone();
+        async move {
+            c.explain_routing(bearer(pb::ExplainRoutingRequest::default(), &tok))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let mut x = explain().await;
+    for _ in 0..100 {
+        if !x
+            .candidates
+            .iter()
+            .any(|c| c.verdict == pb::CandidateVerdict::Offline as i32)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        x = explain().await;
+    }
+    assert_eq!(x.source, pb::SelectionSource::BuiltIn as i32);
+    let message = |x: &pb::ExplainRoutingResponse, id: &str| {
+        x.candidates
+            .iter()
+            .find(|c| c.agent_id == id)
+            .unwrap()
+            .message
+            .clone()
+    };
+    // The closed chat does not count; the open and the queued one do.
+    assert_eq!(message(&x, &busy_id), "agent busy: 2/2 chats");
+    // Never assigned goes before assigned an hour ago.
+    assert_eq!(x.chosen_agent_id, fresh_id);
+    assert!(message(&x, &seen_id).starts_with("agent seen: eligible, ranked 2 by round_robin"));
+    sql(
+        &app,
+        &format!("UPDATE users SET last_assigned_at = now() WHERE user_id = '{fresh_id}'"),
+    )
+    .await;
+    assert_eq!(explain().await.chosen_agent_id, seen_id);
+    drop(streams);
+}
