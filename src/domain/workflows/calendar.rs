@@ -2,7 +2,7 @@
 //! times of the calendar's IANA zone (chrono-tz), so "09:00-17:00" stays that on both sides
 //! of a daylight saving change; holidays are local dates; closures are instants.
 
-use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::model::{Calendar, WallTime};
@@ -124,6 +124,78 @@ impl Calendar {
     }
 }
 
+/// How far ahead [`Calendar::next_change`] looks.
+pub const HORIZON_DAYS: i64 = 400;
+
+impl Calendar {
+    /// The first instant after `at` at which the calendar opens if it is closed at `at`, or
+    /// closes if it is open; None when that does not happen within [`HORIZON_DAYS`] (or the
+    /// zone is unknown). This is what a widget's "back at 09:00" and a timer that re-checks
+    /// queued chats when hours open are computed from.
+    pub fn next_change(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let tz = self.time_zone.parse::<chrono_tz::Tz>().ok()?;
+        let open_now = self.openness(at).is_open();
+        let mut closure_points: Vec<DateTime<Utc>> = self
+            .closures
+            .iter()
+            .flat_map(|c| [c.start, c.end])
+            .filter(|c| *c > at)
+            .collect();
+        closure_points.sort();
+        let mut next_closure = 0;
+        let first = at.with_timezone(&tz).date_naive();
+        // Day by day, so that the usual answer (today or within a few days) costs a handful
+        // of zone conversions, not a year's worth.
+        for offset in 0..=HORIZON_DAYS {
+            let day = first.checked_add_signed(Duration::days(offset))?;
+            let weekday = day.weekday().number_from_monday() as u8;
+            // Midnight matters too: holidays start and end there.
+            let mut local_minutes = vec![0u16];
+            for i in self.intervals.iter().filter(|i| i.weekday == weekday) {
+                local_minutes.extend([i.start.minutes(), i.end.minutes()]);
+            }
+            let midnight = day.and_hms_opt(0, 0, 0)?;
+            let mut candidates: Vec<DateTime<Utc>> = local_minutes
+                .into_iter()
+                .flat_map(|m| utc_instants(&tz, midnight + Duration::minutes(i64::from(m))))
+                .filter(|c| *c > at)
+                .collect();
+            let day_end = utc_instants(&tz, midnight + Duration::days(1))
+                .first()
+                .copied()?;
+            while let Some(c) = closure_points.get(next_closure).filter(|c| **c < day_end) {
+                candidates.push(*c);
+                next_closure += 1;
+            }
+            candidates.sort();
+            candidates.dedup();
+            if let Some(c) = candidates
+                .into_iter()
+                .find(|c| self.openness(*c).is_open() != open_now)
+            {
+                return Some(c);
+            }
+        }
+        None
+    }
+}
+
+/// The instants a local wall-clock time denotes: one, two (the repeated hour when clocks go
+/// back) or, inside the skipped hour when clocks go forward, the first valid minute after it.
+fn utc_instants(tz: &chrono_tz::Tz, local: NaiveDateTime) -> Vec<DateTime<Utc>> {
+    for shift in 0..=180 {
+        let l = local + Duration::minutes(shift);
+        match tz.from_local_datetime(&l) {
+            chrono::LocalResult::Single(t) => return vec![t.with_timezone(&Utc)],
+            chrono::LocalResult::Ambiguous(a, b) => {
+                return vec![a.with_timezone(&Utc), b.with_timezone(&Utc)];
+            }
+            chrono::LocalResult::None => {}
+        }
+    }
+    Vec::new()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +311,66 @@ mod tests {
         });
         assert!(matches!(c.openness(start), Openness::Closure { .. }));
         assert!(c.openness(utc(2026, 12, 24, 14, 0)).is_open()); // 15:00 local, end exclusive
+    }
+
+    #[test]
+    fn the_next_change_finds_the_next_opening_and_closing() {
+        let c = berlin_weekdays();
+        // Tue 1 Dec 2026 10:00 local: open until the lunch break at 12:00 local (11:00Z).
+        assert_eq!(
+            c.next_change(utc(2026, 12, 1, 9, 0)),
+            Some(utc(2026, 12, 1, 11, 0))
+        );
+        // In the lunch break: open again at 13:00 local.
+        assert_eq!(
+            c.next_change(utc(2026, 12, 1, 11, 30)),
+            Some(utc(2026, 12, 1, 12, 0))
+        );
+        // Friday evening: open again on Monday 09:00 local.
+        assert_eq!(
+            c.next_change(utc(2026, 12, 4, 18, 0)),
+            Some(utc(2026, 12, 7, 8, 0))
+        );
+        // Thu 24 Dec after hours: Fri 25 is a holiday, so Monday 28th.
+        assert_eq!(
+            c.next_change(utc(2026, 12, 24, 17, 0)),
+            Some(utc(2026, 12, 28, 8, 0))
+        );
+        // Across the spring DST change: Fri 27 Mar 17:00 CET -> Mon 30 Mar 09:00 CEST = 07:00Z.
+        assert_eq!(
+            c.next_change(utc(2026, 3, 27, 16, 30)),
+            Some(utc(2026, 3, 30, 7, 0))
+        );
+        // A calendar that never opens never changes.
+        let never = Calendar {
+            intervals: vec![],
+            ..berlin_weekdays()
+        };
+        assert_eq!(never.next_change(utc(2026, 12, 1, 9, 0)), None);
+    }
+
+    #[test]
+    fn the_next_change_of_a_closure_and_of_a_skipped_hour() {
+        let mut c = berlin_weekdays();
+        let (start, end) = (utc(2026, 12, 1, 9, 0), utc(2026, 12, 1, 10, 0));
+        c.closures.push(Closure { start, end });
+        assert_eq!(c.next_change(utc(2026, 12, 1, 8, 30)), Some(start));
+        assert_eq!(c.next_change(start), Some(end));
+        // An interval starting inside the skipped hour opens when the clock reaches 03:00.
+        let sunday = Calendar {
+            time_zone: "Europe/Berlin".into(),
+            intervals: vec![Interval {
+                weekday: 7,
+                start: t("02:30"),
+                end: t("04:00"),
+            }],
+            holidays: vec![],
+            closures: vec![],
+        };
+        assert_eq!(
+            sunday.next_change(utc(2026, 3, 28, 12, 0)),
+            Some(utc(2026, 3, 29, 1, 0))
+        );
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub enum Failed {
         wanted_outside: bool,
         /// What the calendar said.
         openness: Openness,
+        /// When the calendar next opens or closes (within a year or so), if it does.
+        changes_at: Option<DateTime<Utc>>,
     },
     /// The country is not listed.
     Country {
@@ -135,12 +137,17 @@ impl std::fmt::Display for Failed {
             Failed::BusinessHours {
                 wanted_outside,
                 openness,
+                changes_at,
             } => {
                 let wanted = if *wanted_outside { "outside" } else { "inside" };
                 write!(
                     f,
                     "business hours: wanted {wanted} hours, calendar is {openness}"
-                )
+                )?;
+                match changes_at {
+                    Some(t) => write!(f, " until {}", t.to_rfc3339()),
+                    None => Ok(()),
+                }
             }
             Failed::Country { country, wanted } => match country {
                 Some(c) => write!(f, "country {c} not in [{}]", wanted.join(", ")),
@@ -233,6 +240,7 @@ pub fn first_failure(trigger: &Trigger, v: &VisitorContext, at: DateTime<Utc>) -
             return Some(Failed::BusinessHours {
                 wanted_outside: h.outside,
                 openness,
+                changes_at: h.calendar.next_change(at),
             });
         }
     }
