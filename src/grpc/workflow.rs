@@ -61,6 +61,12 @@ fn list_ok(v: &mut Violations, field: &str, n: usize) -> bool {
 fn calendar_in(v: &mut Violations, f: &str, h: pb::BusinessHours) -> Option<m::Calendar> {
     let tz = v.check(m::time_zone(&format!("{f}.time_zone"), &h.time_zone));
     let mut intervals = Vec::new();
+    if h.intervals.is_empty() {
+        v.add(
+            &format!("{f}.intervals"),
+            "must have at least one opening interval",
+        );
+    }
     if list_ok(v, &format!("{f}.intervals"), h.intervals.len()) {
         for (i, iv) in h.intervals.iter().enumerate() {
             let p = format!("{f}.intervals[{i}]");

@@ -363,6 +363,9 @@ impl Cx<'_> {
         let Some(o) = self.object(field, v, &DAY_KEYS) else {
             return;
         };
+        if o.is_empty() {
+            self.bad(field, "must have at least one opening interval");
+        }
         for (day, list) in o {
             let Some(n) = DAY_KEYS.iter().position(|d| d == day) else {
                 continue;
@@ -669,6 +672,12 @@ mod tests {
                 "[1].actions.assignment_type",
                 "[1].actions.max_wait_time",
             ]
+        );
+        assert_eq!(
+            fields(
+                r#"{"name": "x", "triggers": {"business_hours": {"timezone": "UTC", "hours": {}}}}"#
+            ),
+            ["triggers.business_hours.hours"]
         );
         assert_eq!(fields("{"), [""]);
         assert_eq!(fields("[]"), [""]);

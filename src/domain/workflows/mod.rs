@@ -224,9 +224,40 @@ pub async fn list(e: &Engine, scope: &TenantScope) -> AppResult<Vec<Workflow>> {
 /// dispatcher), may read them.
 pub async fn ordered(e: &Engine, scope: &TenantScope) -> AppResult<Vec<Workflow>> {
     let mut tx = e.db.tenant_tx(scope).await?;
-    let rows = store::list(&mut tx).await?;
+    let list = ordered_in(&mut tx).await?;
     tx.commit().await?;
-    Ok(rows.into_iter().map(to_workflow).collect())
+    Ok(list)
+}
+
+/// [`ordered`] inside a transaction the caller holds (the dispatcher's).
+pub async fn ordered_in(tx: &mut TenantTx) -> AppResult<Vec<Workflow>> {
+    Ok(store::list(tx)
+        .await?
+        .into_iter()
+        .map(to_workflow)
+        .collect())
+}
+
+/// The whole routing decision, pure: the workflow for `visitor` at `at` and, with its
+/// actions and `waited_seconds` of waiting (relaxation, overflow after the max wait), the
+/// agent from `agents`. ExplainRouting shows exactly this; a dispatcher calls it with the
+/// snapshots it locked.
+pub fn route(
+    workflows: &[Workflow],
+    visitor: &VisitorContext,
+    at: DateTime<Utc>,
+    agents: &[AgentSnapshot],
+    waited_seconds: u64,
+) -> Explanation {
+    let selection = select::select(workflows, visitor, at);
+    let decision = routing::decide(
+        agents,
+        &ChatNeeds::for_actions(&selection.actions, waited_seconds),
+    );
+    Explanation {
+        selection,
+        decision,
+    }
 }
 
 /// Changes a workflow (admins only).
@@ -358,13 +389,11 @@ pub async fn explain(
     let agents = agent_snapshots(&mut tx, now).await?;
     tx.commit().await?;
     let workflows: Vec<Workflow> = rows.into_iter().map(to_workflow).collect();
-    let selection = select::select(&workflows, visitor, at.unwrap_or(now));
-    let decision = routing::decide(
+    Ok(route(
+        &workflows,
+        visitor,
+        at.unwrap_or(now),
         &agents,
-        &ChatNeeds::for_actions(&selection.actions, waited_seconds),
-    );
-    Ok(Explanation {
-        selection,
-        decision,
-    })
+        waited_seconds,
+    ))
 }
