@@ -72,6 +72,18 @@ pub struct WorkflowChanges {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+/// Serialises the tenant's workflow writes until the transaction ends (a transaction-scoped
+/// advisory lock), so that the workflow limit, the next position and a reorder's "every id
+/// once" hold under concurrent admins. Reads do not take it.
+pub async fn lock_writes(tx: &mut TenantTx) -> AppResult<()> {
+    let key = format!("chatengine.workflows:{}", tx.tenant_id());
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind::<diesel::sql_types::Text, _>(key)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
 /// Stores a workflow.
 pub async fn insert(tx: &mut TenantTx, row: &NewWorkflowRow) -> AppResult<()> {
     diesel::insert_into(workflows::table)
@@ -113,23 +125,6 @@ pub async fn list(tx: &mut TenantTx) -> AppResult<Vec<WorkflowRow>> {
             workflows::workflow_id,
         ))
         .select(WorkflowRow::as_select())
-        .load(tx.conn())
-        .await?)
-}
-
-/// Locks the tenant's workflow rows (FOR UPDATE) and returns them in order, so that a
-/// reorder or a change of the default sees a stable set.
-pub async fn list_for_update(tx: &mut TenantTx) -> AppResult<Vec<WorkflowRow>> {
-    let t = tx.tenant_id();
-    Ok(workflows::table
-        .filter(workflows::tenant_id.eq(t))
-        .order((
-            workflows::position,
-            workflows::created_at,
-            workflows::workflow_id,
-        ))
-        .select(WorkflowRow::as_select())
-        .for_update()
         .load(tx.conn())
         .await?)
 }

@@ -929,3 +929,42 @@ async fn agent_snapshots_count_open_external_chats_and_follow_the_rotation() {
     assert_eq!(explain().await.chosen_agent_id, seen_id);
     drop(streams);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_has_at_most_100_workflows_even_under_concurrent_creates() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("limit").await;
+    for i in 0..98 {
+        add(
+            &app,
+            &t.admin_token,
+            create(&format!("w{i}"), Default::default(), Default::default()),
+        )
+        .await;
+    }
+    let attempts = (0..4).map(|i| {
+        let mut c = client(&app);
+        let req = bearer(
+            create(&format!("late{i}"), Default::default(), Default::default()),
+            &t.admin_token,
+        );
+        async move { c.create_workflow(req).await }
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(created, 2, "{results:?}");
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(r.code(), Code::FailedPrecondition);
+    }
+    let list = client(&app)
+        .list_workflows(bearer(pb::ListWorkflowsRequest {}, &t.admin_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .workflows;
+    assert_eq!(list.len(), 100);
+    // Positions stay distinct: concurrent creates queue behind each other.
+    let mut positions: Vec<u32> = list.iter().map(|w| w.position).collect();
+    positions.dedup();
+    assert_eq!(positions.len(), 100);
+}

@@ -108,6 +108,7 @@ fn default_needs_empty_trigger(is_default: bool, trigger: &Trigger) -> AppResult
 
 async fn insert(tx: &mut TenantTx, new: &NewWorkflow, now: DateTime<Utc>) -> AppResult<WorkflowId> {
     default_needs_empty_trigger(new.is_default, &new.definition.trigger)?;
+    store::lock_writes(tx).await?;
     if store::count(tx).await? >= MAX_WORKFLOWS {
         return Err(AppError::FailedPrecondition(
             "a tenant has at most 100 workflows",
@@ -269,6 +270,7 @@ pub async fn update(
 ) -> AppResult<Workflow> {
     require_admin_or_system(scope)?;
     let mut tx = e.db.tenant_tx(scope).await?;
+    store::lock_writes(&mut tx).await?;
     let current = to_workflow(
         store::get(&mut tx, id)
             .await?
@@ -327,7 +329,8 @@ pub async fn reorder(
         }
     }
     let mut tx = e.db.tenant_tx(scope).await?;
-    let rows = store::list_for_update(&mut tx).await?;
+    store::lock_writes(&mut tx).await?;
+    let rows = store::list(&mut tx).await?;
     if ids
         .iter()
         .any(|id| !rows.iter().any(|r| r.workflow_id == *id))
