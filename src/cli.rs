@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `tenant create|list`, `demo`.
+//! The command line: `serve`, `migrate`, `tenant create|list`, `workflow import`, `demo`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,9 +8,9 @@ use tokio::net::TcpListener;
 
 use crate::app;
 use crate::config::Config;
-use crate::domain::tenants;
 use crate::domain::validate;
-use crate::tenancy::OperatorScope;
+use crate::domain::{tenants, workflows};
+use crate::tenancy::{OperatorScope, TenantScope};
 
 /// chat-engine: a multi-tenant chat engine served as a gRPC API.
 #[derive(Parser, Debug)]
@@ -41,6 +41,12 @@ pub enum Command {
         #[command(subcommand)]
         action: TenantAction,
     },
+    /// Manages a tenant's routing workflows.
+    Workflow {
+        /// What to do with workflows.
+        #[command(subcommand)]
+        action: WorkflowAction,
+    },
     /// Seeds a demo tenant, prints how to log in, and runs the server.
     Demo {
         /// Address to listen on.
@@ -66,6 +72,39 @@ pub enum TenantAction {
     },
     /// Lists tenants.
     List,
+}
+
+/// Workflow subcommands.
+#[derive(Subcommand, Debug)]
+pub enum WorkflowAction {
+    /// Imports workflows from a JSON file in the product brief's shape (one object or a
+    /// list), appended after the tenant's existing ones, all or none.
+    Import {
+        /// The JSON file.
+        file: PathBuf,
+        /// Slug of the tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+/// Every field error as one line each, for the terminal.
+fn field_errors(errs: &[crate::error::FieldViolation]) -> anyhow::Error {
+    let lines: Vec<String> = errs
+        .iter()
+        .map(|v| {
+            format!(
+                "  {}: {}",
+                if v.field.is_empty() {
+                    "(file)"
+                } else {
+                    &v.field
+                },
+                v.description
+            )
+        })
+        .collect();
+    anyhow::anyhow!("invalid workflow file:\n{}", lines.join("\n"))
 }
 
 fn init_logging(cfg: &Config) {
@@ -128,6 +167,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         token = page.next_page_token;
                     }
                 }
+            }
+        }
+        Command::Workflow {
+            action: WorkflowAction::Import { file, tenant },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            let items = workflows::import::parse(&text).map_err(|e| field_errors(&e))?;
+            let db = app::open_database(&cfg).await?;
+            let engine = app::build(&cfg, &db).await?.engine;
+            let op = OperatorScope::system();
+            let tenant_id = tenants::find_by_slug(&engine, &op, &tenant)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no tenant with slug {tenant:?}"))?;
+            let scope = TenantScope::system(tenant_id);
+            let created = match workflows::import(&engine, &scope, items).await {
+                Err(crate::error::AppError::InvalidArgument(errs)) => {
+                    return Err(field_errors(&errs));
+                }
+                other => other?,
+            };
+            for w in created {
+                println!("{}\t{}\t{}", w.id, w.position, w.name);
             }
         }
         Command::Demo { listen } => {

@@ -2,12 +2,11 @@
 //! skills, a routing workflow and a widget key, with fresh passwords on every run.
 
 use rand::RngExt;
-use serde_json::json;
 
 use crate::domain::Engine;
 use crate::domain::agents::{self, NewAgent};
 use crate::domain::tenants::{self, WidgetSettings};
-use crate::domain::workflows;
+use crate::domain::workflows::{self, model as wf};
 use crate::error::AppResult;
 use crate::tenancy::{OperatorScope, Role, TenantScope};
 
@@ -108,18 +107,7 @@ pub async fn seed(e: &Engine) -> AppResult<DemoSeed> {
         e,
         &system,
         "Billing pages go to billing experts",
-        json!({
-            "trigger": { "page_url_patterns": ["*/billing*"] },
-            "actions": {
-                "auto_assign": true,
-                "strategy": "skill_based",
-                "required_skills": ["billing"],
-                "welcome_message": "Welcome! A billing expert will be with you shortly.",
-                "queue_message": "All billing experts are busy; you are in the queue.",
-                "max_wait_seconds": 300,
-                "max_wait_action": "offline_message"
-            }
-        }),
+        demo_workflow(),
     )
     .await?;
 
@@ -136,4 +124,33 @@ pub async fn seed(e: &Engine) -> AppResult<DemoSeed> {
         agents: printed,
         api_key,
     })
+}
+
+/// Billing pages go to an agent with the billing skill (level 5 or more, relaxed after two
+/// minutes), skill-based; after five minutes the visitor may leave a message.
+fn demo_workflow() -> wf::Definition {
+    wf::Definition {
+        trigger: wf::Trigger {
+            page_urls: vec!["/billing".into()],
+            ..Default::default()
+        },
+        actions: wf::Actions {
+            auto_assign: true,
+            strategy: wf::Strategy::SkillBased,
+            required_skills: vec![wf::SkillNeed {
+                skill: "billing".into(),
+                min_level: Some(5),
+                relax_after_seconds: Some(120),
+            }],
+            welcome_message: "Welcome! A billing expert will be with you shortly.".into(),
+            queue_message: "All billing experts are busy; you are in the queue.".into(),
+            max_wait_seconds: Some(300),
+            on_max_wait: wf::OnMaxWait::OfflineMessage,
+            max_wait_message: "Sorry for the wait. Leave us a message and your email address \
+                               and we will answer soon."
+                .into(),
+            priority: 0,
+        },
+        ..Default::default()
+    }
 }

@@ -9,6 +9,7 @@ pub mod follower;
 pub mod paging;
 pub mod participants;
 pub mod reactors;
+pub mod routing;
 pub mod sessions;
 pub mod spine;
 pub mod tenants;

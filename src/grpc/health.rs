@@ -14,11 +14,12 @@ use crate::pb;
 
 /// The services this server serves completely. VisitorService is left out until its chat
 /// RPCs exist: all but GetWidgetConfig answer UNIMPLEMENTED.
-const SERVED: [&str; 4] = [
+const SERVED: [&str; 5] = [
     pb::admin::tenant_service_server::SERVICE_NAME,
     pb::auth_service_server::SERVICE_NAME,
     pb::agent_service_server::SERVICE_NAME,
     pb::conversation_service_server::SERVICE_NAME,
+    pb::workflow_service_server::SERVICE_NAME,
 ];
 
 /// Keeps the reported statuses in step with the database until shutdown.

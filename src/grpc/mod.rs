@@ -15,6 +15,7 @@ mod status;
 mod tenant;
 mod trace;
 mod visitor;
+mod workflow;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -184,8 +185,9 @@ pub async fn serve(
     use pb::auth_service_server::AuthServiceServer;
     use pb::conversation_service_server::ConversationServiceServer;
     use pb::visitor_service_server::VisitorServiceServer;
+    use pb::workflow_service_server::WorkflowServiceServer;
 
-    // WorkflowService, QueueService and AnalyticsService are declared in the API (and listed
+    // QueueService and AnalyticsService are declared in the API (and listed
     // by reflection) but not registered: the router answers UNIMPLEMENTED for them.
     let router = Server::builder()
         .accept_http1(true)
@@ -216,6 +218,10 @@ pub async fn serve(
         .add_service(limited!(
             VisitorServiceServer<_>,
             visitor::VisitorApi::new(engine.clone())
+        ))
+        .add_service(limited!(
+            WorkflowServiceServer<_>,
+            workflow::WorkflowApi::new(engine.clone())
         ))
         .add_service(limited!(
             ConversationServiceServer<_>,

@@ -75,6 +75,7 @@ diesel::table! {
         definition -> Jsonb,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        is_default -> Bool,
     }
 }
 

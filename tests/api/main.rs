@@ -17,3 +17,4 @@ mod server;
 mod spine;
 mod tenants;
 mod web;
+mod workflows;

@@ -1,0 +1,2 @@
+DROP INDEX workflows_one_default;
+ALTER TABLE workflows DROP COLUMN is_default;
