@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::conversations::Status;
 use super::participants::Participant;
 use crate::ids::{ConversationId, MessageId, TenantId, UserId};
 
@@ -52,6 +53,13 @@ pub enum EventKind {
         /// Who removed them.
         actor: Option<UserId>,
     },
+    /// An external chat was queued, assigned (open) or ended (closed).
+    StatusChanged {
+        /// The new status.
+        status: Status,
+        /// The agent serving the chat, if any.
+        assigned: Option<UserId>,
+    },
 }
 
 impl EventKind {
@@ -63,6 +71,7 @@ impl EventKind {
             Self::MessageDeleted(_) => "message_deleted",
             Self::MembersAdded { .. } => "members_added",
             Self::MemberRemoved { .. } => "member_removed",
+            Self::StatusChanged { .. } => "status_changed",
         }
     }
 }

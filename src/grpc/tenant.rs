@@ -1,4 +1,5 @@
-//! TenantService: the operator's tenant and API key administration.
+//! TenantService: the operator's tenant and API key administration, and the tenant's
+//! visitor identity-verification setting.
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::scope;
 use crate::domain::agents::NewAgent;
-use crate::domain::{Engine, tenants, validate};
+use crate::domain::{Engine, tenants, validate, visitors};
 use crate::error::{AppError, Violations};
 use crate::ids::{ApiKeyId, TenantId};
 use crate::pb::admin;
@@ -195,6 +196,31 @@ impl TenantService for TenantApi {
         let k = tenants::set_allowed_domains(&self.engine, &op, tenant, key, domains).await?;
         Ok(Response::new(admin::SetAllowedDomainsResponse {
             api_key: Some(convert::api_key(k)),
+        }))
+    }
+
+    async fn set_identity_verification(
+        &self,
+        req: Request<admin::SetIdentityVerificationRequest>,
+    ) -> Result<Response<admin::SetIdentityVerificationResponse>, Status> {
+        let op = scope::operator(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let tenant = tenant_id(&mut v, &r.tenant_id);
+        v.finish()?;
+        let s = visitors::set_identity_verification(
+            &self.engine,
+            &op,
+            tenant,
+            r.required,
+            r.rotate_secret,
+        )
+        .await?;
+        Ok(Response::new(admin::SetIdentityVerificationResponse {
+            secret: s.new_secret.unwrap_or_default(),
+            required: s.required,
+            has_secret: s.has_secret,
+            update_time: Some(convert::ts(s.updated_at)),
         }))
     }
 }
