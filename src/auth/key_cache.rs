@@ -133,6 +133,12 @@ impl KeyCache {
         Ok(facts)
     }
 
+    /// Drops a key's entry at once: this node changed the key and must not wait for the
+    /// notice that tells the other nodes.
+    pub fn forget(&self, tenant: TenantId, id: ApiKeyId) {
+        self.invalidate((tenant, id));
+    }
+
     fn invalidate(&self, key: Key) {
         let mut s = self.lock();
         s.epoch += 1;

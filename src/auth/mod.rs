@@ -97,6 +97,12 @@ impl Authenticator {
         }))
     }
 
+    /// Forgets what this node cached about a widget key it just revoked or changed; other
+    /// nodes hear of it through PostgreSQL.
+    pub fn forget_api_key(&self, tenant: TenantId, key: ApiKeyId) {
+        self.keys.forget(tenant, key);
+    }
+
     async fn visitor(
         &self,
         key: &str,

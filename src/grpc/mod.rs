@@ -200,13 +200,13 @@ pub async fn serve(
         .layer(cors(&settings))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(limits::LimitStatusLayer)
-        .layer(AuthLayer::new(authenticator))
+        .layer(AuthLayer::new(authenticator.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(limited!(
             TenantServiceServer<_>,
-            tenant::TenantApi::new(engine.clone())
+            tenant::TenantApi::new(engine.clone(), authenticator.clone())
         ))
         .add_service(limited!(
             AuthServiceServer<_>,

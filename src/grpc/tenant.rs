@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::scope;
+use crate::auth::Authenticator;
 use crate::domain::agents::NewAgent;
 use crate::domain::{Engine, tenants, validate, visitors};
 use crate::error::{AppError, Violations};
@@ -18,12 +19,13 @@ use crate::tenancy::Role;
 /// Handler of TenantService.
 pub struct TenantApi {
     engine: Arc<Engine>,
+    auth: Arc<Authenticator>,
 }
 
 impl TenantApi {
-    /// A handler over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    /// A handler over `engine`; `auth` is told of the widget keys it changes.
+    pub fn new(engine: Arc<Engine>, auth: Arc<Authenticator>) -> Self {
+        Self { engine, auth }
     }
 }
 
@@ -177,6 +179,7 @@ impl TenantService for TenantApi {
         let key = key_id(&mut v, &r.api_key_id);
         v.finish()?;
         let k = tenants::revoke_api_key(&self.engine, &op, tenant, key).await?;
+        self.auth.forget_api_key(tenant, key);
         Ok(Response::new(admin::RevokeApiKeyResponse {
             api_key: Some(convert::api_key(k)),
         }))
@@ -194,6 +197,7 @@ impl TenantService for TenantApi {
         let domains = convert::origins(&mut v, "allowed_domains", &r.allowed_domains);
         v.finish()?;
         let k = tenants::set_allowed_domains(&self.engine, &op, tenant, key, domains).await?;
+        self.auth.forget_api_key(tenant, key);
         Ok(Response::new(admin::SetAllowedDomainsResponse {
             api_key: Some(convert::api_key(k)),
         }))

@@ -16,4 +16,5 @@ mod participants;
 mod server;
 mod spine;
 mod tenants;
+mod visitors;
 mod web;
