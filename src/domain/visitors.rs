@@ -517,7 +517,10 @@ fn require_widget(scope: &TenantScope) -> AppResult<()> {
 
 /// Creates or resumes the visitor of a widget session and issues their token. With a
 /// verified identity, the visitor with that external user id is found again from any
-/// session (an anonymous visitor of this session becomes them if none exists yet).
+/// session (an anonymous visitor of this session becomes them if none exists yet). Without
+/// one, a session that last belonged to an identified visitor gets a new anonymous visitor:
+/// an identified visitor's chats are only ever reached with a valid proof (a shared computer
+/// after the site's logout shows nothing of theirs).
 pub async fn init(
     e: &Engine,
     scope: &TenantScope,
@@ -529,6 +532,10 @@ pub async fn init(
     let mut tx = e.db.tenant_tx(scope).await?;
     let setting = store::identity(&mut tx).await?;
     let external = verify_identity(setting.as_ref(), input.identity.as_ref())?;
+    store::lock_identity_key(&mut tx, "session", &input.session_id).await?;
+    if let Some(ext) = &external {
+        store::lock_identity_key(&mut tx, "external", ext).await?;
+    }
     let by_session = store::by_session(&mut tx, &input.session_id).await?;
     let existing = match &external {
         Some(ext) => match store::by_external_user(&mut tx, ext).await? {
@@ -537,7 +544,7 @@ pub async fn init(
             // identified visitor, chats and all.
             None => by_session.filter(|v| v.external_user_id.is_none()),
         },
-        None => by_session,
+        None => by_session.filter(|v| v.external_user_id.is_none()),
     };
     let identified = external.is_some()
         || existing
@@ -636,7 +643,8 @@ pub async fn start_chat(
     let me = require_visitor(scope)?;
     let now = e.now();
     let mut tx = e.db.tenant_tx(scope).await?;
-    let v = store::get(&mut tx, me)
+    // Locked, so that two concurrent starts of one visitor make one chat.
+    let v = store::lock(&mut tx, me)
         .await?
         .ok_or(AppError::NotFound("visitor"))?;
     let (row, resumed, events) = match store::open_chat(&mut tx, me).await? {

@@ -6,11 +6,13 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::TenantTx;
+use diesel::sql_types::Text;
+
 use super::conversations::ConversationRow;
 use super::schema::{
     conversations, csat_ratings, identity_settings, queue_entries, visitor_sessions, visitors,
 };
+use super::{TenantTx, sql};
 use crate::error::AppResult;
 use crate::ids::{ConversationId, TenantId, UserId, VisitorId};
 
@@ -70,6 +72,18 @@ pub struct VisitorFields {
     pub referrer: String,
 }
 
+/// Serialises, until commit, the transactions that resolve the same widget session or
+/// external user id of the transaction's tenant, so two concurrent InitVisitor calls of one
+/// visitor never create two. Take session locks before external-user locks.
+pub async fn lock_identity_key(tx: &mut TenantTx, kind: &str, value: &str) -> AppResult<()> {
+    let key = format!("{}|{kind}|{value}", tx.tenant_id());
+    sql::prepared("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind::<Text, _>(key)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
 /// The visitor a widget session belongs to.
 pub async fn by_session(tx: &mut TenantTx, session: &str) -> AppResult<Option<VisitorRow>> {
     let t = tx.tenant_id();
@@ -105,12 +119,13 @@ pub async fn by_external_user(tx: &mut TenantTx, external: &str) -> AppResult<Op
         .optional()?)
 }
 
-/// One visitor.
-pub async fn get(tx: &mut TenantTx, id: VisitorId) -> AppResult<Option<VisitorRow>> {
+/// One visitor, locked until commit (their chats start one at a time).
+pub async fn lock(tx: &mut TenantTx, id: VisitorId) -> AppResult<Option<VisitorRow>> {
     let t = tx.tenant_id();
     Ok(visitors::table
         .find((t, id))
         .select(VisitorRow::as_select())
+        .for_update()
         .first(tx.conn())
         .await
         .optional()?)
@@ -164,7 +179,7 @@ pub async fn update(
     })
 }
 
-/// Ties a widget session to a visitor (a session already tied stays as it is).
+/// Ties a widget session to a visitor (a session tied to another visitor moves to this one).
 pub async fn add_session(
     tx: &mut TenantTx,
     session: &str,
@@ -179,7 +194,9 @@ pub async fn add_session(
             visitor_sessions::visitor_id.eq(visitor),
             visitor_sessions::created_at.eq(now),
         ))
-        .on_conflict_do_nothing()
+        .on_conflict((visitor_sessions::tenant_id, visitor_sessions::session_id))
+        .do_update()
+        .set(visitor_sessions::visitor_id.eq(visitor))
         .execute(tx.conn())
         .await?;
     Ok(())

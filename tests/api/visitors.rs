@@ -902,6 +902,21 @@ async fn identity_proofs_find_a_visitor_on_any_device_and_wrong_ones_are_refused
         .await
         .unwrap();
 
+    // Without a proof, her phone's session shows nothing of hers: a new anonymous visitor.
+    let mut shared = Widget::new(&key);
+    let anon_again = shared
+        .init(&app, init_req(&session("phone"), "Someone"))
+        .await
+        .unwrap();
+    let someone = anon_again.visitor.unwrap();
+    assert_ne!(someone.id, ida.id);
+    assert_eq!(someone.external_user_id, "");
+    assert!(anon_again.conversations.is_empty());
+    assert_eq!(
+        shared.status(&app, &chat).await.unwrap_err().code(),
+        Code::NotFound
+    );
+
     // Wrong proofs: another user's, or one made with another secret.
     let mut mallory = Widget::new(&key);
     for wrong in [
