@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::conversations::Status;
 use super::participants::Participant;
-use crate::ids::{ConversationId, MessageId, TenantId, UserId};
+use crate::ids::{ConversationId, MessageId, TenantId, UserId, VisitorId};
 
 /// A message as members see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +59,9 @@ pub enum EventKind {
         status: Status,
         /// The agent serving the chat, if any.
         assigned: Option<UserId>,
+        /// The chat's visitor, named when the chat starts so that the visitor's open
+        /// streams pick the new chat up (as `MembersAdded` does for agents).
+        visitor: Option<VisitorId>,
     },
 }
 

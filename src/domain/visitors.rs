@@ -18,10 +18,10 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::conversations::{
-    self, Conversation, Kind, Sent, Status, append, commit_events, conversation, load_members,
+    self, Conversation, Kind, Status, append, commit_events, conversation, load_members,
     require_active_agents, require_admitted,
 };
-use super::events::{ConversationEvent, EventKind};
+use super::events::{ConversationEvent, EventKind, Message};
 use super::participants::Participant;
 use super::{Engine, require_admin_or_system};
 use crate::auth::jwt::{Claims, VISITOR_AUDIENCE};
@@ -198,7 +198,7 @@ pub struct Started {
     /// Whether it is the visitor's chat that had not ended, not a new one.
     pub resumed: bool,
     /// The initial message, when one was sent.
-    pub initial: Option<(Sent, String)>,
+    pub initial: Option<Message>,
     /// Where it stands.
     pub status: QueueStatus,
 }
@@ -666,6 +666,7 @@ pub async fn start_chat(
                 EventKind::StatusChanged {
                     status: Status::Queued,
                     assigned: None,
+                    visitor: Some(me),
                 },
                 Participant::Visitor(me),
                 now,
@@ -686,7 +687,16 @@ pub async fn start_chat(
             let sent = conversations::submit(e, scope, id, text.clone(), rid)
                 .await?
                 .await?;
-            Some((sent, text))
+            Some(Message {
+                id: sent.id,
+                conversation_id: id,
+                seq: sent.seq,
+                sender: Participant::Visitor(me),
+                text,
+                created_at: sent.created_at,
+                edited_at: None,
+                deleted: false,
+            })
         }
         None => None,
     };
@@ -780,6 +790,7 @@ pub async fn assign(
             EventKind::StatusChanged {
                 status: Status::Open,
                 assigned: Some(agent),
+                visitor: None,
             },
             actor,
             now,
@@ -823,6 +834,7 @@ pub async fn end_chat(
         EventKind::StatusChanged {
             status: Status::Closed,
             assigned: row.assigned_agent_id,
+            visitor: None,
         },
         who,
         now,

@@ -358,7 +358,9 @@ pub fn event(e: crate::domain::events::ConversationEvent) -> pb::ConversationEve
             EventKind::MessageDeleted(m) => K::MessageDeleted(message(m)),
             EventKind::MembersAdded { agents, actor } => K::MembersAdded(members(agents, actor)),
             EventKind::MemberRemoved { agents, actor } => K::MemberRemoved(members(agents, actor)),
-            EventKind::StatusChanged { status, assigned } => K::StatusChanged(pb::StatusChanged {
+            EventKind::StatusChanged {
+                status, assigned, ..
+            } => K::StatusChanged(pb::StatusChanged {
                 status: conversation_status(status) as i32,
                 assigned_agent_id: assigned.map(|a| a.to_string()).unwrap_or_default(),
             }),

@@ -178,27 +178,10 @@ impl VisitorService for VisitorApi {
         let rid = request_id(&mut v, &r.request_id);
         v.finish()?;
         let started = visitors::start_chat(self.engine(), &s, text.map(|t| (t, rid))).await?;
-        let initial_message = started.initial.map(|(sent, text)| {
-            convert::message(crate::domain::events::Message {
-                id: sent.id,
-                conversation_id: started.chat.id,
-                seq: sent.seq,
-                sender: crate::domain::participants::Participant::Visitor(
-                    started
-                        .chat
-                        .visitor_id
-                        .unwrap_or_else(crate::ids::VisitorId::new),
-                ),
-                text,
-                created_at: sent.created_at,
-                edited_at: None,
-                deleted: false,
-            })
-        });
         Ok(Response::new(pb::StartChatResponse {
             conversation: Some(convert::conversation(started.chat)),
             resumed: started.resumed,
-            initial_message,
+            initial_message: started.initial.map(convert::message),
             queue_status: Some(queue_status_out(started.status)),
         }))
     }

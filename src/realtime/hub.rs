@@ -195,7 +195,8 @@ impl Hub {
                     let seen = s.seen.entry(key).or_default();
                     *seen = (*seen).max(ev.seq);
                 }
-                // New members are not following the conversation yet.
+                // New members, and the visitor of a new chat, are not following the
+                // conversation yet.
                 if let EventKind::MembersAdded { agents, .. } = &ev.kind {
                     for a in agents {
                         if let Some(set) = s.by_participant.get(&(*tenant, Participant::Agent(*a)))
@@ -203,6 +204,13 @@ impl Hub {
                             targets.extend(set);
                         }
                     }
+                }
+                if let EventKind::StatusChanged {
+                    visitor: Some(v), ..
+                } = &ev.kind
+                    && let Some(set) = s.by_participant.get(&(*tenant, Participant::Visitor(*v)))
+                {
+                    targets.extend(set);
                 }
             }
             Event::Read {

@@ -1089,3 +1089,46 @@ async fn the_widget_flow_works_over_grpc_web_from_an_allowed_origin_only() {
     .unwrap_err();
     assert!(denied.contains("grpc-status:7"), "{denied}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_stream_opened_before_the_chat_picks_the_chat_up() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("early").await;
+    let (_, key) = widget_key(&app, &t, &[ORIGIN]).await;
+    let mut w = Widget::new(&key);
+    w.init(&app, init_req(&session("early"), "Eve"))
+        .await
+        .unwrap();
+    let mut s = w.subscribe(&app, &[]).await.unwrap();
+    assert!(s.caught_up().await.is_empty());
+
+    let chat = w
+        .start(&app, "I opened the widget first")
+        .await
+        .unwrap()
+        .conversation
+        .unwrap();
+    let joined = s
+        .until(|i| match i {
+            Item::Joined(j) => j.conversation.clone(),
+            _ => None,
+        })
+        .await;
+    assert_eq!(joined.id, chat.id);
+    let queued = s.until(status_changed).await;
+    assert_eq!(queued.status, pb::ConversationStatus::Queued as i32);
+    let first = s.until(posted).await;
+    assert_eq!(first.text, "I opened the widget first");
+    assert_eq!(first.conversation_id, chat.id);
+
+    // Another visitor's new chat never shows up on her stream.
+    let mut other = Widget::new(&key);
+    other
+        .init(&app, init_req(&session("other"), "Otto"))
+        .await
+        .unwrap();
+    other.start(&app, "not for Eve").await.unwrap();
+    w.send(&app, &chat.id, "still here", "").await.unwrap();
+    let next = s.until(posted).await;
+    assert_eq!(next.text, "still here");
+}

@@ -15,6 +15,8 @@ struct MembersPayload {
 struct StatusPayload {
     status: Status,
     assigned: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    visitor: Option<VisitorId>,
 }
 
 /// Takes the next seq and stores an event (not a posted message: those are written by the
@@ -44,11 +46,16 @@ pub(crate) async fn append(
             })
             .map_err(|e| AppError::Internal(e.to_string()))?,
         ),
-        EventKind::StatusChanged { status, assigned } => (
+        EventKind::StatusChanged {
+            status,
+            assigned,
+            visitor,
+        } => (
             None,
             serde_json::to_value(StatusPayload {
                 status: *status,
                 assigned: *assigned,
+                visitor: *visitor,
             })
             .map_err(|e| AppError::Internal(e.to_string()))?,
         ),
@@ -173,6 +180,7 @@ pub(crate) async fn stored_events(
                 EventKind::StatusChanged {
                     status: p.status,
                     assigned: p.assigned,
+                    visitor: p.visitor,
                 }
             }
             other => return Err(AppError::Internal(format!("unknown event kind {other}"))),
