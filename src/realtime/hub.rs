@@ -390,6 +390,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_new_chat_reaches_its_visitor_before_they_follow_it_and_nobody_else() {
+        use crate::domain::conversations::Status;
+        use crate::domain::events::{ConversationEvent, EventKind};
+        let hub = Hub::new(8);
+        let tenant = TenantId::new();
+        let (vera, walt) = (VisitorId::new(), VisitorId::new());
+        let mut hers = hub.subscribe(tenant, Participant::Visitor(vera));
+        let mut his = hub.subscribe(tenant, Participant::Visitor(walt));
+        let mut elsewhere = hub.subscribe(TenantId::new(), Participant::Visitor(vera));
+        hub.dispatch(Event::Durable {
+            tenant,
+            event: ConversationEvent {
+                conversation_id: ConversationId::new(),
+                seq: 1,
+                at: chrono::Utc::now(),
+                kind: EventKind::StatusChanged {
+                    status: Status::Queued,
+                    assigned: None,
+                    visitor: Some(vera),
+                },
+            },
+        });
+        assert!(matches!(*hers.recv().await.unwrap(), Event::Durable { .. }));
+        assert!(his.rx.try_recv().is_err());
+        assert!(
+            elsewhere.rx.try_recv().is_err(),
+            "another tenant's visitor id"
+        );
+    }
+
+    #[tokio::test]
     async fn a_visitor_stream_gets_its_chat_but_not_the_tenants_agent_presence() {
         let hub = Hub::new(8);
         let tenant = TenantId::new();
