@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::auth::Authenticator;
 use crate::auth::directory::Directory;
 use crate::auth::jwt::JwtKeys;
+use crate::auth::key_cache::KeyCache;
 use crate::config::{Config, Secret};
 use crate::domain::events::Publisher;
 use crate::domain::paging::PageTokens;
@@ -34,7 +35,7 @@ use crate::realtime::hub::{DEACTIVATED, Hub};
 use crate::realtime::presence::{HEARTBEAT, PresenceTracker};
 use crate::realtime::{BusHealth, StreamContext};
 use crate::storage::listen::Listener;
-use crate::storage::{self, Db, users};
+use crate::storage::{self, Db, api_keys, users};
 use tokio_util::sync::CancellationToken;
 
 /// Name of the database inside a private cluster.
@@ -154,6 +155,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
     // One LISTEN connection per node; each consumer takes its channel before it starts.
     let mut listener = Listener::new(db.app_url.expose());
     let directory_notices = listener.channel(users::DIRECTORY_CHANNEL);
+    let key_notices = listener.channel(api_keys::KEYS_CHANNEL);
     let secret = jwt_secret(cfg);
     let jwt = Arc::new(JwtKeys::hmac(&cfg.jwt_key_id, &secret, &cfg.jwt_issuer)?);
     let mut page_key = Hmac::<Sha256>::new_from_slice(&secret).expect("HMAC takes any key size");
@@ -184,10 +186,11 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         writer,
     });
     let directory = Directory::new(pool.clone(), engine.tokens.access_ttl);
+    let keys = KeyCache::new(pool.clone());
     let auth = Arc::new(Authenticator::new(
         jwt,
         cfg.operator_token.as_ref().map(Secret::expose),
-        pool.clone(),
+        keys.clone(),
         directory.clone(),
     ));
     let presence = PresenceTracker::new();
@@ -231,6 +234,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         }
     });
     tokio::spawn(crate::memory::trim_periodically(streams.shutdown.clone()));
+    tokio::spawn(keys.follow(key_notices));
     let hub = streams.hub.clone();
     tokio::spawn(directory.follow(
         directory_notices,

@@ -1,10 +1,12 @@
 //! Credentials: passwords, JWT access tokens, opaque API keys and refresh tokens, and the
 //! tower layer that turns request headers into a verified [`Principal`] exactly once, and the
 //! per-node [`directory::Directory`] that gives an agent token its current role and refuses it
-//! once its agent is deactivated or its session revoked.
+//! once its agent is deactivated or its session revoked, and the per-node
+//! [`key_cache::KeyCache`] that checks widget keys without a database read per call.
 
 pub mod directory;
 pub mod jwt;
+pub mod key_cache;
 pub mod keys;
 pub mod layer;
 pub mod password;
@@ -18,10 +20,10 @@ use subtle::ConstantTimeEq;
 use crate::domain::validate::origin_allowed;
 use crate::error::{AppError, AppResult};
 use crate::ids::{ApiKeyId, TenantId, TokenFamilyId, UserId, VisitorId};
-use crate::storage::{Db, api_keys};
-use crate::tenancy::{Principal, TenantScope, Verified};
+use crate::tenancy::{Principal, Verified};
 use directory::Directory;
 use jwt::{AGENT_AUDIENCE, JwtKeys, VISITOR_AUDIENCE};
+use key_cache::KeyCache;
 use keys::{Credential, Kind};
 
 /// Header carrying a widget API key.
@@ -31,7 +33,7 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 pub struct Authenticator {
     jwt: Arc<JwtKeys>,
     operator_token_hash: Option<[u8; 32]>,
-    db: Db,
+    keys: Arc<KeyCache>,
     directory: Arc<Directory>,
 }
 
@@ -40,13 +42,13 @@ impl Authenticator {
     pub fn new(
         jwt: Arc<JwtKeys>,
         operator_token: Option<&str>,
-        db: Db,
+        keys: Arc<KeyCache>,
         directory: Arc<Directory>,
     ) -> Self {
         Self {
             jwt,
             operator_token_hash: operator_token.map(|t| Sha256::digest(t.as_bytes()).into()),
-            db,
+            keys,
             directory,
         }
     }
@@ -95,6 +97,12 @@ impl Authenticator {
         }))
     }
 
+    /// Forgets what this node cached about a widget key it just revoked or changed; other
+    /// nodes hear of it through PostgreSQL.
+    pub fn forget_api_key(&self, tenant: TenantId, key: ApiKeyId) {
+        self.keys.forget(tenant, key);
+    }
+
     async fn visitor(
         &self,
         key: &str,
@@ -106,15 +114,16 @@ impl Authenticator {
             .map_err(|_| AppError::Unauthenticated("malformed api key"))?;
         let tenant_id = TenantId::from_uuid(cred.tenant);
         let api_key_id = ApiKeyId::from_uuid(cred.id);
-        let mut tx = self.db.tenant_tx(&TenantScope::system(tenant_id)).await?;
-        let row = api_keys::get(&mut tx, api_key_id).await?;
-        tx.commit().await?;
-        let row = row
-            .filter(|r| cred.matches(&r.secret_hash) && r.revoked_at.is_none())
+        // The cache answers without a database read once the key was seen on this node.
+        let facts = self
+            .keys
+            .get(tenant_id, api_key_id)
+            .await?
+            .filter(|f| cred.matches(&f.secret_hash) && !f.revoked)
             .ok_or(AppError::Unauthenticated("unknown or revoked api key"))?;
         // Origin is a browser control; server-side callers send none and are let through.
         if let Some(o) = origin
-            && !origin_allowed(&row.allowed_domains, o)
+            && !origin_allowed(&facts.allowed_domains, o)
         {
             return Err(AppError::PermissionDenied(
                 "origin not allowed for this api key",
@@ -123,8 +132,11 @@ impl Authenticator {
         let visitor_id = match bearer {
             Some(t) => {
                 let claims = self.jwt.verify(t, VISITOR_AUDIENCE)?;
+                // A genuine token of another tenant's visitor, with this tenant's key.
                 if claims.tid != tenant_id.to_string() {
-                    return Err(AppError::Unauthenticated("invalid or expired token"));
+                    return Err(AppError::PermissionDenied(
+                        "the visitor token belongs to another tenant",
+                    ));
                 }
                 Some(
                     VisitorId::parse(&claims.sub)

@@ -5,8 +5,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::conversations::Status;
 use super::participants::Participant;
-use crate::ids::{ConversationId, MessageId, TenantId, UserId};
+use crate::ids::{ConversationId, MessageId, TenantId, UserId, VisitorId};
 
 /// A message as members see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +53,16 @@ pub enum EventKind {
         /// Who removed them.
         actor: Option<UserId>,
     },
+    /// An external chat was queued, assigned (open) or ended (closed).
+    StatusChanged {
+        /// The new status.
+        status: Status,
+        /// The agent serving the chat, if any.
+        assigned: Option<UserId>,
+        /// The chat's visitor, named when the chat starts so that the visitor's open
+        /// streams pick the new chat up (as `MembersAdded` does for agents).
+        visitor: Option<VisitorId>,
+    },
 }
 
 impl EventKind {
@@ -63,6 +74,7 @@ impl EventKind {
             Self::MessageDeleted(_) => "message_deleted",
             Self::MembersAdded { .. } => "members_added",
             Self::MemberRemoved { .. } => "member_removed",
+            Self::StatusChanged { .. } => "status_changed",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod spine;
 pub mod tenants;
 pub mod timers;
 pub mod validate;
+pub mod visitors;
 pub mod workflows;
 pub mod writer;
 

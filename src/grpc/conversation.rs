@@ -49,7 +49,7 @@ impl ConversationApi {
 
 /// The conversation id in `raw`; when it is invalid, the violation is recorded and a fresh
 /// id stands in, never used: the caller's `v.finish()` refuses the request first.
-fn conv_id(v: &mut Violations, field: &str, raw: &str) -> ConversationId {
+pub(super) fn conv_id(v: &mut Violations, field: &str, raw: &str) -> ConversationId {
     v.check(validate::id(field, raw, ConversationId::parse))
         .unwrap_or_else(ConversationId::new)
 }
@@ -65,11 +65,11 @@ fn agent_ids(v: &mut Violations, field: &str, raw: &[String]) -> Vec<UserId> {
         .collect()
 }
 
-fn message_text(field: &str, raw: &str) -> Result<String, FieldViolation> {
+pub(super) fn message_text(field: &str, raw: &str) -> Result<String, FieldViolation> {
     validate::text(field, raw, MAX_TEXT_CHARS)
 }
 
-fn request_id(v: &mut Violations, raw: &str) -> Option<uuid::Uuid> {
+pub(super) fn request_id(v: &mut Violations, raw: &str) -> Option<uuid::Uuid> {
     if raw.is_empty() {
         return None;
     }
@@ -82,7 +82,10 @@ fn request_id(v: &mut Violations, raw: &str) -> Option<uuid::Uuid> {
     }
 }
 
-fn cursors(v: &mut Violations, raw: &[pb::ConversationCursor]) -> Vec<(ConversationId, i64)> {
+pub(super) fn cursors(
+    v: &mut Violations,
+    raw: &[pb::ConversationCursor],
+) -> Vec<(ConversationId, i64)> {
     if raw.len() > 10_000 {
         v.add("cursors", "at most 10000 cursors");
         return Vec::new();

@@ -250,9 +250,19 @@ pub fn agent(a: Agent) -> pb::Agent {
     }
 }
 
+/// Wire form of a conversation status.
+pub fn conversation_status(s: crate::domain::conversations::Status) -> pb::ConversationStatus {
+    use crate::domain::conversations::Status;
+    match s {
+        Status::Open => pb::ConversationStatus::Open,
+        Status::Queued => pb::ConversationStatus::Queued,
+        Status::Closed => pb::ConversationStatus::Closed,
+    }
+}
+
 /// Wire form of a conversation.
 pub fn conversation(c: crate::domain::conversations::Conversation) -> pb::Conversation {
-    use crate::domain::conversations::{Kind, Status};
+    use crate::domain::conversations::Kind;
     pb::Conversation {
         id: c.id.to_string(),
         kind: match c.kind {
@@ -260,11 +270,7 @@ pub fn conversation(c: crate::domain::conversations::Conversation) -> pb::Conver
             Kind::Group => pb::ConversationKind::Group,
             Kind::External => pb::ConversationKind::External,
         } as i32,
-        status: match c.status {
-            Status::Open => pb::ConversationStatus::Open,
-            Status::Queued => pb::ConversationStatus::Queued,
-            Status::Closed => pb::ConversationStatus::Closed,
-        } as i32,
+        status: conversation_status(c.status) as i32,
         title: c.title,
         member_agent_ids: c.members.iter().map(ToString::to_string).collect(),
         visitor_id: c.visitor_id.map(|v| v.to_string()).unwrap_or_default(),
@@ -352,6 +358,12 @@ pub fn event(e: crate::domain::events::ConversationEvent) -> pb::ConversationEve
             EventKind::MessageDeleted(m) => K::MessageDeleted(message(m)),
             EventKind::MembersAdded { agents, actor } => K::MembersAdded(members(agents, actor)),
             EventKind::MemberRemoved { agents, actor } => K::MemberRemoved(members(agents, actor)),
+            EventKind::StatusChanged {
+                status, assigned, ..
+            } => K::StatusChanged(pb::StatusChanged {
+                status: conversation_status(status) as i32,
+                assigned_agent_id: assigned.map(|a| a.to_string()).unwrap_or_default(),
+            }),
         }),
     }
 }

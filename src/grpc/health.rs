@@ -12,14 +12,14 @@ use tonic_health::server::HealthReporter;
 
 use crate::pb;
 
-/// The services this server serves completely. VisitorService is left out until its chat
-/// RPCs exist: all but GetWidgetConfig answer UNIMPLEMENTED.
-const SERVED: [&str; 5] = [
+/// The services this server serves completely.
+const SERVED: [&str; 6] = [
     pb::admin::tenant_service_server::SERVICE_NAME,
     pb::auth_service_server::SERVICE_NAME,
     pb::agent_service_server::SERVICE_NAME,
     pb::conversation_service_server::SERVICE_NAME,
     pb::workflow_service_server::SERVICE_NAME,
+    pb::visitor_service_server::SERVICE_NAME,
 ];
 
 /// Keeps the reported statuses in step with the database until shutdown.

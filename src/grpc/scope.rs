@@ -5,6 +5,7 @@ use tonic::Request;
 
 use crate::auth::principal;
 use crate::error::{AppError, AppResult};
+use crate::ids::{ApiKeyId, TenantId};
 use crate::tenancy::{OperatorScope, Principal, TenantScope};
 
 /// The operator's scope; PERMISSION_DENIED for anyone else.
@@ -30,4 +31,25 @@ pub fn visitor<T>(req: &Request<T>) -> AppResult<TenantScope> {
         p @ Principal::Visitor { .. } => Ok(TenantScope::of(p).expect("visitors have a tenant")),
         _ => Err(AppError::PermissionDenied("a widget api key is required")),
     }
+}
+
+/// The tenant scope of a widget caller and the widget key they called with. A request naming
+/// a tenant (`named_tenant`, empty when it names none) other than the key's is
+/// PERMISSION_DENIED; a malformed one is INVALID_ARGUMENT.
+pub fn widget<T>(req: &Request<T>, named_tenant: &str) -> AppResult<(TenantScope, ApiKeyId)> {
+    let (p, key) = match principal(req)? {
+        p @ Principal::Visitor { api_key_id, .. } => (p, *api_key_id),
+        _ => return Err(AppError::PermissionDenied("a widget api key is required")),
+    };
+    let s = TenantScope::of(p).expect("visitors have a tenant");
+    if !named_tenant.is_empty() {
+        let t = TenantId::parse(named_tenant)
+            .ok_or_else(|| AppError::field("tenant_id", "must be a UUID"))?;
+        if t != s.tenant_id() {
+            return Err(AppError::PermissionDenied(
+                "the widget key belongs to another tenant",
+            ));
+        }
+    }
+    Ok((s, key))
 }

@@ -1,4 +1,5 @@
-//! TenantService: the operator's tenant and API key administration.
+//! TenantService: the operator's tenant and API key administration, and the tenant's
+//! visitor identity-verification setting.
 
 use std::sync::Arc;
 
@@ -6,8 +7,9 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::scope;
+use crate::auth::Authenticator;
 use crate::domain::agents::NewAgent;
-use crate::domain::{Engine, tenants, validate};
+use crate::domain::{Engine, tenants, validate, visitors};
 use crate::error::{AppError, Violations};
 use crate::ids::{ApiKeyId, TenantId};
 use crate::pb::admin;
@@ -17,12 +19,13 @@ use crate::tenancy::Role;
 /// Handler of TenantService.
 pub struct TenantApi {
     engine: Arc<Engine>,
+    auth: Arc<Authenticator>,
 }
 
 impl TenantApi {
-    /// A handler over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    /// A handler over `engine`; `auth` is told of the widget keys it changes.
+    pub fn new(engine: Arc<Engine>, auth: Arc<Authenticator>) -> Self {
+        Self { engine, auth }
     }
 }
 
@@ -176,6 +179,7 @@ impl TenantService for TenantApi {
         let key = key_id(&mut v, &r.api_key_id);
         v.finish()?;
         let k = tenants::revoke_api_key(&self.engine, &op, tenant, key).await?;
+        self.auth.forget_api_key(tenant, key);
         Ok(Response::new(admin::RevokeApiKeyResponse {
             api_key: Some(convert::api_key(k)),
         }))
@@ -193,8 +197,34 @@ impl TenantService for TenantApi {
         let domains = convert::origins(&mut v, "allowed_domains", &r.allowed_domains);
         v.finish()?;
         let k = tenants::set_allowed_domains(&self.engine, &op, tenant, key, domains).await?;
+        self.auth.forget_api_key(tenant, key);
         Ok(Response::new(admin::SetAllowedDomainsResponse {
             api_key: Some(convert::api_key(k)),
+        }))
+    }
+
+    async fn set_identity_verification(
+        &self,
+        req: Request<admin::SetIdentityVerificationRequest>,
+    ) -> Result<Response<admin::SetIdentityVerificationResponse>, Status> {
+        let op = scope::operator(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let tenant = tenant_id(&mut v, &r.tenant_id);
+        v.finish()?;
+        let s = visitors::set_identity_verification(
+            &self.engine,
+            &op,
+            tenant,
+            r.required,
+            r.rotate_secret,
+        )
+        .await?;
+        Ok(Response::new(admin::SetIdentityVerificationResponse {
+            secret: s.new_secret.unwrap_or_default(),
+            required: s.required,
+            has_secret: s.has_secret,
+            update_time: Some(convert::ts(s.updated_at)),
         }))
     }
 }

@@ -1,25 +1,133 @@
-//! VisitorService: the widget-facing API. Only GetWidgetConfig is served so far; the chat
-//! RPCs answer UNIMPLEMENTED until external chat lands.
+//! VisitorService: the widget-facing API. Every call comes with a widget key (checked with
+//! its origin by the auth layer); every call after InitVisitor with a visitor token too.
+//! Messages, paging, typing and the stream go through the same domain code as agents'.
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use tonic::{Request, Response, Status};
 
-use super::{Streaming, convert, scope, unimplemented};
-use crate::domain::{Engine, tenants};
+use super::conversation::{conv_id, cursors, message_text, request_id};
+use super::pace::Paced;
+use super::{Streaming, convert, scope};
+use crate::domain::conversations::{self, MAX_TEXT_CHARS};
+use crate::domain::visitors::{self, Identity, VisitorInput, VisitorType};
+use crate::domain::{Engine, tenants, validate};
+use crate::error::{AppError, Violations};
 use crate::pb;
 use crate::pb::visitor_service_server::VisitorService;
+use crate::realtime::{BusHealth, StreamContext, stream};
 
 /// Handler of VisitorService.
 pub struct VisitorApi {
-    engine: Arc<Engine>,
+    streams: Arc<StreamContext>,
+    bus: BusHealth,
 }
 
 impl VisitorApi {
-    /// A handler over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    /// A handler over the node's stream context.
+    pub fn new(streams: Arc<StreamContext>, bus: BusHealth) -> Self {
+        Self { streams, bus }
     }
+
+    fn engine(&self) -> &Arc<Engine> {
+        &self.streams.engine
+    }
+}
+
+fn visitor_type_out(t: VisitorType) -> pb::VisitorType {
+    match t {
+        VisitorType::New => pb::VisitorType::New,
+        VisitorType::Returning => pb::VisitorType::Returning,
+        VisitorType::Identified => pb::VisitorType::Identified,
+    }
+}
+
+fn visitor_out(v: visitors::Visitor) -> pb::Visitor {
+    pb::Visitor {
+        id: v.id.to_string(),
+        name: v.name,
+        email: v.email,
+        visitor_type: visitor_type_out(v.visitor_type) as i32,
+        country: v.country,
+        language: v.language,
+        page_url: v.page_url,
+        referrer: v.referrer,
+        attributes: v.attributes.into_iter().collect(),
+        external_user_id: v.external_user_id.unwrap_or_default(),
+        create_time: Some(convert::ts(v.created_at)),
+        last_seen_time: Some(convert::ts(v.last_seen_at)),
+    }
+}
+
+fn queue_status_out(s: visitors::QueueStatus) -> pb::QueueStatus {
+    pb::QueueStatus {
+        conversation_id: s.conversation_id.to_string(),
+        status: convert::conversation_status(s.status) as i32,
+        position: s.position.unwrap_or(0),
+        queue_length: s.queue_length,
+        // Left unset until the queue keeps handling times (the dispatcher's work).
+        estimated_wait_seconds: 0,
+        enqueue_time: s.enqueued_at.map(convert::ts),
+        assigned_agent_id: s.assigned.map(|a| a.to_string()).unwrap_or_default(),
+    }
+}
+
+fn visitor_input(v: &mut Violations, r: pb::InitVisitorRequest) -> Option<VisitorInput> {
+    let session_id = v.check(visitors::session_id("session_id", &r.session_id));
+    let name = v.check(validate::optional_text("name", &r.name, 200));
+    let email = if r.email.trim().is_empty() {
+        Some(String::new())
+    } else {
+        v.check(validate::email("email", &r.email))
+    };
+    let page_url = v.check(visitors::page_url("page_url", &r.page_url));
+    let referrer = v.check(visitors::page_url("referrer", &r.referrer));
+    let language = v.check(visitors::language("language", &r.language));
+    let country = v.check(visitors::country("country", &r.country));
+    let attributes = match visitors::attributes("attributes", &r.attributes) {
+        Ok(a) => Some(a),
+        Err(errs) => {
+            for e in errs {
+                v.add(&e.field, e.description);
+            }
+            None
+        }
+    };
+    let identity: Option<Identity> = match &r.identity {
+        Some(i) => v.check(visitors::identity(
+            "identity",
+            &i.external_user_id,
+            &i.proof,
+        )),
+        None => None,
+    };
+    let returning = match pb::VisitorType::try_from(r.visitor_type) {
+        Ok(pb::VisitorType::Unspecified | pb::VisitorType::New) => false,
+        Ok(pb::VisitorType::Returning) => true,
+        // Only a verified identity makes a visitor IDENTIFIED; the server decides.
+        Ok(pb::VisitorType::Identified) if r.identity.is_some() => false,
+        Ok(pb::VisitorType::Identified) => {
+            v.add("visitor_type", "IDENTIFIED needs an identity");
+            false
+        }
+        Err(_) => {
+            v.add("visitor_type", "unknown visitor type");
+            false
+        }
+    };
+    Some(VisitorInput {
+        session_id: session_id?,
+        name: name?,
+        email: email?,
+        page_url: page_url?,
+        referrer: referrer?,
+        language: language?,
+        country: country?,
+        returning,
+        attributes: attributes?,
+        identity,
+    })
 }
 
 #[tonic::async_trait]
@@ -28,8 +136,8 @@ impl VisitorService for VisitorApi {
         &self,
         req: Request<pb::GetWidgetConfigRequest>,
     ) -> Result<Response<pb::GetWidgetConfigResponse>, Status> {
-        let s = scope::visitor(&req)?;
-        let (t, agents_online) = tenants::widget_config(&self.engine, &s).await?;
+        let (s, _) = scope::widget(&req, "")?;
+        let (t, agents_online) = tenants::widget_config(self.engine(), &s).await?;
         Ok(Response::new(pb::GetWidgetConfigResponse {
             tenant_name: t.name,
             widget: Some(convert::widget_out(t.widget)),
@@ -37,15 +145,199 @@ impl VisitorService for VisitorApi {
         }))
     }
 
+    async fn init_visitor(
+        &self,
+        req: Request<pb::InitVisitorRequest>,
+    ) -> Result<Response<pb::InitVisitorResponse>, Status> {
+        let (s, key) = scope::widget(&req, &req.get_ref().tenant_id)?;
+        let mut v = Violations::new();
+        let input = visitor_input(&mut v, req.into_inner());
+        v.finish()?;
+        let input = input.ok_or_else(|| AppError::Internal("validated input missing".into()))?;
+        let done = visitors::init(self.engine(), &s, key, input).await?;
+        Ok(Response::new(pb::InitVisitorResponse {
+            visitor: Some(visitor_out(done.visitor)),
+            visitor_token: done.token,
+            visitor_token_expire_time: Some(convert::ts(done.token_expires_at)),
+            conversations: done.chats.into_iter().map(convert::conversation).collect(),
+        }))
+    }
+
+    async fn start_chat(
+        &self,
+        req: Request<pb::StartChatRequest>,
+    ) -> Result<Response<pb::StartChatResponse>, Status> {
+        let s = scope::visitor(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let text = if r.initial_message.trim().is_empty() {
+            None
+        } else {
+            v.check(message_text("initial_message", &r.initial_message))
+        };
+        let rid = request_id(&mut v, &r.request_id);
+        v.finish()?;
+        let started = visitors::start_chat(self.engine(), &s, text.map(|t| (t, rid))).await?;
+        Ok(Response::new(pb::StartChatResponse {
+            conversation: Some(convert::conversation(started.chat)),
+            resumed: started.resumed,
+            initial_message: started.initial.map(convert::message),
+            queue_status: Some(queue_status_out(started.status)),
+        }))
+    }
+
+    async fn send_visitor_message(
+        &self,
+        req: Request<pb::SendVisitorMessageRequest>,
+    ) -> Result<Response<pb::SendVisitorMessageResponse>, Status> {
+        let s = scope::visitor(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let conv = conv_id(&mut v, "conversation_id", &r.conversation_id);
+        match pb::MessageType::try_from(r.r#type) {
+            Ok(pb::MessageType::Unspecified | pb::MessageType::Text) => {}
+            Err(_) => v.add(
+                "type",
+                "unknown message type; only MESSAGE_TYPE_TEXT is accepted",
+            ),
+        }
+        let text = v.check(validate::text("text", &r.text, MAX_TEXT_CHARS));
+        let rid = request_id(&mut v, &r.request_id);
+        v.finish()?;
+        let text = text.ok_or_else(|| AppError::Internal("validated text missing".into()))?;
+        let sent = conversations::submit(self.engine(), &s, conv, text, rid)
+            .await?
+            .await?;
+        Ok(Response::new(pb::SendVisitorMessageResponse {
+            message_id: sent.id.to_string(),
+            seq: convert::seq_out(sent.seq),
+            create_time: Some(convert::ts(sent.created_at)),
+        }))
+    }
+
+    async fn list_visitor_messages(
+        &self,
+        req: Request<pb::ListVisitorMessagesRequest>,
+    ) -> Result<Response<pb::ListVisitorMessagesResponse>, Status> {
+        let s = scope::visitor(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let id = conv_id(&mut v, "conversation_id", &r.conversation_id);
+        let forward = match pb::ListDirection::try_from(r.direction) {
+            Ok(pb::ListDirection::Forward) => true,
+            Ok(_) => false,
+            Err(_) => {
+                v.add("direction", "unknown direction");
+                false
+            }
+        };
+        v.finish()?;
+        let page = conversations::list_messages(
+            self.engine(),
+            &s,
+            id,
+            forward,
+            r.anchor_seq,
+            r.page_size,
+            &r.page_token,
+        )
+        .await?;
+        Ok(Response::new(pb::ListVisitorMessagesResponse {
+            messages: page.items.into_iter().map(convert::message).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn get_queue_status(
+        &self,
+        req: Request<pb::GetQueueStatusRequest>,
+    ) -> Result<Response<pb::GetQueueStatusResponse>, Status> {
+        let s = scope::visitor(&req)?;
+        let mut v = Violations::new();
+        let conv = conv_id(&mut v, "conversation_id", &req.get_ref().conversation_id);
+        v.finish()?;
+        let status = visitors::queue_status(self.engine(), &s, conv).await?;
+        Ok(Response::new(pb::GetQueueStatusResponse {
+            queue_status: Some(queue_status_out(status)),
+        }))
+    }
+
     type SubscribeVisitorStream = Streaming<pb::SubscribeVisitorResponse>;
 
-    unimplemented! {
-        start_chat(pb::StartChatRequest) -> pb::StartChatResponse;
-        send_visitor_message(pb::SendVisitorMessageRequest) -> pb::SendVisitorMessageResponse;
-        list_visitor_messages(pb::ListVisitorMessagesRequest) -> pb::ListVisitorMessagesResponse;
-        subscribe_visitor(pb::SubscribeVisitorRequest) -> Self::SubscribeVisitorStream;
-        set_visitor_typing(pb::SetVisitorTypingRequest) -> pb::SetVisitorTypingResponse;
-        end_chat(pb::EndChatRequest) -> pb::EndChatResponse;
-        submit_rating(pb::SubmitRatingRequest) -> pb::SubmitRatingResponse;
+    async fn subscribe_visitor(
+        &self,
+        req: Request<pb::SubscribeVisitorRequest>,
+    ) -> Result<Response<Self::SubscribeVisitorStream>, Status> {
+        let s = scope::visitor(&req)?;
+        // Only a visitor token follows chats; a bare widget key has none to follow.
+        crate::domain::participants::Participant::of(&s)?;
+        let mut v = Violations::new();
+        let cursors = cursors(&mut v, &req.get_ref().cursors);
+        v.finish()?;
+        if !self.bus.healthy() {
+            return Err(AppError::Unavailable("event bus unavailable".into()).into());
+        }
+        let items = stream::subscribe(self.streams.clone(), s, cursors).map(|r| {
+            r.map(|item| pb::SubscribeVisitorResponse {
+                item: Some(convert::stream_item(item)),
+            })
+            .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(Paced::new(items))))
+    }
+
+    async fn set_visitor_typing(
+        &self,
+        req: Request<pb::SetVisitorTypingRequest>,
+    ) -> Result<Response<pb::SetVisitorTypingResponse>, Status> {
+        let s = scope::visitor(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let conv = conv_id(&mut v, "conversation_id", &r.conversation_id);
+        v.finish()?;
+        conversations::set_typing(self.engine(), &s, conv, r.typing).await?;
+        Ok(Response::new(pb::SetVisitorTypingResponse {}))
+    }
+
+    async fn end_chat(
+        &self,
+        req: Request<pb::EndChatRequest>,
+    ) -> Result<Response<pb::EndChatResponse>, Status> {
+        let s = scope::visitor(&req)?;
+        let mut v = Violations::new();
+        let conv = conv_id(&mut v, "conversation_id", &req.get_ref().conversation_id);
+        v.finish()?;
+        let c = visitors::end_chat(self.engine(), &s, conv).await?;
+        Ok(Response::new(pb::EndChatResponse {
+            conversation: Some(convert::conversation(c)),
+        }))
+    }
+
+    async fn submit_rating(
+        &self,
+        req: Request<pb::SubmitRatingRequest>,
+    ) -> Result<Response<pb::SubmitRatingResponse>, Status> {
+        let s = scope::visitor(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::new();
+        let conv = conv_id(&mut v, "conversation_id", &r.conversation_id);
+        let score = v.check(visitors::score("score", r.score));
+        let comment = v.check(validate::optional_text(
+            "comment",
+            &r.comment,
+            visitors::MAX_COMMENT,
+        ));
+        v.finish()?;
+        let (Some(score), Some(comment)) = (score, comment) else {
+            return Err(AppError::Internal("validated rating missing".into()).into());
+        };
+        let rating = visitors::submit_rating(self.engine(), &s, conv, score, comment).await?;
+        Ok(Response::new(pb::SubmitRatingResponse {
+            conversation_id: rating.conversation_id.to_string(),
+            score: u32::from(rating.score),
+            comment: rating.comment,
+            agent_id: rating.agent.map(|a| a.to_string()).unwrap_or_default(),
+            create_time: Some(convert::ts(rating.created_at)),
+        }))
     }
 }

@@ -195,7 +195,8 @@ impl Hub {
                     let seen = s.seen.entry(key).or_default();
                     *seen = (*seen).max(ev.seq);
                 }
-                // New members are not following the conversation yet.
+                // New members, and the visitor of a new chat, are not following the
+                // conversation yet.
                 if let EventKind::MembersAdded { agents, .. } = &ev.kind {
                     for a in agents {
                         if let Some(set) = s.by_participant.get(&(*tenant, Participant::Agent(*a)))
@@ -203,6 +204,13 @@ impl Hub {
                             targets.extend(set);
                         }
                     }
+                }
+                if let EventKind::StatusChanged {
+                    visitor: Some(v), ..
+                } = &ev.kind
+                    && let Some(set) = s.by_participant.get(&(*tenant, Participant::Visitor(*v)))
+                {
+                    targets.extend(set);
                 }
             }
             Event::Read {
@@ -379,6 +387,37 @@ mod tests {
         assert_eq!(hub.subscribers(), 1);
         drop(b);
         assert_eq!(hub.subscribers(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_new_chat_reaches_its_visitor_before_they_follow_it_and_nobody_else() {
+        use crate::domain::conversations::Status;
+        use crate::domain::events::{ConversationEvent, EventKind};
+        let hub = Hub::new(8);
+        let tenant = TenantId::new();
+        let (vera, walt) = (VisitorId::new(), VisitorId::new());
+        let mut hers = hub.subscribe(tenant, Participant::Visitor(vera));
+        let mut his = hub.subscribe(tenant, Participant::Visitor(walt));
+        let mut elsewhere = hub.subscribe(TenantId::new(), Participant::Visitor(vera));
+        hub.dispatch(Event::Durable {
+            tenant,
+            event: ConversationEvent {
+                conversation_id: ConversationId::new(),
+                seq: 1,
+                at: chrono::Utc::now(),
+                kind: EventKind::StatusChanged {
+                    status: Status::Queued,
+                    assigned: None,
+                    visitor: Some(vera),
+                },
+            },
+        });
+        assert!(matches!(*hers.recv().await.unwrap(), Event::Durable { .. }));
+        assert!(his.rx.try_recv().is_err());
+        assert!(
+            elsewhere.rx.try_recv().is_err(),
+            "another tenant's visitor id"
+        );
     }
 
     #[tokio::test]

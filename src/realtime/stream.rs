@@ -206,7 +206,13 @@ async fn handle(
         Event::Durable { event, .. } => {
             let conv = event.conversation_id;
             if !d.delivered.contains_key(&conv) {
-                let joined = matches!(&event.kind, EventKind::MembersAdded { agents, .. } if d.among(agents));
+                let joined = match &event.kind {
+                    EventKind::MembersAdded { agents, .. } => d.among(agents),
+                    EventKind::StatusChanged {
+                        visitor: Some(v), ..
+                    } => d.me == Participant::Visitor(*v),
+                    _ => false,
+                };
                 if !joined {
                     return Ok(out);
                 }

@@ -1,13 +1,33 @@
-//! Widget API keys, stored as SHA-256 hashes of their secrets.
+//! Widget API keys, stored as SHA-256 hashes of their secrets. Every transaction that revokes
+//! a key or changes its allowed domains also sends a `NOTIFY` on [`KEYS_CHANNEL`], which
+//! PostgreSQL delivers to every node when, and only if, it commits: the nodes' key caches
+//! (`auth::key_cache`) drop the key then.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::TenantTx;
+use diesel::sql_types::Text;
+
 use super::schema::api_keys;
+use super::{TenantTx, sql};
 use crate::error::AppResult;
 use crate::ids::{ApiKeyId, TenantId};
+
+/// The channel that carries `<tenant>:<key>` whenever a key was revoked or its domains
+/// changed.
+pub const KEYS_CHANNEL: &str = "chatengine_api_keys";
+
+/// Tells every node, once this transaction commits, that the key changed.
+async fn notify(tx: &mut TenantTx, id: ApiKeyId) -> AppResult<()> {
+    let payload = format!("{}:{id}", tx.tenant_id());
+    sql::prepared("SELECT pg_notify($1, $2)")
+        .bind::<Text, _>(KEYS_CHANNEL)
+        .bind::<Text, _>(payload)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
 
 /// A stored API key.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -74,7 +94,8 @@ pub async fn list(
     Ok(q.load(tx.conn()).await?)
 }
 
-/// Revokes a key (keeps the first revocation time); None when it does not exist.
+/// Revokes a key (keeps the first revocation time); None when it does not exist. Announced on
+/// [`KEYS_CHANNEL`] with the commit.
 pub async fn revoke(
     tx: &mut TenantTx,
     id: ApiKeyId,
@@ -84,26 +105,31 @@ pub async fn revoke(
     let Some(row) = get(tx, id).await? else {
         return Ok(None);
     };
-    Ok(Some(
-        diesel::update(api_keys::table.find((t, id)))
-            .set(api_keys::revoked_at.eq(row.revoked_at.unwrap_or(now)))
-            .returning(ApiKeyRow::as_returning())
-            .get_result(tx.conn())
-            .await?,
-    ))
+    let row = diesel::update(api_keys::table.find((t, id)))
+        .set(api_keys::revoked_at.eq(row.revoked_at.unwrap_or(now)))
+        .returning(ApiKeyRow::as_returning())
+        .get_result(tx.conn())
+        .await?;
+    notify(tx, id).await?;
+    Ok(Some(row))
 }
 
-/// Replaces a key's allowed domains; None when it does not exist.
+/// Replaces a key's allowed domains; None when it does not exist. Announced on
+/// [`KEYS_CHANNEL`] with the commit.
 pub async fn set_domains(
     tx: &mut TenantTx,
     id: ApiKeyId,
     domains: &[String],
 ) -> AppResult<Option<ApiKeyRow>> {
     let t = tx.tenant_id();
-    Ok(diesel::update(api_keys::table.find((t, id)))
+    let row = diesel::update(api_keys::table.find((t, id)))
         .set(api_keys::allowed_domains.eq(domains))
         .returning(ApiKeyRow::as_returning())
         .get_result(tx.conn())
         .await
-        .optional()?)
+        .optional()?;
+    if row.is_some() {
+        notify(tx, id).await?;
+    }
+    Ok(row)
 }

@@ -18,6 +18,7 @@ pub mod tenants;
 pub mod timers;
 pub mod tokens;
 pub mod users;
+pub mod visitors;
 pub mod workflows;
 
 use std::sync::Mutex;

@@ -146,6 +146,65 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    visitors (tenant_id, visitor_id) {
+        tenant_id -> Uuid,
+        visitor_id -> Uuid,
+        name -> Text,
+        email -> Text,
+        country -> Text,
+        language -> Text,
+        visitor_type -> Text,
+        attributes -> Jsonb,
+        created_at -> Timestamptz,
+        last_seen_at -> Timestamptz,
+        external_user_id -> Nullable<Text>,
+        page_url -> Text,
+        referrer -> Text,
+    }
+}
+
+diesel::table! {
+    visitor_sessions (tenant_id, session_id) {
+        tenant_id -> Uuid,
+        session_id -> Text,
+        visitor_id -> Uuid,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    identity_settings (tenant_id) {
+        tenant_id -> Uuid,
+        secret -> Nullable<Bytea>,
+        required -> Bool,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    queue_entries (tenant_id, conversation_id) {
+        tenant_id -> Uuid,
+        conversation_id -> Uuid,
+        workflow_id -> Nullable<Uuid>,
+        priority -> Int4,
+        required_skills -> Array<Text>,
+        enqueued_at -> Timestamptz,
+        max_wait_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    csat_ratings (tenant_id, conversation_id) {
+        tenant_id -> Uuid,
+        conversation_id -> Uuid,
+        score -> Int2,
+        comment -> Text,
+        agent_id -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     conversations,
     conversation_members,
@@ -157,5 +216,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     agent_skills,
     refresh_tokens,
     api_keys,
-    workflows
+    workflows,
+    visitors,
+    visitor_sessions,
+    identity_settings,
+    queue_entries,
+    csat_ratings
 );

@@ -16,5 +16,6 @@ mod participants;
 mod server;
 mod spine;
 mod tenants;
+mod visitors;
 mod web;
 mod workflows;

@@ -93,8 +93,7 @@ async fn health_says_serving_only_for_the_services_that_are_served() {
         ("chatengine.v1.AuthService", serving),
         ("chatengine.v1.AgentService", serving),
         ("chatengine.v1.ConversationService", serving),
-        // Seven of its eight RPCs answer UNIMPLEMENTED until external chat lands.
-        ("chatengine.v1.VisitorService", not_serving),
+        ("chatengine.v1.VisitorService", serving),
         ("chatengine.v1.WorkflowService", serving),
         ("chatengine.v1.QueueService", not_serving),
         ("chatengine.v1.AnalyticsService", not_serving),

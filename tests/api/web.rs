@@ -8,14 +8,14 @@ use tokio::net::TcpStream;
 use crate::harness::TestApp;
 
 /// A raw HTTP/1.1 response, de-chunked.
-struct HttpResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct HttpResponse {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl HttpResponse {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -23,7 +23,7 @@ impl HttpResponse {
     }
 }
 
-async fn http1(app: &TestApp, request_head: &str, body: &[u8]) -> HttpResponse {
+pub(crate) async fn http1(app: &TestApp, request_head: &str, body: &[u8]) -> HttpResponse {
     let mut s = TcpStream::connect(app.addr).await.unwrap();
     s.write_all(request_head.as_bytes()).await.unwrap();
     s.write_all(body).await.unwrap();
@@ -77,7 +77,7 @@ async fn http1(app: &TestApp, request_head: &str, body: &[u8]) -> HttpResponse {
 }
 
 /// Splits a gRPC-web body into (flag, payload) frames.
-fn frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+pub(crate) fn frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
     while body.len() >= 5 {
         let flag = body[0];
@@ -100,7 +100,7 @@ fn grpc_web_post(path: &str, origin: &str, payload: &[u8]) -> (String, Vec<u8>) 
     (head, frame)
 }
 
-fn trailers(frames: &[(u8, Vec<u8>)]) -> String {
+pub(crate) fn trailers(frames: &[(u8, Vec<u8>)]) -> String {
     frames
         .iter()
         .find(|(flag, _)| flag & 0x80 != 0)

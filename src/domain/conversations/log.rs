@@ -11,9 +11,17 @@ struct MembersPayload {
     actor: Option<UserId>,
 }
 
+#[derive(Serialize, Deserialize)]
+struct StatusPayload {
+    status: Status,
+    assigned: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    visitor: Option<VisitorId>,
+}
+
 /// Takes the next seq and stores an event (not a posted message: those are written by the
 /// writer); the caller commits with [`commit_events`].
-pub(super) async fn append(
+pub(crate) async fn append(
     tx: &mut TenantTx,
     conv: ConversationId,
     kind: EventKind,
@@ -35,6 +43,19 @@ pub(super) async fn append(
             serde_json::to_value(MembersPayload {
                 agents: agents.clone(),
                 actor: *actor,
+            })
+            .map_err(|e| AppError::Internal(e.to_string()))?,
+        ),
+        EventKind::StatusChanged {
+            status,
+            assigned,
+            visitor,
+        } => (
+            None,
+            serde_json::to_value(StatusPayload {
+                status: *status,
+                assigned: *assigned,
+                visitor: *visitor,
             })
             .map_err(|e| AppError::Internal(e.to_string()))?,
         ),
@@ -62,7 +83,7 @@ pub(super) async fn append(
 }
 
 /// Records the events in the spine, commits, and only then announces them.
-pub(super) async fn commit_events(
+pub(crate) async fn commit_events(
     e: &Engine,
     scope: &TenantScope,
     tx: TenantTx,
@@ -151,6 +172,15 @@ pub(crate) async fn stored_events(
                 EventKind::MemberRemoved {
                     agents: p.agents,
                     actor: p.actor,
+                }
+            }
+            "status_changed" => {
+                let p = serde_json::from_value::<StatusPayload>(r.payload.clone())
+                    .map_err(|err| AppError::Internal(err.to_string()))?;
+                EventKind::StatusChanged {
+                    status: p.status,
+                    assigned: p.assigned,
+                    visitor: p.visitor,
                 }
             }
             other => return Err(AppError::Internal(format!("unknown event kind {other}"))),

@@ -10,7 +10,7 @@ mod messaging;
 
 pub use log::events_between;
 pub(crate) use log::stored_events;
-use log::{append, commit_events};
+pub(crate) use log::{append, commit_events};
 pub use messaging::{change_message, list_messages, mark_read, set_typing, submit};
 
 use std::sync::Arc;
@@ -151,7 +151,8 @@ pub struct Sent {
     pub created_at: DateTime<Utc>,
 }
 
-fn conversation(row: ConversationRow, members: Vec<UserId>) -> AppResult<Conversation> {
+/// A conversation from its stored row and agent members.
+pub(crate) fn conversation(row: ConversationRow, members: Vec<UserId>) -> AppResult<Conversation> {
     Ok(Conversation {
         id: row.conversation_id,
         kind: Kind::parse(&row.kind)?,
@@ -223,7 +224,7 @@ async fn admitted(
 
 /// [`admitted`], or NOT_FOUND (another tenant's conversation, or one the caller takes no
 /// part in, looks exactly like a missing one).
-async fn require_admitted(
+pub(crate) async fn require_admitted(
     tx: &mut TenantTx,
     conv: ConversationId,
     who: Participant,
@@ -245,7 +246,7 @@ async fn member_of(
     }
 }
 
-async fn require_active_agents(tx: &mut TenantTx, ids: &[UserId]) -> AppResult<()> {
+pub(crate) async fn require_active_agents(tx: &mut TenantTx, ids: &[UserId]) -> AppResult<()> {
     for id in ids {
         match users::get(tx, *id).await? {
             Some(u) if u.active => {}
@@ -255,7 +256,10 @@ async fn require_active_agents(tx: &mut TenantTx, ids: &[UserId]) -> AppResult<(
     Ok(())
 }
 
-async fn load_members(tx: &mut TenantTx, conv: ConversationId) -> AppResult<Vec<UserId>> {
+pub(crate) async fn load_members(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+) -> AppResult<Vec<UserId>> {
     Ok(store::members_of(tx, &[conv])
         .await?
         .into_iter()

@@ -1,0 +1,500 @@
+//! External chat, the visitor side: visitors and the widget sessions that resume them, the
+//! tenant's identity-verification setting, a visitor's chats, their queue entries and their
+//! satisfaction ratings. Inserts take the tenant from the transaction.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use diesel::sql_types::Text;
+
+use super::conversations::ConversationRow;
+use super::schema::{
+    conversations, csat_ratings, identity_settings, queue_entries, visitor_sessions, visitors,
+};
+use super::{TenantTx, sql};
+use crate::error::AppResult;
+use crate::ids::{ConversationId, TenantId, UserId, VisitorId};
+
+/// A stored visitor.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = visitors)]
+pub struct VisitorRow {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Id.
+    pub visitor_id: VisitorId,
+    /// Name as the widget reported it.
+    pub name: String,
+    /// Email as the widget reported it.
+    pub email: String,
+    /// ISO 3166-1 alpha-2 country reported by the embedding site.
+    pub country: String,
+    /// BCP 47 language.
+    pub language: String,
+    /// `new`, `returning` or `identified`.
+    pub visitor_type: String,
+    /// Tenant-defined attributes (a JSON object of strings).
+    pub attributes: serde_json::Value,
+    /// First seen.
+    pub created_at: DateTime<Utc>,
+    /// Last InitVisitor.
+    pub last_seen_at: DateTime<Utc>,
+    /// The tenant's user id, once verified.
+    pub external_user_id: Option<String>,
+    /// Page the visitor was last on.
+    pub page_url: String,
+    /// Referrer of that page.
+    pub referrer: String,
+}
+
+/// What a widget reports about its visitor, written on every InitVisitor.
+#[derive(Debug, Clone, Insertable, AsChangeset)]
+#[diesel(table_name = visitors)]
+pub struct VisitorFields {
+    /// Name.
+    pub name: String,
+    /// Email.
+    pub email: String,
+    /// Country.
+    pub country: String,
+    /// Language.
+    pub language: String,
+    /// `new`, `returning` or `identified`.
+    pub visitor_type: String,
+    /// Attributes.
+    pub attributes: serde_json::Value,
+    /// Last seen.
+    pub last_seen_at: DateTime<Utc>,
+    /// Page URL.
+    pub page_url: String,
+    /// Referrer.
+    pub referrer: String,
+}
+
+/// Serialises, until commit, the transactions that resolve the same widget session or
+/// external user id of the transaction's tenant, so two concurrent InitVisitor calls of one
+/// visitor never create two. Take session locks before external-user locks.
+pub async fn lock_identity_key(tx: &mut TenantTx, kind: &str, value: &str) -> AppResult<()> {
+    let key = format!("{}|{kind}|{value}", tx.tenant_id());
+    sql::prepared("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind::<Text, _>(key)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// The visitor a widget session belongs to.
+pub async fn by_session(tx: &mut TenantTx, session: &str) -> AppResult<Option<VisitorRow>> {
+    let t = tx.tenant_id();
+    Ok(visitor_sessions::table
+        .inner_join(
+            visitors::table.on(visitors::tenant_id
+                .eq(visitor_sessions::tenant_id)
+                .and(visitors::visitor_id.eq(visitor_sessions::visitor_id))),
+        )
+        .filter(
+            visitor_sessions::tenant_id
+                .eq(t)
+                .and(visitor_sessions::session_id.eq(session)),
+        )
+        .select(VisitorRow::as_select())
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// The visitor verified as the tenant's user `external`.
+pub async fn by_external_user(tx: &mut TenantTx, external: &str) -> AppResult<Option<VisitorRow>> {
+    let t = tx.tenant_id();
+    Ok(visitors::table
+        .filter(
+            visitors::tenant_id
+                .eq(t)
+                .and(visitors::external_user_id.eq(external)),
+        )
+        .select(VisitorRow::as_select())
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// One visitor, locked until commit (their chats start one at a time).
+pub async fn lock(tx: &mut TenantTx, id: VisitorId) -> AppResult<Option<VisitorRow>> {
+    let t = tx.tenant_id();
+    Ok(visitors::table
+        .find((t, id))
+        .select(VisitorRow::as_select())
+        .for_update()
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// Stores a new visitor.
+pub async fn insert(
+    tx: &mut TenantTx,
+    id: VisitorId,
+    fields: &VisitorFields,
+    external_user_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> AppResult<VisitorRow> {
+    let t = tx.tenant_id();
+    Ok(diesel::insert_into(visitors::table)
+        .values((
+            visitors::tenant_id.eq(t),
+            visitors::visitor_id.eq(id),
+            fields,
+            visitors::external_user_id.eq(external_user_id),
+            visitors::created_at.eq(now),
+        ))
+        .returning(VisitorRow::as_returning())
+        .get_result(tx.conn())
+        .await?)
+}
+
+/// Overwrites what the widget reported; sets the external user id when one is given.
+pub async fn update(
+    tx: &mut TenantTx,
+    id: VisitorId,
+    fields: &VisitorFields,
+    external_user_id: Option<&str>,
+) -> AppResult<VisitorRow> {
+    let t = tx.tenant_id();
+    let target = visitors::table.find((t, id));
+    let q = diesel::update(target);
+    Ok(match external_user_id {
+        Some(ext) => {
+            q.set((fields, visitors::external_user_id.eq(ext)))
+                .returning(VisitorRow::as_returning())
+                .get_result(tx.conn())
+                .await?
+        }
+        None => {
+            q.set(fields)
+                .returning(VisitorRow::as_returning())
+                .get_result(tx.conn())
+                .await?
+        }
+    })
+}
+
+/// Ties a widget session to a visitor (a session tied to another visitor moves to this one).
+pub async fn add_session(
+    tx: &mut TenantTx,
+    session: &str,
+    visitor: VisitorId,
+    now: DateTime<Utc>,
+) -> AppResult<()> {
+    let t = tx.tenant_id();
+    diesel::insert_into(visitor_sessions::table)
+        .values((
+            visitor_sessions::tenant_id.eq(t),
+            visitor_sessions::session_id.eq(session),
+            visitor_sessions::visitor_id.eq(visitor),
+            visitor_sessions::created_at.eq(now),
+        ))
+        .on_conflict((visitor_sessions::tenant_id, visitor_sessions::session_id))
+        .do_update()
+        .set(visitor_sessions::visitor_id.eq(visitor))
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// The tenant's identity-verification setting.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = identity_settings)]
+pub struct IdentityRow {
+    /// The HMAC secret, raw: verifying a proof needs it.
+    pub secret: Option<Vec<u8>>,
+    /// Whether visitors must prove who they are.
+    pub required: bool,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The tenant's identity setting; None when never set.
+pub async fn identity(tx: &mut TenantTx) -> AppResult<Option<IdentityRow>> {
+    let t = tx.tenant_id();
+    Ok(identity_settings::table
+        .find(t)
+        .select(IdentityRow::as_select())
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// Sets the requirement and, when `secret` is given, replaces the secret.
+pub async fn set_identity(
+    tx: &mut TenantTx,
+    secret: Option<&[u8]>,
+    required: bool,
+    now: DateTime<Utc>,
+) -> AppResult<IdentityRow> {
+    let t = tx.tenant_id();
+    let insert = diesel::insert_into(identity_settings::table).values((
+        identity_settings::tenant_id.eq(t),
+        identity_settings::secret.eq(secret),
+        identity_settings::required.eq(required),
+        identity_settings::updated_at.eq(now),
+    ));
+    let conflict = insert.on_conflict(identity_settings::tenant_id).do_update();
+    Ok(match secret {
+        Some(s) => {
+            conflict
+                .set((
+                    identity_settings::secret.eq(s),
+                    identity_settings::required.eq(required),
+                    identity_settings::updated_at.eq(now),
+                ))
+                .returning(IdentityRow::as_returning())
+                .get_result(tx.conn())
+                .await?
+        }
+        None => {
+            conflict
+                .set((
+                    identity_settings::required.eq(required),
+                    identity_settings::updated_at.eq(now),
+                ))
+                .returning(IdentityRow::as_returning())
+                .get_result(tx.conn())
+                .await?
+        }
+    })
+}
+
+/// A new external chat, queued for its visitor.
+pub async fn insert_chat(
+    tx: &mut TenantTx,
+    id: ConversationId,
+    visitor: VisitorId,
+    status: &str,
+    now: DateTime<Utc>,
+) -> AppResult<ConversationRow> {
+    let t = tx.tenant_id();
+    Ok(diesel::insert_into(conversations::table)
+        .values((
+            conversations::tenant_id.eq(t),
+            conversations::conversation_id.eq(id),
+            conversations::kind.eq("external"),
+            conversations::status.eq(status),
+            conversations::title.eq(""),
+            conversations::visitor_id.eq(visitor),
+            conversations::last_seq.eq(0_i64),
+            conversations::created_at.eq(now),
+            conversations::last_activity_at.eq(now),
+        ))
+        .returning(ConversationRow::as_returning())
+        .get_result(tx.conn())
+        .await?)
+}
+
+/// The visitor's chats, newest first, at most `limit`.
+pub async fn chats(
+    tx: &mut TenantTx,
+    visitor: VisitorId,
+    limit: i64,
+) -> AppResult<Vec<ConversationRow>> {
+    let t = tx.tenant_id();
+    Ok(conversations::table
+        .filter(
+            conversations::tenant_id
+                .eq(t)
+                .and(conversations::visitor_id.eq(visitor))
+                .and(conversations::kind.eq("external")),
+        )
+        .select(ConversationRow::as_select())
+        .order((
+            conversations::created_at.desc(),
+            conversations::conversation_id.desc(),
+        ))
+        .limit(limit)
+        .load(tx.conn())
+        .await?)
+}
+
+/// The visitor's chat that is not closed yet, locked until commit.
+pub async fn open_chat(
+    tx: &mut TenantTx,
+    visitor: VisitorId,
+) -> AppResult<Option<ConversationRow>> {
+    let t = tx.tenant_id();
+    Ok(conversations::table
+        .filter(
+            conversations::tenant_id
+                .eq(t)
+                .and(conversations::visitor_id.eq(visitor))
+                .and(conversations::kind.eq("external"))
+                .and(conversations::status.ne("closed")),
+        )
+        .select(ConversationRow::as_select())
+        .order(conversations::created_at.desc())
+        .for_update()
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// One conversation, locked until commit.
+pub async fn lock_chat(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+) -> AppResult<Option<ConversationRow>> {
+    let t = tx.tenant_id();
+    Ok(conversations::table
+        .find((t, conv))
+        .select(ConversationRow::as_select())
+        .for_update()
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// Sets a chat's status and assignee.
+pub async fn set_chat_state(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    status: &str,
+    assigned: Option<UserId>,
+    closed_at: Option<DateTime<Utc>>,
+) -> AppResult<ConversationRow> {
+    let t = tx.tenant_id();
+    Ok(diesel::update(conversations::table.find((t, conv)))
+        .set((
+            conversations::status.eq(status),
+            conversations::assigned_agent_id.eq(assigned),
+            conversations::closed_at.eq(closed_at),
+        ))
+        .returning(ConversationRow::as_returning())
+        .get_result(tx.conn())
+        .await?)
+}
+
+/// A chat's place in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = queue_entries)]
+pub struct QueueRow {
+    /// The waiting chat.
+    pub conversation_id: ConversationId,
+    /// Higher is served first.
+    pub priority: i32,
+    /// When it started waiting.
+    pub enqueued_at: DateTime<Utc>,
+}
+
+/// Puts a chat in the queue.
+pub async fn enqueue(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    priority: i32,
+    now: DateTime<Utc>,
+) -> AppResult<()> {
+    let t = tx.tenant_id();
+    diesel::insert_into(queue_entries::table)
+        .values((
+            queue_entries::tenant_id.eq(t),
+            queue_entries::conversation_id.eq(conv),
+            queue_entries::priority.eq(priority),
+            queue_entries::enqueued_at.eq(now),
+        ))
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Takes a chat out of the queue; false when it was not in it.
+pub async fn dequeue(tx: &mut TenantTx, conv: ConversationId) -> AppResult<bool> {
+    let t = tx.tenant_id();
+    let n = diesel::delete(queue_entries::table.find((t, conv)))
+        .execute(tx.conn())
+        .await?;
+    Ok(n == 1)
+}
+
+/// A chat's queue entry.
+pub async fn queue_entry(tx: &mut TenantTx, conv: ConversationId) -> AppResult<Option<QueueRow>> {
+    let t = tx.tenant_id();
+    Ok(queue_entries::table
+        .find((t, conv))
+        .select(QueueRow::as_select())
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// Every entry that could be ahead of one with `priority`: those of that priority or higher
+/// that entered no later than `until`.
+pub async fn entries_ahead_of(
+    tx: &mut TenantTx,
+    priority: i32,
+    until: DateTime<Utc>,
+) -> AppResult<Vec<QueueRow>> {
+    let t = tx.tenant_id();
+    Ok(queue_entries::table
+        .filter(
+            queue_entries::tenant_id.eq(t).and(
+                queue_entries::priority
+                    .gt(priority)
+                    .or(queue_entries::priority
+                        .eq(priority)
+                        .and(queue_entries::enqueued_at.le(until))),
+            ),
+        )
+        .select(QueueRow::as_select())
+        .load(tx.conn())
+        .await?)
+}
+
+/// How many chats wait in the tenant's queue.
+pub async fn queue_length(tx: &mut TenantTx) -> AppResult<i64> {
+    let t = tx.tenant_id();
+    Ok(queue_entries::table
+        .filter(queue_entries::tenant_id.eq(t))
+        .count()
+        .get_result(tx.conn())
+        .await?)
+}
+
+/// A stored rating.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = csat_ratings)]
+pub struct RatingRow {
+    /// The rated chat.
+    pub conversation_id: ConversationId,
+    /// 1-5.
+    pub score: i16,
+    /// Free text.
+    pub comment: String,
+    /// The agent who served the chat.
+    pub agent_id: Option<UserId>,
+    /// When it was given.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Stores a chat's rating; None when the chat was rated before.
+pub async fn insert_rating(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    score: i16,
+    comment: &str,
+    agent: Option<UserId>,
+    now: DateTime<Utc>,
+) -> AppResult<Option<RatingRow>> {
+    let t = tx.tenant_id();
+    Ok(diesel::insert_into(csat_ratings::table)
+        .values((
+            csat_ratings::tenant_id.eq(t),
+            csat_ratings::conversation_id.eq(conv),
+            csat_ratings::score.eq(score),
+            csat_ratings::comment.eq(comment),
+            csat_ratings::agent_id.eq(agent),
+            csat_ratings::created_at.eq(now),
+        ))
+        .on_conflict_do_nothing()
+        .returning(RatingRow::as_returning())
+        .get_result(tx.conn())
+        .await
+        .optional()?)
+}
