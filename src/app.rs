@@ -119,6 +119,21 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)
 }
 
+/// The engine's authority to act for a tenant, or across tenants, without a caller's
+/// principal. Its field is private to this module, so only the composition root can make one:
+/// [`build_with`] mints it and hands it to the background workers and the pre-authentication
+/// flows it builds, and [`Node`] carries it to the CLI. `tenancy`'s module doc explains why.
+#[derive(Clone, Copy, Debug)]
+pub struct SystemCap(());
+
+impl SystemCap {
+    /// For unit tests of the workers that hold one.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        SystemCap(())
+    }
+}
+
 /// Everything one node runs.
 pub struct Node {
     /// Domain access.
@@ -129,6 +144,8 @@ pub struct Node {
     pub streams: Arc<StreamContext>,
     /// Whether events from other nodes arrive.
     pub bus: BusHealth,
+    /// The engine's own authority, for the flows and CLI commands that act without a caller.
+    pub(crate) system: SystemCap,
 }
 
 /// The in-process consumers of committed events and timers a node runs besides the API.
@@ -169,6 +186,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         }
         None => (LocalBus::new(hub.clone()), BusHealth::local()),
     };
+    let system = SystemCap(());
     let clock: Arc<dyn crate::domain::Clock> = Arc::new(SystemClock);
     let writer = Writer::start(pool.clone(), publisher.clone(), clock.clone());
     let engine = Arc::new(Engine {
@@ -183,14 +201,15 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         publisher,
         writer,
     });
-    let directory = Directory::new(pool.clone(), engine.tokens.access_ttl);
+    let directory = Directory::new(pool.clone(), engine.tokens.access_ttl, system);
     let auth = Arc::new(Authenticator::new(
         jwt,
         cfg.operator_token.as_ref().map(Secret::expose),
         pool.clone(),
         directory.clone(),
+        system,
     ));
-    let presence = PresenceTracker::new();
+    let presence = PresenceTracker::new(system);
     let streams = Arc::new(StreamContext {
         engine: engine.clone(),
         hub,
@@ -209,6 +228,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         engine.clock.clone(),
         consumers.reactors,
         spine_for_reactors,
+        system,
         stop.clone(),
     );
     timers::start(
@@ -216,6 +236,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         engine.clock.clone(),
         consumers.timers,
         timer_notices,
+        system,
         stop.clone(),
     );
     let (e, stop) = (engine.clone(), streams.shutdown.clone());
@@ -253,6 +274,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         auth,
         streams,
         bus,
+        system,
     })
 }
 
@@ -275,6 +297,7 @@ pub async fn serve(
         auth: node.auth,
         streams: node.streams,
         bus: node.bus,
+        system: node.system,
     };
     grpc::serve(deps, TransportSettings::from(cfg), listener, shutdown).await
 }

@@ -104,8 +104,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tenant { action } => {
             let db = app::open_database(&cfg).await?;
-            let engine = app::build(&cfg, &db).await?.engine;
-            let op = OperatorScope::system();
+            let node = app::build(&cfg, &db).await?;
+            let (engine, op) = (node.engine, OperatorScope::system(&node.system));
             match action {
                 TenantAction::Create { name, slug } => {
                     let name = validate::text("name", &name, 200)
@@ -136,7 +136,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let db = app::open_database(&cfg).await?;
             let node = app::build(&cfg, &db).await?;
-            let seed = crate::demo::seed(&node.engine).await?;
+            let seed = crate::demo::seed(&node.engine, &node.system).await?;
             let listener = TcpListener::bind(cfg.listen).await?;
             let addr = listener.local_addr()?;
             println!("chat-engine demo is running on {addr} (gRPC and gRPC-web)");

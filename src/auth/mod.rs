@@ -19,7 +19,7 @@ use crate::domain::validate::origin_allowed;
 use crate::error::{AppError, AppResult};
 use crate::ids::{ApiKeyId, TenantId, TokenFamilyId, UserId, VisitorId};
 use crate::storage::{Db, api_keys};
-use crate::tenancy::{Principal, TenantScope, Verified};
+use crate::tenancy::{Principal, SystemCap, TenantScope, Verified};
 use directory::Directory;
 use jwt::{AGENT_AUDIENCE, JwtKeys, VISITOR_AUDIENCE};
 use keys::{Credential, Kind};
@@ -33,6 +33,8 @@ pub struct Authenticator {
     operator_token_hash: Option<[u8; 32]>,
     db: Db,
     directory: Arc<Directory>,
+    /// Reads a widget key before it is verified.
+    system: SystemCap,
 }
 
 impl Authenticator {
@@ -42,12 +44,14 @@ impl Authenticator {
         operator_token: Option<&str>,
         db: Db,
         directory: Arc<Directory>,
+        system: SystemCap,
     ) -> Self {
         Self {
             jwt,
             operator_token_hash: operator_token.map(|t| Sha256::digest(t.as_bytes()).into()),
             db,
             directory,
+            system,
         }
     }
 
@@ -106,7 +110,10 @@ impl Authenticator {
             .map_err(|_| AppError::Unauthenticated("malformed api key"))?;
         let tenant_id = TenantId::from_uuid(cred.tenant);
         let api_key_id = ApiKeyId::from_uuid(cred.id);
-        let mut tx = self.db.tenant_tx(&TenantScope::system(tenant_id)).await?;
+        let mut tx = self
+            .db
+            .tenant_tx(&TenantScope::system(&self.system, tenant_id))
+            .await?;
         let row = api_keys::get(&mut tx, api_key_id).await?;
         tx.commit().await?;
         let row = row

@@ -92,10 +92,11 @@ pub fn require_admin(scope: &TenantScope) -> AppResult<crate::ids::UserId> {
     }
 }
 
-/// Admins, or the engine itself (seeding); PERMISSION_DENIED for everyone else.
+/// Admins, the operator (a tenant's first admin) or the engine itself (seeding);
+/// PERMISSION_DENIED for everyone else.
 pub fn require_admin_or_system(scope: &TenantScope) -> AppResult<()> {
     match scope.actor() {
-        Actor::System => Ok(()),
+        Actor::System | Actor::Operator => Ok(()),
         _ => require_admin(scope).map(|_| ()),
     }
 }

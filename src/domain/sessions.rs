@@ -19,7 +19,7 @@ use crate::error::{AppError, AppResult};
 use crate::ids::{RefreshTokenId, TenantId, TokenFamilyId, UserId};
 use crate::storage::tokens::{self, RefreshTokenRow};
 use crate::storage::{TenantTx, tenants, users};
-use crate::tenancy::{OperatorScope, TenantScope};
+use crate::tenancy::{OperatorScope, SystemCap, TenantScope};
 
 /// Credentials handed to a logged-in agent.
 #[derive(Clone, Debug)]
@@ -41,15 +41,22 @@ pub struct TokenPair {
 const BAD_LOGIN: AppError = AppError::Unauthenticated("invalid tenant, email or password");
 const BAD_REFRESH: AppError = AppError::Unauthenticated("invalid or expired refresh token");
 
-/// Checks slug, email and password and opens a session.
-pub async fn login(e: &Engine, slug: &str, email: &str, pass: String) -> AppResult<TokenPair> {
-    let mut tx = e.db.operator_tx(&OperatorScope::system()).await?;
+/// Checks slug, email and password and opens a session. `sys` reads the tenant and the
+/// agent before anything is verified.
+pub async fn login(
+    e: &Engine,
+    sys: &SystemCap,
+    slug: &str,
+    email: &str,
+    pass: String,
+) -> AppResult<TokenPair> {
+    let mut tx = e.db.operator_tx(&OperatorScope::system(sys)).await?;
     let tenant = tenants::find_by_slug(&mut tx, slug).await?;
     tx.commit().await?;
 
     let user = match tenant {
         Some(t) => {
-            let scope = TenantScope::system(t.tenant_id);
+            let scope = TenantScope::system(sys, t.tenant_id);
             let mut tx = e.db.tenant_tx(&scope).await?;
             let u = users::find_by_email(&mut tx, email).await?;
             tx.commit().await?;
@@ -61,17 +68,17 @@ pub async fn login(e: &Engine, slug: &str, email: &str, pass: String) -> AppResu
     let ok = password::verify(pass, user.as_ref().map(|u| u.password_hash.clone())).await;
     let user = user.filter(|u| ok && u.active).ok_or(BAD_LOGIN)?;
 
-    let scope = TenantScope::system(user.tenant_id);
+    let scope = TenantScope::system(sys, user.tenant_id);
     let mut tx = e.db.tenant_tx(&scope).await?;
     let pair = issue(e, &mut tx, user.user_id, &user.role, TokenFamilyId::new()).await?;
     tx.commit().await?;
     Ok(pair)
 }
 
-/// Exchanges a refresh token for a new pair.
-pub async fn refresh(e: &Engine, token: &str) -> AppResult<TokenPair> {
+/// Exchanges a refresh token for a new pair; `sys` reads the token before it is verified.
+pub async fn refresh(e: &Engine, sys: &SystemCap, token: &str) -> AppResult<TokenPair> {
     let cred = Credential::parse(token, Kind::Refresh).map_err(|_| BAD_REFRESH)?;
-    let scope = TenantScope::system(TenantId::from_uuid(cred.tenant));
+    let scope = TenantScope::system(sys, TenantId::from_uuid(cred.tenant));
     let now = e.now();
     let mut tx = e.db.tenant_tx(&scope).await?;
     let row = tokens::lock(&mut tx, RefreshTokenId::from_uuid(cred.id))
@@ -101,10 +108,11 @@ pub async fn refresh(e: &Engine, token: &str) -> AppResult<TokenPair> {
     Ok(pair)
 }
 
-/// Ends the session the refresh token belongs to.
-pub async fn logout(e: &Engine, token: &str) -> AppResult<()> {
+/// Ends the session the refresh token belongs to; `sys` reads the token before it is
+/// verified.
+pub async fn logout(e: &Engine, sys: &SystemCap, token: &str) -> AppResult<()> {
     let cred = Credential::parse(token, Kind::Refresh).map_err(|_| BAD_REFRESH)?;
-    let scope = TenantScope::system(TenantId::from_uuid(cred.tenant));
+    let scope = TenantScope::system(sys, TenantId::from_uuid(cred.tenant));
     let mut tx = e.db.tenant_tx(&scope).await?;
     let row = tokens::lock(&mut tx, RefreshTokenId::from_uuid(cred.id))
         .await?

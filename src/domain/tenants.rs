@@ -12,7 +12,7 @@ use crate::ids::{ApiKeyId, TenantId};
 use crate::storage::Db;
 use crate::storage::api_keys::{self, ApiKeyRow};
 use crate::storage::tenants::{self as store, TenantRow};
-use crate::tenancy::{OperatorScope, TenantScope};
+use crate::tenancy::{OperatorScope, SystemCap, TenantScope};
 
 /// Look and behaviour of a tenant's widget (validated; stored as JSON).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,7 +117,7 @@ pub async fn create_with_admin(
     admin: NewAgent,
 ) -> AppResult<(Tenant, crate::domain::agents::Agent)> {
     let tenant = create(e, op, name, slug, widget).await?;
-    let scope = TenantScope::system(tenant.id);
+    let scope = TenantScope::operator(op, tenant.id);
     match crate::domain::agents::create(e, &scope, admin).await {
         Ok(a) => Ok((tenant, a)),
         Err(err) => {
@@ -331,11 +331,11 @@ pub async fn find_by_slug(
 
 /// Every tenant's id, for background work that looks at each tenant in turn (reactors and
 /// timers catching up after a start).
-pub(crate) async fn all_ids(db: &Db) -> AppResult<Vec<TenantId>> {
+pub(crate) async fn all_ids(db: &Db, sys: &SystemCap) -> AppResult<Vec<TenantId>> {
     let mut out = Vec::new();
     let mut after = None;
     loop {
-        let mut tx = db.operator_tx(&OperatorScope::system()).await?;
+        let mut tx = db.operator_tx(&OperatorScope::system(sys)).await?;
         let page = store::list(&mut tx, after, 500).await?;
         tx.commit().await?;
         let Some(last) = page.last() else {

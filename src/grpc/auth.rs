@@ -10,16 +10,19 @@ use crate::domain::{Engine, validate};
 use crate::error::{AppError, Violations};
 use crate::pb;
 use crate::pb::auth_service_server::AuthService;
+use crate::tenancy::SystemCap;
 
 /// Handler of AuthService.
 pub struct AuthApi {
     engine: Arc<Engine>,
+    /// Reads tenants, agents and tokens before the credentials are verified.
+    system: SystemCap,
 }
 
 impl AuthApi {
     /// A handler over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    pub fn new(engine: Arc<Engine>, system: SystemCap) -> Self {
+        Self { engine, system }
     }
 }
 
@@ -55,7 +58,14 @@ impl AuthService for AuthApi {
         required(&mut v, "password", &r.password, 1024);
         v.finish()?;
         let email = email.ok_or_else(|| AppError::Internal("validated email missing".into()))?;
-        let p = sessions::login(&self.engine, &r.tenant_slug, &email, r.password).await?;
+        let p = sessions::login(
+            &self.engine,
+            &self.system,
+            &r.tenant_slug,
+            &email,
+            r.password,
+        )
+        .await?;
         Ok(Response::new(pb::LoginResponse {
             tokens: Some(pair(p)),
         }))
@@ -69,7 +79,7 @@ impl AuthService for AuthApi {
         let mut v = Violations::new();
         required(&mut v, "refresh_token", &r.refresh_token, 200);
         v.finish()?;
-        let p = sessions::refresh(&self.engine, &r.refresh_token).await?;
+        let p = sessions::refresh(&self.engine, &self.system, &r.refresh_token).await?;
         Ok(Response::new(pb::RefreshResponse {
             tokens: Some(pair(p)),
         }))
@@ -83,7 +93,7 @@ impl AuthService for AuthApi {
         let mut v = Violations::new();
         required(&mut v, "refresh_token", &r.refresh_token, 200);
         v.finish()?;
-        sessions::logout(&self.engine, &r.refresh_token).await?;
+        sessions::logout(&self.engine, &self.system, &r.refresh_token).await?;
         Ok(Response::new(pb::LogoutResponse {}))
     }
 }

@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::domain::Engine;
 use crate::pb;
 use crate::realtime::{BusHealth, StreamContext};
+use crate::tenancy::SystemCap;
 
 /// A server-streaming response.
 pub type Streaming<T> =
@@ -82,6 +83,8 @@ pub struct Dependencies {
     pub bus: BusHealth,
     /// Whether the database answers; health reports NOT_SERVING while it does not.
     pub database_up: tokio::sync::watch::Receiver<bool>,
+    /// The engine's own authority, for AuthService's lookups before credentials are verified.
+    pub system: SystemCap,
 }
 
 /// Limits and timings of the transport.
@@ -158,6 +161,7 @@ pub async fn serve(
         streams,
         bus,
         database_up,
+        system,
     } = deps;
     let limit = settings.max_message_bytes;
     macro_rules! limited {
@@ -207,7 +211,7 @@ pub async fn serve(
         ))
         .add_service(limited!(
             AuthServiceServer<_>,
-            auth::AuthApi::new(engine.clone())
+            auth::AuthApi::new(engine.clone(), system)
         ))
         .add_service(limited!(
             AgentServiceServer<_>,
