@@ -54,21 +54,22 @@ pub async fn login(
     let tenant = tenants::find_by_slug(&mut tx, slug).await?;
     tx.commit().await?;
 
-    let user = match tenant {
+    let found = match tenant {
         Some(t) => {
             let scope = TenantScope::system(sys, t.tenant_id);
             let mut tx = e.db.tenant_tx(&scope).await?;
             let u = users::find_by_email(&mut tx, email).await?;
             tx.commit().await?;
-            u
+            u.map(|u| (t.tenant_id, u))
         }
         None => None,
     };
     // Verify even when nobody matched, so timing does not reveal which accounts exist.
-    let ok = password::verify(pass, user.as_ref().map(|u| u.password_hash.clone())).await;
-    let user = user.filter(|u| ok && u.active).ok_or(BAD_LOGIN)?;
+    let hash = found.as_ref().map(|(_, u)| u.password_hash.clone());
+    let ok = password::verify(pass, hash).await;
+    let (tenant, user) = found.filter(|(_, u)| ok && u.active).ok_or(BAD_LOGIN)?;
 
-    let scope = TenantScope::system(sys, user.tenant_id);
+    let scope = TenantScope::system(sys, tenant);
     let mut tx = e.db.tenant_tx(&scope).await?;
     let pair = issue(e, &mut tx, user.user_id, &user.role, TokenFamilyId::new()).await?;
     tx.commit().await?;
@@ -91,7 +92,7 @@ pub async fn refresh(e: &Engine, sys: &SystemCap, token: &str) -> AppResult<Toke
     if row.rotated_at.is_some() {
         tokens::revoke_family(&mut tx, row.family_id, now).await?;
         tx.commit().await?;
-        tracing::warn!(tenant.id = %row.tenant_id, user.id = %row.user_id, "refresh token reuse: family revoked");
+        tracing::warn!(tenant.id = %scope.tenant_id(), user.id = %row.user_id, "refresh token reuse: family revoked");
         return Err(AppError::Unauthenticated(
             "refresh token was already used; the session is revoked",
         ));
@@ -149,7 +150,6 @@ async fn issue(
     tokens::insert(
         tx,
         &RefreshTokenRow {
-            tenant_id: tenant,
             token_id: id,
             family_id: family,
             user_id: user,

@@ -42,7 +42,6 @@ pub(super) async fn append(
     store::insert_event(
         tx,
         &EventRow {
-            tenant_id: tx.tenant_id(),
             conversation_id: conv,
             seq,
             kind: kind.name().to_owned(),
