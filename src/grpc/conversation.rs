@@ -34,6 +34,18 @@ impl ConversationApi {
         &self.streams.engine
     }
 
+    /// Answers a command that `Connect` carries too, as the calling agent.
+    async fn agent_command<Req, Resp>(
+        &self,
+        req: Request<Req>,
+        run: impl AsyncFnOnce(&Arc<Engine>, &TenantScope, Req) -> Result<Resp, Status>,
+    ) -> Result<Response<Resp>, Status> {
+        let s = scope::agent(&req)?;
+        Ok(Response::new(
+            run(self.engine(), &s, req.into_inner()).await?,
+        ))
+    }
+
     fn open_stream(
         &self,
         scope: TenantScope,
@@ -137,7 +149,7 @@ async fn submit(
 }
 
 async fn mark_read(
-    e: &crate::domain::Engine,
+    e: &Arc<Engine>,
     s: &TenantScope,
     r: pb::MarkReadRequest,
 ) -> Result<pb::MarkReadResponse, Status> {
@@ -152,7 +164,7 @@ async fn mark_read(
 }
 
 async fn set_typing(
-    e: &crate::domain::Engine,
+    e: &Arc<Engine>,
     s: &TenantScope,
     r: pb::SetTypingRequest,
 ) -> Result<pb::SetTypingResponse, Status> {
@@ -266,10 +278,7 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        let s = scope::agent(&req)?;
-        Ok(Response::new(
-            send(self.engine(), &s, req.into_inner()).await?,
-        ))
+        self.agent_command(req, send).await
     }
 
     async fn list_messages(
@@ -348,20 +357,14 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<pb::MarkReadRequest>,
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
-        let s = scope::agent(&req)?;
-        Ok(Response::new(
-            mark_read(self.engine(), &s, req.into_inner()).await?,
-        ))
+        self.agent_command(req, mark_read).await
     }
 
     async fn set_typing(
         &self,
         req: Request<pb::SetTypingRequest>,
     ) -> Result<Response<pb::SetTypingResponse>, Status> {
-        let s = scope::agent(&req)?;
-        Ok(Response::new(
-            set_typing(self.engine(), &s, req.into_inner()).await?,
-        ))
+        self.agent_command(req, set_typing).await
     }
 
     type SubscribeStream = Streaming<pb::SubscribeResponse>;

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::schema::tenants;
 use super::{OperatorTx, TenantTx};
@@ -39,10 +39,15 @@ pub async fn insert(tx: &mut OperatorTx, row: &TenantRow) -> AppResult<()> {
 
 /// One tenant by id.
 pub async fn get(tx: &mut OperatorTx, id: TenantId) -> AppResult<Option<TenantRow>> {
+    by_id(tx.conn(), id).await
+}
+
+/// The row of `id` on either kind of transaction's connection.
+async fn by_id(conn: &mut AsyncPgConnection, id: TenantId) -> AppResult<Option<TenantRow>> {
     Ok(tenants::table
         .find(id)
         .select(TenantRow::as_select())
-        .first(tx.conn())
+        .first(conn)
         .await
         .optional()?)
 }
@@ -105,12 +110,7 @@ pub async fn update(
 /// The scope's own tenant row.
 pub async fn own(tx: &mut TenantTx) -> AppResult<Option<TenantRow>> {
     let id = tx.tenant_id();
-    Ok(tenants::table
-        .find(id)
-        .select(TenantRow::as_select())
-        .first(tx.conn())
-        .await
-        .optional()?)
+    by_id(tx.conn(), id).await
 }
 
 /// Deletes a tenant and, by cascade, everything it owns.
