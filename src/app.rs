@@ -19,6 +19,7 @@ use crate::auth::directory::Directory;
 use crate::auth::jwt::JwtKeys;
 use crate::config::{Config, Secret};
 use crate::domain::events::Publisher;
+use crate::domain::limits::Limiter;
 use crate::domain::paging::PageTokens;
 use crate::domain::participants::Participant;
 use crate::domain::reactors::{self, Reactor};
@@ -146,6 +147,8 @@ pub struct Node {
     pub bus: BusHealth,
     /// The engine's own authority, for the flows and CLI commands that act without a caller.
     pub(crate) system: SystemCap,
+    /// Rate limits of the calls made without an account.
+    pub limits: Arc<Limiter>,
 }
 
 /// The in-process consumers of committed events and timers a node runs besides the API.
@@ -209,6 +212,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         directory.clone(),
         system,
     ));
+    let limits = Arc::new(Limiter::new(cfg.rate_limits.clone(), pool.clone(), system));
     let presence = PresenceTracker::new(system);
     let streams = Arc::new(StreamContext {
         engine: engine.clone(),
@@ -275,6 +279,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         streams,
         bus,
         system,
+        limits,
     })
 }
 
@@ -298,6 +303,7 @@ pub async fn serve(
         streams: node.streams,
         bus: node.bus,
         system: node.system,
+        limits: node.limits,
     };
     grpc::serve(deps, TransportSettings::from(cfg), listener, shutdown).await
 }

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::app;
 use crate::config::Config;
+use crate::domain::limits::Rate;
 use crate::domain::tenants;
 use crate::domain::validate;
 use crate::tenancy::OperatorScope;
@@ -66,6 +67,25 @@ pub enum TenantAction {
     },
     /// Lists tenants.
     List,
+    /// Sets one rate limit of a tenant, or with `--default` lets it follow the global one.
+    Limit {
+        /// The tenant's login handle.
+        #[arg(long)]
+        slug: String,
+        /// The limit: login_per_ip, login_per_account, refresh_per_ip, visitor_per_key,
+        /// visitor_per_ip or visitor_per_visitor.
+        #[arg(long)]
+        name: String,
+        /// Sustained calls a minute; 0 turns the limit off.
+        #[arg(long, required_unless_present = "default")]
+        per_minute: Option<u32>,
+        /// Calls allowed at once (defaults to `per_minute`).
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Drop the tenant's setting.
+        #[arg(long, conflicts_with_all = ["per_minute", "burst"])]
+        default: bool,
+    },
 }
 
 fn init_logging(cfg: &Config) {
@@ -114,6 +134,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         .map_err(|v| anyhow::anyhow!("{}: {}", v.field, v.description))?;
                     let t = tenants::create(&engine, &op, name, slug, Default::default()).await?;
                     println!("{}\t{}\t{}", t.id, t.slug, t.name);
+                }
+                TenantAction::Limit {
+                    slug,
+                    name,
+                    per_minute,
+                    burst,
+                    default,
+                } => {
+                    let id = tenants::find_by_slug(&engine, &op, &slug)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("no tenant with slug {slug:?}"))?;
+                    let rate = match (default, per_minute) {
+                        (false, Some(per_minute)) => Some(Rate {
+                            per_minute,
+                            burst: burst.unwrap_or(per_minute),
+                        }),
+                        _ => None,
+                    };
+                    tenants::set_rate_limit(&engine, &op, id, &name, rate).await?;
+                    println!(
+                        "{slug}\t{name}\t{}",
+                        match rate {
+                            Some(r) => format!("{}/min burst {}", r.per_minute, r.burst),
+                            None => "default".into(),
+                        }
+                    );
                 }
                 TenantAction::List => {
                     let mut token = String::new();

@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod conversations;
 pub mod events;
+pub mod limits;
 pub mod paging;
 pub mod participants;
 pub mod reactors;

@@ -9,9 +9,12 @@
 //! revoked family's access tokens are refused on every node (`auth::directory`), not only
 //! once they expire.
 
+use std::net::IpAddr;
+
 use chrono::{DateTime, Utc};
 
 use super::Engine;
+use super::limits::{Key, Kind as Limited, Limiter};
 use crate::auth::jwt::{AGENT_AUDIENCE, Claims};
 use crate::auth::keys::{Credential, Kind};
 use crate::auth::password;
@@ -38,14 +41,26 @@ pub struct TokenPair {
     pub tenant_id: TenantId,
 }
 
+/// Who is calling, for the rate limits of calls made without an account.
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
+    /// The node's limiter.
+    pub limits: &'a Limiter,
+    /// The client's address.
+    pub ip: IpAddr,
+}
+
 const BAD_LOGIN: AppError = AppError::Unauthenticated("invalid tenant, email or password");
 const BAD_REFRESH: AppError = AppError::Unauthenticated("invalid or expired refresh token");
 
 /// Checks slug, email and password and opens a session. `sys` reads the tenant and the
-/// agent before anything is verified.
+/// agent before anything is verified. Logins are limited per client address and tenant and
+/// per account before the password is looked at; a slug that names no tenant counts against
+/// the client address under the nil tenant.
 pub async fn login(
     e: &Engine,
     sys: &SystemCap,
+    from: Caller<'_>,
     slug: &str,
     email: &str,
     pass: String,
@@ -53,6 +68,14 @@ pub async fn login(
     let mut tx = e.db.operator_tx(&OperatorScope::system(sys)).await?;
     let tenant = tenants::find_by_slug(&mut tx, slug).await?;
     tx.commit().await?;
+    let keys = match &tenant {
+        Some(_) => vec![Key::Ip(from.ip), Key::Account(email.to_owned())],
+        None => vec![Key::Ip(from.ip)],
+    };
+    let limited = tenant
+        .as_ref()
+        .map_or_else(|| TenantId::from_uuid(uuid::Uuid::nil()), |t| t.tenant_id);
+    from.limits.check(limited, Limited::Login, &keys).await?;
 
     let found = match tenant {
         Some(t) => {
@@ -77,9 +100,19 @@ pub async fn login(
 }
 
 /// Exchanges a refresh token for a new pair; `sys` reads the token before it is verified.
-pub async fn refresh(e: &Engine, sys: &SystemCap, token: &str) -> AppResult<TokenPair> {
+/// Refreshes are limited per client address and the tenant the token names.
+pub async fn refresh(
+    e: &Engine,
+    sys: &SystemCap,
+    from: Caller<'_>,
+    token: &str,
+) -> AppResult<TokenPair> {
     let cred = Credential::parse(token, Kind::Refresh).map_err(|_| BAD_REFRESH)?;
     let scope = TenantScope::system(sys, TenantId::from_uuid(cred.tenant));
+    let keys = [Key::Ip(from.ip)];
+    from.limits
+        .check(scope.tenant_id(), Limited::Refresh, &keys)
+        .await?;
     let now = e.now();
     let mut tx = e.db.tenant_tx(&scope).await?;
     let row = tokens::lock(&mut tx, RefreshTokenId::from_uuid(cred.id))

@@ -3,8 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::Engine;
 use super::paging::{Page, page_size, split_page};
+use super::{Engine, limits};
 use crate::auth::keys::{Credential, Kind, display_prefix};
 use crate::domain::agents::NewAgent;
 use crate::error::{AppError, AppResult};
@@ -207,6 +207,33 @@ pub async fn update(
         .ok_or(AppError::NotFound("tenant"))?;
     tx.commit().await?;
     Ok(t.into())
+}
+
+/// Sets one of the tenant's rate limits (a name of [`limits::LIMIT_NAMES`]), or with None
+/// lets it follow the global default again (operator only). Every node applies it within
+/// [`limits::SETTINGS_TTL`].
+pub async fn set_rate_limit(
+    e: &Engine,
+    op: &OperatorScope,
+    id: TenantId,
+    name: &str,
+    rate: Option<limits::Rate>,
+) -> AppResult<()> {
+    if !limits::LIMIT_NAMES.contains(&name) {
+        return Err(AppError::field(
+            "name",
+            format!("must be one of {}", limits::LIMIT_NAMES.join(", ")),
+        ));
+    }
+    let value = rate
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|err| AppError::Internal(err.to_string()))?;
+    let mut tx = e.db.operator_tx(op).await?;
+    if !store::set_rate_limit(&mut tx, id, name, value, e.now()).await? {
+        return Err(AppError::NotFound("tenant"));
+    }
+    tx.commit().await
 }
 
 /// Opens a transaction for `tenant` on the operator's behalf, failing NOT_FOUND when the

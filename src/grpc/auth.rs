@@ -5,7 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert::ts;
-use crate::domain::sessions::{self, TokenPair};
+use super::ratelimit::Gate;
+use crate::domain::sessions::{self, Caller, TokenPair};
 use crate::domain::{Engine, validate};
 use crate::error::{AppError, Violations};
 use crate::pb;
@@ -17,12 +18,25 @@ pub struct AuthApi {
     engine: Arc<Engine>,
     /// Reads tenants, agents and tokens before the credentials are verified.
     system: SystemCap,
+    /// Limits logins and refreshes per client address, tenant and account.
+    gate: Gate,
 }
 
 impl AuthApi {
     /// A handler over `engine`.
-    pub fn new(engine: Arc<Engine>, system: SystemCap) -> Self {
-        Self { engine, system }
+    pub fn new(engine: Arc<Engine>, system: SystemCap, gate: Gate) -> Self {
+        Self {
+            engine,
+            system,
+            gate,
+        }
+    }
+
+    fn caller<T>(&self, req: &Request<T>) -> Caller<'_> {
+        Caller {
+            limits: self.gate.limiter(),
+            ip: self.gate.client_ip(req),
+        }
     }
 }
 
@@ -51,6 +65,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
+        let from = self.caller(&req);
         let r = req.into_inner();
         let mut v = Violations::new();
         required(&mut v, "tenant_slug", &r.tenant_slug, 63);
@@ -61,6 +76,7 @@ impl AuthService for AuthApi {
         let p = sessions::login(
             &self.engine,
             &self.system,
+            from,
             &r.tenant_slug,
             &email,
             r.password,
@@ -75,11 +91,12 @@ impl AuthService for AuthApi {
         &self,
         req: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
+        let from = self.caller(&req);
         let r = req.into_inner();
         let mut v = Violations::new();
         required(&mut v, "refresh_token", &r.refresh_token, 200);
         v.finish()?;
-        let p = sessions::refresh(&self.engine, &self.system, &r.refresh_token).await?;
+        let p = sessions::refresh(&self.engine, &self.system, from, &r.refresh_token).await?;
         Ok(Response::new(pb::RefreshResponse {
             tokens: Some(pair(p)),
         }))

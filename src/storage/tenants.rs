@@ -120,3 +120,56 @@ pub async fn delete(tx: &mut OperatorTx, id: TenantId) -> AppResult<()> {
         .await?;
     Ok(())
 }
+
+/// The scope's own tenant's rate-limit overrides; None when the tenant does not exist.
+pub async fn rate_limits(tx: &mut TenantTx) -> AppResult<Option<serde_json::Value>> {
+    let id = tx.tenant_id();
+    Ok(tenants::table
+        .find(id)
+        .select(tenants::rate_limits)
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// Sets (or with None removes) one rate-limit override of a tenant; false when the tenant
+/// does not exist.
+pub async fn set_rate_limit(
+    tx: &mut OperatorTx,
+    id: TenantId,
+    name: &str,
+    value: Option<serde_json::Value>,
+    now: DateTime<Utc>,
+) -> AppResult<bool> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::{Jsonb, Text};
+    let path = vec![name.to_owned()];
+    let target = tenants::table.find(id);
+    let changed = match value {
+        // jsonb_set with the one-element path {name}.
+        Some(v) => {
+            diesel::update(target)
+                .set((
+                    tenants::rate_limits.eq(sql::<Jsonb>("jsonb_set(rate_limits, ")
+                        .bind::<diesel::sql_types::Array<Text>, _>(path)
+                        .sql(", ")
+                        .bind::<Jsonb, _>(v)
+                        .sql(")")),
+                    tenants::updated_at.eq(now),
+                ))
+                .execute(tx.conn())
+                .await?
+        }
+        None => {
+            diesel::update(target)
+                .set((
+                    tenants::rate_limits
+                        .eq(sql::<Jsonb>("rate_limits - ").bind::<Text, _>(name.to_owned())),
+                    tenants::updated_at.eq(now),
+                ))
+                .execute(tx.conn())
+                .await?
+        }
+    };
+    Ok(changed == 1)
+}

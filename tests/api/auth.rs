@@ -287,3 +287,44 @@ async fn forged_expired_and_misaddressed_tokens_are_refused() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_is_rate_limited_with_retry_info_and_other_tenants_log_in() {
+    use tonic_types::StatusExt;
+    let app = TestApp::spawn().await;
+    app.tenant("flood").await;
+    app.tenant("calm").await;
+    // The default allows 10 logins to one account at once, then one every 6 s.
+    let mut limited = None;
+    for attempt in 1..=30 {
+        match app
+            .login("flood", "admin@flood.example", "wrong-password-000")
+            .await
+        {
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                limited = Some((attempt, s));
+                break;
+            }
+            Err(s) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+            Ok(_) => panic!("a wrong password logged in"),
+        }
+    }
+    let (attempt, status) = limited.expect("30 logins in a row were never limited");
+    // The fixture logged the admin in once already.
+    assert!(attempt >= 10, "limited after {attempt} logins");
+    let delay = status
+        .get_details_retry_info()
+        .and_then(|i| i.retry_delay)
+        .expect("RetryInfo with a delay");
+    assert!(delay > std::time::Duration::ZERO && delay <= std::time::Duration::from_secs(6));
+    // The right password does not get past the limit either.
+    let right = app
+        .login("flood", "admin@flood.example", "admin-password-123")
+        .await
+        .unwrap_err();
+    assert_eq!(right.code(), Code::ResourceExhausted);
+    // Another tenant, from the same address, is not affected.
+    app.login("calm", "admin@calm.example", "admin-password-123")
+        .await
+        .unwrap();
+}
