@@ -3,9 +3,10 @@
 //!
 //! A scope comes from a verified principal ([`TenantScope::of`], [`OperatorScope::of`]), and
 //! from nowhere else unless its maker holds a [`SystemCap`]. Some work has no caller to verify:
-//! reactors, timers, presence heartbeats, the directory that re-reads an agent, the key and
-//! token lookups that come *before* a credential is verified (login, refresh, logout, widget
-//! keys), and the CLI (`tenant`, `demo`). Those are the only places that hold a `SystemCap`,
+//! reactors, timers, presence heartbeats, the directory that re-reads an agent, the rate
+//! limiter reading a tenant's limits, the key and token lookups that come *before* a
+//! credential is verified (login, refresh, logout, widget keys), and the CLI (`tenant`,
+//! `demo`). Those are the only places that hold a `SystemCap`,
 //! and [`TenantScope::system`] / [`OperatorScope::system`] ask for one, so this rule is enforced
 //! by visibility rather than by review:
 //!
@@ -13,8 +14,9 @@
 //!   construct one. The type is defined there, and re-exported here, for that reason alone;
 //!   it is the one name below `app` that comes from `app`.
 //! - `app::build_with` mints one and hands copies to what it builds: the reactor and timer
-//!   loops, the presence tracker, the directory, the authenticator (widget keys), the transport
-//!   (for AuthService's login, refresh and logout) and the [`crate::app::Node`] the CLI gets.
+//!   loops, the presence tracker, the directory, the rate limiter, the authenticator (widget
+//!   keys), the transport (for AuthService's login, refresh and logout) and the
+//!   [`crate::app::Node`] the CLI gets.
 //! - Anything else that wants a system scope has no way to get a cap, so a scope minted outside
 //!   those places does not compile. Holders are visible in signatures: `grep SystemCap`.
 //!   (Unit tests get one from a `#[cfg(test)]` constructor.)

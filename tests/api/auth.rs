@@ -328,3 +328,61 @@ async fn a_login_flood_is_rate_limited_with_retry_info_and_other_tenants_log_in(
         .await
         .unwrap();
 }
+
+/// Creates a tenant with an admin without logging anyone in.
+async fn bare_tenant(app: &TestApp, slug: &str) {
+    app.tenants()
+        .create_tenant(bearer(
+            pb::admin::CreateTenantRequest {
+                name: format!("Tenant {slug}"),
+                slug: slug.to_owned(),
+                widget: None,
+                initial_admin: Some(pb::admin::InitialAdmin {
+                    email: format!("admin@{slug}.example"),
+                    display_name: "Admin".into(),
+                    password: "admin-password-123".into(),
+                }),
+            },
+            &app.operator_token,
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_login_limit_set_with_the_cli_applies_to_it_alone() {
+    let app = TestApp::spawn().await;
+    bare_tenant(&app, "capped").await;
+    bare_tenant(&app, "usual").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (app_url, admin_url) = (app.app_url.clone(), app.admin_url.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chat-engine"))
+            .args(["tenant", "limit", "--slug", "capped"])
+            .args(["--name", "login_per_account", "--per-minute", "1"])
+            .args(["--burst", "2"])
+            .env("CHAT_ENGINE_DATABASE_URL", app_url)
+            .env("CHAT_ENGINE_MIGRATION_DATABASE_URL", admin_url)
+            .env("CHAT_ENGINE_DATA_DIR", dir.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for slug in ["capped", "usual"] {
+        let email = format!("admin@{slug}.example");
+        for _ in 0..2 {
+            app.login(slug, &email, "admin-password-123").await.unwrap();
+        }
+    }
+    let third = app
+        .login("capped", "admin@capped.example", "admin-password-123")
+        .await
+        .unwrap_err();
+    assert_eq!(third.code(), Code::ResourceExhausted);
+    app.login("usual", "admin@usual.example", "admin-password-123")
+        .await
+        .unwrap();
+}
