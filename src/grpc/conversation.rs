@@ -59,6 +59,13 @@ impl ConversationApi {
     }
 }
 
+/// What every validating handler starts from: the calling agent's scope, the request, and
+/// no violations yet.
+fn agent_call<T>(req: Request<T>) -> Result<(TenantScope, T, Violations), Status> {
+    let s = scope::agent(&req)?;
+    Ok((s, req.into_inner(), Violations::new()))
+}
+
 /// The conversation id in `raw`; when it is invalid, the violation is recorded and a fresh
 /// id stands in, never used: the caller's `v.finish()` refuses the request first.
 fn conv_id(v: &mut Violations, field: &str, raw: &str) -> ConversationId {
@@ -181,9 +188,7 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<pb::CreateConversationRequest>,
     ) -> Result<Response<pb::CreateConversationResponse>, Status> {
-        let s = scope::agent(&req)?;
-        let r = req.into_inner();
-        let mut v = Violations::new();
+        let (s, r, mut v) = agent_call(req)?;
         let kind = match pb::ConversationKind::try_from(r.kind) {
             Ok(pb::ConversationKind::Direct) => Some(Kind::Direct),
             Ok(pb::ConversationKind::Group) => Some(Kind::Group),
@@ -241,9 +246,7 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<pb::AddMembersRequest>,
     ) -> Result<Response<pb::AddMembersResponse>, Status> {
-        let s = scope::agent(&req)?;
-        let r = req.into_inner();
-        let mut v = Violations::new();
+        let (s, r, mut v) = agent_call(req)?;
         let id = conv_id(&mut v, "conversation_id", &r.conversation_id);
         let agents = agent_ids(&mut v, "agent_ids", &r.agent_ids);
         if r.agent_ids.is_empty() {
@@ -260,9 +263,7 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        let s = scope::agent(&req)?;
-        let r = req.into_inner();
-        let mut v = Violations::new();
+        let (s, r, mut v) = agent_call(req)?;
         let id = conv_id(&mut v, "conversation_id", &r.conversation_id);
         let agent = v
             .check(validate::id("agent_id", &r.agent_id, UserId::parse))
@@ -285,9 +286,7 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
-        let s = scope::agent(&req)?;
-        let r = req.into_inner();
-        let mut v = Violations::new();
+        let (s, r, mut v) = agent_call(req)?;
         let id = conv_id(&mut v, "conversation_id", &r.conversation_id);
         let forward = match pb::ListDirection::try_from(r.direction) {
             Ok(pb::ListDirection::Forward) => true,
@@ -318,9 +317,7 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<pb::EditMessageRequest>,
     ) -> Result<Response<pb::EditMessageResponse>, Status> {
-        let s = scope::agent(&req)?;
-        let r = req.into_inner();
-        let mut v = Violations::new();
+        let (s, r, mut v) = agent_call(req)?;
         let conv = conv_id(&mut v, "conversation_id", &r.conversation_id);
         let id = v
             .check(validate::id("message_id", &r.message_id, MessageId::parse))
@@ -338,9 +335,7 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<pb::DeleteMessageRequest>,
     ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
-        let s = scope::agent(&req)?;
-        let r = req.into_inner();
-        let mut v = Violations::new();
+        let (s, r, mut v) = agent_call(req)?;
         let conv = conv_id(&mut v, "conversation_id", &r.conversation_id);
         let id = v
             .check(validate::id("message_id", &r.message_id, MessageId::parse))
