@@ -175,4 +175,34 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the closure's error type
+    fn rate_limits_and_proxies_come_from_the_file_and_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "trusted_proxies = [\"10.0.0.1\"]\n\
+                 [rate_limits]\nlogin_per_ip = { per_minute = 5, burst = 2 }",
+            )?;
+            jail.set_env(
+                "CHAT_ENGINE_RATE_LIMITS__LOGIN_PER_ACCOUNT__PER_MINUTE",
+                "3",
+            );
+            let c = Config::load(Some(Path::new("c.toml"))).expect("config");
+            let r = &c.rate_limits;
+            assert_eq!((r.login_per_ip.per_minute, r.login_per_ip.burst), (5, 2));
+            // Only the rate was set; the burst keeps its default.
+            let default = RateLimits::default().login_per_account;
+            assert_eq!(r.login_per_account.per_minute, 3);
+            assert_eq!(r.login_per_account.burst, default.burst);
+            assert_eq!(c.trusted_proxies, ["10.0.0.1".parse::<IpAddr>().unwrap()]);
+            jail.create_file(
+                "bad.toml",
+                "[rate_limits]\nlogin_per_ipp = { per_minute = 1, burst = 1 }",
+            )?;
+            assert!(Config::load(Some(Path::new("bad.toml"))).is_err());
+            Ok(())
+        });
+    }
 }

@@ -35,8 +35,8 @@ pub const SETTINGS_TTL: Duration = Duration::from_secs(10);
 /// Tenants whose settings a node keeps at once.
 const SETTINGS_CACHED: usize = 10_000;
 
-/// One limit: `per_minute` calls a minute on average, at most `burst` at once; a
-/// `per_minute` of 0 turns the limit off.
+/// One limit: `per_minute` calls a minute on average, at most `burst` at once (a burst of 0
+/// counts as 1); a `per_minute` of 0 turns the limit off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rate {
     /// Sustained calls per minute; 0 for no limit.
