@@ -20,6 +20,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::auth::key_cache::KeyCache;
 use crate::config::{Config, Secret};
 use crate::domain::events::Publisher;
+use crate::domain::limits::Limiter;
 use crate::domain::paging::PageTokens;
 use crate::domain::participants::Participant;
 use crate::domain::reactors::{self, Reactor};
@@ -120,6 +121,21 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)
 }
 
+/// The engine's authority to act for a tenant, or across tenants, without a caller's
+/// principal. Its field is private to this module, so only the composition root can make one:
+/// [`build_with`] mints it and hands it to the background workers and the pre-authentication
+/// flows it builds, and [`Node`] carries it to the CLI. `tenancy`'s module doc explains why.
+#[derive(Clone, Copy, Debug)]
+pub struct SystemCap(());
+
+impl SystemCap {
+    /// For unit tests of the workers that hold one.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        SystemCap(())
+    }
+}
+
 /// Everything one node runs.
 pub struct Node {
     /// Domain access.
@@ -130,6 +146,10 @@ pub struct Node {
     pub streams: Arc<StreamContext>,
     /// Whether events from other nodes arrive.
     pub bus: BusHealth,
+    /// The engine's own authority, for the flows and CLI commands that act without a caller.
+    pub(crate) system: SystemCap,
+    /// Rate limits of the calls made without an account.
+    pub limits: Arc<Limiter>,
 }
 
 /// The in-process consumers of committed events and timers a node runs besides the API.
@@ -171,6 +191,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         }
         None => (LocalBus::new(hub.clone()), BusHealth::local()),
     };
+    let system = SystemCap(());
     let clock: Arc<dyn crate::domain::Clock> = Arc::new(SystemClock);
     let writer = Writer::start(pool.clone(), publisher.clone(), clock.clone());
     let engine = Arc::new(Engine {
@@ -185,15 +206,16 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         publisher,
         writer,
     });
-    let directory = Directory::new(pool.clone(), engine.tokens.access_ttl);
-    let keys = KeyCache::new(pool.clone());
+    let directory = Directory::new(pool.clone(), engine.tokens.access_ttl, system);
+    let keys = KeyCache::new(pool.clone(), system);
     let auth = Arc::new(Authenticator::new(
         jwt,
         cfg.operator_token.as_ref().map(Secret::expose),
         keys.clone(),
         directory.clone(),
     ));
-    let presence = PresenceTracker::new();
+    let limits = Arc::new(Limiter::new(cfg.rate_limits.clone(), pool.clone(), system));
+    let presence = PresenceTracker::new(system);
     let streams = Arc::new(StreamContext {
         engine: engine.clone(),
         hub,
@@ -207,13 +229,14 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
     let timer_notices = listener.channel(timers::CHANNEL);
     let stop = streams.shutdown.clone();
     let (spine_for_streams, spine_for_reactors) =
-        follower::start(pool.clone(), spine_notices, stop.clone());
+        follower::start(pool.clone(), system, spine_notices, stop.clone());
     hints::start(streams.hub.clone(), spine_for_streams, stop.clone());
     reactors::start(
         pool.clone(),
         engine.clock.clone(),
         consumers.reactors,
         spine_for_reactors,
+        system,
         stop.clone(),
     );
     timers::start(
@@ -221,6 +244,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         engine.clock.clone(),
         consumers.timers,
         timer_notices,
+        system,
         stop.clone(),
     );
     let (e, stop) = (engine.clone(), streams.shutdown.clone());
@@ -259,6 +283,8 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         auth,
         streams,
         bus,
+        system,
+        limits,
     })
 }
 
@@ -281,6 +307,8 @@ pub async fn serve(
         auth: node.auth,
         streams: node.streams,
         bus: node.bus,
+        system: node.system,
+        limits: node.limits,
     };
     grpc::serve(deps, TransportSettings::from(cfg), listener, shutdown).await
 }

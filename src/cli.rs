@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::app;
 use crate::config::Config;
+use crate::domain::limits::Rate;
 use crate::domain::validate;
 use crate::domain::{tenants, workflows};
 use crate::tenancy::{OperatorScope, TenantScope};
@@ -72,6 +73,25 @@ pub enum TenantAction {
     },
     /// Lists tenants.
     List,
+    /// Sets one rate limit of a tenant, or with `--default` lets it follow the global one.
+    Limit {
+        /// The tenant's login handle.
+        #[arg(long)]
+        slug: String,
+        /// The limit: login_per_ip, login_per_account, refresh_per_ip, visitor_per_key,
+        /// visitor_per_ip or visitor_per_visitor.
+        #[arg(long)]
+        name: String,
+        /// Sustained calls a minute; 0 turns the limit off.
+        #[arg(long, required_unless_present = "default")]
+        per_minute: Option<u32>,
+        /// Calls allowed at once (defaults to `per_minute`).
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Drop the tenant's setting.
+        #[arg(long, conflicts_with_all = ["per_minute", "burst"])]
+        default: bool,
+    },
 }
 
 /// Workflow subcommands.
@@ -143,8 +163,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tenant { action } => {
             let db = app::open_database(&cfg).await?;
-            let engine = app::build(&cfg, &db).await?.engine;
-            let op = OperatorScope::system();
+            let node = app::build(&cfg, &db).await?;
+            let (engine, op) = (node.engine, OperatorScope::system(&node.system));
             match action {
                 TenantAction::Create { name, slug } => {
                     let name = validate::text("name", &name, 200)
@@ -153,6 +173,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         .map_err(|v| anyhow::anyhow!("{}: {}", v.field, v.description))?;
                     let t = tenants::create(&engine, &op, name, slug, Default::default()).await?;
                     println!("{}\t{}\t{}", t.id, t.slug, t.name);
+                }
+                TenantAction::Limit {
+                    slug,
+                    name,
+                    per_minute,
+                    burst,
+                    default,
+                } => {
+                    let id = tenants::find_by_slug(&engine, &op, &slug)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("no tenant with slug {slug:?}"))?;
+                    let rate = match (default, per_minute) {
+                        (false, Some(per_minute)) => Some(Rate {
+                            per_minute,
+                            burst: burst.unwrap_or(per_minute),
+                        }),
+                        _ => None,
+                    };
+                    tenants::set_rate_limit(&engine, &op, id, &name, rate).await?;
+                    println!(
+                        "{slug}\t{name}\t{}",
+                        match rate {
+                            Some(r) => format!("{}/min burst {}", r.per_minute, r.burst),
+                            None => "default".into(),
+                        }
+                    );
                 }
                 TenantAction::List => {
                     let mut token = String::new();
@@ -176,12 +222,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
             let items = workflows::import::parse(&text).map_err(|e| field_errors(&e))?;
             let db = app::open_database(&cfg).await?;
-            let engine = app::build(&cfg, &db).await?.engine;
-            let op = OperatorScope::system();
+            let node = app::build(&cfg, &db).await?;
+            let (engine, op) = (node.engine, OperatorScope::system(&node.system));
             let tenant_id = tenants::find_by_slug(&engine, &op, &tenant)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no tenant with slug {tenant:?}"))?;
-            let scope = TenantScope::system(tenant_id);
+            let scope = TenantScope::system(&node.system, tenant_id);
             let created = match workflows::import(&engine, &scope, items).await {
                 Err(crate::error::AppError::InvalidArgument(errs)) => {
                     return Err(field_errors(&errs));
@@ -198,7 +244,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let db = app::open_database(&cfg).await?;
             let node = app::build(&cfg, &db).await?;
-            let seed = crate::demo::seed(&node.engine).await?;
+            let seed = crate::demo::seed(&node.engine, &node.system).await?;
             let listener = TcpListener::bind(cfg.listen).await?;
             let addr = listener.local_addr()?;
             println!("chat-engine demo is running on {addr} (gRPC and gRPC-web)");

@@ -23,13 +23,19 @@
 //! | `nats_url` | `CHAT_ENGINE_NATS_URL` | none: events stay in this process (single node) |
 //! | `subscriber_buffer` | `CHAT_ENGINE_SUBSCRIBER_BUFFER` | 1024 events queued per stream before it must resync |
 //! | `log_format` | `CHAT_ENGINE_LOG_FORMAT` | `json` (`pretty` for humans) |
+//! | `rate_limits.<name>.per_minute`, `.burst` | `CHAT_ENGINE_RATE_LIMITS__<NAME>__PER_MINUTE`, `__BURST` | see [`RateLimits`]; 0 per minute turns a limit off |
+//! | `rate_limits.max_keys` | `CHAT_ENGINE_RATE_LIMITS__MAX_KEYS` | 100000 buckets per node |
+//! | `trusted_proxies` | `CHAT_ENGINE_TRUSTED_PROXIES` | empty: the client address is the connection's |
+//! | `client_ip_header` | `CHAT_ENGINE_CLIENT_IP_HEADER` | `x-forwarded-for` (read only from a trusted proxy) |
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+
+pub use crate::domain::limits::RateLimits;
 
 /// A value that must never be printed: `Debug` shows `[redacted]`.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +103,12 @@ pub struct Config {
     pub subscriber_buffer: usize,
     /// `json` or `pretty`.
     pub log_format: String,
+    /// Global rate limits; tenants may override them.
+    pub rate_limits: RateLimits,
+    /// Peers whose `client_ip_header` names the client (a load balancer in front).
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Header a trusted proxy puts the client's address in (its last entry counts).
+    pub client_ip_header: String,
 }
 
 impl Default for Config {
@@ -122,6 +134,9 @@ impl Default for Config {
             nats_url: None,
             subscriber_buffer: 1024,
             log_format: "json".into(),
+            rate_limits: RateLimits::default(),
+            trusted_proxies: Vec::new(),
+            client_ip_header: "x-forwarded-for".into(),
         }
     }
 }
@@ -157,6 +172,36 @@ mod tests {
             let shown = format!("{c:?}");
             assert!(!shown.contains("pw"), "secret printed: {shown}");
             assert_eq!(c.database_url.unwrap().expose(), "postgres://u:pw@h/db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the closure's error type
+    fn rate_limits_and_proxies_come_from_the_file_and_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "trusted_proxies = [\"10.0.0.1\"]\n\
+                 [rate_limits]\nlogin_per_ip = { per_minute = 5, burst = 2 }",
+            )?;
+            jail.set_env(
+                "CHAT_ENGINE_RATE_LIMITS__LOGIN_PER_ACCOUNT__PER_MINUTE",
+                "3",
+            );
+            let c = Config::load(Some(Path::new("c.toml"))).expect("config");
+            let r = &c.rate_limits;
+            assert_eq!((r.login_per_ip.per_minute, r.login_per_ip.burst), (5, 2));
+            // Only the rate was set; the burst keeps its default.
+            let default = RateLimits::default().login_per_account;
+            assert_eq!(r.login_per_account.per_minute, 3);
+            assert_eq!(r.login_per_account.burst, default.burst);
+            assert_eq!(c.trusted_proxies, ["10.0.0.1".parse::<IpAddr>().unwrap()]);
+            jail.create_file(
+                "bad.toml",
+                "[rate_limits]\nlogin_per_ipp = { per_minute = 1, burst = 1 }",
+            )?;
+            assert!(Config::load(Some(Path::new("bad.toml"))).is_err());
             Ok(())
         });
     }

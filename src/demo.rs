@@ -8,7 +8,7 @@ use crate::domain::agents::{self, NewAgent};
 use crate::domain::tenants::{self, WidgetSettings};
 use crate::domain::workflows::{self, model as wf};
 use crate::error::AppResult;
-use crate::tenancy::{OperatorScope, Role, TenantScope};
+use crate::tenancy::{OperatorScope, Role, SystemCap, TenantScope};
 
 /// Slug of the demo tenant.
 pub const DEMO_SLUG: &str = "demo";
@@ -31,9 +31,10 @@ fn fresh_password() -> String {
         .collect()
 }
 
-/// Creates the demo tenant if missing and sets new passwords for its agents.
-pub async fn seed(e: &Engine) -> AppResult<DemoSeed> {
-    let op = OperatorScope::system();
+/// Creates the demo tenant if missing and sets new passwords for its agents, as the engine
+/// itself (`sys`, from the node the CLI built).
+pub async fn seed(e: &Engine, sys: &SystemCap) -> AppResult<DemoSeed> {
+    let op = OperatorScope::system(sys);
     let existing = tenants::find_by_slug(e, &op, DEMO_SLUG).await?;
     let tenant = match existing {
         Some(t) => t,
@@ -81,7 +82,7 @@ pub async fn seed(e: &Engine) -> AppResult<DemoSeed> {
             "technical:7 german:9",
         ),
     ];
-    let system = TenantScope::system(tenant);
+    let system = TenantScope::system(sys, tenant);
     let mut printed = Vec::new();
     for (email, name, role, role_name, skills, skills_text) in people {
         let pass = fresh_password();

@@ -53,6 +53,12 @@ pub enum AppError {
     /// A limit was hit.
     #[error("resource exhausted: {0}")]
     ResourceExhausted(&'static str),
+    /// Too many calls: a rate limit allows the next one after `retry_after`.
+    #[error("rate limited; retry after {retry_after:?}")]
+    RateLimited {
+        /// How long until the call would pass.
+        retry_after: std::time::Duration,
+    },
     /// A dependency (the database) is unreachable; retrying later may work.
     #[error("unavailable: {0}")]
     Unavailable(String),

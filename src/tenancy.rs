@@ -1,8 +1,29 @@
 //! Who a request acts for: the [`Principal`] the auth layer verified, and the [`TenantScope`]
-//! every tenant-owned query needs. A scope can only come from a verified principal (or, inside
-//! the crate, from a flow that has just verified a credential itself, such as login).
+//! every tenant-owned query needs.
+//!
+//! A scope comes from a verified principal ([`TenantScope::of`], [`OperatorScope::of`]), and
+//! from nowhere else unless its maker holds a [`SystemCap`]. Some work has no caller to verify:
+//! reactors, timers, presence heartbeats, the directory that re-reads an agent, the rate
+//! limiter reading a tenant's limits, the key and token lookups that come *before* a
+//! credential is verified (login, refresh, logout, widget keys), and the CLI (`tenant`,
+//! `demo`). Those are the only places that hold a `SystemCap`,
+//! and [`TenantScope::system`] / [`OperatorScope::system`] ask for one, so this rule is enforced
+//! by visibility rather than by review:
+//!
+//! - `SystemCap`'s field is private to the composition root (`crate::app`): only `app` can
+//!   construct one. The type is defined there, and re-exported here, for that reason alone;
+//!   it is the one name below `app` that comes from `app`.
+//! - `app::build_with` mints one and hands copies to what it builds: the reactor and timer
+//!   loops, the presence tracker, the directory, the rate limiter, the authenticator (widget
+//!   keys), the transport (for AuthService's login, refresh and logout) and the
+//!   [`crate::app::Node`] the CLI gets.
+//! - Anything else that wants a system scope has no way to get a cap, so a scope minted outside
+//!   those places does not compile. Holders are visible in signatures: `grep SystemCap`.
+//!   (Unit tests get one from a `#[cfg(test)]` constructor.)
 
 use crate::ids::{ApiKeyId, TenantId, UserId, VisitorId};
+
+pub use crate::app::SystemCap;
 
 /// Role of an agent in their tenant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,8 +152,9 @@ impl TenantScope {
         }
     }
 
-    /// The engine acting for a tenant after verifying a credential itself.
-    pub(crate) fn system(tenant_id: TenantId) -> Self {
+    /// The engine acting for a tenant: background work, pre-authentication lookups and the
+    /// CLI, which alone hold a [`SystemCap`].
+    pub(crate) fn system(_: &SystemCap, tenant_id: TenantId) -> Self {
         Self {
             tenant_id,
             actor: Actor::System,
@@ -160,8 +182,9 @@ impl OperatorScope {
         matches!(principal, Principal::Operator(_)).then_some(OperatorScope(()))
     }
 
-    /// For engine-internal lookups across tenants (resolving a login slug, seeding).
-    pub(crate) fn system() -> Self {
+    /// For engine-internal lookups across tenants (resolving a login slug, listing tenants
+    /// for background work, the CLI); needs a [`SystemCap`].
+    pub(crate) fn system(_: &SystemCap) -> Self {
         OperatorScope(())
     }
 }

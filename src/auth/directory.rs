@@ -26,7 +26,7 @@ use crate::error::{AppError, AppResult};
 use crate::ids::{TenantId, TokenFamilyId, UserId};
 use crate::storage::listen::Notice;
 use crate::storage::{Db, users};
-use crate::tenancy::{Role, TenantScope};
+use crate::tenancy::{Role, SystemCap, TenantScope};
 
 /// How long an entry is trusted without a notice.
 pub const ENTRY_TTL: Duration = Duration::from_secs(300);
@@ -97,6 +97,8 @@ impl State {
 /// The directory cache of one node.
 pub struct Directory {
     db: Db,
+    /// Re-reads agents outside any request.
+    system: SystemCap,
     /// How long after its revocation a session can still hold an unexpired access token.
     revoked_window: chrono::Duration,
     state: Mutex<State>,
@@ -104,12 +106,13 @@ pub struct Directory {
 
 impl Directory {
     /// A directory over `db` for access tokens that live `access_ttl`.
-    pub fn new(db: Db, access_ttl: chrono::Duration) -> Arc<Self> {
+    pub fn new(db: Db, access_ttl: chrono::Duration, system: SystemCap) -> Arc<Self> {
         // The leeway twice: once for the verifier, once for clocks of the revoking and the
         // issuing node that disagree.
         let slack = chrono::Duration::seconds(2 * LEEWAY_SECS as i64);
         Arc::new(Self {
             db,
+            system,
             revoked_window: access_ttl + slack,
             state: Mutex::new(State::default()),
         })
@@ -149,7 +152,10 @@ impl Directory {
         let (tenant, user) = key;
         let epoch = self.lock().epoch;
         let since = chrono::Utc::now() - self.revoked_window;
-        let mut tx = self.db.tenant_tx(&TenantScope::system(tenant)).await?;
+        let mut tx = self
+            .db
+            .tenant_tx(&TenantScope::system(&self.system, tenant))
+            .await?;
         let row = users::directory(&mut tx, user, since).await?;
         tx.commit().await?;
         let Some(row) = row else {
@@ -306,7 +312,11 @@ mod tests {
         // Nothing listens there: re-reading a changed entry fails, and the test shows what
         // the notices themselves did.
         let db = Db::connect("postgres://nobody@127.0.0.1:1/none", 1).unwrap();
-        let dir = Directory::new(db, chrono::Duration::minutes(15));
+        let dir = Directory::new(
+            db,
+            chrono::Duration::minutes(15),
+            crate::app::SystemCap::for_tests(),
+        );
         let t = TenantId::new();
         let (a, b) = (UserId::new(), UserId::new());
         for u in [a, b] {

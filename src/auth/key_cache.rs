@@ -23,7 +23,7 @@ use crate::error::AppResult;
 use crate::ids::{ApiKeyId, TenantId};
 use crate::storage::listen::Notice;
 use crate::storage::{Db, api_keys};
-use crate::tenancy::TenantScope;
+use crate::tenancy::{SystemCap, TenantScope};
 
 /// How long an entry is trusted without a notice.
 pub const ENTRY_TTL: Duration = Duration::from_secs(300);
@@ -82,14 +82,16 @@ impl State {
 /// The widget key cache of one node.
 pub struct KeyCache {
     db: Db,
+    system: SystemCap,
     state: Mutex<State>,
 }
 
 impl KeyCache {
-    /// An empty cache over `db`.
-    pub fn new(db: Db) -> Arc<Self> {
+    /// An empty cache over `db`; it reads keys with the system's rights.
+    pub fn new(db: Db, system: SystemCap) -> Arc<Self> {
         Arc::new(Self {
             db,
+            system,
             state: Mutex::new(State::default()),
         })
     }
@@ -112,7 +114,10 @@ impl KeyCache {
             }
             s.epoch
         };
-        let mut tx = self.db.tenant_tx(&TenantScope::system(tenant)).await?;
+        let mut tx = self
+            .db
+            .tenant_tx(&TenantScope::system(&self.system, tenant))
+            .await?;
         let row = api_keys::get(&mut tx, id).await?;
         tx.commit().await?;
         let facts = row.map(|r| KeyFacts {
@@ -199,7 +204,7 @@ mod tests {
     #[tokio::test]
     async fn a_notice_drops_its_key_and_a_reconnect_drops_everything() {
         let db = Db::connect("postgres://nobody@127.0.0.1:1/none", 1).unwrap();
-        let cache = KeyCache::new(db);
+        let cache = KeyCache::new(db, crate::app::SystemCap::for_tests());
         let t = TenantId::new();
         let (a, b) = (ApiKeyId::new(), ApiKeyId::new());
         for k in [a, b] {

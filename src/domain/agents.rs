@@ -175,7 +175,6 @@ pub async fn create(e: &Engine, scope: &TenantScope, new: NewAgent) -> AppResult
     let hash = password::hash(new.password).await?;
     let now = e.now();
     let row = UserRow {
-        tenant_id: scope.tenant_id(),
         user_id: UserId::new(),
         email: new.email,
         display_name: new.display_name,

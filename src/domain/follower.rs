@@ -20,6 +20,7 @@ use crate::error::{AppError, AppResult};
 use crate::ids::TenantId;
 use crate::storage::listen::Notice as Heard;
 use crate::storage::{Db, spine as store};
+use crate::tenancy::SystemCap;
 
 /// How often the heads are read. An unannounced entry is fetched at the second read that
 /// finds it, so within two of these after its commit.
@@ -31,9 +32,12 @@ const FETCH_LIMIT: usize = 500;
 #[derive(Debug, Default)]
 pub struct Tracker {
     shards: HashMap<(TenantId, i16), Shard>,
+    /// Whether the heads were read once: what committed before that is not this node's
+    /// concern (streams start from the tables), what committed after it is.
+    started: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Shard {
     /// Every position up to here was heard of (or predates the follower).
     low: i64,
@@ -58,26 +62,35 @@ impl Shard {
 impl Tracker {
     /// A notice of the entry at `pos` arrived.
     pub fn heard(&mut self, tenant: TenantId, shard: i16, pos: i64) {
-        if let Some(s) = self.shards.get_mut(&(tenant, shard)) {
-            s.hear(pos);
+        // Before the first read, every notice names an entry that read will cover.
+        if self.started {
+            self.shards.entry((tenant, shard)).or_default().hear(pos);
         }
     }
 
     /// The heads were read: returns, per shard, the positions that had committed by the
-    /// previous read and were never heard of (at most [`FETCH_LIMIT`] each). A shard seen for
-    /// the first time starts at its head: what committed before this node followed it is
-    /// read from the tables by whoever needs it.
+    /// previous read and were never heard of (at most [`FETCH_LIMIT`] each). The first read
+    /// starts every shard at its head; a shard that appears later is followed from its
+    /// first position.
     pub fn polled(
         &mut self,
         heads: impl IntoIterator<Item = (TenantId, i16, i64)>,
     ) -> Vec<(TenantId, i16, Vec<i64>)> {
+        if !self.started {
+            self.started = true;
+            for (tenant, shard, head) in heads {
+                let s = Shard {
+                    low: head,
+                    above: BTreeSet::new(),
+                    committed: head,
+                };
+                self.shards.insert((tenant, shard), s);
+            }
+            return Vec::new();
+        }
         let mut missing = Vec::new();
         for (tenant, shard, head) in heads {
-            let s = self.shards.entry((tenant, shard)).or_insert(Shard {
-                low: head,
-                above: BTreeSet::new(),
-                committed: head,
-            });
+            let s = self.shards.entry((tenant, shard)).or_default();
             let unheard: Vec<i64> = (s.low + 1..=s.committed)
                 .filter(|p| !s.above.contains(p))
                 .take(FETCH_LIMIT)
@@ -96,6 +109,7 @@ impl Tracker {
 /// unannounced entries it found added.
 pub fn start(
     db: Db,
+    sys: SystemCap,
     mut heard: mpsc::Receiver<Heard>,
     shutdown: CancellationToken,
 ) -> (mpsc::Receiver<Heard>, mpsc::Receiver<Heard>) {
@@ -118,7 +132,7 @@ pub fn start(
                     }
                     forward(&outs, h).await;
                 }
-                _ = tick.tick() => match catch_up(&db, &mut tracker).await {
+                _ = tick.tick() => match catch_up(&db, &sys, &mut tracker).await {
                     Ok(found) => {
                         for payload in found {
                             forward(&outs, Heard::Payload(payload)).await;
@@ -139,8 +153,8 @@ async fn forward(outs: &[mpsc::Sender<Heard>], h: Heard) {
 }
 
 /// One read of the heads; returns the payloads of the unannounced entries it fetched.
-async fn catch_up(db: &Db, tracker: &mut Tracker) -> AppResult<Vec<String>> {
-    let mut tx = db.spine_follower_tx().await?;
+async fn catch_up(db: &Db, sys: &SystemCap, tracker: &mut Tracker) -> AppResult<Vec<String>> {
+    let mut tx = db.spine_follower_tx(sys).await?;
     let heads = store::all_heads(&mut tx).await?;
     let missing = tracker.polled(
         heads
@@ -195,6 +209,17 @@ mod tests {
         }
         assert!(tr.polled([(t, 1, 5)]).is_empty());
         assert!(tr.polled([(t, 1, 5)]).is_empty());
+    }
+
+    #[test]
+    fn a_shard_that_appears_after_the_first_read_is_followed_from_its_start() {
+        let (t, u) = (TenantId::new(), TenantId::new());
+        let mut tr = Tracker::default();
+        tr.polled([(t, 0, 5)]);
+        // u's first entries: 1 announced, 2 not, both before the next read.
+        tr.heard(u, 3, 1);
+        tr.polled([(t, 0, 5), (u, 3, 2)]);
+        assert_eq!(tr.polled([(t, 0, 5), (u, 3, 2)]), vec![(u, 3, vec![2])]);
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod conversations;
 pub mod events;
 pub mod follower;
+pub mod limits;
 pub mod paging;
 pub mod participants;
 pub mod reactors;
@@ -95,10 +96,11 @@ pub fn require_admin(scope: &TenantScope) -> AppResult<crate::ids::UserId> {
     }
 }
 
-/// Admins, or the engine itself (seeding); PERMISSION_DENIED for everyone else.
+/// Admins, the operator (a tenant's first admin) or the engine itself (seeding);
+/// PERMISSION_DENIED for everyone else.
 pub fn require_admin_or_system(scope: &TenantScope) -> AppResult<()> {
     match scope.actor() {
-        Actor::System => Ok(()),
+        Actor::System | Actor::Operator => Ok(()),
         _ => require_admin(scope).map(|_| ()),
     }
 }

@@ -287,13 +287,14 @@ mod tests {
             of(&widget(None)).unwrap(),
             Err(AppError::PermissionDenied(_))
         ));
-        let operator = TenantScope::operator(&OperatorScope::system(), w.tenant);
+        let sys = crate::app::SystemCap::for_tests();
+        let operator = TenantScope::operator(&OperatorScope::system(&sys), w.tenant);
         assert!(matches!(
             Participant::of(&operator),
             Err(AppError::PermissionDenied(_))
         ));
         assert_eq!(
-            Participant::of(&TenantScope::system(w.tenant)).unwrap(),
+            Participant::of(&TenantScope::system(&sys, w.tenant)).unwrap(),
             Participant::System
         );
     }

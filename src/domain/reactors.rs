@@ -34,7 +34,7 @@ use crate::error::{AppError, AppResult};
 use crate::ids::{TenantId, UserId};
 use crate::storage::listen::Notice as Heard;
 use crate::storage::{Db, spine as store};
-use crate::tenancy::TenantScope;
+use crate::tenancy::{SystemCap, TenantScope};
 
 /// Spine entries read per round trip.
 const BATCH: i64 = 100;
@@ -79,18 +79,20 @@ pub trait Reactor: Send + Sync + 'static {
     fn handle<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, AppResult<()>>;
 }
 
-/// Runs `reactors` until `shutdown`, woken by the spine notices in `heard`.
+/// Runs `reactors` until `shutdown`, woken by the spine notices in `heard`; `sys` reads
+/// every tenant's spine.
 pub fn start(
     db: Db,
     clock: Arc<dyn Clock>,
     reactors: Vec<Arc<dyn Reactor>>,
     heard: mpsc::Receiver<Heard>,
+    sys: SystemCap,
     shutdown: CancellationToken,
 ) {
     if reactors.is_empty() {
         return;
     }
-    tokio::spawn(run(db, clock, reactors, heard, shutdown));
+    tokio::spawn(run(db, clock, reactors, heard, sys, shutdown));
 }
 
 type Share = (TenantId, i16);
@@ -100,6 +102,7 @@ async fn run(
     clock: Arc<dyn Clock>,
     reactors: Vec<Arc<dyn Reactor>>,
     mut heard: mpsc::Receiver<Heard>,
+    sys: SystemCap,
     shutdown: CancellationToken,
 ) {
     let mut dirty: BTreeSet<Share> = BTreeSet::new();
@@ -108,7 +111,7 @@ async fn run(
     let mut retry = tokio::time::interval(RETRY_HELD);
     loop {
         if rescan {
-            match all_behind(&db, &reactors).await {
+            match all_behind(&db, &sys, &reactors).await {
                 Ok(shares) => {
                     dirty.extend(shares);
                     rescan = false;
@@ -118,7 +121,7 @@ async fn run(
         }
         while let Some(share) = dirty.pop_first() {
             for r in &reactors {
-                match drain(&db, clock.as_ref(), r.as_ref(), share).await {
+                match drain(&db, &sys, clock.as_ref(), r.as_ref(), share).await {
                     Ok(true) => {}
                     Ok(false) => {
                         later.insert(share);
@@ -164,10 +167,14 @@ fn note(h: Heard, dirty: &mut BTreeSet<Share>, rescan: &mut bool) {
 }
 
 /// Every share that some reactor has not consumed to its head.
-async fn all_behind(db: &Db, reactors: &[Arc<dyn Reactor>]) -> AppResult<Vec<Share>> {
+async fn all_behind(
+    db: &Db,
+    sys: &SystemCap,
+    reactors: &[Arc<dyn Reactor>],
+) -> AppResult<Vec<Share>> {
     let mut out = Vec::new();
-    for tenant in super::tenants::all_ids(db).await? {
-        let mut tx = db.tenant_tx(&TenantScope::system(tenant)).await?;
+    for tenant in super::tenants::all_ids(db, sys).await? {
+        let mut tx = db.tenant_tx(&TenantScope::system(sys, tenant)).await?;
         for r in reactors {
             for shard in store::shards_behind(&mut tx, r.name()).await? {
                 out.push((tenant, shard));
@@ -182,13 +189,14 @@ async fn all_behind(db: &Db, reactors: &[Arc<dyn Reactor>]) -> AppResult<Vec<Sha
 /// the share right now.
 async fn drain(
     db: &Db,
+    sys: &SystemCap,
     clock: &dyn Clock,
     r: &dyn Reactor,
     (tenant, shard): Share,
 ) -> AppResult<bool> {
     debug_assert!((0..SHARDS).contains(&shard));
     loop {
-        let mut tx = db.tenant_tx(&TenantScope::system(tenant)).await?;
+        let mut tx = db.tenant_tx(&TenantScope::system(sys, tenant)).await?;
         let Some(pos) = store::claim_cursor(&mut tx, r.name(), shard).await? else {
             return Ok(false);
         };

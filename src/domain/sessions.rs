@@ -9,9 +9,12 @@
 //! revoked family's access tokens are refused on every node (`auth::directory`), not only
 //! once they expire.
 
+use std::net::IpAddr;
+
 use chrono::{DateTime, Utc};
 
 use super::Engine;
+use super::limits::{Key, Kind as Limited, Limiter};
 use crate::auth::jwt::{AGENT_AUDIENCE, Claims};
 use crate::auth::keys::{Credential, Kind};
 use crate::auth::password;
@@ -19,7 +22,7 @@ use crate::error::{AppError, AppResult};
 use crate::ids::{RefreshTokenId, TenantId, TokenFamilyId, UserId};
 use crate::storage::tokens::{self, RefreshTokenRow};
 use crate::storage::{TenantTx, tenants, users};
-use crate::tenancy::{OperatorScope, TenantScope};
+use crate::tenancy::{OperatorScope, SystemCap, TenantScope};
 
 /// Credentials handed to a logged-in agent.
 #[derive(Clone, Debug)]
@@ -38,40 +41,78 @@ pub struct TokenPair {
     pub tenant_id: TenantId,
 }
 
+/// Who is calling, for the rate limits of calls made without an account.
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
+    /// The node's limiter.
+    pub limits: &'a Limiter,
+    /// The client's address.
+    pub ip: IpAddr,
+}
+
 const BAD_LOGIN: AppError = AppError::Unauthenticated("invalid tenant, email or password");
 const BAD_REFRESH: AppError = AppError::Unauthenticated("invalid or expired refresh token");
 
-/// Checks slug, email and password and opens a session.
-pub async fn login(e: &Engine, slug: &str, email: &str, pass: String) -> AppResult<TokenPair> {
-    let mut tx = e.db.operator_tx(&OperatorScope::system()).await?;
+/// Checks slug, email and password and opens a session. `sys` reads the tenant and the
+/// agent before anything is verified. Logins are limited per client address and tenant and
+/// per account before the password is looked at; a slug that names no tenant counts against
+/// the client address under the nil tenant.
+pub async fn login(
+    e: &Engine,
+    sys: &SystemCap,
+    from: Caller<'_>,
+    slug: &str,
+    email: &str,
+    pass: String,
+) -> AppResult<TokenPair> {
+    let mut tx = e.db.operator_tx(&OperatorScope::system(sys)).await?;
     let tenant = tenants::find_by_slug(&mut tx, slug).await?;
     tx.commit().await?;
+    let keys = match &tenant {
+        Some(_) => vec![Key::Ip(from.ip), Key::Account(email.to_owned())],
+        None => vec![Key::Ip(from.ip)],
+    };
+    let limited = tenant
+        .as_ref()
+        .map_or_else(|| TenantId::from_uuid(uuid::Uuid::nil()), |t| t.tenant_id);
+    from.limits.check(limited, Limited::Login, &keys).await?;
 
-    let user = match tenant {
+    let found = match tenant {
         Some(t) => {
-            let scope = TenantScope::system(t.tenant_id);
+            let scope = TenantScope::system(sys, t.tenant_id);
             let mut tx = e.db.tenant_tx(&scope).await?;
             let u = users::find_by_email(&mut tx, email).await?;
             tx.commit().await?;
-            u
+            u.map(|u| (t.tenant_id, u))
         }
         None => None,
     };
     // Verify even when nobody matched, so timing does not reveal which accounts exist.
-    let ok = password::verify(pass, user.as_ref().map(|u| u.password_hash.clone())).await;
-    let user = user.filter(|u| ok && u.active).ok_or(BAD_LOGIN)?;
+    let hash = found.as_ref().map(|(_, u)| u.password_hash.clone());
+    let ok = password::verify(pass, hash).await;
+    let (tenant, user) = found.filter(|(_, u)| ok && u.active).ok_or(BAD_LOGIN)?;
 
-    let scope = TenantScope::system(user.tenant_id);
+    let scope = TenantScope::system(sys, tenant);
     let mut tx = e.db.tenant_tx(&scope).await?;
     let pair = issue(e, &mut tx, user.user_id, &user.role, TokenFamilyId::new()).await?;
     tx.commit().await?;
     Ok(pair)
 }
 
-/// Exchanges a refresh token for a new pair.
-pub async fn refresh(e: &Engine, token: &str) -> AppResult<TokenPair> {
+/// Exchanges a refresh token for a new pair; `sys` reads the token before it is verified.
+/// Refreshes are limited per client address and the tenant the token names.
+pub async fn refresh(
+    e: &Engine,
+    sys: &SystemCap,
+    from: Caller<'_>,
+    token: &str,
+) -> AppResult<TokenPair> {
     let cred = Credential::parse(token, Kind::Refresh).map_err(|_| BAD_REFRESH)?;
-    let scope = TenantScope::system(TenantId::from_uuid(cred.tenant));
+    let scope = TenantScope::system(sys, TenantId::from_uuid(cred.tenant));
+    let keys = [Key::Ip(from.ip)];
+    from.limits
+        .check(scope.tenant_id(), Limited::Refresh, &keys)
+        .await?;
     let now = e.now();
     let mut tx = e.db.tenant_tx(&scope).await?;
     let row = tokens::lock(&mut tx, RefreshTokenId::from_uuid(cred.id))
@@ -84,7 +125,7 @@ pub async fn refresh(e: &Engine, token: &str) -> AppResult<TokenPair> {
     if row.rotated_at.is_some() {
         tokens::revoke_family(&mut tx, row.family_id, now).await?;
         tx.commit().await?;
-        tracing::warn!(tenant.id = %row.tenant_id, user.id = %row.user_id, "refresh token reuse: family revoked");
+        tracing::warn!(tenant.id = %scope.tenant_id(), user.id = %row.user_id, "refresh token reuse: family revoked");
         return Err(AppError::Unauthenticated(
             "refresh token was already used; the session is revoked",
         ));
@@ -101,10 +142,11 @@ pub async fn refresh(e: &Engine, token: &str) -> AppResult<TokenPair> {
     Ok(pair)
 }
 
-/// Ends the session the refresh token belongs to.
-pub async fn logout(e: &Engine, token: &str) -> AppResult<()> {
+/// Ends the session the refresh token belongs to; `sys` reads the token before it is
+/// verified.
+pub async fn logout(e: &Engine, sys: &SystemCap, token: &str) -> AppResult<()> {
     let cred = Credential::parse(token, Kind::Refresh).map_err(|_| BAD_REFRESH)?;
-    let scope = TenantScope::system(TenantId::from_uuid(cred.tenant));
+    let scope = TenantScope::system(sys, TenantId::from_uuid(cred.tenant));
     let mut tx = e.db.tenant_tx(&scope).await?;
     let row = tokens::lock(&mut tx, RefreshTokenId::from_uuid(cred.id))
         .await?
@@ -141,7 +183,6 @@ async fn issue(
     tokens::insert(
         tx,
         &RefreshTokenRow {
-            tenant_id: tenant,
             token_id: id,
             family_id: family,
             user_id: user,

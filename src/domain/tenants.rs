@@ -3,8 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::Engine;
 use super::paging::{Page, page_size, split_page};
+use super::{Engine, limits};
 use crate::auth::keys::{Credential, Kind, display_prefix};
 use crate::domain::agents::NewAgent;
 use crate::error::{AppError, AppResult};
@@ -12,7 +12,7 @@ use crate::ids::{ApiKeyId, TenantId};
 use crate::storage::Db;
 use crate::storage::api_keys::{self, ApiKeyRow};
 use crate::storage::tenants::{self as store, TenantRow};
-use crate::tenancy::{OperatorScope, TenantScope};
+use crate::tenancy::{OperatorScope, SystemCap, TenantScope};
 
 /// Look and behaviour of a tenant's widget (validated; stored as JSON).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,7 +117,7 @@ pub async fn create_with_admin(
     admin: NewAgent,
 ) -> AppResult<(Tenant, crate::domain::agents::Agent)> {
     let tenant = create(e, op, name, slug, widget).await?;
-    let scope = TenantScope::system(tenant.id);
+    let scope = TenantScope::operator(op, tenant.id);
     match crate::domain::agents::create(e, &scope, admin).await {
         Ok(a) => Ok((tenant, a)),
         Err(err) => {
@@ -207,6 +207,33 @@ pub async fn update(
         .ok_or(AppError::NotFound("tenant"))?;
     tx.commit().await?;
     Ok(t.into())
+}
+
+/// Sets one of the tenant's rate limits (a name of [`limits::LIMIT_NAMES`]), or with None
+/// lets it follow the global default again (operator only). Every node applies it within
+/// [`limits::SETTINGS_TTL`].
+pub async fn set_rate_limit(
+    e: &Engine,
+    op: &OperatorScope,
+    id: TenantId,
+    name: &str,
+    rate: Option<limits::Rate>,
+) -> AppResult<()> {
+    if !limits::LIMIT_NAMES.contains(&name) {
+        return Err(AppError::field(
+            "name",
+            format!("must be one of {}", limits::LIMIT_NAMES.join(", ")),
+        ));
+    }
+    let value = rate
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|err| AppError::Internal(err.to_string()))?;
+    let mut tx = e.db.operator_tx(op).await?;
+    if !store::set_rate_limit(&mut tx, id, name, value, e.now()).await? {
+        return Err(AppError::NotFound("tenant"));
+    }
+    tx.commit().await
 }
 
 /// Opens a transaction for `tenant` on the operator's behalf, failing NOT_FOUND when the
@@ -331,11 +358,11 @@ pub async fn find_by_slug(
 
 /// Every tenant's id, for background work that looks at each tenant in turn (reactors and
 /// timers catching up after a start).
-pub(crate) async fn all_ids(db: &Db) -> AppResult<Vec<TenantId>> {
+pub(crate) async fn all_ids(db: &Db, sys: &SystemCap) -> AppResult<Vec<TenantId>> {
     let mut out = Vec::new();
     let mut after = None;
     loop {
-        let mut tx = db.operator_tx(&OperatorScope::system()).await?;
+        let mut tx = db.operator_tx(&OperatorScope::system(sys)).await?;
         let page = store::list(&mut tx, after, 500).await?;
         tx.commit().await?;
         let Some(last) = page.last() else {

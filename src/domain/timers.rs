@@ -23,7 +23,7 @@ use crate::error::AppResult;
 use crate::ids::{TenantId, TimerId};
 use crate::storage::listen::Notice as Heard;
 use crate::storage::{Db, TenantTx, timers as store};
-use crate::tenancy::TenantScope;
+use crate::tenancy::{SystemCap, TenantScope};
 
 /// The `LISTEN` channel of new timers.
 pub const CHANNEL: &str = "chatengine_timers";
@@ -88,19 +88,21 @@ fn decode(payload: &str) -> Option<(TenantId, DateTime<Utc>)> {
     ))
 }
 
-/// Fires due timers with `handlers` until `shutdown`, learning of new ones from `heard`.
+/// Fires due timers with `handlers` until `shutdown`, learning of new ones from `heard`;
+/// `sys` reads and fires every tenant's timers.
 pub fn start(
     db: Db,
     clock: Arc<dyn Clock>,
     handlers: Vec<Arc<dyn TimerHandler>>,
     heard: mpsc::Receiver<Heard>,
+    sys: SystemCap,
     shutdown: CancellationToken,
 ) {
     if handlers.is_empty() {
         return;
     }
     let handlers = handlers.into_iter().map(|h| (h.kind(), h)).collect();
-    tokio::spawn(run(db, clock, handlers, heard, shutdown));
+    tokio::spawn(run(db, clock, handlers, heard, sys, shutdown));
 }
 
 type Handlers = HashMap<&'static str, Arc<dyn TimerHandler>>;
@@ -110,6 +112,7 @@ async fn run(
     clock: Arc<dyn Clock>,
     handlers: Handlers,
     mut heard: mpsc::Receiver<Heard>,
+    sys: SystemCap,
     shutdown: CancellationToken,
 ) {
     let kinds: Vec<String> = handlers.keys().map(|k| k.to_string()).collect();
@@ -118,7 +121,7 @@ async fn run(
     let mut rescan = true;
     loop {
         if rescan {
-            match scan(&db, &kinds).await {
+            match scan(&db, &sys, &kinds).await {
                 Ok(found) => {
                     due.extend(found);
                     rescan = false;
@@ -132,7 +135,7 @@ async fn run(
                 break;
             }
             due.pop_first();
-            match fire_due(&db, clock.as_ref(), &handlers, &kinds, tenant).await {
+            match fire_due(&db, &sys, clock.as_ref(), &handlers, &kinds, tenant).await {
                 Ok(Some(next)) => {
                     due.insert((next, tenant));
                 }
@@ -169,10 +172,14 @@ async fn run(
 }
 
 /// Every tenant's nearest due time.
-async fn scan(db: &Db, kinds: &[String]) -> AppResult<Vec<(DateTime<Utc>, TenantId)>> {
+async fn scan(
+    db: &Db,
+    sys: &SystemCap,
+    kinds: &[String],
+) -> AppResult<Vec<(DateTime<Utc>, TenantId)>> {
     let mut out = Vec::new();
-    for tenant in super::tenants::all_ids(db).await? {
-        let mut tx = db.tenant_tx(&TenantScope::system(tenant)).await?;
+    for tenant in super::tenants::all_ids(db, sys).await? {
+        let mut tx = db.tenant_tx(&TenantScope::system(sys, tenant)).await?;
         if let Some(at) = store::next_due(&mut tx, kinds).await? {
             out.push((at, tenant));
         }
@@ -184,12 +191,13 @@ async fn scan(db: &Db, kinds: &[String]) -> AppResult<Vec<(DateTime<Utc>, Tenant
 /// Fires the tenant's due timers; returns its next due time.
 async fn fire_due(
     db: &Db,
+    sys: &SystemCap,
     clock: &dyn Clock,
     handlers: &Handlers,
     kinds: &[String],
     tenant: TenantId,
 ) -> AppResult<Option<DateTime<Utc>>> {
-    let scope = TenantScope::system(tenant);
+    let scope = TenantScope::system(sys, tenant);
     loop {
         let mut tx = db.tenant_tx(&scope).await?;
         let rows = store::claim_due(&mut tx, clock.now(), kinds, BATCH).await?;

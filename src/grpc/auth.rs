@@ -5,21 +5,38 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert::ts;
-use crate::domain::sessions::{self, TokenPair};
+use super::ratelimit::Gate;
+use crate::domain::sessions::{self, Caller, TokenPair};
 use crate::domain::{Engine, validate};
 use crate::error::{AppError, Violations};
 use crate::pb;
 use crate::pb::auth_service_server::AuthService;
+use crate::tenancy::SystemCap;
 
 /// Handler of AuthService.
 pub struct AuthApi {
     engine: Arc<Engine>,
+    /// Reads tenants, agents and tokens before the credentials are verified.
+    system: SystemCap,
+    /// Limits logins and refreshes per client address, tenant and account.
+    gate: Gate,
 }
 
 impl AuthApi {
     /// A handler over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    pub fn new(engine: Arc<Engine>, system: SystemCap, gate: Gate) -> Self {
+        Self {
+            engine,
+            system,
+            gate,
+        }
+    }
+
+    fn caller<T>(&self, req: &Request<T>) -> Caller<'_> {
+        Caller {
+            limits: self.gate.limiter(),
+            ip: self.gate.client_ip(req),
+        }
     }
 }
 
@@ -48,6 +65,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
+        let from = self.caller(&req);
         let r = req.into_inner();
         let mut v = Violations::new();
         required(&mut v, "tenant_slug", &r.tenant_slug, 63);
@@ -55,7 +73,15 @@ impl AuthService for AuthApi {
         required(&mut v, "password", &r.password, 1024);
         v.finish()?;
         let email = email.ok_or_else(|| AppError::Internal("validated email missing".into()))?;
-        let p = sessions::login(&self.engine, &r.tenant_slug, &email, r.password).await?;
+        let p = sessions::login(
+            &self.engine,
+            &self.system,
+            from,
+            &r.tenant_slug,
+            &email,
+            r.password,
+        )
+        .await?;
         Ok(Response::new(pb::LoginResponse {
             tokens: Some(pair(p)),
         }))
@@ -65,11 +91,12 @@ impl AuthService for AuthApi {
         &self,
         req: Request<pb::RefreshRequest>,
     ) -> Result<Response<pb::RefreshResponse>, Status> {
+        let from = self.caller(&req);
         let r = req.into_inner();
         let mut v = Violations::new();
         required(&mut v, "refresh_token", &r.refresh_token, 200);
         v.finish()?;
-        let p = sessions::refresh(&self.engine, &r.refresh_token).await?;
+        let p = sessions::refresh(&self.engine, &self.system, from, &r.refresh_token).await?;
         Ok(Response::new(pb::RefreshResponse {
             tokens: Some(pair(p)),
         }))
@@ -83,7 +110,7 @@ impl AuthService for AuthApi {
         let mut v = Violations::new();
         required(&mut v, "refresh_token", &r.refresh_token, 200);
         v.finish()?;
-        sessions::logout(&self.engine, &r.refresh_token).await?;
+        sessions::logout(&self.engine, &self.system, &r.refresh_token).await?;
         Ok(Response::new(pb::LogoutResponse {}))
     }
 }

@@ -34,6 +34,18 @@ impl ConversationApi {
         &self.streams.engine
     }
 
+    /// Answers a command that `Connect` carries too, as the calling agent.
+    async fn agent_command<Req, Resp>(
+        &self,
+        req: Request<Req>,
+        run: impl AsyncFnOnce(&Arc<Engine>, &TenantScope, Req) -> Result<Resp, Status>,
+    ) -> Result<Response<Resp>, Status> {
+        let s = scope::agent(&req)?;
+        Ok(Response::new(
+            run(self.engine(), &s, req.into_inner()).await?,
+        ))
+    }
+
     fn open_stream(
         &self,
         scope: TenantScope,
@@ -45,6 +57,13 @@ impl ConversationApi {
         Ok(stream::subscribe(self.streams.clone(), scope, cursors)
             .map(|r| r.map(convert::stream_item).map_err(Status::from)))
     }
+}
+
+/// What every validating handler starts from: the calling agent's scope, the request, and
+/// no violations yet.
+fn agent_call<T>(req: Request<T>) -> Result<(TenantScope, T, Violations), Status> {
+    let s = scope::agent(&req)?;
+    Ok((s, req.into_inner(), Violations::new()))
 }
 
 /// The conversation id in `raw`; when it is invalid, the violation is recorded and a fresh
@@ -140,7 +159,7 @@ async fn submit(
 }
 
 async fn mark_read(
-    e: &crate::domain::Engine,
+    e: &Arc<Engine>,
     s: &TenantScope,
     r: pb::MarkReadRequest,
 ) -> Result<pb::MarkReadResponse, Status> {
@@ -155,7 +174,7 @@ async fn mark_read(
 }
 
 async fn set_typing(
-    e: &crate::domain::Engine,
+    e: &Arc<Engine>,
     s: &TenantScope,
     r: pb::SetTypingRequest,
 ) -> Result<pb::SetTypingResponse, Status> {
@@ -172,9 +191,7 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<pb::CreateConversationRequest>,
     ) -> Result<Response<pb::CreateConversationResponse>, Status> {
-        let s = scope::agent(&req)?;
-        let r = req.into_inner();
-        let mut v = Violations::new();
+        let (s, r, mut v) = agent_call(req)?;
         let kind = match pb::ConversationKind::try_from(r.kind) {
             Ok(pb::ConversationKind::Direct) => Some(Kind::Direct),
             Ok(pb::ConversationKind::Group) => Some(Kind::Group),
@@ -232,9 +249,7 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<pb::AddMembersRequest>,
     ) -> Result<Response<pb::AddMembersResponse>, Status> {
-        let s = scope::agent(&req)?;
-        let r = req.into_inner();
-        let mut v = Violations::new();
+        let (s, r, mut v) = agent_call(req)?;
         let id = conv_id(&mut v, "conversation_id", &r.conversation_id);
         let agents = agent_ids(&mut v, "agent_ids", &r.agent_ids);
         if r.agent_ids.is_empty() {
@@ -251,9 +266,7 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        let s = scope::agent(&req)?;
-        let r = req.into_inner();
-        let mut v = Violations::new();
+        let (s, r, mut v) = agent_call(req)?;
         let id = conv_id(&mut v, "conversation_id", &r.conversation_id);
         let agent = v
             .check(validate::id("agent_id", &r.agent_id, UserId::parse))
@@ -269,19 +282,14 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        let s = scope::agent(&req)?;
-        Ok(Response::new(
-            send(self.engine(), &s, req.into_inner()).await?,
-        ))
+        self.agent_command(req, send).await
     }
 
     async fn list_messages(
         &self,
         req: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
-        let s = scope::agent(&req)?;
-        let r = req.into_inner();
-        let mut v = Violations::new();
+        let (s, r, mut v) = agent_call(req)?;
         let id = conv_id(&mut v, "conversation_id", &r.conversation_id);
         let forward = match pb::ListDirection::try_from(r.direction) {
             Ok(pb::ListDirection::Forward) => true,
@@ -312,9 +320,7 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<pb::EditMessageRequest>,
     ) -> Result<Response<pb::EditMessageResponse>, Status> {
-        let s = scope::agent(&req)?;
-        let r = req.into_inner();
-        let mut v = Violations::new();
+        let (s, r, mut v) = agent_call(req)?;
         let conv = conv_id(&mut v, "conversation_id", &r.conversation_id);
         let id = v
             .check(validate::id("message_id", &r.message_id, MessageId::parse))
@@ -332,9 +338,7 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<pb::DeleteMessageRequest>,
     ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
-        let s = scope::agent(&req)?;
-        let r = req.into_inner();
-        let mut v = Violations::new();
+        let (s, r, mut v) = agent_call(req)?;
         let conv = conv_id(&mut v, "conversation_id", &r.conversation_id);
         let id = v
             .check(validate::id("message_id", &r.message_id, MessageId::parse))
@@ -351,20 +355,14 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<pb::MarkReadRequest>,
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
-        let s = scope::agent(&req)?;
-        Ok(Response::new(
-            mark_read(self.engine(), &s, req.into_inner()).await?,
-        ))
+        self.agent_command(req, mark_read).await
     }
 
     async fn set_typing(
         &self,
         req: Request<pb::SetTypingRequest>,
     ) -> Result<Response<pb::SetTypingResponse>, Status> {
-        let s = scope::agent(&req)?;
-        Ok(Response::new(
-            set_typing(self.engine(), &s, req.into_inner()).await?,
-        ))
+        self.agent_command(req, set_typing).await
     }
 
     type SubscribeStream = Streaming<pb::SubscribeResponse>;

@@ -10,6 +10,7 @@ mod convert;
 mod health;
 mod limits;
 mod pace;
+pub mod ratelimit;
 mod scope;
 mod status;
 mod tenant;
@@ -32,8 +33,10 @@ use crate::auth::Authenticator;
 use crate::auth::layer::AuthLayer;
 use crate::config::Config;
 use crate::domain::Engine;
+use crate::domain::limits::Limiter;
 use crate::pb;
 use crate::realtime::{BusHealth, StreamContext};
+use crate::tenancy::SystemCap;
 
 /// A server-streaming response.
 pub type Streaming<T> =
@@ -86,6 +89,10 @@ pub struct Dependencies {
     pub bus: BusHealth,
     /// Whether the database answers; health reports NOT_SERVING while it does not.
     pub database_up: tokio::sync::watch::Receiver<bool>,
+    /// The engine's own authority, for AuthService's lookups before credentials are verified.
+    pub system: SystemCap,
+    /// The node's rate limiter.
+    pub limits: Arc<Limiter>,
 }
 
 /// Limits and timings of the transport.
@@ -103,6 +110,8 @@ pub struct TransportSettings {
     pub shutdown_grace: Duration,
     /// Origins allowed to preflight; empty allows any.
     pub cors_allowed_origins: Vec<String>,
+    /// Where a request's client address comes from.
+    pub client_address: ratelimit::ClientAddress,
 }
 
 impl From<&Config> for TransportSettings {
@@ -114,6 +123,7 @@ impl From<&Config> for TransportSettings {
             keepalive_timeout: Duration::from_secs(c.keepalive_timeout_secs),
             shutdown_grace: Duration::from_secs(c.shutdown_grace_secs),
             cors_allowed_origins: c.cors_allowed_origins.clone(),
+            client_address: ratelimit::ClientAddress::from(c),
         }
     }
 }
@@ -162,7 +172,10 @@ pub async fn serve(
         streams,
         bus,
         database_up,
+        system,
+        limits: limiter,
     } = deps;
+    let gate = ratelimit::Gate::new(limiter, settings.client_address.clone());
     let limit = settings.max_message_bytes;
     macro_rules! limited {
         ($server:ty, $handler:expr) => {
@@ -212,7 +225,7 @@ pub async fn serve(
         ))
         .add_service(limited!(
             AuthServiceServer<_>,
-            auth::AuthApi::new(engine.clone())
+            auth::AuthApi::new(engine.clone(), system, gate.clone())
         ))
         .add_service(limited!(
             AgentServiceServer<_>,

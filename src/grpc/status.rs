@@ -30,6 +30,16 @@ impl From<AppError> for Status {
             AppError::AlreadyExists(why) => Status::already_exists(why),
             AppError::FailedPrecondition(why) => Status::failed_precondition(why),
             AppError::ResourceExhausted(why) => Status::resource_exhausted(why),
+            AppError::RateLimited { retry_after } => {
+                // Whole milliseconds, rounded up: a client that waits exactly this long passes.
+                let millis = retry_after.as_nanos().div_ceil(1_000_000);
+                let retry_after = std::time::Duration::from_millis(millis as u64);
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!("rate limit exceeded; retry in {millis} ms"),
+                    ErrorDetails::with_retry_info(Some(retry_after)),
+                )
+            }
             AppError::Unavailable(cause) => {
                 tracing::warn!(error.cause = %cause, "dependency unavailable");
                 Status::unavailable("service temporarily unavailable, retry")
@@ -84,6 +94,15 @@ mod tests {
     use super::*;
     use crate::error::Violations;
     use tonic_types::RpcStatusExt;
+
+    #[test]
+    fn rate_limited_is_resource_exhausted_with_the_wait_rounded_up_in_retry_info() {
+        let wait = std::time::Duration::from_micros(1500);
+        let status = Status::from(AppError::RateLimited { retry_after: wait });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let info = status.get_details_retry_info().expect("RetryInfo");
+        assert_eq!(info.retry_delay, Some(std::time::Duration::from_millis(2)));
+    }
 
     #[test]
     fn field_violations_survive_into_the_message_form() {

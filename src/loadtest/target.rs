@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{setup, short_id};
 use super::{Args, Mode, idle, messages};
 use crate::app;
-use crate::config::{Config, Secret};
+use crate::config::{Config, RateLimits, Secret};
 
 /// Where the load goes and how to measure its memory.
 pub(super) struct Target {
@@ -188,6 +188,11 @@ pub(super) async fn serve_and_drive(
     operator_token: String,
     where_: String,
 ) -> anyhow::Result<()> {
+    // All the load comes from one address: the server it measures must not limit it.
+    let cfg = &Config {
+        rate_limits: RateLimits::off(),
+        ..cfg.clone()
+    };
     let node = app::build(cfg, db).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -13,7 +13,7 @@ use crate::domain::events::{Event, FRESH_FOR, PresenceState, presence_of};
 use crate::error::AppResult;
 use crate::ids::{TenantId, UserId};
 use crate::storage::presence as store;
-use crate::tenancy::TenantScope;
+use crate::tenancy::{SystemCap, TenantScope};
 
 /// How often a node refreshes its presence rows.
 pub const HEARTBEAT: Duration = Duration::from_secs(20);
@@ -23,15 +23,18 @@ pub struct PresenceTracker {
     node: uuid::Uuid,
     local: Mutex<HashMap<(TenantId, UserId), i32>>,
     writes: TaskTracker,
+    /// Writes presence rows for streams that open and close, and on every heartbeat.
+    system: SystemCap,
 }
 
 impl PresenceTracker {
     /// A tracker for a node with a fresh id.
-    pub fn new() -> Arc<Self> {
+    pub fn new(system: SystemCap) -> Arc<Self> {
         Arc::new(Self {
             node: uuid::Uuid::new_v4(),
             local: Mutex::new(HashMap::new()),
             writes: TaskTracker::new(),
+            system,
         })
     }
 
@@ -59,7 +62,7 @@ impl PresenceTracker {
         user: UserId,
         streams: i32,
     ) -> AppResult<()> {
-        let scope = TenantScope::system(tenant);
+        let scope = TenantScope::system(&self.system, tenant);
         let now = e.now();
         let mut tx = e.db.tenant_tx(&scope).await?;
         store::set_streams(&mut tx, user, self.node, streams, now).await?;
@@ -124,7 +127,7 @@ impl PresenceTracker {
         }
         let now: DateTime<Utc> = e.now();
         for (tenant, users) in by_tenant {
-            let scope = TenantScope::system(tenant);
+            let scope = TenantScope::system(&self.system, tenant);
             let r = async {
                 let mut tx = e.db.tenant_tx(&scope).await?;
                 store::heartbeat(&mut tx, &users, self.node, now).await?;

@@ -216,13 +216,28 @@ async fn handle(
                 if !joined {
                     return Ok(out);
                 }
+                // Follow first, then read: whatever the hub dispatched before the follow had
+                // committed before this read, and the rest comes live.
+                ctx.hub.follow(sub, conv);
                 let Some(c) = conversations::get_conversation(&ctx.engine, scope, conv).await?
                 else {
+                    ctx.hub.unfollow(sub, conv);
                     return Ok(out);
                 };
-                ctx.hub.follow(sub, conv);
+                let committed = c.last_seq;
                 d.delivered.insert(conv, event.seq - 1);
                 out.push(Item::Joined(c));
+                if committed > event.seq {
+                    // Events right after the one that made us a member went by before the
+                    // follow.
+                    d.delivered.insert(conv, event.seq);
+                    out.push(Item::Event(event.clone()));
+                    for missed in fetch(&ctx.engine, scope, conv, event.seq, committed).await? {
+                        d.delivered.insert(conv, missed.seq);
+                        out.push(Item::Event(missed));
+                    }
+                    return Ok(out);
+                }
             }
             let done = d.delivered[&conv];
             if event.seq <= done {

@@ -12,12 +12,10 @@ use super::{TenantTx, sql};
 use crate::error::AppResult;
 use crate::ids::{ConversationId, MessageId, TenantId, UserId, VisitorId};
 
-/// A stored conversation.
+/// A stored conversation; its tenant is the transaction's.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = conversations)]
 pub struct ConversationRow {
-    /// Tenant.
-    pub tenant_id: TenantId,
     /// Id.
     pub conversation_id: ConversationId,
     /// `direct`, `group` or `external`.
@@ -42,12 +40,10 @@ pub struct ConversationRow {
     pub closed_at: Option<DateTime<Utc>>,
 }
 
-/// A member row.
+/// A member row; its tenant is the transaction's.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = conversation_members)]
 pub struct MemberRow {
-    /// Tenant.
-    pub tenant_id: TenantId,
     /// Conversation.
     pub conversation_id: ConversationId,
     /// Agent.
@@ -59,12 +55,10 @@ pub struct MemberRow {
 }
 
 /// A stored conversation event other than a posted message (a message row is its own
-/// `message_posted` event).
+/// `message_posted` event); its tenant is the transaction's.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = conversation_events)]
 pub struct EventRow {
-    /// Tenant.
-    pub tenant_id: TenantId,
     /// Conversation.
     pub conversation_id: ConversationId,
     /// Gapless number.
@@ -101,7 +95,7 @@ fn with_members()
 /// Stores a conversation.
 pub async fn insert(tx: &mut TenantTx, row: &ConversationRow) -> AppResult<()> {
     diesel::insert_into(conversations::table)
-        .values(row)
+        .values((conversations::tenant_id.eq(tx.tenant_id()), row))
         .execute(tx.conn())
         .await?;
     Ok(())
@@ -115,14 +109,16 @@ pub async fn add_members(
     now: DateTime<Utc>,
 ) -> AppResult<Vec<UserId>> {
     let t = tx.tenant_id();
-    let rows: Vec<MemberRow> = users
+    let rows: Vec<_> = users
         .iter()
-        .map(|u| MemberRow {
-            tenant_id: t,
-            conversation_id: conv,
-            user_id: *u,
-            read_seq: 0,
-            joined_at: now,
+        .map(|u| {
+            let row = MemberRow {
+                conversation_id: conv,
+                user_id: *u,
+                read_seq: 0,
+                joined_at: now,
+            };
+            (conversation_members::tenant_id.eq(t), row)
         })
         .collect();
     Ok(diesel::insert_into(conversation_members::table)
@@ -297,7 +293,7 @@ pub async fn next_seq(tx: &mut TenantTx, conv: ConversationId) -> AppResult<Opti
 /// Appends an event.
 pub async fn insert_event(tx: &mut TenantTx, row: &EventRow) -> AppResult<()> {
     diesel::insert_into(conversation_events::table)
-        .values(row)
+        .values((conversation_events::tenant_id.eq(tx.tenant_id()), row))
         .execute(tx.conn())
         .await?;
     Ok(())

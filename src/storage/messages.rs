@@ -12,7 +12,7 @@ use crate::error::AppResult;
 use crate::ids::{ConversationId, MessageId, TenantId};
 
 /// A stored message.
-#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = messages)]
 pub struct MessageRow {
     /// Tenant.

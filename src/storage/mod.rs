@@ -35,7 +35,7 @@ use futures_util::FutureExt;
 
 use crate::error::{AppError, AppResult};
 use crate::ids::TenantId;
-use crate::tenancy::{OperatorScope, TenantScope};
+use crate::tenancy::{OperatorScope, SystemCap, TenantScope};
 use announce::{Announcer, Notice};
 
 /// The migrations in `migrations/`, compiled into the binary.
@@ -135,7 +135,7 @@ impl Db {
 
     /// Opens a read transaction over every tenant's event spine (heads and entries only),
     /// for the node's spine follower.
-    pub async fn spine_follower_tx(&self) -> AppResult<FollowerTx> {
+    pub async fn spine_follower_tx(&self, _: &SystemCap) -> AppResult<FollowerTx> {
         let mut conn = self.pool.get().await?;
         TxManager::begin_transaction_sql(
             &mut *conn,

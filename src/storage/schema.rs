@@ -6,6 +6,7 @@ diesel::table! {
         name -> Text,
         slug -> Text,
         widget -> Jsonb,
+        rate_limits -> Jsonb,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
     }

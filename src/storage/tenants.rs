@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::schema::tenants;
 use super::{OperatorTx, TenantTx};
@@ -39,10 +39,15 @@ pub async fn insert(tx: &mut OperatorTx, row: &TenantRow) -> AppResult<()> {
 
 /// One tenant by id.
 pub async fn get(tx: &mut OperatorTx, id: TenantId) -> AppResult<Option<TenantRow>> {
+    by_id(tx.conn(), id).await
+}
+
+/// The row of `id` on either kind of transaction's connection.
+async fn by_id(conn: &mut AsyncPgConnection, id: TenantId) -> AppResult<Option<TenantRow>> {
     Ok(tenants::table
         .find(id)
         .select(TenantRow::as_select())
-        .first(tx.conn())
+        .first(conn)
         .await
         .optional()?)
 }
@@ -105,12 +110,7 @@ pub async fn update(
 /// The scope's own tenant row.
 pub async fn own(tx: &mut TenantTx) -> AppResult<Option<TenantRow>> {
     let id = tx.tenant_id();
-    Ok(tenants::table
-        .find(id)
-        .select(TenantRow::as_select())
-        .first(tx.conn())
-        .await
-        .optional()?)
+    by_id(tx.conn(), id).await
 }
 
 /// Deletes a tenant and, by cascade, everything it owns.
@@ -119,4 +119,57 @@ pub async fn delete(tx: &mut OperatorTx, id: TenantId) -> AppResult<()> {
         .execute(tx.conn())
         .await?;
     Ok(())
+}
+
+/// The scope's own tenant's rate-limit overrides; None when the tenant does not exist.
+pub async fn rate_limits(tx: &mut TenantTx) -> AppResult<Option<serde_json::Value>> {
+    let id = tx.tenant_id();
+    Ok(tenants::table
+        .find(id)
+        .select(tenants::rate_limits)
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// Sets (or with None removes) one rate-limit override of a tenant; false when the tenant
+/// does not exist.
+pub async fn set_rate_limit(
+    tx: &mut OperatorTx,
+    id: TenantId,
+    name: &str,
+    value: Option<serde_json::Value>,
+    now: DateTime<Utc>,
+) -> AppResult<bool> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::{Jsonb, Text};
+    let path = vec![name.to_owned()];
+    let target = tenants::table.find(id);
+    let changed = match value {
+        // jsonb_set with the one-element path {name}.
+        Some(v) => {
+            diesel::update(target)
+                .set((
+                    tenants::rate_limits.eq(sql::<Jsonb>("jsonb_set(rate_limits, ")
+                        .bind::<diesel::sql_types::Array<Text>, _>(path)
+                        .sql(", ")
+                        .bind::<Jsonb, _>(v)
+                        .sql(")")),
+                    tenants::updated_at.eq(now),
+                ))
+                .execute(tx.conn())
+                .await?
+        }
+        None => {
+            diesel::update(target)
+                .set((
+                    tenants::rate_limits
+                        .eq(sql::<Jsonb>("rate_limits - ").bind::<Text, _>(name.to_owned())),
+                    tenants::updated_at.eq(now),
+                ))
+                .execute(tx.conn())
+                .await?
+        }
+    };
+    Ok(changed == 1)
 }

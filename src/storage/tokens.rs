@@ -9,14 +9,12 @@ use diesel_async::RunQueryDsl;
 use super::schema::refresh_tokens;
 use super::{TenantTx, users};
 use crate::error::AppResult;
-use crate::ids::{RefreshTokenId, TenantId, TokenFamilyId, UserId};
+use crate::ids::{RefreshTokenId, TokenFamilyId, UserId};
 
-/// A stored refresh token.
+/// A stored refresh token; its tenant is the transaction's.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = refresh_tokens)]
 pub struct RefreshTokenRow {
-    /// Tenant.
-    pub tenant_id: TenantId,
     /// Token id (embedded in the token).
     pub token_id: RefreshTokenId,
     /// Family of rotations since one login.
@@ -38,7 +36,7 @@ pub struct RefreshTokenRow {
 /// Stores a new token.
 pub async fn insert(tx: &mut TenantTx, row: &RefreshTokenRow) -> AppResult<()> {
     diesel::insert_into(refresh_tokens::table)
-        .values(row)
+        .values((refresh_tokens::tenant_id.eq(tx.tenant_id()), row))
         .execute(tx.conn())
         .await?;
     Ok(())

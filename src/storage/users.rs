@@ -11,18 +11,16 @@ use diesel_async::RunQueryDsl;
 use super::schema::{agent_skills, users};
 use super::{TenantTx, sql};
 use crate::error::AppResult;
-use crate::ids::{TenantId, TokenFamilyId, UserId};
+use crate::ids::{TokenFamilyId, UserId};
 
 /// The channel that carries `<tenant>:<user>` whenever an agent's role, active flag or
 /// sessions changed.
 pub const DIRECTORY_CHANNEL: &str = "chatengine_directory";
 
-/// A stored agent.
+/// A stored agent; its tenant is the transaction's.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = users)]
 pub struct UserRow {
-    /// Tenant.
-    pub tenant_id: TenantId,
     /// Agent id.
     pub user_id: UserId,
     /// Lower-cased email.
@@ -45,12 +43,10 @@ pub struct UserRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A skill row.
+/// A skill row; its tenant is the transaction's.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = agent_skills)]
 pub struct SkillRow {
-    /// Tenant.
-    pub tenant_id: TenantId,
     /// Agent.
     pub user_id: UserId,
     /// Skill name.
@@ -80,7 +76,7 @@ pub struct UserChanges {
 /// Inserts an agent.
 pub async fn insert(tx: &mut TenantTx, row: &UserRow) -> AppResult<()> {
     diesel::insert_into(users::table)
-        .values(row)
+        .values((users::tenant_id.eq(tx.tenant_id()), row))
         .execute(tx.conn())
         .await?;
     Ok(())
@@ -213,13 +209,15 @@ pub async fn replace_skills(
     )
     .execute(tx.conn())
     .await?;
-    let rows: Vec<SkillRow> = skills
+    let rows: Vec<_> = skills
         .iter()
-        .map(|(skill, level)| SkillRow {
-            tenant_id: t,
-            user_id: id,
-            skill: skill.clone(),
-            level: *level,
+        .map(|(skill, level)| {
+            let row = SkillRow {
+                user_id: id,
+                skill: skill.clone(),
+                level: *level,
+            };
+            (agent_skills::tenant_id.eq(t), row)
         })
         .collect();
     if !rows.is_empty() {

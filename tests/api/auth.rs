@@ -287,3 +287,102 @@ async fn forged_expired_and_misaddressed_tokens_are_refused() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_is_rate_limited_with_retry_info_and_other_tenants_log_in() {
+    use tonic_types::StatusExt;
+    let app = TestApp::spawn().await;
+    app.tenant("flood").await;
+    app.tenant("calm").await;
+    // The default allows 10 logins to one account at once, then one every 6 s.
+    let mut limited = None;
+    for attempt in 1..=30 {
+        match app
+            .login("flood", "admin@flood.example", "wrong-password-000")
+            .await
+        {
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                limited = Some((attempt, s));
+                break;
+            }
+            Err(s) => assert_eq!(s.code(), Code::Unauthenticated, "{s:?}"),
+            Ok(_) => panic!("a wrong password logged in"),
+        }
+    }
+    let (attempt, status) = limited.expect("30 logins in a row were never limited");
+    // The fixture logged the admin in once already.
+    assert!(attempt >= 10, "limited after {attempt} logins");
+    let delay = status
+        .get_details_retry_info()
+        .and_then(|i| i.retry_delay)
+        .expect("RetryInfo with a delay");
+    assert!(delay > std::time::Duration::ZERO && delay <= std::time::Duration::from_secs(6));
+    // The right password does not get past the limit either.
+    let right = app
+        .login("flood", "admin@flood.example", "admin-password-123")
+        .await
+        .unwrap_err();
+    assert_eq!(right.code(), Code::ResourceExhausted);
+    // Another tenant, from the same address, is not affected.
+    app.login("calm", "admin@calm.example", "admin-password-123")
+        .await
+        .unwrap();
+}
+
+/// Creates a tenant with an admin without logging anyone in.
+async fn bare_tenant(app: &TestApp, slug: &str) {
+    app.tenants()
+        .create_tenant(bearer(
+            pb::admin::CreateTenantRequest {
+                name: format!("Tenant {slug}"),
+                slug: slug.to_owned(),
+                widget: None,
+                initial_admin: Some(pb::admin::InitialAdmin {
+                    email: format!("admin@{slug}.example"),
+                    display_name: "Admin".into(),
+                    password: "admin-password-123".into(),
+                }),
+            },
+            &app.operator_token,
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_login_limit_set_with_the_cli_applies_to_it_alone() {
+    let app = TestApp::spawn().await;
+    bare_tenant(&app, "capped").await;
+    bare_tenant(&app, "usual").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (app_url, admin_url) = (app.app_url.clone(), app.admin_url.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chat-engine"))
+            .args(["tenant", "limit", "--slug", "capped"])
+            .args(["--name", "login_per_account", "--per-minute", "1"])
+            .args(["--burst", "2"])
+            .env("CHAT_ENGINE_DATABASE_URL", app_url)
+            .env("CHAT_ENGINE_MIGRATION_DATABASE_URL", admin_url)
+            .env("CHAT_ENGINE_DATA_DIR", dir.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for slug in ["capped", "usual"] {
+        let email = format!("admin@{slug}.example");
+        for _ in 0..2 {
+            app.login(slug, &email, "admin-password-123").await.unwrap();
+        }
+    }
+    let third = app
+        .login("capped", "admin@capped.example", "admin-password-123")
+        .await
+        .unwrap_err();
+    assert_eq!(third.code(), Code::ResourceExhausted);
+    app.login("usual", "admin@usual.example", "admin-password-123")
+        .await
+        .unwrap();
+}

@@ -63,7 +63,6 @@ pub(crate) async fn append(
     store::insert_event(
         tx,
         &EventRow {
-            tenant_id: tx.tenant_id(),
             conversation_id: conv,
             seq,
             kind: kind.name().to_owned(),

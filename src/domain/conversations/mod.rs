@@ -214,7 +214,8 @@ async fn admitted(
         _ => &[],
     };
     let access = ConversationAccess {
-        tenant: row.tenant_id,
+        // The row was read in the transaction's tenant, and carries no tenant of its own.
+        tenant: tx.tenant_id(),
         kind: Kind::parse(&row.kind)?,
         visitor: row.visitor_id,
         agents: members,
@@ -321,7 +322,6 @@ pub async fn create(
     members.sort();
     let now = e.now();
     let row = ConversationRow {
-        tenant_id: scope.tenant_id(),
         conversation_id: ConversationId::new(),
         kind: kind.as_str().into(),
         status: Status::Open.as_str().into(),
