@@ -233,7 +233,7 @@ pub async fn serve(
         ))
         .add_service(limited!(
             VisitorServiceServer<_>,
-            visitor::VisitorApi::new(streams.clone(), bus.clone())
+            visitor::VisitorApi::new(streams.clone(), bus.clone(), gate.clone())
         ))
         .add_service(limited!(
             WorkflowServiceServer<_>,

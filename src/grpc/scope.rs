@@ -5,7 +5,7 @@ use tonic::Request;
 
 use crate::auth::principal;
 use crate::error::{AppError, AppResult};
-use crate::ids::{ApiKeyId, TenantId};
+use crate::ids::{ApiKeyId, TenantId, VisitorId};
 use crate::tenancy::{OperatorScope, Principal, TenantScope};
 
 /// The operator's scope; PERMISSION_DENIED for anyone else.
@@ -29,6 +29,20 @@ pub fn agent<T>(req: &Request<T>) -> AppResult<TenantScope> {
 pub fn visitor<T>(req: &Request<T>) -> AppResult<TenantScope> {
     match principal(req)? {
         p @ Principal::Visitor { .. } => Ok(TenantScope::of(p).expect("visitors have a tenant")),
+        _ => Err(AppError::PermissionDenied("a widget api key is required")),
+    }
+}
+
+/// Whose rate-limit buckets a widget call counts against: the tenant, the widget key, and
+/// the visitor once they hold a token.
+pub fn widget_caller<T>(req: &Request<T>) -> AppResult<(TenantId, ApiKeyId, Option<VisitorId>)> {
+    match principal(req)? {
+        Principal::Visitor {
+            tenant_id,
+            api_key_id,
+            visitor_id,
+            ..
+        } => Ok((*tenant_id, *api_key_id, *visitor_id)),
         _ => Err(AppError::PermissionDenied("a widget api key is required")),
     }
 }

@@ -9,8 +9,10 @@ use tonic::{Request, Response, Status};
 
 use super::conversation::{conv_id, cursors, message_text, request_id};
 use super::pace::Paced;
+use super::ratelimit::Gate;
 use super::{Streaming, convert, scope};
 use crate::domain::conversations::{self, MAX_TEXT_CHARS};
+use crate::domain::limits::{Key, Kind};
 use crate::domain::visitors::{self, Identity, VisitorInput, VisitorType};
 use crate::domain::{Engine, tenants, validate};
 use crate::error::{AppError, Violations};
@@ -22,12 +24,24 @@ use crate::realtime::{BusHealth, StreamContext, stream};
 pub struct VisitorApi {
     streams: Arc<StreamContext>,
     bus: BusHealth,
+    gate: Gate,
 }
 
 impl VisitorApi {
-    /// A handler over the node's stream context.
-    pub fn new(streams: Arc<StreamContext>, bus: BusHealth) -> Self {
-        Self { streams, bus }
+    /// A handler over the node's stream context; every call passes `gate` first.
+    pub fn new(streams: Arc<StreamContext>, bus: BusHealth, gate: Gate) -> Self {
+        Self { streams, bus, gate }
+    }
+
+    /// Counts the call against its widget key's, client address's and visitor's buckets.
+    async fn admit<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let (tenant, key, visitor) = scope::widget_caller(req)?;
+        let ip = Key::Ip(self.gate.client_ip(req));
+        let keys = match visitor {
+            Some(v) => vec![Key::WidgetKey(key), ip, Key::Visitor(v)],
+            None => vec![Key::WidgetKey(key), ip],
+        };
+        Ok(self.gate.check(tenant, Kind::Visitor, &keys).await?)
     }
 
     fn engine(&self) -> &Arc<Engine> {
@@ -136,6 +150,7 @@ impl VisitorService for VisitorApi {
         &self,
         req: Request<pb::GetWidgetConfigRequest>,
     ) -> Result<Response<pb::GetWidgetConfigResponse>, Status> {
+        self.admit(&req).await?;
         let (s, _) = scope::widget(&req, "")?;
         let (t, agents_online) = tenants::widget_config(self.engine(), &s).await?;
         Ok(Response::new(pb::GetWidgetConfigResponse {
@@ -149,6 +164,7 @@ impl VisitorService for VisitorApi {
         &self,
         req: Request<pb::InitVisitorRequest>,
     ) -> Result<Response<pb::InitVisitorResponse>, Status> {
+        self.admit(&req).await?;
         let (s, key) = scope::widget(&req, &req.get_ref().tenant_id)?;
         let mut v = Violations::new();
         let input = visitor_input(&mut v, req.into_inner());
@@ -167,6 +183,7 @@ impl VisitorService for VisitorApi {
         &self,
         req: Request<pb::StartChatRequest>,
     ) -> Result<Response<pb::StartChatResponse>, Status> {
+        self.admit(&req).await?;
         let s = scope::visitor(&req)?;
         let r = req.into_inner();
         let mut v = Violations::new();
@@ -190,6 +207,7 @@ impl VisitorService for VisitorApi {
         &self,
         req: Request<pb::SendVisitorMessageRequest>,
     ) -> Result<Response<pb::SendVisitorMessageResponse>, Status> {
+        self.admit(&req).await?;
         let s = scope::visitor(&req)?;
         let r = req.into_inner();
         let mut v = Violations::new();
@@ -219,6 +237,7 @@ impl VisitorService for VisitorApi {
         &self,
         req: Request<pb::ListVisitorMessagesRequest>,
     ) -> Result<Response<pb::ListVisitorMessagesResponse>, Status> {
+        self.admit(&req).await?;
         let s = scope::visitor(&req)?;
         let r = req.into_inner();
         let mut v = Violations::new();
@@ -252,6 +271,7 @@ impl VisitorService for VisitorApi {
         &self,
         req: Request<pb::GetQueueStatusRequest>,
     ) -> Result<Response<pb::GetQueueStatusResponse>, Status> {
+        self.admit(&req).await?;
         let s = scope::visitor(&req)?;
         let mut v = Violations::new();
         let conv = conv_id(&mut v, "conversation_id", &req.get_ref().conversation_id);
@@ -268,6 +288,7 @@ impl VisitorService for VisitorApi {
         &self,
         req: Request<pb::SubscribeVisitorRequest>,
     ) -> Result<Response<Self::SubscribeVisitorStream>, Status> {
+        self.admit(&req).await?;
         let s = scope::visitor(&req)?;
         // Only a visitor token follows chats; a bare widget key has none to follow.
         crate::domain::participants::Participant::of(&s)?;
@@ -290,6 +311,7 @@ impl VisitorService for VisitorApi {
         &self,
         req: Request<pb::SetVisitorTypingRequest>,
     ) -> Result<Response<pb::SetVisitorTypingResponse>, Status> {
+        self.admit(&req).await?;
         let s = scope::visitor(&req)?;
         let r = req.into_inner();
         let mut v = Violations::new();
@@ -303,6 +325,7 @@ impl VisitorService for VisitorApi {
         &self,
         req: Request<pb::EndChatRequest>,
     ) -> Result<Response<pb::EndChatResponse>, Status> {
+        self.admit(&req).await?;
         let s = scope::visitor(&req)?;
         let mut v = Violations::new();
         let conv = conv_id(&mut v, "conversation_id", &req.get_ref().conversation_id);
@@ -317,6 +340,7 @@ impl VisitorService for VisitorApi {
         &self,
         req: Request<pb::SubmitRatingRequest>,
     ) -> Result<Response<pb::SubmitRatingResponse>, Status> {
+        self.admit(&req).await?;
         let s = scope::visitor(&req)?;
         let r = req.into_inner();
         let mut v = Violations::new();

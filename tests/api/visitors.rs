@@ -1132,3 +1132,49 @@ async fn a_visitor_stream_opened_before_the_chat_picks_the_chat_up() {
     let next = s.until(posted).await;
     assert_eq!(next.text, "still here");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_flood_is_rate_limited_with_retry_info_and_other_tenants_chat_on() {
+    use tonic_types::StatusExt;
+    let app = TestApp::spawn().await;
+    let flood = app.tenant("vflood").await;
+    let calm = app.tenant("vcalm").await;
+    let (_, flood_key) = widget_key(&app, &flood, &[ORIGIN]).await;
+    let (_, calm_key) = widget_key(&app, &calm, &[ORIGIN]).await;
+    let mut w = Widget::new(&flood_key);
+    w.init(&app, init_req(&session("flood"), "Fay"))
+        .await
+        .unwrap();
+    // The defaults let one visitor make 60 calls at once, then 2 a second.
+    let mut limited = None;
+    for attempt in 1..=200 {
+        let r = app
+            .visitors()
+            .get_widget_config(w.req(pb::GetWidgetConfigRequest {}))
+            .await;
+        match r {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                limited = Some((attempt, s));
+                break;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    let (attempt, status) = limited.expect("200 calls in a row were never limited");
+    assert!(attempt >= 50, "limited after {attempt} calls");
+    let delay = status
+        .get_details_retry_info()
+        .and_then(|i| i.retry_delay)
+        .expect("RetryInfo with a delay");
+    assert!(delay > std::time::Duration::ZERO);
+    // The same visitor's chat calls are held back too.
+    let err = w.start(&app, "let me in").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    // Another tenant's visitor, from the same address, is not affected.
+    let mut c = Widget::new(&calm_key);
+    c.init(&app, init_req(&session("calm"), "Cal"))
+        .await
+        .unwrap();
+    c.start(&app, "hello").await.unwrap();
+}
