@@ -141,10 +141,12 @@ async fn write_group(
     };
     match write_batch(db, clock, &scope, &jobs).await {
         Ok((answers, events)) => {
+            // The fast path first: a node killed right after its acknowledgements has then
+            // most likely published what they acknowledge.
+            announce(events);
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(answer);
             }
-            announce(events);
         }
         Err(e) => {
             tracing::debug!(error = %e, sends = jobs.len(), "batch failed; writing its sends one by one");
