@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod conversations;
+pub mod dispatch;
 pub mod events;
 pub mod follower;
 pub mod limits;
