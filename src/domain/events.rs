@@ -172,6 +172,18 @@ pub enum Event {
         /// Highest committed seq.
         up_to: i64,
     },
+    /// `who` became a member of a conversation at `seq` on another node, whose own
+    /// announcement did not come (a spine notice). Never crosses the bus.
+    Invited {
+        /// Tenant.
+        tenant: TenantId,
+        /// Who joined.
+        who: Participant,
+        /// Conversation.
+        conversation: ConversationId,
+        /// Seq of the event that made them a member.
+        seq: i64,
+    },
     /// An agent's presence changed.
     Presence {
         /// Tenant.
@@ -189,6 +201,7 @@ impl Event {
             | Event::Read { tenant, .. }
             | Event::Typing { tenant, .. }
             | Event::Committed { tenant, .. }
+            | Event::Invited { tenant, .. }
             | Event::Presence { tenant, .. } => *tenant,
         }
     }

@@ -231,6 +231,8 @@ async fn drain(
                     SpineEvent::AgentChanged { agent } => {
                         batch.push(delivery(DomainEvent::AgentChanged { agent }));
                     }
+                    // The event that made them a member is in its conversation's range.
+                    SpineEvent::Joined { .. } => {}
                 }
             }
         }

@@ -14,8 +14,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::participants::Participant;
 use crate::error::AppResult;
-use crate::ids::{ConversationId, TenantId, UserId};
+use crate::ids::{ConversationId, TenantId, UserId, VisitorId};
 use crate::storage::TenantTx;
 use crate::storage::spine as store;
 
@@ -55,12 +56,42 @@ pub enum SpineEvent {
         /// The agent.
         agent: UserId,
     },
+    /// A participant became a member of a conversation at `seq` (or, for a visitor, its
+    /// owner): their streams on other nodes are not following it yet.
+    Joined {
+        /// Conversation.
+        c: ConversationId,
+        /// The seq of the event that made them a member.
+        seq: i64,
+        /// Who.
+        who: Joiner,
+    },
+}
+
+/// Who joined a conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", content = "id", rename_all = "snake_case")]
+pub enum Joiner {
+    /// An agent.
+    Agent(UserId),
+    /// A visitor.
+    Visitor(VisitorId),
+}
+
+impl Joiner {
+    /// The participant this is.
+    pub fn participant(self) -> Participant {
+        match self {
+            Self::Agent(a) => Participant::Agent(a),
+            Self::Visitor(v) => Participant::Visitor(v),
+        }
+    }
 }
 
 impl SpineEvent {
     fn shard(&self) -> i16 {
         match self {
-            Self::Conversation { c, .. } => shard_of_conversation(*c),
+            Self::Conversation { c, .. } | Self::Joined { c, .. } => shard_of_conversation(*c),
             Self::AgentChanged { agent } => shard_of_agent(*agent),
         }
     }
@@ -99,6 +130,7 @@ pub fn announce_again(tx: &TenantTx, seqs: &[(ConversationId, i64)]) {
             shard: shard_of_conversation(c),
             pos: None,
             committed: vec![(c, seq)],
+            joined: Vec::new(),
         };
         tx.announce(CHANNEL, notice.encode());
     }
@@ -117,6 +149,8 @@ pub struct Notice {
     pub pos: Option<i64>,
     /// Conversations and their last committed seq.
     pub committed: Vec<(ConversationId, i64)>,
+    /// Who joined which conversation, at which seq.
+    pub joined: Vec<(ConversationId, i64, Joiner)>,
 }
 
 /// PostgreSQL refuses notice payloads of 8000 bytes or more.
@@ -133,20 +167,34 @@ impl Notice {
                 .iter()
                 .filter_map(|e| match e {
                     SpineEvent::Conversation { c, to, .. } => Some((*c, *to)),
-                    SpineEvent::AgentChanged { .. } => None,
+                    SpineEvent::AgentChanged { .. } | SpineEvent::Joined { .. } => None,
+                })
+                .collect(),
+            joined: events
+                .iter()
+                .filter_map(|e| match e {
+                    SpineEvent::Joined { c, seq, who } => Some((*c, *seq, *who)),
+                    _ => None,
                 })
                 .collect(),
         }
     }
 
-    /// One or more payloads (`<tenant> <shard> <pos or -> [<conv>:<seq> ...]`), each under
-    /// the limit.
+    /// One or more payloads (`<tenant> <shard> <pos or -> [<conv>:<seq> | +<conv>:<seq>:a<agent>
+    /// | +<conv>:<seq>:v<visitor> ...]`), each under the limit.
     pub fn encode(&self) -> Vec<String> {
         let pos = self.pos.map_or_else(|| "-".to_owned(), |p| p.to_string());
         let head = format!("{} {} {pos}", self.tenant, self.shard);
+        let parts = self
+            .committed
+            .iter()
+            .map(|(c, seq)| format!(" {c}:{seq}"))
+            .chain(self.joined.iter().map(|(c, seq, who)| match who {
+                Joiner::Agent(a) => format!(" +{c}:{seq}:a{a}"),
+                Joiner::Visitor(v) => format!(" +{c}:{seq}:v{v}"),
+            }));
         let mut out = vec![head.clone()];
-        for (c, seq) in &self.committed {
-            let part = format!(" {c}:{seq}");
+        for part in parts {
             let last = out.last_mut().expect("never empty");
             if last.len() + part.len() > MAX_PAYLOAD {
                 out.push(head.clone() + &part);
@@ -166,17 +214,30 @@ impl Notice {
             "-" => None,
             p => Some(p.parse().ok()?),
         };
-        let committed = parts
-            .map(|p| {
+        let (mut committed, mut joined) = (Vec::new(), Vec::new());
+        for p in parts {
+            if let Some(j) = p.strip_prefix('+') {
+                let mut f = j.splitn(3, ':');
+                let c = ConversationId::parse(f.next()?)?;
+                let seq = f.next()?.parse().ok()?;
+                let who = f.next()?;
+                let who = match who.split_at_checked(1)? {
+                    ("a", id) => Joiner::Agent(UserId::parse(id)?),
+                    ("v", id) => Joiner::Visitor(VisitorId::parse(id)?),
+                    _ => return None,
+                };
+                joined.push((c, seq, who));
+            } else {
                 let (c, seq) = p.split_once(':')?;
-                Some((ConversationId::parse(c)?, seq.parse().ok()?))
-            })
-            .collect::<Option<Vec<_>>>()?;
+                committed.push((ConversationId::parse(c)?, seq.parse().ok()?));
+            }
+        }
         Some(Self {
             tenant,
             shard,
             pos,
             committed,
+            joined,
         })
     }
 }
@@ -192,17 +253,23 @@ mod tests {
             shard: 3,
             pos: Some(17),
             committed: (0..500).map(|i| (ConversationId::new(), i)).collect(),
+            joined: vec![
+                (ConversationId::new(), 3, Joiner::Agent(UserId::new())),
+                (ConversationId::new(), 1, Joiner::Visitor(VisitorId::new())),
+            ],
         };
         let payloads = n.encode();
         assert!(payloads.len() > 1);
         assert!(payloads.iter().all(|p| p.len() < 8000));
-        let mut back = Vec::new();
+        let (mut back, mut joins) = (Vec::new(), Vec::new());
         for p in &payloads {
             let d = Notice::decode(p).unwrap();
             assert_eq!((d.tenant, d.shard, d.pos), (n.tenant, n.shard, n.pos));
             back.extend(d.committed);
+            joins.extend(d.joined);
         }
         assert_eq!(back, n.committed);
+        assert_eq!(joins, n.joined);
     }
 
     #[test]
@@ -215,6 +282,9 @@ mod tests {
         assert!(Notice::decode(&format!("{t} 1 x")).is_none());
         assert!(Notice::decode(&format!("{t} 1 4 nope:3")).is_none());
         assert!(Notice::decode(&format!("{t} 1 4 {}:x", ConversationId::new())).is_none());
+        let c = ConversationId::new();
+        assert!(Notice::decode(&format!("{t} 1 4 +{c}:2:x{}", UserId::new())).is_none());
+        assert!(Notice::decode(&format!("{t} 1 4 +{c}:2:a")).is_none());
         let empty = Notice::decode(&format!("{t} 2 -")).unwrap();
         assert_eq!((empty.pos, empty.committed), (None, Vec::new()));
     }

@@ -1,7 +1,9 @@
 //! Spine notices to this node's streams. Every node hears each commit's notice from
 //! PostgreSQL; when a followed conversation's events have not arrived on the fast path (the
-//! local hub or NATS) a moment later, its streams are told to fetch them from PostgreSQL.
-//! This is what delivers an event whose committing node died right after its commit.
+//! local hub or NATS) a moment later, its streams are told to fetch them from PostgreSQL;
+//! a participant who joined a conversation has their streams here told to join it. With the
+//! follower (`domain::follower`), this is what delivers an event whose committing node died
+//! right after its commit, and what lets nodes without NATS see each other's events.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{BUS_LOST, Hub};
+use crate::domain::participants::Participant;
 use crate::domain::spine::Notice;
 use crate::ids::{ConversationId, TenantId};
 use crate::storage::listen::Notice as Heard;
@@ -19,11 +22,20 @@ use crate::storage::listen::Notice as Heard;
 /// How long the fast path gets before a stream fetches from PostgreSQL itself.
 const FAST_PATH_GRACE: Duration = Duration::from_millis(100);
 
+/// What a notice asks of this node's streams, once the grace has passed.
+#[derive(Clone, Copy)]
+enum Hint {
+    /// Fetch what the fast path did not bring of this conversation, up to this seq.
+    Committed(TenantId, ConversationId, i64),
+    /// This participant joined this conversation at this seq.
+    Joined(TenantId, Participant, ConversationId, i64),
+}
+
 /// Feeds spine notices from `heard` to `hub` until `shutdown`.
 pub fn start(hub: Arc<Hub>, mut heard: mpsc::Receiver<Heard>, shutdown: CancellationToken) {
     tokio::spawn(async move {
         // Every entry waits the same grace, so arrival order is deadline order.
-        let mut waiting: VecDeque<(Instant, TenantId, ConversationId, i64)> = VecDeque::new();
+        let mut waiting: VecDeque<(Instant, Hint)> = VecDeque::new();
         loop {
             let next = waiting.front().map(|w| w.0);
             tokio::select! {
@@ -37,7 +49,13 @@ pub fn start(hub: Arc<Hub>, mut heard: mpsc::Receiver<Heard>, shutdown: Cancella
                         let due = Instant::now() + FAST_PATH_GRACE;
                         for (c, up_to) in n.committed {
                             if hub.behind(n.tenant, c, up_to) {
-                                waiting.push_back((due, n.tenant, c, up_to));
+                                waiting.push_back((due, Hint::Committed(n.tenant, c, up_to)));
+                            }
+                        }
+                        for (c, seq, who) in n.joined {
+                            let who = who.participant();
+                            if hub.hosts(n.tenant, who) {
+                                waiting.push_back((due, Hint::Joined(n.tenant, who, c, seq)));
                             }
                         }
                     }
@@ -47,12 +65,16 @@ pub fn start(hub: Arc<Hub>, mut heard: mpsc::Receiver<Heard>, shutdown: Cancella
                 },
                 _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
                     let now = Instant::now();
-                    while let Some(&(at, t, c, up_to)) = waiting.front() {
+                    while let Some(&(at, hint)) = waiting.front() {
                         if at > now {
                             break;
                         }
                         waiting.pop_front();
-                        hub.committed(t, c, up_to);
+                        match hint {
+                            Hint::Committed(t, c, up_to) => hub.committed(t, c, up_to),
+                            // A stream that joined on the fast path ignores it.
+                            Hint::Joined(t, who, c, seq) => hub.invited(t, who, c, seq),
+                        }
                     }
                 }
             }

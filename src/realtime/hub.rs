@@ -232,6 +232,11 @@ impl Hub {
                     targets.extend(set);
                 }
             }
+            Event::Invited { tenant, who, .. } => {
+                if let Some(set) = s.by_participant.get(&(*tenant, *who)) {
+                    targets.extend(set);
+                }
+            }
             Event::Presence { tenant, .. } => {
                 if let Some(set) = s.by_tenant.get(tenant) {
                     targets.extend(set);
@@ -272,6 +277,25 @@ impl Hub {
             tenant,
             conversation: conv,
             up_to,
+        });
+    }
+
+    /// Whether `who` has a stream on this node.
+    pub fn hosts(&self, tenant: TenantId, who: Participant) -> bool {
+        self.lock()
+            .by_participant
+            .get(&(tenant, who))
+            .is_some_and(|set| !set.is_empty())
+    }
+
+    /// Told by the spine that `who` joined `conv` at `seq`: their streams that do not follow
+    /// it yet are told to join it from PostgreSQL.
+    pub fn invited(&self, tenant: TenantId, who: Participant, conv: ConversationId, seq: i64) {
+        self.dispatch(Event::Invited {
+            tenant,
+            who,
+            conversation: conv,
+            seq,
         });
     }
 

@@ -170,6 +170,32 @@ pub fn subscribe(
 }
 
 /// Stored events `from < seq <= up_to` of a conversation, in order.
+/// Starts following `conv`, which the stream's participant joined at `from_seq`: follows
+/// first, then reads, so whatever the hub dispatched before the follow had committed before
+/// the read, and the rest comes live. Nothing when they may not see it (any more).
+async fn join(
+    ctx: &StreamContext,
+    scope: &TenantScope,
+    sub: &Subscriber,
+    d: &mut Delivery,
+    conv: ConversationId,
+    from_seq: i64,
+) -> AppResult<Vec<Item>> {
+    ctx.hub.follow(sub, conv);
+    let Some(c) = conversations::get_conversation(&ctx.engine, scope, conv).await? else {
+        ctx.hub.unfollow(sub, conv);
+        return Ok(Vec::new());
+    };
+    let committed = c.last_seq;
+    let mut out = vec![Item::Joined(c)];
+    d.delivered.insert(conv, from_seq - 1);
+    for ev in fetch(&ctx.engine, scope, conv, from_seq - 1, committed).await? {
+        d.delivered.insert(conv, ev.seq);
+        out.push(Item::Event(ev));
+    }
+    Ok(out)
+}
+
 async fn fetch(
     e: &Engine,
     scope: &TenantScope,
@@ -216,28 +242,8 @@ async fn handle(
                 if !joined {
                     return Ok(out);
                 }
-                // Follow first, then read: whatever the hub dispatched before the follow had
-                // committed before this read, and the rest comes live.
-                ctx.hub.follow(sub, conv);
-                let Some(c) = conversations::get_conversation(&ctx.engine, scope, conv).await?
-                else {
-                    ctx.hub.unfollow(sub, conv);
-                    return Ok(out);
-                };
-                let committed = c.last_seq;
-                d.delivered.insert(conv, event.seq - 1);
-                out.push(Item::Joined(c));
-                if committed > event.seq {
-                    // Events right after the one that made us a member went by before the
-                    // follow.
-                    d.delivered.insert(conv, event.seq);
-                    out.push(Item::Event(event.clone()));
-                    for missed in fetch(&ctx.engine, scope, conv, event.seq, committed).await? {
-                        d.delivered.insert(conv, missed.seq);
-                        out.push(Item::Event(missed));
-                    }
-                    return Ok(out);
-                }
+                // The join read what committed, this event included.
+                return join(ctx, scope, sub, d, conv, event.seq).await;
             }
             let done = d.delivered[&conv];
             if event.seq <= done {
@@ -301,6 +307,13 @@ async fn handle(
                     d.delivered.insert(*conversation, missed.seq);
                     out.push(Item::Event(missed));
                 }
+            }
+        }
+        Event::Invited {
+            conversation, seq, ..
+        } => {
+            if !d.delivered.contains_key(conversation) {
+                return join(ctx, scope, sub, d, *conversation, *seq).await;
             }
         }
         // The hub routes presence to agents' streams only.

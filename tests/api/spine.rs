@@ -414,3 +414,39 @@ async fn a_committed_message_nobody_announced_reaches_live_streams() {
         Some("committed, never announced")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_nats_a_new_member_on_another_node_joins_the_conversation_live() {
+    let node1 = TestApp::spawn().await;
+    let node2 = TestApp::spawn_with(node1.same_db()).await;
+    let t = node1.tenant("joins").await;
+    let (bob, bob_tok) = node1.agent(&t, "bob").await;
+    // Bob's stream is on node 2 and follows nothing yet; the group is made on node 1, and no
+    // NATS joins the nodes: only PostgreSQL's notices reach node 2.
+    let mut ev = Events::open(&node2, &bob_tok, &[]).await.unwrap();
+    ev.caught_up().await;
+    let conv = group(&node1, &t.admin_token, &[&bob]).await;
+    let joined = tokio::time::timeout(
+        Duration::from_secs(10),
+        ev.until(|i| match i {
+            pb::stream_item::Kind::Joined(j) => j.conversation.as_ref().map(|c| c.id.clone()),
+            _ => None,
+        }),
+    )
+    .await
+    .expect("Bob's stream on node 2 never joined the new group");
+    assert_eq!(joined, conv);
+    send(&node1, &t.admin_token, &conv, "welcome, Bob")
+        .await
+        .unwrap();
+    let text = tokio::time::timeout(
+        Duration::from_secs(10),
+        ev.until(|i| match i {
+            pb::stream_item::Kind::Event(e) => crate::harness::posted_text(e).map(str::to_owned),
+            _ => None,
+        }),
+    )
+    .await
+    .expect("the first message never reached Bob's stream on node 2");
+    assert_eq!(text, "welcome, Bob");
+}

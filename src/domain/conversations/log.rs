@@ -89,7 +89,7 @@ pub(crate) async fn commit_events(
     events: Vec<ConversationEvent>,
 ) -> AppResult<()> {
     if !events.is_empty() {
-        let committed: Vec<SpineEvent> = events
+        let mut committed: Vec<SpineEvent> = events
             .iter()
             .map(|ev| SpineEvent::Conversation {
                 c: ev.conversation_id,
@@ -97,6 +97,28 @@ pub(crate) async fn commit_events(
                 to: ev.seq,
             })
             .collect();
+        // Streams of new members on other nodes do not follow the conversation yet: the
+        // spine names them, so those nodes can tell them.
+        for ev in &events {
+            let (c, seq) = (ev.conversation_id, ev.seq);
+            match &ev.kind {
+                EventKind::MembersAdded { agents, .. } => {
+                    committed.extend(agents.iter().map(|a| SpineEvent::Joined {
+                        c,
+                        seq,
+                        who: Joiner::Agent(*a),
+                    }));
+                }
+                EventKind::StatusChanged {
+                    visitor: Some(v), ..
+                } => committed.push(SpineEvent::Joined {
+                    c,
+                    seq,
+                    who: Joiner::Visitor(*v),
+                }),
+                _ => {}
+            }
+        }
         spine::record(&tx, &committed, e.now()).await?;
     }
     tx.commit().await?;

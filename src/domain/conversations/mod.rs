@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use super::events::{ConversationEvent, Event, EventKind, Message};
 use super::paging::{Page, page_size, split_page};
 use super::participants::{ConversationAccess, Participant, admits};
-use super::spine::{self, SpineEvent};
+use super::spine::{self, Joiner, SpineEvent};
 use super::writer::SendJob;
 use super::{Engine, require_agent};
 use crate::error::{AppError, AppResult};
