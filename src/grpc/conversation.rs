@@ -84,6 +84,55 @@ fn agent_ids(v: &mut Violations, field: &str, raw: &[String]) -> Vec<UserId> {
         .collect()
 }
 
+/// A page of a conversation's messages as both the agent and the visitor API ask for it.
+pub(super) struct PageRequest<'a> {
+    /// Conversation id as sent.
+    pub conversation_id: &'a str,
+    /// `ListDirection` as sent.
+    pub direction: i32,
+    /// Seq to page from.
+    pub anchor_seq: u64,
+    /// Page size as sent.
+    pub page_size: i32,
+    /// Token of the previous page.
+    pub page_token: &'a str,
+}
+
+impl PageRequest<'_> {
+    /// Validates (adding to `v`) and lists the page: its messages and the next page's token.
+    pub(super) async fn list(
+        &self,
+        e: &Engine,
+        s: &TenantScope,
+        mut v: Violations,
+    ) -> Result<(Vec<pb::Message>, String), Status> {
+        let id = conv_id(&mut v, "conversation_id", self.conversation_id);
+        let forward = match pb::ListDirection::try_from(self.direction) {
+            Ok(pb::ListDirection::Forward) => true,
+            Ok(_) => false,
+            Err(_) => {
+                v.add("direction", "unknown direction");
+                false
+            }
+        };
+        v.finish()?;
+        let page = conversations::list_messages(
+            e,
+            s,
+            id,
+            forward,
+            self.anchor_seq,
+            self.page_size,
+            self.page_token,
+        )
+        .await?;
+        Ok((
+            page.items.into_iter().map(convert::message).collect(),
+            page.next_page_token,
+        ))
+    }
+}
+
 pub(super) fn message_text(field: &str, raw: &str) -> Result<String, FieldViolation> {
     validate::text(field, raw, MAX_TEXT_CHARS)
 }
@@ -289,30 +338,18 @@ impl ConversationService for ConversationApi {
         &self,
         req: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
-        let (s, r, mut v) = agent_call(req)?;
-        let id = conv_id(&mut v, "conversation_id", &r.conversation_id);
-        let forward = match pb::ListDirection::try_from(r.direction) {
-            Ok(pb::ListDirection::Forward) => true,
-            Ok(_) => false,
-            Err(_) => {
-                v.add("direction", "unknown direction");
-                false
-            }
+        let (s, r, v) = agent_call(req)?;
+        let page = PageRequest {
+            conversation_id: &r.conversation_id,
+            direction: r.direction,
+            anchor_seq: r.anchor_seq,
+            page_size: r.page_size,
+            page_token: &r.page_token,
         };
-        v.finish()?;
-        let page = conversations::list_messages(
-            self.engine(),
-            &s,
-            id,
-            forward,
-            r.anchor_seq,
-            r.page_size,
-            &r.page_token,
-        )
-        .await?;
+        let (messages, next_page_token) = page.list(self.engine(), &s, v).await?;
         Ok(Response::new(pb::ListMessagesResponse {
-            messages: page.items.into_iter().map(convert::message).collect(),
-            next_page_token: page.next_page_token,
+            messages,
+            next_page_token,
         }))
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use tonic::{Request, Response, Status};
 
-use super::conversation::{conv_id, cursors, message_text, request_id};
+use super::conversation::{PageRequest, conv_id, cursors, message_text, request_id};
 use super::pace::Paced;
 use super::ratelimit::Gate;
 use super::{Streaming, convert, scope};
@@ -240,30 +240,17 @@ impl VisitorService for VisitorApi {
         self.admit(&req).await?;
         let s = scope::visitor(&req)?;
         let r = req.into_inner();
-        let mut v = Violations::new();
-        let id = conv_id(&mut v, "conversation_id", &r.conversation_id);
-        let forward = match pb::ListDirection::try_from(r.direction) {
-            Ok(pb::ListDirection::Forward) => true,
-            Ok(_) => false,
-            Err(_) => {
-                v.add("direction", "unknown direction");
-                false
-            }
+        let page = PageRequest {
+            conversation_id: &r.conversation_id,
+            direction: r.direction,
+            anchor_seq: r.anchor_seq,
+            page_size: r.page_size,
+            page_token: &r.page_token,
         };
-        v.finish()?;
-        let page = conversations::list_messages(
-            self.engine(),
-            &s,
-            id,
-            forward,
-            r.anchor_seq,
-            r.page_size,
-            &r.page_token,
-        )
-        .await?;
+        let (messages, next_page_token) = page.list(self.engine(), &s, Violations::new()).await?;
         Ok(Response::new(pb::ListVisitorMessagesResponse {
-            messages: page.items.into_iter().map(convert::message).collect(),
-            next_page_token: page.next_page_token,
+            messages,
+            next_page_token,
         }))
     }
 
