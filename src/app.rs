@@ -19,6 +19,7 @@ use crate::auth::directory::Directory;
 use crate::auth::jwt::JwtKeys;
 use crate::auth::key_cache::KeyCache;
 use crate::config::{Config, Secret};
+use crate::domain::dispatcher::{Dispatcher, MaxWait, Relax};
 use crate::domain::events::Publisher;
 use crate::domain::limits::Limiter;
 use crate::domain::paging::PageTokens;
@@ -231,10 +232,16 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
     let (spine_for_streams, spine_for_reactors) =
         follower::start(pool.clone(), system, spine_notices, stop.clone());
     hints::start(streams.hub.clone(), spine_for_streams, stop.clone());
+    // The engine's own consumers run on every node, beside any given.
+    let mut reactors = consumers.reactors;
+    reactors.push(Dispatcher::new(engine.clone(), system));
+    let mut timer_handlers = consumers.timers;
+    timer_handlers.push(MaxWait::new(engine.clone(), system));
+    timer_handlers.push(Arc::new(Relax));
     reactors::start(
         pool.clone(),
         engine.clock.clone(),
-        consumers.reactors,
+        reactors,
         spine_for_reactors,
         system,
         stop.clone(),
@@ -242,7 +249,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
     timers::start(
         pool.clone(),
         engine.clock.clone(),
-        consumers.timers,
+        timer_handlers,
         timer_notices,
         system,
         stop.clone(),

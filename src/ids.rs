@@ -101,3 +101,7 @@ typed_id!(
     /// Id of a durable timer.
     TimerId
 );
+typed_id!(
+    /// Id of an assignment of a chat to an agent.
+    AssignmentId
+);

@@ -3,8 +3,10 @@
 //! Time comes from an injected [`Clock`], so rules are testable without sleeping.
 
 pub mod agents;
+pub mod assignment;
 pub mod conversations;
 pub mod dispatch;
+pub mod dispatcher;
 pub mod events;
 pub mod follower;
 pub mod limits;

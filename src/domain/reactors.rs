@@ -31,7 +31,7 @@ use super::conversations::stored_events;
 use super::events::ConversationEvent;
 use super::spine::{Notice, SHARDS, SpineEvent};
 use crate::error::{AppError, AppResult};
-use crate::ids::{TenantId, UserId};
+use crate::ids::{ConversationId, TenantId, UserId};
 use crate::storage::listen::Notice as Heard;
 use crate::storage::{Db, spine as store};
 use crate::tenancy::{SystemCap, TenantScope};
@@ -52,6 +52,11 @@ pub enum DomainEvent {
     AgentChanged {
         /// The agent.
         agent: UserId,
+    },
+    /// A waiting chat's needs changed with time (max wait passed, a skill relaxed).
+    QueueChanged {
+        /// The chat.
+        conversation: ConversationId,
     },
 }
 
@@ -230,6 +235,9 @@ async fn drain(
                     }
                     SpineEvent::AgentChanged { agent } => {
                         batch.push(delivery(DomainEvent::AgentChanged { agent }));
+                    }
+                    SpineEvent::QueueChanged { c } => {
+                        batch.push(delivery(DomainEvent::QueueChanged { conversation: c }));
                     }
                     // The event that made them a member is in its conversation's range.
                     SpineEvent::Joined { .. } => {}

@@ -56,6 +56,12 @@ pub enum SpineEvent {
         /// The agent.
         agent: UserId,
     },
+    /// A waiting chat's needs changed with time (its max wait passed, a skill was relaxed):
+    /// the dispatcher looks at the queue again.
+    QueueChanged {
+        /// The waiting chat.
+        c: ConversationId,
+    },
     /// A participant became a member of a conversation at `seq` (or, for a visitor, its
     /// owner): their streams on other nodes are not following it yet.
     Joined {
@@ -91,7 +97,9 @@ impl Joiner {
 impl SpineEvent {
     fn shard(&self) -> i16 {
         match self {
-            Self::Conversation { c, .. } | Self::Joined { c, .. } => shard_of_conversation(*c),
+            Self::Conversation { c, .. } | Self::Joined { c, .. } | Self::QueueChanged { c } => {
+                shard_of_conversation(*c)
+            }
             Self::AgentChanged { agent } => shard_of_agent(*agent),
         }
     }
@@ -167,7 +175,9 @@ impl Notice {
                 .iter()
                 .filter_map(|e| match e {
                     SpineEvent::Conversation { c, to, .. } => Some((*c, *to)),
-                    SpineEvent::AgentChanged { .. } | SpineEvent::Joined { .. } => None,
+                    SpineEvent::AgentChanged { .. }
+                    | SpineEvent::Joined { .. }
+                    | SpineEvent::QueueChanged { .. } => None,
                 })
                 .collect(),
             joined: events

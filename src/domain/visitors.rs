@@ -2,10 +2,10 @@
 //! id, or found again by a verified external user id), their chats and where each stands in
 //! the queue, how a chat ends and is rated, and the tenant's identity-verification setting.
 //!
-//! A chat is an external conversation whose visitor is its owner. Starting one queues it
-//! (status `queued` and a `queue_entries` row); [`route_new_chat`] is where routing decides
-//! what happens to a new chat, and [`assign`] gives a chat to an agent (the dispatcher will
-//! call both). Messages, paging, typing and streams go through the same code as agents'
+//! A chat is an external conversation whose visitor is its owner. Starting one routes it by
+//! the tenant's workflows and queues it (status `queued` and a `queue_entries` row carrying
+//! the applied actions, [`queue_entry`]); who then serves it is `assignment`'s business (the
+//! dispatcher, accept, transfer), and its max-wait timer is `dispatcher`'s. Messages, paging, typing and streams go through the same code as agents'
 //! (`conversations`, the writer, `realtime::stream`), which admits a visitor into their own
 //! chats only.
 
@@ -17,18 +17,23 @@ use rand::RngExt;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::Engine;
 use super::conversations::{
     self, Conversation, Kind, Status, append, commit_events, conversation, load_members,
-    require_active_agents, require_admitted,
+    require_admitted,
 };
-use super::events::{ConversationEvent, EventKind, Message};
+use super::events::{EventKind, Message};
 use super::participants::Participant;
-use super::{Engine, require_admin_or_system};
+use super::timers;
+use super::workflows::{self, Selection, VisitorContext, select::select};
 use crate::auth::jwt::{Claims, VISITOR_AUDIENCE};
 use crate::error::{AppError, AppResult, FieldViolation};
 use crate::ids::{ApiKeyId, ConversationId, TenantId, UserId, VisitorId};
 use crate::storage::conversations as conv_store;
-use crate::storage::visitors::{self as store, IdentityRow, QueueRow, VisitorFields, VisitorRow};
+use crate::storage::dispatch as dispatch_store;
+use crate::storage::visitors::{
+    self as store, IdentityRow, NewQueueEntry, QueueRow, VisitorFields, VisitorRow,
+};
 use crate::storage::{TenantTx, tenants as tenant_store};
 use crate::tenancy::{Actor, OperatorScope, TenantScope};
 
@@ -47,36 +52,7 @@ pub const MAX_COMMENT: usize = 2000;
 /// Chats returned by InitVisitor.
 const RECENT_CHATS: i64 = 20;
 
-/// Kind of visitor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VisitorType {
-    /// First visit.
-    New,
-    /// Seen before.
-    Returning,
-    /// Proved to be one of the tenant's users.
-    Identified,
-}
-
-impl VisitorType {
-    /// Storage spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::New => "new",
-            Self::Returning => "returning",
-            Self::Identified => "identified",
-        }
-    }
-    /// Parses the storage spelling; anything else is corrupt data.
-    pub fn parse(s: &str) -> AppResult<Self> {
-        match s {
-            "new" => Ok(Self::New),
-            "returning" => Ok(Self::Returning),
-            "identified" => Ok(Self::Identified),
-            other => Err(AppError::Internal(format!("stored visitor type {other:?}"))),
-        }
-    }
-}
+pub use super::workflows::model::VisitorType;
 
 /// A visitor's claim to be the tenant's user `external_user_id`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,7 +124,9 @@ fn visitor(row: VisitorRow) -> AppResult<Visitor> {
         id: row.visitor_id,
         name: row.name,
         email: row.email,
-        visitor_type: VisitorType::parse(&row.visitor_type)?,
+        visitor_type: VisitorType::parse(&row.visitor_type).ok_or_else(|| {
+            AppError::Internal(format!("stored visitor type {:?}", row.visitor_type))
+        })?,
         country: row.country,
         language: row.language,
         page_url: row.page_url,
@@ -471,25 +449,52 @@ pub fn queue_position(me: &QueueEntry, entries: &[QueueEntry]) -> u32 {
     u32::try_from(ahead).unwrap_or(u32::MAX - 1) + 1
 }
 
-// ---- routing hook ----
+// ---- routing (pure) ----
 
-/// What happens to a chat when it is started.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Routing {
-    /// It waits in the queue with this priority.
-    Queue {
-        /// Higher is served first.
-        priority: i32,
-    },
+/// What routing knows of a visitor.
+pub fn routing_context(v: &Visitor) -> VisitorContext {
+    VisitorContext {
+        country: (!v.country.is_empty()).then(|| v.country.clone()),
+        page_url: v.page_url.clone(),
+        visitor_type: v.visitor_type,
+        attributes: v.attributes.clone(),
+    }
 }
 
-/// Where routing plugs in: decides what happens to a chat the moment its visitor starts it.
-/// For now every chat waits in the queue at priority 0. The tenant's workflows (matched
-/// against the visitor) will choose the priority, skills and max wait here, and the
-/// dispatcher, reacting to the chat's `status_changed` event on the spine, assigns it with
-/// [`assign`].
-pub fn route_new_chat(_visitor: &Visitor) -> Routing {
-    Routing::Queue { priority: 0 }
+/// The queue entry of a chat routed by `selection` at `now`: its priority, its workflow's
+/// actions (kept with the entry, so a workflow edited later does not change a waiting chat)
+/// and when its max wait passes.
+pub fn queue_entry(
+    conv: ConversationId,
+    selection: &Selection,
+    now: DateTime<Utc>,
+) -> AppResult<NewQueueEntry> {
+    let a = &selection.actions;
+    Ok(NewQueueEntry {
+        conversation_id: conv,
+        workflow_id: selection.applied.workflow_id(),
+        priority: a.priority,
+        actions: serde_json::to_value(a).map_err(|e| AppError::Internal(e.to_string()))?,
+        enqueued_at: now,
+        max_wait_at: a
+            .max_wait_seconds
+            .map(|s| now + chrono::Duration::seconds(i64::from(s))),
+    })
+}
+
+/// The moments after `now` at which a waiting chat's needs change by themselves (a skill
+/// relaxed), so the dispatcher must look again.
+pub fn relax_times(selection: &Selection, now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    let mut at: Vec<DateTime<Utc>> = selection
+        .actions
+        .required_skills
+        .iter()
+        .filter_map(|n| n.relax_after_seconds)
+        .map(|s| now + chrono::Duration::seconds(i64::from(s)))
+        .collect();
+    at.sort();
+    at.dedup();
+    at
 }
 
 // ---- operations ----
@@ -632,9 +637,12 @@ async fn status_of(tx: &mut TenantTx, row: &conv_store::ConversationRow) -> AppR
     })
 }
 
-/// Starts a chat for the calling visitor and queues it (see [`route_new_chat`]); the
-/// visitor's chat that has not ended is returned instead when there is one. The initial
-/// message, if any, goes through the one send pipeline once the chat exists.
+/// Starts a chat for the calling visitor, routed by the tenant's workflows: it waits in the
+/// queue with the applied workflow's priority and needs until the dispatcher (or an agent)
+/// takes it; its max wait and skill relaxations are durable timers. The visitor's chat that
+/// has not ended is returned instead when there is one. The workflow's welcome message, the
+/// initial message and the queue message follow, in that order, through the one send
+/// pipeline once the chat exists.
 pub async fn start_chat(
     e: &std::sync::Arc<Engine>,
     scope: &TenantScope,
@@ -647,10 +655,11 @@ pub async fn start_chat(
     let v = store::lock(&mut tx, me)
         .await?
         .ok_or(AppError::NotFound("visitor"))?;
-    let (row, resumed, events) = match store::open_chat(&mut tx, me).await? {
-        Some(row) => (row, true, Vec::new()),
+    let (row, resumed, events, said) = match store::open_chat(&mut tx, me).await? {
+        Some(row) => (row, true, Vec::new(), None),
         None => {
-            let Routing::Queue { priority } = route_new_chat(&visitor(v)?);
+            let workflows = workflows::ordered_in(&mut tx).await?;
+            let selection = select(&workflows, &routing_context(&visitor(v)?), now);
             let row = store::insert_chat(
                 &mut tx,
                 ConversationId::new(),
@@ -659,10 +668,18 @@ pub async fn start_chat(
                 now,
             )
             .await?;
-            store::enqueue(&mut tx, row.conversation_id, priority, now).await?;
+            let conv = row.conversation_id;
+            let entry = queue_entry(conv, &selection, now)?;
+            if let Some(due) = entry.max_wait_at {
+                timers::schedule(&mut tx, MAX_WAIT, due, wait_payload(conv)).await?;
+            }
+            for due in relax_times(&selection, now) {
+                timers::schedule(&mut tx, RELAX, due, wait_payload(conv)).await?;
+            }
+            store::enqueue(&mut tx, entry).await?;
             let ev = append(
                 &mut tx,
-                row.conversation_id,
+                conv,
                 EventKind::StatusChanged {
                     status: Status::Queued,
                     assigned: None,
@@ -676,12 +693,22 @@ pub async fn start_chat(
                 last_seq: ev.seq,
                 ..row
             };
-            (row, false, vec![ev])
+            let a = selection.actions;
+            (
+                row,
+                false,
+                vec![ev],
+                Some((a.welcome_message, a.queue_message)),
+            )
         }
     };
     let members = load_members(&mut tx, row.conversation_id).await?;
     commit_events(e, scope, tx, events).await?;
     let id = row.conversation_id;
+    let (welcome, queued) = said.unwrap_or_default();
+    if !welcome.is_empty() {
+        conversations::submit_as_engine(e, scope, id, welcome).await?;
+    }
     let initial = match initial {
         Some((text, rid)) => {
             let sent = conversations::submit(e, scope, id, text.clone(), rid)
@@ -700,6 +727,9 @@ pub async fn start_chat(
         }
         None => None,
     };
+    if !queued.is_empty() {
+        conversations::submit_as_engine(e, scope, id, queued).await?;
+    }
     let mut tx = e.db.tenant_tx(scope).await?;
     let row = store::lock_chat(&mut tx, id)
         .await?
@@ -714,6 +744,39 @@ pub async fn start_chat(
     })
 }
 
+/// Timer kind: a waiting chat's max wait has passed.
+pub const MAX_WAIT: &str = "chat.max_wait";
+/// Timer kind: a waiting chat's required skill is relaxed now.
+pub const RELAX: &str = "chat.relax";
+
+/// The payload of a chat's waiting timers.
+pub fn wait_payload(conv: ConversationId) -> serde_json::Value {
+    serde_json::json!({ "conversation_id": conv.to_string() })
+}
+
+/// The chat a waiting timer is about.
+pub fn wait_conversation(payload: &serde_json::Value) -> AppResult<ConversationId> {
+    payload
+        .get("conversation_id")
+        .and_then(|v| v.as_str())
+        .and_then(ConversationId::parse)
+        .ok_or_else(|| AppError::Internal(format!("waiting timer payload {payload}")))
+}
+
+/// The visitor of an external chat, for the agents of its tenant (their stream shows who
+/// they serve); None when there is no such visitor.
+pub async fn for_agents(
+    e: &Engine,
+    scope: &TenantScope,
+    id: VisitorId,
+) -> AppResult<Option<Visitor>> {
+    super::require_agent(scope)?;
+    let mut tx = e.db.tenant_tx(scope).await?;
+    let row = store::get(&mut tx, id).await?;
+    tx.commit().await?;
+    row.map(visitor).transpose()
+}
+
 /// Where one of the caller's chats stands.
 pub async fn queue_status(
     e: &Engine,
@@ -726,82 +789,6 @@ pub async fn queue_status(
     let status = status_of(&mut tx, &row).await?;
     tx.commit().await?;
     Ok(status)
-}
-
-/// Gives an external chat to an agent: the agent becomes its member and assignee, it leaves
-/// the queue and opens, and both sides see `members_added` and `status_changed` events.
-/// Assigning the chat's own assignee again changes nothing. For the engine (the dispatcher)
-/// and tenant admins; a chat served by another agent is FAILED_PRECONDITION (transfers come
-/// with the dispatcher).
-pub async fn assign(
-    e: &Engine,
-    scope: &TenantScope,
-    conv: ConversationId,
-    agent: UserId,
-) -> AppResult<Conversation> {
-    require_admin_or_system(scope)?;
-    let now = e.now();
-    let mut tx = e.db.tenant_tx(scope).await?;
-    let row = store::lock_chat(&mut tx, conv)
-        .await?
-        .filter(|r| r.kind == Kind::External.as_str())
-        .ok_or(AppError::NotFound("conversation"))?;
-    match (Status::parse(&row.status)?, row.assigned_agent_id) {
-        (Status::Closed, _) => return Err(AppError::FailedPrecondition("the chat has ended")),
-        (_, Some(a)) if a == agent => {
-            let members = load_members(&mut tx, conv).await?;
-            tx.commit().await?;
-            return conversation(row, members);
-        }
-        (_, Some(_)) => {
-            return Err(AppError::FailedPrecondition(
-                "the chat is served by another agent",
-            ));
-        }
-        (_, None) => {}
-    }
-    require_active_agents(&mut tx, &[agent]).await?;
-    let added = conv_store::add_members(&mut tx, conv, &[agent], now).await?;
-    store::dequeue(&mut tx, conv).await?;
-    let actor = match scope.actor() {
-        Actor::Agent { user_id, .. } => Participant::Agent(user_id),
-        _ => Participant::System,
-    };
-    let mut events: Vec<ConversationEvent> = Vec::new();
-    if !added.is_empty() {
-        events.push(
-            append(
-                &mut tx,
-                conv,
-                EventKind::MembersAdded {
-                    agents: added,
-                    actor: actor.agent(),
-                },
-                actor,
-                now,
-            )
-            .await?,
-        );
-    }
-    events.push(
-        append(
-            &mut tx,
-            conv,
-            EventKind::StatusChanged {
-                status: Status::Open,
-                assigned: Some(agent),
-                visitor: None,
-            },
-            actor,
-            now,
-        )
-        .await?,
-    );
-    let row =
-        store::set_chat_state(&mut tx, conv, Status::Open.as_str(), Some(agent), None).await?;
-    let members = load_members(&mut tx, conv).await?;
-    commit_events(e, scope, tx, events).await?;
-    conversation(row, members)
 }
 
 /// Ends a chat the caller takes part in (its visitor, or an agent serving it): it leaves the
@@ -828,6 +815,7 @@ pub async fn end_chat(
         return conversation(row, members);
     }
     store::dequeue(&mut tx, conv).await?;
+    dispatch_store::end_assignment(&mut tx, conv, now).await?;
     let ev = append(
         &mut tx,
         conv,
@@ -1042,9 +1030,9 @@ mod tests {
             VisitorType::Returning,
             VisitorType::Identified,
         ] {
-            assert_eq!(VisitorType::parse(t.as_str()).unwrap(), t);
+            assert_eq!(VisitorType::parse(t.as_str()), Some(t));
         }
-        assert!(VisitorType::parse("vip").is_err());
+        assert!(VisitorType::parse("vip").is_none());
     }
 
     #[test]

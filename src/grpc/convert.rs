@@ -277,6 +277,7 @@ pub fn conversation(c: crate::domain::conversations::Conversation) -> pb::Conver
         last_seq: seq_out(c.last_seq),
         create_time: Some(ts(c.created_at)),
         last_activity_time: Some(ts(c.last_activity_at)),
+        assigned_agent_id: c.assigned.map(|a| a.to_string()).unwrap_or_default(),
     }
 }
 
@@ -307,6 +308,29 @@ pub fn resync_reason(reason: crate::realtime::hub::EndReason) -> pb::ResyncReaso
         hub::BUS_LOST => pb::ResyncReason::BusLost,
         hub::DEACTIVATED => pb::ResyncReason::Deactivated,
         _ => pb::ResyncReason::Unspecified,
+    }
+}
+
+/// A visitor on the wire.
+pub fn visitor(v: crate::domain::visitors::Visitor) -> pb::Visitor {
+    use crate::domain::visitors::VisitorType;
+    pb::Visitor {
+        id: v.id.to_string(),
+        name: v.name,
+        email: v.email,
+        visitor_type: match v.visitor_type {
+            VisitorType::New => pb::VisitorType::New,
+            VisitorType::Returning => pb::VisitorType::Returning,
+            VisitorType::Identified => pb::VisitorType::Identified,
+        } as i32,
+        country: v.country,
+        language: v.language,
+        page_url: v.page_url,
+        referrer: v.referrer,
+        attributes: v.attributes.into_iter().collect(),
+        external_user_id: v.external_user_id.unwrap_or_default(),
+        create_time: Some(ts(v.created_at)),
+        last_seen_time: Some(ts(v.last_seen_at)),
     }
 }
 
@@ -410,8 +434,9 @@ pub fn stream_item(item: crate::realtime::Item) -> pb::StreamItem {
                     as i32,
                 last_seen_time: p.last_seen.map(ts),
             }),
-            Item::Joined(c) => P::Joined(pb::ConversationJoined {
+            Item::Joined(c, v) => P::Joined(pb::ConversationJoined {
                 conversation: Some(conversation(c)),
+                visitor: v.map(|v| visitor(*v)),
             }),
             Item::CaughtUp => P::CaughtUp(pb::CaughtUp {}),
             Item::Resync { reason, cursors } => P::Resync(pb::Resync {

@@ -13,13 +13,14 @@ use tonic_health::server::HealthReporter;
 use crate::pb;
 
 /// The services this server serves completely.
-const SERVED: [&str; 6] = [
+const SERVED: [&str; 7] = [
     pb::admin::tenant_service_server::SERVICE_NAME,
     pb::auth_service_server::SERVICE_NAME,
     pb::agent_service_server::SERVICE_NAME,
     pb::conversation_service_server::SERVICE_NAME,
     pb::workflow_service_server::SERVICE_NAME,
     pb::visitor_service_server::SERVICE_NAME,
+    pb::queue_service_server::SERVICE_NAME,
 ];
 
 /// Keeps the reported statuses in step with the database until shutdown.

@@ -10,6 +10,7 @@ mod convert;
 mod health;
 mod limits;
 mod pace;
+mod queue;
 pub mod ratelimit;
 mod scope;
 mod status;
@@ -200,11 +201,12 @@ pub async fn serve(
     use pb::agent_service_server::AgentServiceServer;
     use pb::auth_service_server::AuthServiceServer;
     use pb::conversation_service_server::ConversationServiceServer;
+    use pb::queue_service_server::QueueServiceServer;
     use pb::visitor_service_server::VisitorServiceServer;
     use pb::workflow_service_server::WorkflowServiceServer;
 
-    // QueueService and AnalyticsService are declared in the API (and listed
-    // by reflection) but not registered: the router answers UNIMPLEMENTED for them.
+    // AnalyticsService is declared in the API (and listed by reflection) but not registered:
+    // the router answers UNIMPLEMENTED for it.
     let router = Server::builder()
         .accept_http1(true)
         .max_concurrent_streams(settings.max_concurrent_streams)
@@ -234,6 +236,10 @@ pub async fn serve(
         .add_service(limited!(
             VisitorServiceServer<_>,
             visitor::VisitorApi::new(streams.clone(), bus.clone(), gate.clone())
+        ))
+        .add_service(limited!(
+            QueueServiceServer<_>,
+            queue::QueueApi::new(engine.clone())
         ))
         .add_service(limited!(
             WorkflowServiceServer<_>,

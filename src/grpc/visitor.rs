@@ -13,7 +13,7 @@ use super::ratelimit::Gate;
 use super::{Streaming, convert, scope};
 use crate::domain::conversations::{self, MAX_TEXT_CHARS};
 use crate::domain::limits::{Key, Kind};
-use crate::domain::visitors::{self, Identity, VisitorInput, VisitorType};
+use crate::domain::visitors::{self, Identity, VisitorInput};
 use crate::domain::{Engine, tenants, validate};
 use crate::error::{AppError, Violations};
 use crate::pb;
@@ -46,31 +46,6 @@ impl VisitorApi {
 
     fn engine(&self) -> &Arc<Engine> {
         &self.streams.engine
-    }
-}
-
-fn visitor_type_out(t: VisitorType) -> pb::VisitorType {
-    match t {
-        VisitorType::New => pb::VisitorType::New,
-        VisitorType::Returning => pb::VisitorType::Returning,
-        VisitorType::Identified => pb::VisitorType::Identified,
-    }
-}
-
-fn visitor_out(v: visitors::Visitor) -> pb::Visitor {
-    pb::Visitor {
-        id: v.id.to_string(),
-        name: v.name,
-        email: v.email,
-        visitor_type: visitor_type_out(v.visitor_type) as i32,
-        country: v.country,
-        language: v.language,
-        page_url: v.page_url,
-        referrer: v.referrer,
-        attributes: v.attributes.into_iter().collect(),
-        external_user_id: v.external_user_id.unwrap_or_default(),
-        create_time: Some(convert::ts(v.created_at)),
-        last_seen_time: Some(convert::ts(v.last_seen_at)),
     }
 }
 
@@ -172,7 +147,7 @@ impl VisitorService for VisitorApi {
         let input = input.ok_or_else(|| AppError::Internal("validated input missing".into()))?;
         let done = visitors::init(self.engine(), &s, key, input).await?;
         Ok(Response::new(pb::InitVisitorResponse {
-            visitor: Some(visitor_out(done.visitor)),
+            visitor: Some(convert::visitor(done.visitor)),
             visitor_token: done.token,
             visitor_token_expire_time: Some(convert::ts(done.token_expires_at)),
             conversations: done.chats.into_iter().map(convert::conversation).collect(),

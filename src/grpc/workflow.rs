@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 
 use super::{convert, scope};
-use crate::domain::routing::{Decision, Skip, Verdict};
+use crate::domain::routing::{Candidate, Decision, Skip, Verdict};
 use crate::domain::workflows::model::{self as m, Actions, Trigger};
 use crate::domain::workflows::select::{Applied, Failed, Selection, VisitorContext};
 use crate::domain::workflows::{self, NewWorkflow, Workflow, WorkflowUpdate};
@@ -469,17 +469,20 @@ fn explanation_out(s: Selection, d: Decision) -> pb::ExplainRoutingResponse {
             .collect(),
         relaxed_skills: d.relaxed_skills,
         chosen_agent_id: d.chosen.map(|a| a.to_string()).unwrap_or_default(),
-        candidates: d
-            .candidates
-            .into_iter()
-            .map(|c| pb::AgentCandidate {
-                agent_id: c.agent.to_string(),
-                display_name: c.name,
-                verdict: verdict_out(&c.verdict) as i32,
-                message: c.message,
-            })
-            .collect(),
+        candidates: candidates_out(d.candidates),
     }
+}
+
+/// Routing candidates on the wire (ExplainRouting, ExplainAssignment).
+pub(super) fn candidates_out(list: Vec<Candidate>) -> Vec<pb::AgentCandidate> {
+    list.into_iter()
+        .map(|c| pb::AgentCandidate {
+            agent_id: c.agent.to_string(),
+            display_name: c.name,
+            verdict: verdict_out(&c.verdict) as i32,
+            message: c.message,
+        })
+        .collect()
 }
 
 fn visitor_in(v: &mut Violations, r: Option<pb::RoutingVisitor>) -> VisitorContext {

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::domain::Engine;
 use crate::domain::events::{Event, FRESH_FOR, PresenceState, presence_of};
+use crate::domain::spine::{self, SpineEvent};
 use crate::error::AppResult;
 use crate::ids::{TenantId, UserId};
 use crate::storage::presence as store;
@@ -67,6 +68,8 @@ impl PresenceTracker {
         let mut tx = e.db.tenant_tx(&scope).await?;
         store::set_streams(&mut tx, user, self.node, streams, now).await?;
         store::touch_last_seen(&mut tx, user, now).await?;
+        // Coming online (or going offline) changes who can be given chats.
+        spine::record(&tx, &[SpineEvent::AgentChanged { agent: user }], now).await?;
         let snap = store::snapshot(&mut tx, now - FRESH_FOR).await?;
         tx.commit().await?;
         if let Some((_, status, online, seen)) = snap.into_iter().find(|(u, ..)| *u == user) {

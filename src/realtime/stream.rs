@@ -16,9 +16,10 @@ use crate::domain::Engine;
 use crate::domain::conversations::{self, Conversation};
 use crate::domain::events::{ConversationEvent, Event, EventKind, PresenceState};
 use crate::domain::participants::Participant;
+use crate::domain::visitors::{self, Visitor};
 use crate::error::{AppError, AppResult};
 use crate::ids::{ConversationId, UserId};
-use crate::tenancy::TenantScope;
+use crate::tenancy::{Actor, TenantScope};
 
 /// Events fetched from PostgreSQL per round trip while replaying.
 const REPLAY_PAGE: i64 = 500;
@@ -51,8 +52,9 @@ pub enum Item {
     },
     /// An agent's presence.
     Presence(PresenceState),
-    /// The subscriber was added to a conversation.
-    Joined(Conversation),
+    /// The subscriber was added to a conversation; an agent joining an external chat gets
+    /// its visitor too.
+    Joined(Conversation, Option<Box<Visitor>>),
     /// The replay is over.
     CaughtUp,
     /// Reconnect and resume from these cursors; the stream ends after this.
@@ -187,7 +189,13 @@ async fn join(
         return Ok(Vec::new());
     };
     let committed = c.last_seq;
-    let mut out = vec![Item::Joined(c)];
+    let visitor = match (c.visitor_id, scope.actor()) {
+        (Some(v), Actor::Agent { .. }) => visitors::for_agents(&ctx.engine, scope, v)
+            .await?
+            .map(Box::new),
+        _ => None,
+    };
+    let mut out = vec![Item::Joined(c, visitor)];
     d.delivered.insert(conv, from_seq - 1);
     for ev in fetch(&ctx.engine, scope, conv, from_seq - 1, committed).await? {
         d.delivered.insert(conv, ev.seq);

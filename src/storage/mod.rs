@@ -6,6 +6,7 @@
 pub mod announce;
 pub mod api_keys;
 pub mod conversations;
+pub mod dispatch;
 mod error;
 pub mod listen;
 pub mod messages;

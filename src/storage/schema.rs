@@ -192,6 +192,23 @@ diesel::table! {
         required_skills -> Array<Text>,
         enqueued_at -> Timestamptz,
         max_wait_at -> Nullable<Timestamptz>,
+        actions -> Jsonb,
+        max_wait_fired -> Bool,
+    }
+}
+
+diesel::table! {
+    assignments (tenant_id, assignment_id) {
+        tenant_id -> Uuid,
+        assignment_id -> Uuid,
+        conversation_id -> Uuid,
+        agent_id -> Nullable<Uuid>,
+        workflow_id -> Nullable<Uuid>,
+        reasons -> Jsonb,
+        assigned_at -> Timestamptz,
+        ended_at -> Nullable<Timestamptz>,
+        strategy -> Text,
+        via -> Text,
     }
 }
 
@@ -222,5 +239,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     visitor_sessions,
     identity_settings,
     queue_entries,
+    assignments,
     csat_ratings
 );

@@ -14,7 +14,7 @@ use super::schema::{
 };
 use super::{TenantTx, sql};
 use crate::error::AppResult;
-use crate::ids::{ConversationId, TenantId, UserId, VisitorId};
+use crate::ids::{ConversationId, TenantId, UserId, VisitorId, WorkflowId};
 
 /// A stored visitor.
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -113,6 +113,17 @@ pub async fn by_external_user(tx: &mut TenantTx, external: &str) -> AppResult<Op
                 .eq(t)
                 .and(visitors::external_user_id.eq(external)),
         )
+        .select(VisitorRow::as_select())
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// One visitor.
+pub async fn get(tx: &mut TenantTx, id: VisitorId) -> AppResult<Option<VisitorRow>> {
+    let t = tx.tenant_id();
+    Ok(visitors::table
+        .find((t, id))
         .select(VisitorRow::as_select())
         .first(tx.conn())
         .await
@@ -352,6 +363,17 @@ pub async fn lock_chat(
         .optional()?)
 }
 
+/// A chat's row, not locked.
+pub async fn chat(tx: &mut TenantTx, conv: ConversationId) -> AppResult<Option<ConversationRow>> {
+    let t = tx.tenant_id();
+    Ok(conversations::table
+        .find((t, conv))
+        .select(ConversationRow::as_select())
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
 /// Sets a chat's status and assignee.
 pub async fn set_chat_state(
     tx: &mut TenantTx,
@@ -384,20 +406,35 @@ pub struct QueueRow {
     pub enqueued_at: DateTime<Utc>,
 }
 
+/// A chat entering the queue; the tenant comes from the transaction.
+#[derive(Debug, Clone)]
+pub struct NewQueueEntry {
+    /// The chat.
+    pub conversation_id: ConversationId,
+    /// The workflow that routed it.
+    pub workflow_id: Option<WorkflowId>,
+    /// Higher is served first.
+    pub priority: i32,
+    /// The routing actions (JSON of `workflows::model::Actions`).
+    pub actions: serde_json::Value,
+    /// When it starts waiting.
+    pub enqueued_at: DateTime<Utc>,
+    /// When its max wait passes.
+    pub max_wait_at: Option<DateTime<Utc>>,
+}
+
 /// Puts a chat in the queue.
-pub async fn enqueue(
-    tx: &mut TenantTx,
-    conv: ConversationId,
-    priority: i32,
-    now: DateTime<Utc>,
-) -> AppResult<()> {
+pub async fn enqueue(tx: &mut TenantTx, e: NewQueueEntry) -> AppResult<()> {
     let t = tx.tenant_id();
     diesel::insert_into(queue_entries::table)
         .values((
             queue_entries::tenant_id.eq(t),
-            queue_entries::conversation_id.eq(conv),
-            queue_entries::priority.eq(priority),
-            queue_entries::enqueued_at.eq(now),
+            queue_entries::conversation_id.eq(e.conversation_id),
+            queue_entries::workflow_id.eq(e.workflow_id),
+            queue_entries::priority.eq(e.priority),
+            queue_entries::actions.eq(e.actions),
+            queue_entries::enqueued_at.eq(e.enqueued_at),
+            queue_entries::max_wait_at.eq(e.max_wait_at),
         ))
         .execute(tx.conn())
         .await?;

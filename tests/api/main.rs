@@ -6,6 +6,7 @@ mod auth;
 mod cluster;
 mod delivery;
 mod directory;
+mod dispatch;
 mod harness;
 mod isolation;
 mod loadtest;

@@ -5,13 +5,13 @@
 //! identity proofs). Through the generated Rust client and through raw gRPC-web frames.
 //!
 //! No RPC assigns a chat yet (the dispatcher comes later), so the agent is given the chat
-//! through `domain::visitors::assign` on a second node over the same database, with a scope
+//! through `domain::assignment::assign` on a second node over the same database, with a scope
 //! that node's authenticator verified from the admin's token.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use chat_engine::domain::visitors;
+use chat_engine::domain::{assignment, visitors};
 use chat_engine::ids::{ConversationId, UserId};
 use chat_engine::pb;
 use chat_engine::tenancy::TenantScope;
@@ -27,10 +27,14 @@ const WAIT: Duration = Duration::from_secs(20);
 /// The bound for a revoked key to be refused on every node.
 const WITHIN: Duration = Duration::from_secs(1);
 
-const ORIGIN: &str = "https://shop.example";
+pub(crate) const ORIGIN: &str = "https://shop.example";
 
 /// Creates a widget key of `t` allowed on `domains`; returns its secret.
-async fn widget_key(app: &TestApp, t: &TenantFixture, domains: &[&str]) -> (String, String) {
+pub(crate) async fn widget_key(
+    app: &TestApp,
+    t: &TenantFixture,
+    domains: &[&str],
+) -> (String, String) {
     let k = app
         .tenants()
         .create_api_key(bearer(
@@ -49,14 +53,14 @@ async fn widget_key(app: &TestApp, t: &TenantFixture, domains: &[&str]) -> (Stri
 
 /// A widget on a page: its key, the page's origin and, after InitVisitor, the visitor token.
 #[derive(Clone)]
-struct Widget {
+pub(crate) struct Widget {
     key: String,
     origin: Option<String>,
     token: Option<String>,
 }
 
 impl Widget {
-    fn new(key: &str) -> Self {
+    pub(crate) fn new(key: &str) -> Self {
         Self {
             key: key.to_owned(),
             origin: Some(ORIGIN.to_owned()),
@@ -64,7 +68,7 @@ impl Widget {
         }
     }
 
-    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+    pub(crate) fn req<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         let md = r.metadata_mut();
         md.insert("x-api-key", MetadataValue::try_from(&self.key).unwrap());
@@ -80,7 +84,7 @@ impl Widget {
         r
     }
 
-    async fn init(
+    pub(crate) async fn init(
         &mut self,
         app: &TestApp,
         req: pb::InitVisitorRequest,
@@ -94,7 +98,7 @@ impl Widget {
         Ok(r)
     }
 
-    async fn start(
+    pub(crate) async fn start(
         &self,
         app: &TestApp,
         initial: &str,
@@ -109,7 +113,7 @@ impl Widget {
             .into_inner())
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         app: &TestApp,
         conv: &str,
@@ -128,7 +132,11 @@ impl Widget {
             .into_inner())
     }
 
-    async fn status(&self, app: &TestApp, conv: &str) -> Result<pb::QueueStatus, tonic::Status> {
+    pub(crate) async fn status(
+        &self,
+        app: &TestApp,
+        conv: &str,
+    ) -> Result<pb::QueueStatus, tonic::Status> {
         Ok(app
             .visitors()
             .get_queue_status(self.req(pb::GetQueueStatusRequest {
@@ -140,7 +148,11 @@ impl Widget {
             .unwrap())
     }
 
-    async fn end(&self, app: &TestApp, conv: &str) -> Result<pb::Conversation, tonic::Status> {
+    pub(crate) async fn end(
+        &self,
+        app: &TestApp,
+        conv: &str,
+    ) -> Result<pb::Conversation, tonic::Status> {
         Ok(app
             .visitors()
             .end_chat(self.req(pb::EndChatRequest {
@@ -152,7 +164,7 @@ impl Widget {
             .unwrap())
     }
 
-    async fn rate(
+    pub(crate) async fn rate(
         &self,
         app: &TestApp,
         conv: &str,
@@ -170,7 +182,7 @@ impl Widget {
             .into_inner())
     }
 
-    async fn subscribe(
+    pub(crate) async fn subscribe(
         &self,
         app: &TestApp,
         cursors: &[(&str, u64)],
@@ -193,11 +205,11 @@ impl Widget {
     }
 }
 
-fn session(tag: &str) -> String {
+pub(crate) fn session(tag: &str) -> String {
     format!("session-{tag}-0123456789abcdef")
 }
 
-fn init_req(session_id: &str, name: &str) -> pb::InitVisitorRequest {
+pub(crate) fn init_req(session_id: &str, name: &str) -> pb::InitVisitorRequest {
     pb::InitVisitorRequest {
         session_id: session_id.into(),
         name: name.into(),
@@ -215,12 +227,12 @@ fn init_req(session_id: &str, name: &str) -> pb::InitVisitorRequest {
 }
 
 /// A visitor stream with helpers to wait for items.
-struct VisitorEvents {
+pub(crate) struct VisitorEvents {
     inner: tonic::Streaming<pb::SubscribeVisitorResponse>,
 }
 
 impl VisitorEvents {
-    async fn next(&mut self) -> Item {
+    pub(crate) async fn next(&mut self) -> Item {
         match tokio::time::timeout(WAIT, self.inner.message()).await {
             Ok(Ok(Some(r))) => r.item.and_then(|i| i.kind).expect("an item"),
             Ok(Ok(None)) => panic!("the visitor stream ended"),
@@ -229,7 +241,7 @@ impl VisitorEvents {
         }
     }
 
-    async fn caught_up(&mut self) -> Vec<pb::ConversationEvent> {
+    pub(crate) async fn caught_up(&mut self) -> Vec<pb::ConversationEvent> {
         let mut out = Vec::new();
         loop {
             match self.next().await {
@@ -241,7 +253,7 @@ impl VisitorEvents {
         }
     }
 
-    async fn until<T>(&mut self, mut f: impl FnMut(&Item) -> Option<T>) -> T {
+    pub(crate) async fn until<T>(&mut self, mut f: impl FnMut(&Item) -> Option<T>) -> T {
         loop {
             let item = self.next().await;
             if let Some(v) = f(&item) {
@@ -251,7 +263,7 @@ impl VisitorEvents {
     }
 }
 
-fn posted(item: &Item) -> Option<pb::Message> {
+pub(crate) fn posted(item: &Item) -> Option<pb::Message> {
     match item {
         Item::Event(pb::ConversationEvent {
             kind: Some(pb::conversation_event::Kind::MessagePosted(m)),
@@ -261,7 +273,7 @@ fn posted(item: &Item) -> Option<pb::Message> {
     }
 }
 
-fn status_changed(item: &Item) -> Option<pb::StatusChanged> {
+pub(crate) fn status_changed(item: &Item) -> Option<pb::StatusChanged> {
     match item {
         Item::Event(pb::ConversationEvent {
             kind: Some(pb::conversation_event::Kind::StatusChanged(s)),
@@ -281,7 +293,7 @@ async fn agent_scope(node: &KillableNode, token: &str) -> TenantScope {
 
 async fn assign(node: &KillableNode, t: &TenantFixture, conv: &str, agent: &str) {
     let admin = agent_scope(node, &t.admin_token).await;
-    visitors::assign(
+    assignment::assign(
         &node.engine,
         &admin,
         ConversationId::parse(conv).unwrap(),

@@ -88,39 +88,7 @@ pub(crate) async fn commit_events(
     tx: TenantTx,
     events: Vec<ConversationEvent>,
 ) -> AppResult<()> {
-    if !events.is_empty() {
-        let mut committed: Vec<SpineEvent> = events
-            .iter()
-            .map(|ev| SpineEvent::Conversation {
-                c: ev.conversation_id,
-                from: ev.seq,
-                to: ev.seq,
-            })
-            .collect();
-        // Streams of new members on other nodes do not follow the conversation yet: the
-        // spine names them, so those nodes can tell them.
-        for ev in &events {
-            let (c, seq) = (ev.conversation_id, ev.seq);
-            match &ev.kind {
-                EventKind::MembersAdded { agents, .. } => {
-                    committed.extend(agents.iter().map(|a| SpineEvent::Joined {
-                        c,
-                        seq,
-                        who: Joiner::Agent(*a),
-                    }));
-                }
-                EventKind::StatusChanged {
-                    visitor: Some(v), ..
-                } => committed.push(SpineEvent::Joined {
-                    c,
-                    seq,
-                    who: Joiner::Visitor(*v),
-                }),
-                _ => {}
-            }
-        }
-        spine::record(&tx, &committed, e.now()).await?;
-    }
+    record_events(&tx, &events, e.now()).await?;
     tx.commit().await?;
     for event in events {
         e.publisher.publish(Event::Durable {
@@ -129,6 +97,49 @@ pub(crate) async fn commit_events(
         });
     }
     Ok(())
+}
+
+/// Records the events in the spine of `tx`, for a transaction the caller commits (a timer's):
+/// every node learns of them from the spine notice at commit.
+pub(crate) async fn record_events(
+    tx: &TenantTx,
+    events: &[ConversationEvent],
+    at: DateTime<Utc>,
+) -> AppResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut committed: Vec<SpineEvent> = events
+        .iter()
+        .map(|ev| SpineEvent::Conversation {
+            c: ev.conversation_id,
+            from: ev.seq,
+            to: ev.seq,
+        })
+        .collect();
+    // Streams of new members on other nodes do not follow the conversation yet: the
+    // spine names them, so those nodes can tell them.
+    for ev in events {
+        let (c, seq) = (ev.conversation_id, ev.seq);
+        match &ev.kind {
+            EventKind::MembersAdded { agents, .. } => {
+                committed.extend(agents.iter().map(|a| SpineEvent::Joined {
+                    c,
+                    seq,
+                    who: Joiner::Agent(*a),
+                }));
+            }
+            EventKind::StatusChanged {
+                visitor: Some(v), ..
+            } => committed.push(SpineEvent::Joined {
+                c,
+                seq,
+                who: Joiner::Visitor(*v),
+            }),
+            _ => {}
+        }
+    }
+    spine::record(tx, &committed, at).await
 }
 
 /// Stored events of a conversation the caller takes part in with `after < seq <= up_to`,

@@ -38,6 +38,28 @@ pub async fn submit(
     })
 }
 
+/// Posts the engine's own message (a workflow's welcome, queue or max-wait text) into a chat
+/// of `scope`'s tenant and waits for its commit. The engine has no sender id to key a retry
+/// by, so callers guard against posting twice themselves.
+pub(crate) async fn submit_as_engine(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+    text: String,
+) -> AppResult<Sent> {
+    let job = SendJob {
+        scope: *scope,
+        conv,
+        sender: Participant::System,
+        request: None,
+        text,
+    };
+    match e.writer.enqueue(job).await {
+        Some(q) => q.answer().await,
+        None => Err(AppError::Unavailable("the writer stopped".into())),
+    }
+}
+
 /// Pages through messages by seq.
 pub async fn list_messages(
     e: &Engine,

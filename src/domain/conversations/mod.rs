@@ -10,7 +10,8 @@ mod messaging;
 
 pub use log::events_between;
 pub(crate) use log::stored_events;
-pub(crate) use log::{append, commit_events};
+pub(crate) use log::{append, commit_events, record_events};
+pub(crate) use messaging::submit_as_engine;
 pub use messaging::{change_message, list_messages, mark_read, set_typing, submit};
 
 use std::sync::Arc;
@@ -119,6 +120,8 @@ pub struct Conversation {
     pub members: Vec<UserId>,
     /// Visitor of an external conversation.
     pub visitor_id: Option<VisitorId>,
+    /// Agent serving an external conversation (kept after it ends, for its rating).
+    pub assigned: Option<UserId>,
     /// Seq of the newest event.
     pub last_seq: i64,
     /// Creation time.
@@ -160,6 +163,7 @@ pub(crate) fn conversation(row: ConversationRow, members: Vec<UserId>) -> AppRes
         title: row.title,
         members,
         visitor_id: row.visitor_id,
+        assigned: row.assigned_agent_id,
         last_seq: row.last_seq,
         created_at: row.created_at,
         last_activity_at: row.last_activity_at,

@@ -1,0 +1,653 @@
+//! Who serves an external chat: the dispatcher's rounds (the tenant's waiting chats given to
+//! eligible agents by [`dispatch::plan`]), an agent accepting a waiting chat, a transfer to
+//! another agent or back to the queue for a skill, an admin's assignment, and the stored
+//! record of every assignment with its reasons (ExplainAssignment).
+//!
+//! Seats are never over-filled: whatever gives an agent a chat first locks that agent's row
+//! (the dispatcher locks every active agent of the tenant, in id order), then reads open
+//! chats, then writes, then commits. So two dispatchers on two nodes, or a dispatcher and an
+//! agent accepting, take turns on the same agents, and each sees the other's assignments.
+//! Lock order is agents, then the chat row: the visitor ending a chat locks only the chat, so
+//! no cycle can form. A chat the plan chose but that meanwhile left the queue is skipped and
+//! the round runs again.
+
+use chrono::{DateTime, Utc};
+
+use super::conversations::{
+    Conversation, Kind, Status, append, commit_events, conversation, load_members,
+    require_active_agents,
+};
+use super::dispatch::{self, Waiting};
+use super::events::{ConversationEvent, EventKind};
+use super::participants::Participant;
+use super::routing::{ChatNeeds, Decision};
+use super::workflows::{self, model::Actions};
+use super::{Engine, require_admin_or_system, require_agent};
+use crate::error::{AppError, AppResult};
+use crate::ids::{ConversationId, UserId, WorkflowId};
+use crate::storage::TenantTx;
+use crate::storage::conversations::{self as conv_store, ConversationRow};
+use crate::storage::dispatch::{self as store, NewAssignment, WaitingRow};
+use crate::storage::visitors as visitor_store;
+use crate::tenancy::{Actor, Role, TenantScope};
+
+/// Waiting chats one dispatcher round considers (the oldest within priority).
+const ROUND: i64 = 500;
+/// Rounds run back to back when chats the plan chose had left the queue meanwhile.
+const MAX_ROUNDS: usize = 4;
+
+/// How an assignment came about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// The dispatcher chose the agent.
+    Dispatcher,
+    /// The agent took the chat from the queue.
+    Accepted,
+    /// Another agent (or an admin) handed the chat over.
+    Transfer,
+    /// An admin assigned it.
+    Admin,
+}
+
+impl Via {
+    /// Storage spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Dispatcher => "dispatcher",
+            Via::Accepted => "accepted",
+            Via::Transfer => "transfer",
+            Via::Admin => "admin",
+        }
+    }
+    /// Parses [`as_str`](Self::as_str); anything else is corrupt data.
+    pub fn parse(s: &str) -> AppResult<Self> {
+        Ok(match s {
+            "dispatcher" => Via::Dispatcher,
+            "accepted" => Via::Accepted,
+            "transfer" => Via::Transfer,
+            "admin" => Via::Admin,
+            other => {
+                return Err(AppError::Internal(format!(
+                    "stored assignment via {other:?}"
+                )));
+            }
+        })
+    }
+}
+
+/// One stored assignment, as ExplainAssignment shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssignmentRecord {
+    /// The agent given the chat.
+    pub agent: Option<UserId>,
+    /// The workflow that routed the chat.
+    pub workflow_id: Option<WorkflowId>,
+    /// How it came about.
+    pub via: Via,
+    /// The routing decision, for the dispatcher's assignments.
+    pub decision: Option<Decision>,
+    /// When.
+    pub assigned_at: DateTime<Utc>,
+    /// When it ended.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// The actions a queued chat was routed with; an entry stored before they were kept gets
+/// the built-in defaults.
+pub fn actions_of(row: &WaitingRow) -> AppResult<Actions> {
+    serde_json::from_value(row.actions.clone())
+        .map_err(|e| AppError::Internal(format!("stored queue actions: {e}")))
+}
+
+/// What a waiting chat needs at `now`: its workflow's strategy and skills, relaxed or
+/// overflowed by how long it has waited. None when it waits for an agent to pick it
+/// (auto-assign off).
+pub fn waiting_of(row: &WaitingRow, now: DateTime<Utc>) -> AppResult<Option<Waiting>> {
+    let actions = actions_of(row)?;
+    if !actions.auto_assign {
+        return Ok(None);
+    }
+    let waited = u64::try_from((now - row.enqueued_at).num_seconds()).unwrap_or(0);
+    Ok(Some(Waiting {
+        conversation: row.conversation_id,
+        priority: row.priority,
+        enqueued_at: row.enqueued_at,
+        needs: ChatNeeds::for_actions(&actions, waited),
+    }))
+}
+
+/// Makes `agent` the chat's assignee inside `tx` (the chat row locked by the caller): a
+/// previous assignee leaves it, the agent joins, it leaves the queue and opens. Returns the
+/// new row and the events to commit.
+async fn hand_over(
+    tx: &mut TenantTx,
+    row: &ConversationRow,
+    agent: UserId,
+    actor: Participant,
+    now: DateTime<Utc>,
+) -> AppResult<(ConversationRow, Vec<ConversationEvent>)> {
+    let conv = row.conversation_id;
+    let mut events = Vec::new();
+    if let Some(prev) = row.assigned_agent_id.filter(|p| *p != agent)
+        && conv_store::remove_member(tx, conv, prev).await?
+    {
+        events.push(
+            append(
+                tx,
+                conv,
+                EventKind::MemberRemoved {
+                    agents: vec![prev],
+                    actor: actor.agent(),
+                },
+                actor,
+                now,
+            )
+            .await?,
+        );
+    }
+    let added = conv_store::add_members(tx, conv, &[agent], now).await?;
+    if !added.is_empty() {
+        events.push(
+            append(
+                tx,
+                conv,
+                EventKind::MembersAdded {
+                    agents: added,
+                    actor: actor.agent(),
+                },
+                actor,
+                now,
+            )
+            .await?,
+        );
+    }
+    visitor_store::dequeue(tx, conv).await?;
+    events.push(
+        append(
+            tx,
+            conv,
+            EventKind::StatusChanged {
+                status: Status::Open,
+                assigned: Some(agent),
+                visitor: None,
+            },
+            actor,
+            now,
+        )
+        .await?,
+    );
+    let row =
+        visitor_store::set_chat_state(tx, conv, Status::Open.as_str(), Some(agent), None).await?;
+    Ok((row, events))
+}
+
+/// The locked external chat `conv`, or NOT_FOUND.
+async fn lock_external(tx: &mut TenantTx, conv: ConversationId) -> AppResult<ConversationRow> {
+    visitor_store::lock_chat(tx, conv)
+        .await?
+        .filter(|r| r.kind == Kind::External.as_str())
+        .ok_or(AppError::NotFound("conversation"))
+}
+
+/// Whether a locked chat still waits for an agent.
+fn still_waiting(row: &ConversationRow) -> bool {
+    row.status == Status::Queued.as_str() && row.assigned_agent_id.is_none()
+}
+
+/// One dispatcher pass over the tenant: assigns every waiting chat an eligible agent can take
+/// now, oldest first within priority, and returns how many were assigned.
+pub async fn dispatch(e: &Engine, scope: &TenantScope) -> AppResult<usize> {
+    let mut total = 0;
+    for _ in 0..MAX_ROUNDS {
+        let (assigned, skipped) = dispatch_round(e, scope).await?;
+        total += assigned;
+        if skipped == 0 {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// (assigned, chosen but gone from the queue meanwhile).
+async fn dispatch_round(e: &Engine, scope: &TenantScope) -> AppResult<(usize, usize)> {
+    let now = e.now();
+    let mut tx = e.db.tenant_tx(scope).await?;
+    store::lock_agents(&mut tx).await?;
+    let rows = store::waiting(&mut tx, ROUND).await?;
+    let mut waiting = Vec::with_capacity(rows.len());
+    for r in &rows {
+        if let Some(w) = waiting_of(r, now)? {
+            waiting.push(w);
+        }
+    }
+    if waiting.is_empty() {
+        tx.commit().await?;
+        return Ok((0, 0));
+    }
+    let agents = workflows::agent_snapshots(&mut tx, now).await?;
+    let plan = dispatch::plan(&waiting, &agents, now);
+    if plan.is_empty() {
+        tx.commit().await?;
+        return Ok((0, 0));
+    }
+    let (mut assigned, mut skipped) = (0, 0);
+    let mut events = Vec::new();
+    for a in plan {
+        let row = lock_external(&mut tx, a.conversation).await?;
+        if !still_waiting(&row) {
+            skipped += 1;
+            continue;
+        }
+        let workflow_id = rows
+            .iter()
+            .find(|r| r.conversation_id == a.conversation)
+            .and_then(|r| r.workflow_id);
+        let (_, evs) = hand_over(&mut tx, &row, a.agent, Participant::System, now).await?;
+        events.extend(evs);
+        store::set_last_assigned(&mut tx, a.agent, a.assigned_at).await?;
+        store::record_assignment(
+            &mut tx,
+            NewAssignment {
+                conversation_id: a.conversation,
+                agent_id: a.agent,
+                workflow_id,
+                strategy: a.decision.strategy.as_str().to_owned(),
+                reasons: serde_json::to_value(&a.decision)
+                    .map_err(|err| AppError::Internal(err.to_string()))?,
+                via: Via::Dispatcher.as_str(),
+                at: now,
+            },
+        )
+        .await?;
+        assigned += 1;
+    }
+    commit_events(e, scope, tx, events).await?;
+    Ok((assigned, skipped))
+}
+
+/// Records a manual assignment (accept, transfer, admin) of the chat whose queue entry or
+/// current assignment names its workflow.
+async fn record_manual(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    agent: UserId,
+    workflow_id: Option<WorkflowId>,
+    via: Via,
+    at: DateTime<Utc>,
+) -> AppResult<()> {
+    store::record_assignment(
+        tx,
+        NewAssignment {
+            conversation_id: conv,
+            agent_id: agent,
+            workflow_id,
+            strategy: "manual".to_owned(),
+            reasons: serde_json::json!({}),
+            via: via.as_str(),
+            at,
+        },
+    )
+    .await
+}
+
+/// The workflow that routed a chat: from its queue entry, else from its latest assignment.
+async fn workflow_of(tx: &mut TenantTx, conv: ConversationId) -> AppResult<Option<WorkflowId>> {
+    if let Some(entry) = store::lock_entry(tx, conv).await? {
+        return Ok(entry.workflow_id);
+    }
+    Ok(store::assignments_of(tx, conv)
+        .await?
+        .into_iter()
+        .next()
+        .and_then(|a| a.workflow_id))
+}
+
+/// FAILED_PRECONDITION unless `agent` has a free seat (open external chats below capacity),
+/// read with the agent's row locked.
+async fn require_seat(tx: &mut TenantTx, agent: UserId, now: DateTime<Utc>) -> AppResult<()> {
+    store::lock_agent(tx, agent)
+        .await?
+        .ok_or(AppError::NotFound("agent"))?;
+    let me = workflows::agent_snapshots(tx, now)
+        .await?
+        .into_iter()
+        .find(|a| a.id == agent)
+        .ok_or(AppError::NotFound("agent"))?;
+    if me.open_chats >= me.capacity {
+        return Err(AppError::FailedPrecondition(
+            "the agent has no free seat (open chats at capacity)",
+        ));
+    }
+    Ok(())
+}
+
+/// The calling agent takes a waiting chat (within their capacity, whatever their status).
+/// FAILED_PRECONDITION when it is no longer waiting or they have no free seat.
+pub async fn accept(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+) -> AppResult<Conversation> {
+    let (me, _) = require_agent(scope)?;
+    let now = e.now();
+    let mut tx = e.db.tenant_tx(scope).await?;
+    require_seat(&mut tx, me, now).await?;
+    let row = lock_external(&mut tx, conv).await?;
+    if !still_waiting(&row) {
+        return Err(AppError::FailedPrecondition(
+            "the chat is no longer waiting",
+        ));
+    }
+    let workflow_id = workflow_of(&mut tx, conv).await?;
+    let (row, events) = hand_over(&mut tx, &row, me, Participant::Agent(me), now).await?;
+    store::set_last_assigned(&mut tx, me, now).await?;
+    record_manual(&mut tx, conv, me, workflow_id, Via::Accepted, now).await?;
+    let members = load_members(&mut tx, conv).await?;
+    commit_events(e, scope, tx, events).await?;
+    conversation(row, members)
+}
+
+/// Where a transfer sends a chat.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransferTarget {
+    /// This agent (who must have a free seat).
+    Agent(UserId),
+    /// Back to the queue, for agents with this skill; it keeps its place (its start time).
+    Skill(String),
+}
+
+/// Hands one's open external chat to another agent, or back to the queue for a skill. The
+/// chat's assignee or an admin may; the previous assignee leaves the chat.
+pub async fn transfer(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+    target: TransferTarget,
+) -> AppResult<Conversation> {
+    let (me, role) = require_agent(scope)?;
+    let now = e.now();
+    let mut tx = e.db.tenant_tx(scope).await?;
+    // Whose it is is checked before any lock: locks go agents first, then the chat.
+    let mine = |row: &ConversationRow| row.assigned_agent_id == Some(me) || role == Role::Admin;
+    let peek = visitor_store::chat(&mut tx, conv)
+        .await?
+        .filter(|r| r.kind == Kind::External.as_str());
+    if !peek.as_ref().is_some_and(mine) {
+        // Not theirs to hand over; someone else's chat stays invisible to them.
+        return Err(AppError::NotFound("conversation"));
+    }
+    if let TransferTarget::Agent(to) = &target {
+        require_active_agents(&mut tx, &[*to]).await?;
+        require_seat(&mut tx, *to, now).await?;
+    }
+    let row = lock_external(&mut tx, conv).await?;
+    if !mine(&row) {
+        return Err(AppError::NotFound("conversation"));
+    }
+    if Status::parse(&row.status)? != Status::Open {
+        return Err(AppError::FailedPrecondition(
+            "only an open chat is transferred",
+        ));
+    }
+    let workflow_id = workflow_of(&mut tx, conv).await?;
+    let actor = Participant::Agent(me);
+    let (row, events) = match target {
+        TransferTarget::Agent(to) if Some(to) == row.assigned_agent_id => {
+            return Err(AppError::FailedPrecondition(
+                "the chat is already served by that agent",
+            ));
+        }
+        TransferTarget::Agent(to) => {
+            let (row, events) = hand_over(&mut tx, &row, to, actor, now).await?;
+            record_manual(&mut tx, conv, to, workflow_id, Via::Transfer, now).await?;
+            (row, events)
+        }
+        TransferTarget::Skill(skill) => {
+            requeue(&mut tx, &row, workflow_id, skill, actor, now).await?
+        }
+    };
+    let members = load_members(&mut tx, conv).await?;
+    commit_events(e, scope, tx, events).await?;
+    conversation(row, members)
+}
+
+/// Puts an open chat back in the queue for agents with `skill`, at its original place.
+async fn requeue(
+    tx: &mut TenantTx,
+    row: &ConversationRow,
+    workflow_id: Option<WorkflowId>,
+    skill: String,
+    actor: Participant,
+    now: DateTime<Utc>,
+) -> AppResult<(ConversationRow, Vec<ConversationEvent>)> {
+    let conv = row.conversation_id;
+    let mut events = Vec::new();
+    if let Some(prev) = row.assigned_agent_id
+        && conv_store::remove_member(tx, conv, prev).await?
+    {
+        events.push(
+            append(
+                tx,
+                conv,
+                EventKind::MemberRemoved {
+                    agents: vec![prev],
+                    actor: actor.agent(),
+                },
+                actor,
+                now,
+            )
+            .await?,
+        );
+    }
+    store::end_assignment(tx, conv, now).await?;
+    let actions = Actions {
+        strategy: super::workflows::model::Strategy::SkillBased,
+        required_skills: vec![super::workflows::model::SkillNeed {
+            skill,
+            min_level: None,
+            relax_after_seconds: None,
+        }],
+        ..Actions::default()
+    };
+    visitor_store::enqueue(
+        tx,
+        visitor_store::NewQueueEntry {
+            conversation_id: conv,
+            workflow_id,
+            priority: 0,
+            actions: serde_json::to_value(&actions)
+                .map_err(|e| AppError::Internal(e.to_string()))?,
+            enqueued_at: row.created_at,
+            max_wait_at: None,
+        },
+    )
+    .await?;
+    events.push(
+        append(
+            tx,
+            conv,
+            EventKind::StatusChanged {
+                status: Status::Queued,
+                assigned: None,
+                visitor: None,
+            },
+            actor,
+            now,
+        )
+        .await?,
+    );
+    let row = visitor_store::set_chat_state(tx, conv, Status::Queued.as_str(), None, None).await?;
+    Ok((row, events))
+}
+
+/// Gives an external chat to an agent (admins and the engine): the agent becomes its member
+/// and assignee, it leaves the queue and opens. Assigning the chat's own assignee again
+/// changes nothing; a chat served by another agent is FAILED_PRECONDITION (use a transfer).
+pub async fn assign(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+    agent: UserId,
+) -> AppResult<Conversation> {
+    require_admin_or_system(scope)?;
+    let now = e.now();
+    let mut tx = e.db.tenant_tx(scope).await?;
+    require_active_agents(&mut tx, &[agent]).await?;
+    store::lock_agent(&mut tx, agent).await?;
+    let row = lock_external(&mut tx, conv).await?;
+    match (Status::parse(&row.status)?, row.assigned_agent_id) {
+        (Status::Closed, _) => return Err(AppError::FailedPrecondition("the chat has ended")),
+        (_, Some(a)) if a == agent => {
+            let members = load_members(&mut tx, conv).await?;
+            tx.commit().await?;
+            return conversation(row, members);
+        }
+        (_, Some(_)) => {
+            return Err(AppError::FailedPrecondition(
+                "the chat is served by another agent",
+            ));
+        }
+        (_, None) => {}
+    }
+    let actor = match scope.actor() {
+        Actor::Agent { user_id, .. } => Participant::Agent(user_id),
+        _ => Participant::System,
+    };
+    let workflow_id = workflow_of(&mut tx, conv).await?;
+    let (row, events) = hand_over(&mut tx, &row, agent, actor, now).await?;
+    store::set_last_assigned(&mut tx, agent, now).await?;
+    record_manual(&mut tx, conv, agent, workflow_id, Via::Admin, now).await?;
+    let members = load_members(&mut tx, conv).await?;
+    commit_events(e, scope, tx, events).await?;
+    conversation(row, members)
+}
+
+/// The chat's assignments, newest first, with their reasons (any agent of the tenant).
+pub async fn explain(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+) -> AppResult<Vec<AssignmentRecord>> {
+    require_agent(scope)?;
+    let mut tx = e.db.tenant_tx(scope).await?;
+    visitor_store::lock_chat(&mut tx, conv)
+        .await?
+        .filter(|r| r.kind == Kind::External.as_str())
+        .ok_or(AppError::NotFound("conversation"))?;
+    let rows = store::assignments_of(&mut tx, conv).await?;
+    tx.commit().await?;
+    rows.into_iter()
+        .map(|r| {
+            let via = Via::parse(&r.via)?;
+            let decision = match via {
+                Via::Dispatcher => Some(
+                    serde_json::from_value(r.reasons)
+                        .map_err(|e| AppError::Internal(format!("stored reasons: {e}")))?,
+                ),
+                _ => None,
+            };
+            Ok(AssignmentRecord {
+                agent: r.agent_id,
+                workflow_id: r.workflow_id,
+                via,
+                decision,
+                assigned_at: r.assigned_at,
+                ended_at: r.ended_at,
+            })
+        })
+        .collect()
+}
+
+/// A waiting chat as agents see the queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedChat {
+    /// The chat.
+    pub chat: Conversation,
+    /// 1-based place in the serving order.
+    pub position: u32,
+    /// Higher is served first.
+    pub priority: i32,
+    /// When it started waiting.
+    pub enqueued_at: DateTime<Utc>,
+    /// The workflow that routed it.
+    pub workflow_id: Option<WorkflowId>,
+    /// Skills an agent needs for it now.
+    pub required_skills: Vec<String>,
+    /// Whether the dispatcher assigns it.
+    pub auto_assign: bool,
+    /// The visitor's name.
+    pub visitor_name: String,
+}
+
+/// A page of the queue (any agent of the tenant), in serving order, with the total waiting.
+pub async fn waiting_list(
+    e: &Engine,
+    scope: &TenantScope,
+    page_size: i64,
+    page_token: &str,
+) -> AppResult<(super::paging::Page<QueuedChat>, u32)> {
+    require_agent(scope)?;
+    let binding = format!("queue:{}", scope.tenant_id());
+    let after: Option<store::QueueKey> = e.pages.open(&binding, page_token)?;
+    let now = e.now();
+    let mut tx = e.db.tenant_tx(scope).await?;
+    let rows = store::waiting_page(&mut tx, after, page_size + 1).await?;
+    let (rows, more) = super::paging::split_page(rows, page_size);
+    let first = match rows.first() {
+        Some((w, ..)) => {
+            store::served_before(&mut tx, (w.priority, w.enqueued_at, w.conversation_id)).await?
+        }
+        None => 0,
+    };
+    let total = visitor_store::queue_length(&mut tx).await?;
+    let ids: Vec<ConversationId> = rows.iter().map(|(w, ..)| w.conversation_id).collect();
+    let members = conv_store::members_of(&mut tx, &ids).await?;
+    tx.commit().await?;
+    let next_page_token = match (more, rows.last()) {
+        (true, Some((w, ..))) => e
+            .pages
+            .seal(&binding, &(w.priority, w.enqueued_at, w.conversation_id)),
+        _ => String::new(),
+    };
+    let mut items = Vec::with_capacity(rows.len());
+    for (i, (w, row, visitor_name)) in rows.into_iter().enumerate() {
+        let actions = actions_of(&w)?;
+        let waited = u64::try_from((now - w.enqueued_at).num_seconds()).unwrap_or(0);
+        let needs = ChatNeeds::for_actions(&actions, waited);
+        let (skills, _) = super::routing::effective_skills(&needs.required_skills, waited);
+        let m = members
+            .iter()
+            .filter(|(c, _)| *c == w.conversation_id)
+            .map(|(_, u)| *u)
+            .collect();
+        items.push(QueuedChat {
+            chat: conversation(row, m)?,
+            position: u32::try_from(first + i as i64 + 1).unwrap_or(u32::MAX),
+            priority: w.priority,
+            enqueued_at: w.enqueued_at,
+            workflow_id: w.workflow_id,
+            required_skills: skills.into_iter().map(|s| s.skill).collect(),
+            auto_assign: actions.auto_assign,
+            visitor_name,
+        });
+    }
+    Ok((
+        super::paging::Page {
+            items,
+            next_page_token,
+        },
+        u32::try_from(total).unwrap_or(u32::MAX),
+    ))
+}
+
+/// Every active agent of the tenant as routing sees them (any agent of the tenant).
+pub async fn agent_states(
+    e: &Engine,
+    scope: &TenantScope,
+) -> AppResult<Vec<super::routing::AgentSnapshot>> {
+    require_agent(scope)?;
+    let mut tx = e.db.tenant_tx(scope).await?;
+    let agents = workflows::agent_snapshots(&mut tx, e.now()).await?;
+    tx.commit().await?;
+    Ok(agents)
+}

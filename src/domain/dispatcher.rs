@@ -1,0 +1,194 @@
+//! The event-driven dispatcher and the waiting chats' timers. The dispatcher is a durable
+//! reactor: every committed event that can make a waiting chat assignable (a chat queued or
+//! ended, a member leaving, an agent's status, capacity or presence changing, a waiting chat's
+//! needs widening with time) runs a dispatcher pass over its tenant
+//! ([`assignment::dispatch`]). No periodic sweep: a missed notice is made up by the reactor's
+//! cursor, which resumes after a restart.
+//!
+//! Timers: a chat's max wait ([`visitors::MAX_WAIT`]) carries out its workflow's action
+//! (keep waiting, overflow, take an offline message, close) and tells the visitor; a skill's
+//! relaxation time ([`visitors::RELAX`]) only wakes the dispatcher. Both fire after a restart
+//! too.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use super::Engine;
+use super::assignment::{self, actions_of};
+use super::conversations::{self, Kind, Status, append, record_events};
+use super::events::EventKind;
+use super::participants::Participant;
+use super::reactors::{Delivery, DomainEvent, Reactor};
+use super::spine::{self, SpineEvent};
+use super::timers::{Timer, TimerHandler};
+use super::visitors::{self, MAX_WAIT, RELAX};
+use super::workflows::model::OnMaxWait;
+use crate::error::AppResult;
+use crate::storage::TenantTx;
+use crate::storage::dispatch as store;
+use crate::storage::visitors as visitor_store;
+use crate::tenancy::{SystemCap, TenantScope};
+
+/// Told to the visitor when the max wait ends their wait and the workflow set no text.
+pub const DEFAULT_OFFLINE_TEXT: &str = "Sorry, nobody is available right now. Leave your email and your message, and we will get back to you.";
+/// Told when the max wait closes the chat and the workflow set no text.
+pub const DEFAULT_CLOSE_TEXT: &str =
+    "Sorry, nobody is available right now. Please try again later.";
+
+/// The dispatcher reactor.
+pub struct Dispatcher {
+    engine: Arc<Engine>,
+    system: SystemCap,
+}
+
+impl Dispatcher {
+    /// A dispatcher acting for the engine.
+    pub fn new(engine: Arc<Engine>, system: SystemCap) -> Arc<Self> {
+        Arc::new(Self { engine, system })
+    }
+}
+
+/// Whether an event can make a waiting chat assignable.
+fn wakes(event: &DomainEvent) -> bool {
+    match event {
+        DomainEvent::AgentChanged { .. } | DomainEvent::QueueChanged { .. } => true,
+        DomainEvent::Conversation(ev) => matches!(
+            ev.kind,
+            EventKind::StatusChanged { .. } | EventKind::MemberRemoved { .. }
+        ),
+    }
+}
+
+impl Reactor for Dispatcher {
+    fn name(&self) -> &'static str {
+        "dispatcher"
+    }
+
+    fn handle<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, AppResult<()>> {
+        Box::pin(async move {
+            // A batch is one tenant's share: one pass serves every event in it.
+            let Some(d) = batch.iter().find(|d| wakes(&d.event)) else {
+                return Ok(());
+            };
+            let scope = TenantScope::system(&self.system, d.tenant);
+            let n = assignment::dispatch(&self.engine, &scope).await?;
+            if n > 0 {
+                tracing::debug!(tenant.id = %d.tenant, assigned = n, "dispatched");
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Fires a chat's max wait: tells the visitor, then carries out the workflow's action.
+pub struct MaxWait {
+    engine: Arc<Engine>,
+    system: SystemCap,
+}
+
+impl MaxWait {
+    /// The handler.
+    pub fn new(engine: Arc<Engine>, system: SystemCap) -> Arc<Self> {
+        Arc::new(Self { engine, system })
+    }
+}
+
+impl TimerHandler for MaxWait {
+    fn kind(&self) -> &'static str {
+        MAX_WAIT
+    }
+
+    fn fire<'a>(&'a self, tx: &'a mut TenantTx, timer: &'a Timer) -> BoxFuture<'a, AppResult<()>> {
+        Box::pin(async move {
+            let conv = visitors::wait_conversation(&timer.payload)?;
+            let scope = TenantScope::system(&self.system, timer.tenant);
+            // Read without locks first: the message goes through the writer, which locks the
+            // chat row, so this transaction must not hold it yet.
+            let Some(entry) = store::entry(tx, conv).await? else {
+                return Ok(()); // no longer waiting
+            };
+            if entry.max_wait_fired {
+                return Ok(());
+            }
+            let actions = actions_of(&entry)?;
+            let text = match (&actions.on_max_wait, actions.max_wait_message.as_str()) {
+                (_, t) if !t.is_empty() => t.to_owned(),
+                (OnMaxWait::OfflineMessage, _) => DEFAULT_OFFLINE_TEXT.to_owned(),
+                (OnMaxWait::Close, _) => DEFAULT_CLOSE_TEXT.to_owned(),
+                _ => String::new(),
+            };
+            // A node dying between this post and the commit below posts it again on the
+            // retry: the engine's sends have no request id to make that once.
+            if !text.is_empty() {
+                conversations::submit_as_engine(&self.engine, &scope, conv, text).await?;
+            }
+            let Some(row) = visitor_store::lock_chat(tx, conv)
+                .await?
+                .filter(|r| r.kind == Kind::External.as_str())
+            else {
+                return Ok(());
+            };
+            let Some(entry) = store::lock_entry(tx, conv).await? else {
+                return Ok(()); // assigned or ended meanwhile
+            };
+            if entry.max_wait_fired {
+                return Ok(());
+            }
+            store::mark_max_wait_fired(tx, conv).await?;
+            let now = self.engine.now();
+            match actions.on_max_wait {
+                OnMaxWait::KeepWaiting => {}
+                // The chat's needs widen by themselves once the wait has passed
+                // (`ChatNeeds::for_actions`); the dispatcher must look again.
+                OnMaxWait::Overflow(_) => {
+                    spine::record(tx, &[SpineEvent::QueueChanged { c: conv }], now).await?;
+                }
+                OnMaxWait::OfflineMessage | OnMaxWait::Close => {
+                    visitor_store::dequeue(tx, conv).await?;
+                    let ev = append(
+                        tx,
+                        conv,
+                        EventKind::StatusChanged {
+                            status: Status::Closed,
+                            assigned: row.assigned_agent_id,
+                            visitor: None,
+                        },
+                        Participant::System,
+                        now,
+                    )
+                    .await?;
+                    visitor_store::set_chat_state(
+                        tx,
+                        conv,
+                        Status::Closed.as_str(),
+                        row.assigned_agent_id,
+                        Some(now),
+                    )
+                    .await?;
+                    record_events(tx, &[ev], now).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Fires a skill's relaxation time: the dispatcher looks at the queue again.
+pub struct Relax;
+
+impl TimerHandler for Relax {
+    fn kind(&self) -> &'static str {
+        RELAX
+    }
+
+    fn fire<'a>(&'a self, tx: &'a mut TenantTx, timer: &'a Timer) -> BoxFuture<'a, AppResult<()>> {
+        Box::pin(async move {
+            let conv = visitors::wait_conversation(&timer.payload)?;
+            if store::entry(tx, conv).await?.is_some() {
+                spine::record(tx, &[SpineEvent::QueueChanged { c: conv }], timer.due_at).await?;
+            }
+            Ok(())
+        })
+    }
+}

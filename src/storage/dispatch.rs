@@ -1,0 +1,305 @@
+//! What the dispatcher locks, reads and writes: the tenant's agent rows (locked, so that two
+//! dispatchers, or a dispatcher and an agent accepting a chat, never both fill the same seat),
+//! the waiting chats with the actions that routed them, agents' last-assignment times, and the
+//! assignment records with their reasons.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::TenantTx;
+use super::conversations::ConversationRow;
+use super::schema::{assignments, conversations, queue_entries, users, visitors};
+use crate::error::AppResult;
+use crate::ids::{AssignmentId, ConversationId, UserId, WorkflowId};
+
+/// Locks every active agent row of the tenant, in id order (so concurrent lockers never
+/// deadlock). Whoever changes an agent's open chats holds these locks until commit.
+pub async fn lock_agents(tx: &mut TenantTx) -> AppResult<()> {
+    let t = tx.tenant_id();
+    let _: Vec<UserId> = users::table
+        .filter(users::tenant_id.eq(t).and(users::active.eq(true)))
+        .select(users::user_id)
+        .order(users::user_id)
+        .for_update()
+        .load(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Locks one agent row; None when there is no such active agent.
+pub async fn lock_agent(tx: &mut TenantTx, agent: UserId) -> AppResult<Option<UserId>> {
+    let t = tx.tenant_id();
+    Ok(users::table
+        .filter(
+            users::tenant_id
+                .eq(t)
+                .and(users::user_id.eq(agent))
+                .and(users::active.eq(true)),
+        )
+        .select(users::user_id)
+        .for_update()
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// A waiting chat as the dispatcher reads it.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = queue_entries)]
+pub struct WaitingRow {
+    /// The chat.
+    pub conversation_id: ConversationId,
+    /// The workflow that routed it.
+    pub workflow_id: Option<WorkflowId>,
+    /// Higher is served first.
+    pub priority: i32,
+    /// When it started waiting.
+    pub enqueued_at: DateTime<Utc>,
+    /// The routing workflow's actions (JSON of `workflows::model::Actions`).
+    pub actions: serde_json::Value,
+    /// Whether its max-wait action already ran.
+    pub max_wait_fired: bool,
+}
+
+/// The first `limit` waiting chats in serving order. Not locked: the dispatcher locks each
+/// chat it assigns and checks it still waits (see `domain::assignment`).
+pub async fn waiting(tx: &mut TenantTx, limit: i64) -> AppResult<Vec<WaitingRow>> {
+    let t = tx.tenant_id();
+    Ok(queue_entries::table
+        .filter(queue_entries::tenant_id.eq(t))
+        .order((
+            queue_entries::priority.desc(),
+            queue_entries::enqueued_at,
+            queue_entries::conversation_id,
+        ))
+        .limit(limit)
+        .select(WaitingRow::as_select())
+        .load(tx.conn())
+        .await?)
+}
+
+/// One waiting chat.
+pub async fn entry(tx: &mut TenantTx, conv: ConversationId) -> AppResult<Option<WaitingRow>> {
+    let t = tx.tenant_id();
+    Ok(queue_entries::table
+        .find((t, conv))
+        .select(WaitingRow::as_select())
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// One waiting chat, locked.
+pub async fn lock_entry(tx: &mut TenantTx, conv: ConversationId) -> AppResult<Option<WaitingRow>> {
+    let t = tx.tenant_id();
+    Ok(queue_entries::table
+        .find((t, conv))
+        .select(WaitingRow::as_select())
+        .for_update()
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
+/// Records that a chat's max-wait action ran.
+pub async fn mark_max_wait_fired(tx: &mut TenantTx, conv: ConversationId) -> AppResult<()> {
+    let t = tx.tenant_id();
+    diesel::update(queue_entries::table.find((t, conv)))
+        .set(queue_entries::max_wait_fired.eq(true))
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Stores when an agent was last given a chat (what round-robin rotates by).
+pub async fn set_last_assigned(
+    tx: &mut TenantTx,
+    agent: UserId,
+    at: DateTime<Utc>,
+) -> AppResult<()> {
+    let t = tx.tenant_id();
+    diesel::update(users::table.find((t, agent)))
+        .set(users::last_assigned_at.eq(at))
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// A stored assignment.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = assignments)]
+pub struct AssignmentRow {
+    /// Id.
+    pub assignment_id: AssignmentId,
+    /// The chat.
+    pub conversation_id: ConversationId,
+    /// The agent given it.
+    pub agent_id: Option<UserId>,
+    /// The workflow that routed it.
+    pub workflow_id: Option<WorkflowId>,
+    /// The routing decision (JSON of `routing::Decision`), or `{}` for a manual one.
+    pub reasons: serde_json::Value,
+    /// When.
+    pub assigned_at: DateTime<Utc>,
+    /// When it ended (closed, transferred, returned to the queue).
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Strategy spelling.
+    pub strategy: String,
+    /// Who made it: `dispatcher`, `accepted`, `transfer` or `admin`.
+    pub via: String,
+}
+
+/// A new assignment; the tenant comes from the transaction.
+#[derive(Debug, Clone)]
+pub struct NewAssignment {
+    /// The chat.
+    pub conversation_id: ConversationId,
+    /// The agent.
+    pub agent_id: UserId,
+    /// The routing workflow.
+    pub workflow_id: Option<WorkflowId>,
+    /// The decision.
+    pub reasons: serde_json::Value,
+    /// Strategy spelling.
+    pub strategy: String,
+    /// Who made it.
+    pub via: &'static str,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Ends the chat's current assignment and stores a new one.
+pub async fn record_assignment(tx: &mut TenantTx, new: NewAssignment) -> AppResult<()> {
+    end_assignment(tx, new.conversation_id, new.at).await?;
+    let t = tx.tenant_id();
+    diesel::insert_into(assignments::table)
+        .values((
+            assignments::tenant_id.eq(t),
+            assignments::assignment_id.eq(AssignmentId::new()),
+            assignments::conversation_id.eq(new.conversation_id),
+            assignments::agent_id.eq(new.agent_id),
+            assignments::workflow_id.eq(new.workflow_id),
+            assignments::reasons.eq(new.reasons),
+            assignments::assigned_at.eq(new.at),
+            assignments::strategy.eq(new.strategy),
+            assignments::via.eq(new.via),
+        ))
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Ends the chat's current assignment, if any.
+pub async fn end_assignment(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    at: DateTime<Utc>,
+) -> AppResult<()> {
+    let t = tx.tenant_id();
+    diesel::update(
+        assignments::table.filter(
+            assignments::tenant_id
+                .eq(t)
+                .and(assignments::conversation_id.eq(conv))
+                .and(assignments::ended_at.is_null()),
+        ),
+    )
+    .set(assignments::ended_at.eq(at))
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// The chat's assignments, newest first.
+pub async fn assignments_of(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+) -> AppResult<Vec<AssignmentRow>> {
+    let t = tx.tenant_id();
+    Ok(assignments::table
+        .filter(
+            assignments::tenant_id
+                .eq(t)
+                .and(assignments::conversation_id.eq(conv)),
+        )
+        .order(assignments::assigned_at.desc())
+        .select(AssignmentRow::as_select())
+        .load(tx.conn())
+        .await?)
+}
+
+/// Where a page of the queue starts: after the entry with this serving key.
+pub type QueueKey = (i32, DateTime<Utc>, ConversationId);
+
+/// Up to `limit` waiting chats in serving order after `after`, each with its conversation
+/// row and its visitor's name.
+pub async fn waiting_page(
+    tx: &mut TenantTx,
+    after: Option<QueueKey>,
+    limit: i64,
+) -> AppResult<Vec<(WaitingRow, ConversationRow, String)>> {
+    let t = tx.tenant_id();
+    let mut q = queue_entries::table
+        .inner_join(
+            conversations::table.on(conversations::tenant_id
+                .eq(queue_entries::tenant_id)
+                .and(conversations::conversation_id.eq(queue_entries::conversation_id))),
+        )
+        .inner_join(
+            visitors::table.on(visitors::tenant_id
+                .eq(conversations::tenant_id)
+                .and(conversations::visitor_id.eq(visitors::visitor_id.nullable()))),
+        )
+        .filter(queue_entries::tenant_id.eq(t))
+        .into_boxed();
+    if let Some((p, at, c)) = after {
+        q = q.filter(
+            queue_entries::priority
+                .lt(p)
+                .or(queue_entries::priority.eq(p).and(
+                    queue_entries::enqueued_at
+                        .gt(at)
+                        .or(queue_entries::enqueued_at
+                            .eq(at)
+                            .and(queue_entries::conversation_id.gt(c))),
+                )),
+        );
+    }
+    Ok(q.order((
+        queue_entries::priority.desc(),
+        queue_entries::enqueued_at,
+        queue_entries::conversation_id,
+    ))
+    .limit(limit)
+    .select((
+        WaitingRow::as_select(),
+        ConversationRow::as_select(),
+        visitors::name,
+    ))
+    .load(tx.conn())
+    .await?)
+}
+
+/// How many waiting chats are served before the one with `key`.
+pub async fn served_before(tx: &mut TenantTx, key: QueueKey) -> AppResult<i64> {
+    let t = tx.tenant_id();
+    let (p, at, c) = key;
+    Ok(queue_entries::table
+        .filter(
+            queue_entries::tenant_id.eq(t).and(
+                queue_entries::priority
+                    .gt(p)
+                    .or(queue_entries::priority.eq(p).and(
+                        queue_entries::enqueued_at
+                            .lt(at)
+                            .or(queue_entries::enqueued_at
+                                .eq(at)
+                                .and(queue_entries::conversation_id.lt(c))),
+                    )),
+            ),
+        )
+        .count()
+        .get_result(tx.conn())
+        .await?)
+}
