@@ -435,3 +435,66 @@ async fn handle(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::VisitorId;
+
+    fn place(conversation: ConversationId, visitor: VisitorId, position: u32) -> Place {
+        Place {
+            conversation,
+            visitor,
+            position,
+            estimated_wait_seconds: 0,
+        }
+    }
+
+    fn status(conv: ConversationId, seq: i64, status: Status) -> ConversationEvent {
+        ConversationEvent {
+            conversation_id: conv,
+            seq,
+            at: chrono::Utc::now(),
+            kind: EventKind::StatusChanged {
+                status,
+                assigned: None,
+                visitor: None,
+            },
+        }
+    }
+
+    fn positions(items: Vec<Item>) -> Vec<u32> {
+        items
+            .into_iter()
+            .map(|i| match i {
+                Item::QueuePosition { position, .. } => position,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn places_are_sent_once_per_change_and_never_after_the_chat_left() {
+        let v = VisitorId::new();
+        let chat = ConversationId::new();
+        let mut d = Delivery::new(Participant::Visitor(v));
+        // Not followed yet (the stream has not joined the new chat): kept for later.
+        d.places = vec![place(chat, v, 2)];
+        assert!(d.queue_items().is_empty());
+        d.delivered.insert(chat, 1);
+        d.note(&status(chat, 1, Status::Queued));
+        assert_eq!(positions(d.queue_items()), [2]);
+        // The same place again (a read that changed nothing for this visitor): nothing.
+        assert!(d.queue_items().is_empty());
+        d.places = vec![place(chat, v, 1)];
+        assert_eq!(positions(d.queue_items()), [1]);
+
+        // Assigned: a place from a read that began before is stale and not shown.
+        d.note(&status(chat, 2, Status::Open));
+        d.places = vec![place(chat, v, 1)];
+        assert!(d.queue_items().is_empty());
+        // Queued again (e.g. back from an agent who went away): shown again.
+        d.note(&status(chat, 3, Status::Queued));
+        assert_eq!(positions(d.queue_items()), [1]);
+    }
+}
