@@ -12,7 +12,11 @@ use chat_engine::pb;
 use pb::stream_item::Kind as Item;
 use tonic::metadata::MetadataValue;
 
-use crate::harness::{Events, Nats, Options, TenantFixture, TestApp, bearer};
+use chat_engine::domain::visitors;
+use chat_engine::ids::{ConversationId, UserId};
+use chat_engine::tenancy::TenantScope;
+
+use crate::harness::{Events, KillableNode, Nats, Options, TenantFixture, TestApp, bearer};
 
 /// A guard against a broken stream hanging the suite; not a timing goal.
 const WAIT: Duration = Duration::from_secs(20);
@@ -149,6 +153,39 @@ impl VisitorStream {
     }
 }
 
+/// Gives `conv` to `agent` through `domain::visitors::assign` on `node`, as the tenant's
+/// admin, the way the dispatcher does (no RPC assigns).
+pub(crate) async fn assign(node: &KillableNode, t: &TenantFixture, conv: &str, agent: &str) {
+    let mut headers = http::HeaderMap::new();
+    let bearer = format!("Bearer {}", t.admin_token);
+    headers.insert("authorization", bearer.parse().unwrap());
+    let admin = node.auth.authenticate(&headers).await.unwrap().unwrap();
+    visitors::assign(
+        &node.engine,
+        &TenantScope::of(&admin).unwrap(),
+        ConversationId::parse(conv).unwrap(),
+        UserId::parse(agent).unwrap(),
+    )
+    .await
+    .expect("assign");
+}
+
+/// Makes `token`'s agent available and opens their stream (online); keep the stream.
+pub(crate) async fn online(app: &TestApp, token: &str) -> Events {
+    app.agents()
+        .set_my_status(bearer(
+            pb::SetMyStatusRequest {
+                status: pb::AgentStatus::Available as i32,
+            },
+            token,
+        ))
+        .await
+        .expect("SetMyStatus");
+    let mut stream = Events::open(app, token, &[]).await.expect("Subscribe");
+    stream.caught_up().await;
+    stream
+}
+
 /// The next position of `conv` on `s`: its place and estimated wait.
 async fn place_of(s: &mut VisitorStream, conv: &str) -> (u32, u32) {
     let p = s.position().await;
@@ -251,17 +288,7 @@ async fn an_agent_coming_online_turns_an_unknown_wait_into_an_estimate() {
 
     // An agent with two seats becomes available and opens their stream (goes online).
     let (_, zoe) = app.agent(&t, "zoe").await;
-    app.agents()
-        .set_my_status(bearer(
-            pb::SetMyStatusRequest {
-                status: pb::AgentStatus::Available as i32,
-            },
-            &zoe,
-        ))
-        .await
-        .expect("SetMyStatus");
-    let mut agent_stream = Events::open(&app, &zoe, &[]).await.expect("Subscribe");
-    agent_stream.caught_up().await;
+    let _zoe_online = online(&app, &zoe).await;
 
     // The two first fit her free seats now; the third waits for one of them to be handled:
     // no chat closed yet, so the default handling time of 300 s over her 2 seats.
@@ -269,4 +296,36 @@ async fn an_agent_coming_online_turns_an_unknown_wait_into_an_estimate() {
     for ((s, conv), want) in waiting.iter_mut().zip(expected) {
         assert_eq!(place_of(s, conv).await, want);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_busy_agent_the_wait_follows_how_long_recent_chats_took() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("handling").await;
+    let key = widget_key(&app, &t).await;
+    let node = KillableNode::start(app.same_db()).await;
+    let (zoe_id, zoe) = app.agent(&t, "zoe").await;
+    let _zoe_online = online(&app, &zoe).await;
+    // She served a chat and closed it at once: recent chats are quick.
+    let xena = Widget::visitor(&app, &key, "xena").await;
+    let quick = xena.start(&app).await;
+    assign(&node, &t, &quick, &zoe_id).await;
+    xena.end(&app, &quick).await;
+    // Both her seats are taken now.
+    for name in ["pia", "quinn"] {
+        let w = Widget::visitor(&app, &key, name).await;
+        let chat = w.start(&app).await;
+        assign(&node, &t, &chat, &zoe_id).await;
+    }
+
+    let rosa = Widget::visitor(&app, &key, "rosa").await;
+    let mut s = rosa.subscribe(&app).await;
+    let chat = rosa.start(&app).await;
+    let (place, wait) = place_of(&mut s, &chat).await;
+    assert_eq!(place, 1);
+    // Without a measured handling time, 300 s over her 2 seats would say 150.
+    assert!(
+        (1..150).contains(&wait),
+        "{wait} s: one seat of two should free up about as fast as the last chat was handled"
+    );
 }
