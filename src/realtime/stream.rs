@@ -179,7 +179,7 @@ pub fn subscribe(
         let me = Participant::of(&scope)?;
         let e = ctx.engine.clone();
         let mut sub = ctx.hub.subscribe(scope.tenant_id(), me);
-        // Registered with the hub first, so no status change between the two is missed.
+        // Registering asks for a read of the tenant's queue: the first places follow it.
         let mut feed = match me {
             Participant::Visitor(v) => Some(ctx.queue.register(scope.tenant_id(), v)),
             Participant::Agent(_) | Participant::System => None,
@@ -232,7 +232,7 @@ pub fn subscribe(
                 ev = sub.recv() => ev.map(Next::Event),
                 places = next_places(&mut feed) => Ok(Next::Places(places)),
             };
-            let next = match next {
+            let ev = match next {
                 Ok(Next::Places(places)) => {
                     match places {
                         Some(p) => d.places = p,
@@ -243,11 +243,7 @@ pub fn subscribe(
                     }
                     continue;
                 }
-                Ok(Next::Event(ev)) => Ok(ev),
-                Err(reason) => Err(reason),
-            };
-            let ev = match next {
-                Ok(ev) => ev,
+                Ok(Next::Event(ev)) => ev,
                 Err(reason) => {
                     yield Item::Resync { reason, cursors: d.cursors() };
                     Err(AppError::Resync(reason))?;
