@@ -35,6 +35,7 @@ use crate::realtime::bus::{LocalBus, NatsBus};
 use crate::realtime::hints;
 use crate::realtime::hub::{DEACTIVATED, Hub};
 use crate::realtime::presence::{HEARTBEAT, PresenceTracker};
+use crate::realtime::queue::QueueWatch;
 use crate::realtime::{BusHealth, StreamContext};
 use crate::storage::listen::Listener;
 use crate::storage::{self, Db, api_keys, users};
@@ -217,11 +218,15 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
     ));
     let limits = Arc::new(Limiter::new(cfg.rate_limits.clone(), pool.clone(), system));
     let presence = PresenceTracker::new(system);
+    let shutdown = CancellationToken::new();
+    let queue = QueueWatch::start(engine.clone(), system, shutdown.clone());
+    hub.observe_queue(queue.clone());
     let streams = Arc::new(StreamContext {
         engine: engine.clone(),
         hub,
         presence: presence.clone(),
-        shutdown: CancellationToken::new(),
+        queue,
+        shutdown,
     });
     // Every commit's spine notice reaches this node's streams, its reactors and its timers
     // from PostgreSQL itself, whichever node committed; the follower adds the entries of a

@@ -12,6 +12,7 @@ pub mod follower;
 pub mod limits;
 pub mod paging;
 pub mod participants;
+pub mod queue_view;
 pub mod reactors;
 pub mod routing;
 pub mod sessions;

@@ -439,6 +439,15 @@ pub fn stream_item(item: crate::realtime::Item) -> pb::StreamItem {
                 visitor: v.map(|v| visitor(*v)),
             }),
             Item::CaughtUp => P::CaughtUp(pb::CaughtUp {}),
+            Item::QueuePosition {
+                conversation,
+                position,
+                estimated_wait_seconds,
+            } => P::QueuePosition(pb::QueuePosition {
+                conversation_id: conversation.to_string(),
+                position,
+                estimated_wait_seconds,
+            }),
             Item::Resync { reason, cursors } => P::Resync(pb::Resync {
                 reason: resync_reason(reason) as i32,
                 cursors: cursors.into_iter().map(cursor).collect(),

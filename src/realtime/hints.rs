@@ -1,7 +1,8 @@
 //! Spine notices to this node's streams. Every node hears each commit's notice from
 //! PostgreSQL; when a followed conversation's events have not arrived on the fast path (the
 //! local hub or NATS) a moment later, its streams are told to fetch them from PostgreSQL;
-//! a participant who joined a conversation has their streams here told to join it. With the
+//! a participant who joined a conversation has their streams here told to join it, and the
+//! queue watch (`realtime::queue`) hears of commits in tenants it watches. With the
 //! follower (`domain::follower`), this is what delivers an event whose committing node died
 //! right after its commit, and what lets nodes without NATS see each other's events.
 
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::{BUS_LOST, Hub};
 use crate::domain::participants::Participant;
-use crate::domain::spine::Notice;
+use crate::domain::spine::{Joiner, Notice};
 use crate::ids::{ConversationId, TenantId};
 use crate::storage::listen::Notice as Heard;
 
@@ -29,6 +30,9 @@ enum Hint {
     Committed(TenantId, ConversationId, i64),
     /// This participant joined this conversation at this seq.
     Joined(TenantId, Participant, ConversationId, i64),
+    /// Tell the queue watch this conversation committed up to this seq (and whether as a
+    /// visitor's new chat).
+    Queue(TenantId, ConversationId, i64, bool),
 }
 
 /// Feeds spine notices from `heard` to `hub` until `shutdown`.
@@ -47,6 +51,17 @@ pub fn start(hub: Arc<Hub>, mut heard: mpsc::Receiver<Heard>, shutdown: Cancella
                             continue;
                         };
                         let due = Instant::now() + FAST_PATH_GRACE;
+                        if let Some(q) = hub.queue_observer()
+                            && q.interested(n.tenant)
+                        {
+                            let entering = n.joined.iter().filter_map(|(c, seq, who)| {
+                                matches!(who, Joiner::Visitor(_)).then_some((*c, *seq, true))
+                            });
+                            let hints = n.committed.iter().map(|(c, s)| (*c, *s, false));
+                            for (c, seq, entering) in hints.chain(entering) {
+                                waiting.push_back((due, Hint::Queue(n.tenant, c, seq, entering)));
+                            }
+                        }
                         for (c, up_to) in n.committed {
                             if hub.behind(n.tenant, c, up_to) {
                                 waiting.push_back((due, Hint::Committed(n.tenant, c, up_to)));
@@ -74,6 +89,11 @@ pub fn start(hub: Arc<Hub>, mut heard: mpsc::Receiver<Heard>, shutdown: Cancella
                             Hint::Committed(t, c, up_to) => hub.committed(t, c, up_to),
                             // A stream that joined on the fast path ignores it.
                             Hint::Joined(t, who, c, seq) => hub.invited(t, who, c, seq),
+                            Hint::Queue(t, c, seq, entering) => {
+                                if let Some(q) = hub.queue_observer() {
+                                    q.committed(t, c, seq, entering);
+                                }
+                            }
                         }
                     }
                 }

@@ -84,11 +84,24 @@ fn detach<K: std::hash::Hash + Eq>(map: &mut HashMap<K, HashSet<u64>>, key: K, i
     }
 }
 
+/// Told what suggests that a tenant's queue changed (`realtime::queue` implements it). Its
+/// methods are called with no hub lock held and must not block.
+pub trait QueueObserver: Send + Sync {
+    /// Whether anything of `tenant` matters here (a visitor stream of it is open).
+    fn interested(&self, tenant: TenantId) -> bool;
+    /// A chat's status changed at `seq` (queued, assigned, ended), seen on the fast path.
+    fn status_changed(&self, tenant: TenantId, conv: ConversationId, seq: i64);
+    /// The spine says `conv` committed up to `up_to` (`entering`: as a visitor's new chat),
+    /// and the fast path had its grace to bring it.
+    fn committed(&self, tenant: TenantId, conv: ConversationId, up_to: i64, entering: bool);
+}
+
 /// Routes events to local subscribers.
 pub struct Hub {
     state: Mutex<State>,
     next_id: AtomicU64,
     buffer: usize,
+    queue: OnceLock<Arc<dyn QueueObserver>>,
 }
 
 impl Hub {
@@ -98,7 +111,18 @@ impl Hub {
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
             buffer: buffer.max(1),
+            queue: OnceLock::new(),
         })
+    }
+
+    /// Sets who learns of status changes (once; later calls are ignored).
+    pub fn observe_queue(&self, observer: Arc<dyn QueueObserver>) {
+        let _ = self.queue.set(observer);
+    }
+
+    /// Who learns of status changes, if anyone.
+    pub fn queue_observer(&self) -> Option<&Arc<dyn QueueObserver>> {
+        self.queue.get()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -165,6 +189,12 @@ impl Hub {
 
     /// Delivers an event to every local subscriber it concerns. Never blocks.
     pub fn dispatch(&self, event: Event) {
+        if let Event::Durable { tenant, event: ev } = &event
+            && let EventKind::StatusChanged { .. } = ev.kind
+            && let Some(q) = self.queue.get()
+        {
+            q.status_changed(*tenant, ev.conversation_id, ev.seq);
+        }
         let event = Arc::new(event);
         let mut s = self.lock();
         if let Event::Typing {

@@ -1,11 +1,12 @@
 //! Realtime delivery: the node-local [`hub::Hub`], the bus that carries events between nodes,
-//! presence from open streams, the per-subscriber stream with exact resume, and the ordering
-//! rules of a `Connect` session's commands.
+//! presence from open streams, live queue positions for waiting visitors, the per-subscriber
+//! stream with exact resume, and the ordering rules of a `Connect` session's commands.
 
 pub mod bus;
 pub mod hints;
 pub mod hub;
 pub mod presence;
+pub mod queue;
 pub mod session;
 pub mod stream;
 

@@ -3,8 +3,11 @@
 //! and fetching any gap from PostgreSQL, so the client sees every seq once and in order.
 //! The subscriber is a participant: an agent (their conversations, and the tenant's agent
 //! presence) or a visitor (their own external chats only); the same code serves both.
+//! A visitor's stream also carries the places of their waiting chats (from
+//! [`super::queue`]): after CaughtUp, then whenever one changes, and never again for a chat
+//! once the stream has seen it leave the queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::Stream;
@@ -12,10 +15,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::{EndReason, Hub, Subscriber};
 use super::presence::PresenceTracker;
+use super::queue::{QueueFeed, QueueWatch};
 use crate::domain::Engine;
-use crate::domain::conversations::{self, Conversation};
+use crate::domain::conversations::{self, Conversation, Status};
 use crate::domain::events::{ConversationEvent, Event, EventKind, PresenceState};
 use crate::domain::participants::Participant;
+use crate::domain::queue_view::Place;
 use crate::domain::visitors::{self, Visitor};
 use crate::error::{AppError, AppResult};
 use crate::ids::{ConversationId, UserId};
@@ -57,6 +62,15 @@ pub enum Item {
     Joined(Conversation, Option<Box<Visitor>>),
     /// The replay is over.
     CaughtUp,
+    /// A waiting chat's place in the queue (visitor streams only).
+    QueuePosition {
+        /// The chat.
+        conversation: ConversationId,
+        /// 1 for the next chat to be served.
+        position: u32,
+        /// Estimated wait in seconds; 0 when unknown.
+        estimated_wait_seconds: u32,
+    },
     /// Reconnect and resume from these cursors; the stream ends after this.
     Resync {
         /// Why.
@@ -74,6 +88,8 @@ pub struct StreamContext {
     pub hub: Arc<Hub>,
     /// Presence bookkeeping.
     pub presence: Arc<PresenceTracker>,
+    /// Queue positions for visitor streams.
+    pub queue: Arc<QueueWatch>,
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
 }
@@ -81,9 +97,64 @@ pub struct StreamContext {
 struct Delivery {
     me: Participant,
     delivered: HashMap<ConversationId, i64>,
+    /// The latest places of the visitor's waiting chats.
+    places: Vec<Place>,
+    /// (position, estimate) last sent per chat.
+    shown: HashMap<ConversationId, (u32, u32)>,
+    /// Chats this stream saw leave the queue: a place read before they left is stale.
+    left: HashSet<ConversationId>,
 }
 
 impl Delivery {
+    fn new(me: Participant) -> Self {
+        Self {
+            me,
+            delivered: HashMap::new(),
+            places: Vec::new(),
+            shown: HashMap::new(),
+            left: HashSet::new(),
+        }
+    }
+
+    /// Takes note of an event on its way to the client.
+    fn note(&mut self, ev: &ConversationEvent) {
+        if let EventKind::StatusChanged { status, .. } = &ev.kind {
+            if *status == Status::Queued {
+                self.left.remove(&ev.conversation_id);
+            } else {
+                self.left.insert(ev.conversation_id);
+                self.shown.remove(&ev.conversation_id);
+            }
+        }
+    }
+
+    /// The places to send now: of chats this stream follows, still waiting as far as it
+    /// knows, and different from what it sent last.
+    fn queue_items(&mut self) -> Vec<Item> {
+        if self.places.is_empty() && self.shown.is_empty() {
+            return Vec::new();
+        }
+        let places = &self.places;
+        self.shown
+            .retain(|c, _| places.iter().any(|p| p.conversation == *c));
+        let mut out = Vec::new();
+        for p in &self.places {
+            let c = p.conversation;
+            if self.left.contains(&c) || !self.delivered.contains_key(&c) {
+                continue;
+            }
+            let now = (p.position, p.estimated_wait_seconds);
+            if self.shown.insert(c, now) != Some(now) {
+                out.push(Item::QueuePosition {
+                    conversation: c,
+                    position: p.position,
+                    estimated_wait_seconds: p.estimated_wait_seconds,
+                });
+            }
+        }
+        out
+    }
+
     /// Whether `agents` name this subscriber.
     fn among(&self, agents: &[UserId]) -> bool {
         self.me.agent().is_some_and(|u| agents.contains(&u))
@@ -110,6 +181,11 @@ pub fn subscribe(
         let me = Participant::of(&scope)?;
         let e = ctx.engine.clone();
         let mut sub = ctx.hub.subscribe(scope.tenant_id(), me);
+        // Registering asks for a read of the tenant's queue: the first places follow it.
+        let mut feed = match me {
+            Participant::Visitor(v) => Some(ctx.queue.register(scope.tenant_id(), v)),
+            Participant::Agent(_) | Participant::System => None,
+        };
         // Agent presence counts agents' streams; a visitor's stream is no agent online.
         let agent = me.agent();
         let _presence = match agent {
@@ -125,7 +201,7 @@ pub fn subscribe(
                 Err(AppError::NotFound("conversation"))?;
             }
         }
-        let mut d = Delivery { me, delivered: HashMap::new() };
+        let mut d = Delivery::new(me);
         for (c, seq) in &memberships {
             ctx.hub.follow(&sub, *c);
             d.delivered.insert(*c, *seq);
@@ -146,6 +222,7 @@ pub fn subscribe(
             d.delivered.insert(c, from.min(up_to));
             for ev in Box::pin(fetch(&e, &scope, c, from, up_to)).await? {
                 d.delivered.insert(c, ev.seq);
+                d.note(&ev);
                 yield Item::Event(ev);
             }
         }
@@ -154,10 +231,21 @@ pub fn subscribe(
         loop {
             let next = tokio::select! {
                 _ = ctx.shutdown.cancelled() => Err(SHUTDOWN),
-                ev = sub.recv() => ev,
+                ev = sub.recv() => ev.map(Next::Event),
+                places = next_places(&mut feed) => Ok(Next::Places(places)),
             };
             let ev = match next {
-                Ok(ev) => ev,
+                Ok(Next::Places(places)) => {
+                    match places {
+                        Some(p) => d.places = p,
+                        None => feed = None,
+                    }
+                    for item in d.queue_items() {
+                        yield item;
+                    }
+                    continue;
+                }
+                Ok(Next::Event(ev)) => ev,
                 Err(reason) => {
                     yield Item::Resync { reason, cursors: d.cursors() };
                     Err(AppError::Resync(reason))?;
@@ -165,9 +253,31 @@ pub fn subscribe(
                 }
             };
             for item in Box::pin(handle(&ctx, &scope, &sub, &mut d, &ev)).await? {
+                if let Item::Event(ev) = &item {
+                    d.note(ev);
+                }
+                yield item;
+            }
+            // A chat the stream just joined may have its place waiting already.
+            for item in d.queue_items() {
                 yield item;
             }
         }
+    }
+}
+
+/// What woke a stream's loop.
+enum Next {
+    Event(Arc<Event>),
+    Places(Option<Vec<Place>>),
+}
+
+/// The next places of a visitor's waiting chats; never, for a stream without a feed. None
+/// when the feed ended.
+async fn next_places(feed: &mut Option<QueueFeed>) -> Option<Vec<Place>> {
+    match feed {
+        Some(f) => f.changed().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -328,4 +438,67 @@ async fn handle(
         Event::Presence { state, .. } => out.push(Item::Presence(state.clone())),
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::VisitorId;
+
+    fn place(conversation: ConversationId, visitor: VisitorId, position: u32) -> Place {
+        Place {
+            conversation,
+            visitor,
+            position,
+            estimated_wait_seconds: 0,
+        }
+    }
+
+    fn status(conv: ConversationId, seq: i64, status: Status) -> ConversationEvent {
+        ConversationEvent {
+            conversation_id: conv,
+            seq,
+            at: chrono::Utc::now(),
+            kind: EventKind::StatusChanged {
+                status,
+                assigned: None,
+                visitor: None,
+            },
+        }
+    }
+
+    fn positions(items: Vec<Item>) -> Vec<u32> {
+        items
+            .into_iter()
+            .map(|i| match i {
+                Item::QueuePosition { position, .. } => position,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn places_are_sent_once_per_change_and_never_after_the_chat_left() {
+        let v = VisitorId::new();
+        let chat = ConversationId::new();
+        let mut d = Delivery::new(Participant::Visitor(v));
+        // Not followed yet (the stream has not joined the new chat): kept for later.
+        d.places = vec![place(chat, v, 2)];
+        assert!(d.queue_items().is_empty());
+        d.delivered.insert(chat, 1);
+        d.note(&status(chat, 1, Status::Queued));
+        assert_eq!(positions(d.queue_items()), [2]);
+        // The same place again (a read that changed nothing for this visitor): nothing.
+        assert!(d.queue_items().is_empty());
+        d.places = vec![place(chat, v, 1)];
+        assert_eq!(positions(d.queue_items()), [1]);
+
+        // Assigned: a place from a read that began before is stale and not shown.
+        d.note(&status(chat, 2, Status::Open));
+        d.places = vec![place(chat, v, 1)];
+        assert!(d.queue_items().is_empty());
+        // Queued again (e.g. back from an agent who went away): shown again.
+        d.note(&status(chat, 3, Status::Queued));
+        assert_eq!(positions(d.queue_items()), [1]);
+    }
 }

@@ -11,6 +11,7 @@ mod error;
 pub mod listen;
 pub mod messages;
 pub mod presence;
+pub mod queue;
 pub mod routing;
 pub mod schema;
 pub mod spine;

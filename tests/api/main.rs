@@ -14,6 +14,7 @@ mod logs;
 mod messaging;
 mod nodes;
 mod participants;
+mod queue_positions;
 mod server;
 mod spine;
 mod tenants;
