@@ -7,7 +7,9 @@
 //! Entries are dropped through PostgreSQL `NOTIFY` ([`super::cache`] has the rules): the
 //! transaction that changes an agent's role or active flag or revokes their sessions announces
 //! `<tenant>:<user>` on [`crate::storage::users::DIRECTORY_CHANNEL`], delivered to every node
-//! on commit.
+//! on commit. Each node then reads the agent again and tells the composition root what ended
+//! ([`Ended`]: the agent, or some of their sessions), so streams opened before the change end
+//! too instead of running on with the rights they started with.
 
 use std::sync::Arc;
 
@@ -23,9 +25,19 @@ use crate::tenancy::{Role, SystemCap, TenantScope};
 
 type Key = (TenantId, UserId);
 
-/// Called with an agent who is no longer active (or no longer exists), so their open streams
-/// on this node can be ended.
-pub type OnInactive = Arc<dyn Fn(TenantId, UserId) + Send + Sync>;
+/// What of an agent ended, as a change to the directory shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended<'a> {
+    /// The agent is no longer active (or no longer exists).
+    Agent,
+    /// These sessions were revoked (signed out) within an access token's lifetime; the
+    /// agent is still active.
+    Sessions(&'a [TokenFamilyId]),
+}
+
+/// Called with an agent whose directory entry changed and what of them ended, so their open
+/// streams on this node that may no longer run can be ended.
+pub type OnEnded = Arc<dyn Fn(TenantId, UserId, Ended<'_>) + Send + Sync>;
 
 /// What the directory knows about one agent.
 #[derive(Clone, Debug)]
@@ -118,16 +130,13 @@ impl Directory {
 
     /// Applies the directory channel's notices until it closes. Each notice drops its
     /// agent's entry at once; the agents of a batch of notices are then read again, and
-    /// `on_inactive` is told of those no longer active. After a reconnect every entry is
-    /// dropped, and the agents that had one are checked the same way in the background.
-    pub async fn follow(
-        self: Arc<Self>,
-        mut notices: mpsc::Receiver<Notice>,
-        on_inactive: OnInactive,
-    ) {
+    /// `on_ended` is told of those no longer active and of those with revoked sessions.
+    /// After a reconnect every entry is dropped, and the agents that had one are checked the
+    /// same way in the background.
+    pub async fn follow(self: Arc<Self>, mut notices: mpsc::Receiver<Notice>, on_ended: OnEnded) {
         while let Some(Dropped { named, cleared }) = self.entries.apply_next(&mut notices).await {
             if !cleared.is_empty() {
-                let (dir, cb) = (self.clone(), on_inactive.clone());
+                let (dir, cb) = (self.clone(), on_ended.clone());
                 tokio::spawn(async move {
                     for key in cleared {
                         dir.recheck(key, &cb).await;
@@ -135,15 +144,22 @@ impl Directory {
                 });
             }
             for key in named {
-                self.recheck(key, &on_inactive).await;
+                self.recheck(key, &on_ended).await;
             }
         }
     }
 
-    async fn recheck(&self, key: Key, on_inactive: &OnInactive) {
+    async fn recheck(&self, key: Key, on_ended: &OnEnded) {
         match self.load(key).await {
-            Ok(Some(e)) if e.active => {}
-            Ok(_) => on_inactive(key.0, key.1),
+            Ok(Some(e)) if e.active => {
+                // A sign-out is one notice among others (a role change, another sign-out):
+                // every recently revoked session is named, and ending its streams again
+                // finds none.
+                if !e.revoked.is_empty() {
+                    on_ended(key.0, key.1, Ended::Sessions(&e.revoked));
+                }
+            }
+            Ok(_) => on_ended(key.0, key.1, Ended::Agent),
             Err(e) => tracing::warn!(
                 tenant.id = %key.0,
                 user.id = %key.1,
@@ -188,7 +204,7 @@ mod tests {
             tx.send(n).await.unwrap();
         }
         drop(tx);
-        dir.clone().follow(rx, Arc::new(|_, _| {})).await;
+        dir.clone().follow(rx, Arc::new(|_, _, _| {})).await;
     }
 
     #[tokio::test]

@@ -95,6 +95,7 @@ impl Authenticator {
             tenant_id,
             user_id,
             role,
+            session,
             verified: Verified::mint(),
         }))
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{EndReason, Hub, Subscriber};
+use super::hub::{EndReason, Hub, SESSION_ENDED, Subscriber};
 use super::presence::PresenceTracker;
 use crate::domain::Engine;
 use crate::domain::conversations::{self, Conversation};
@@ -107,7 +107,7 @@ pub fn subscribe(
     async_stream::try_stream! {
         let me = Participant::of(&scope)?;
         let e = ctx.engine.clone();
-        let mut sub = ctx.hub.subscribe(scope.tenant_id(), me);
+        let mut sub = ctx.hub.subscribe(scope.tenant_id(), me, scope.session());
         // Agent presence counts agents' streams; a visitor's stream is no agent online.
         let agent = me.agent();
         let _presence = match agent {
@@ -156,6 +156,12 @@ pub fn subscribe(
             };
             let ev = match next {
                 Ok(ev) => ev,
+                // A resync asks the client to come back with the same credentials, which
+                // a signed-out session no longer has: it must sign in again.
+                Err(SESSION_ENDED) => {
+                    Err(AppError::Unauthenticated("this session has ended"))?;
+                    unreachable!();
+                }
                 Err(reason) => {
                     yield Item::Resync { reason, cursors: d.cursors() };
                     Err(AppError::Resync(reason))?;
