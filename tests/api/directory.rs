@@ -53,6 +53,16 @@ async fn list(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
+/// Signs the session of `tokens` out through `app`.
+async fn sign_out(app: &TestApp, tokens: &pb::TokenPair) {
+    app.auth()
+        .logout(pb::LogoutRequest {
+            refresh_token: tokens.refresh_token.clone(),
+        })
+        .await
+        .unwrap();
+}
+
 async fn refused(app: &TestApp, token: &str) -> bool {
     matches!(list(app, token).await, Err(s) if s.code() == Code::Unauthenticated)
 }
@@ -240,13 +250,7 @@ async fn a_revoked_session_is_refused_on_another_node_while_other_sessions_work(
     let (a, b, c) = (&sessions[0], &sessions[1], &sessions[2]);
 
     // Logout on node 1 ends session A on node 2.
-    node1
-        .auth()
-        .logout(pb::LogoutRequest {
-            refresh_token: a.refresh_token.clone(),
-        })
-        .await
-        .unwrap();
+    sign_out(&node1, a).await;
     let signed_out = Instant::now();
     assert!(
         holds_within(signed_out, || refused(&node2, &a.access_token)).await,
@@ -302,13 +306,7 @@ async fn a_signed_out_sessions_streams_end_on_another_node_while_another_session
     let mut b_subscribe = Events::open(&node2, &b.access_token, &[]).await.unwrap();
     b_subscribe.caught_up().await;
 
-    node1
-        .auth()
-        .logout(pb::LogoutRequest {
-            refresh_token: a.refresh_token.clone(),
-        })
-        .await
-        .unwrap();
+    sign_out(&node1, &a).await;
     let signed_out = Instant::now();
 
     // No resync: reconnecting with session A's tokens is refused, so the client is told to
