@@ -36,7 +36,7 @@ const NOTICE_BATCH: usize = 1024;
 pub struct Ticket(u64);
 
 /// What a batch of notices dropped.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Dropped<K> {
     /// Keys the notices named, each once, whether or not they had an entry.
     pub named: Vec<K>,

@@ -370,8 +370,9 @@ impl Hub {
             .flatten()
             .copied()
             .filter(|id| {
-                s.subs[id]
-                    .session
+                s.subs
+                    .get(id)
+                    .and_then(|e| e.session)
                     .is_some_and(|session| sessions.contains(&session))
             })
             .collect();
