@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
-use crate::auth::directory::Directory;
+use crate::auth::directory::{Directory, Ended};
 use crate::auth::jwt::JwtKeys;
 use crate::auth::key_cache::KeyCache;
 use crate::config::{Config, Secret};
@@ -274,15 +274,19 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
     let hub = streams.hub.clone();
     tokio::spawn(directory.follow(
         directory_notices,
-        Arc::new(move |tenant, user| {
-            let streams = hub.end_participant(tenant, Participant::Agent(user), DEACTIVATED);
+        Arc::new(move |tenant, user, ended| {
+            let (streams, what) = match ended {
+                Ended::Agent => (
+                    hub.end_participant(tenant, Participant::Agent(user), DEACTIVATED),
+                    "agent deactivated: streams ended",
+                ),
+                Ended::Sessions(sessions) => (
+                    hub.end_sessions(tenant, user, sessions),
+                    "session ended: streams ended",
+                ),
+            };
             if streams > 0 {
-                tracing::info!(
-                    tenant.id = %tenant,
-                    user.id = %user,
-                    streams,
-                    "agent deactivated: streams ended"
-                );
+                tracing::info!(tenant.id = %tenant, user.id = %user, streams, "{what}");
             }
         }),
     ));

@@ -21,7 +21,7 @@
 //!   those places does not compile. Holders are visible in signatures: `grep SystemCap`.
 //!   (Unit tests get one from a `#[cfg(test)]` constructor.)
 
-use crate::ids::{ApiKeyId, TenantId, UserId, VisitorId};
+use crate::ids::{ApiKeyId, TenantId, TokenFamilyId, UserId, VisitorId};
 
 pub use crate::app::SystemCap;
 
@@ -75,6 +75,8 @@ pub enum Principal {
         user_id: UserId,
         /// Their role.
         role: Role,
+        /// The session (refresh-token family) their access token was issued in.
+        session: TokenFamilyId,
         /// Proof of verification.
         verified: Verified,
     },
@@ -117,6 +119,8 @@ pub enum Actor {
 pub struct TenantScope {
     tenant_id: TenantId,
     actor: Actor,
+    /// The agent's session, so what lives as long as it (a stream) can end with it.
+    session: Option<TokenFamilyId>,
 }
 
 impl TenantScope {
@@ -128,10 +132,12 @@ impl TenantScope {
                 tenant_id,
                 user_id,
                 role,
+                session,
                 ..
             } => Some(Self {
                 tenant_id,
                 actor: Actor::Agent { user_id, role },
+                session: Some(session),
             }),
             Principal::Visitor {
                 tenant_id,
@@ -140,6 +146,7 @@ impl TenantScope {
             } => Some(Self {
                 tenant_id,
                 actor: Actor::Visitor { visitor_id },
+                session: None,
             }),
         }
     }
@@ -149,6 +156,7 @@ impl TenantScope {
         Self {
             tenant_id,
             actor: Actor::Operator,
+            session: None,
         }
     }
 
@@ -158,6 +166,7 @@ impl TenantScope {
         Self {
             tenant_id,
             actor: Actor::System,
+            session: None,
         }
     }
 
@@ -169,6 +178,11 @@ impl TenantScope {
     /// Who acts.
     pub fn actor(&self) -> Actor {
         self.actor
+    }
+
+    /// The session of an agent's access token; None for every other actor.
+    pub fn session(&self) -> Option<TokenFamilyId> {
+        self.session
     }
 }
 

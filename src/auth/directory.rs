@@ -4,23 +4,18 @@
 //! deactivation or a sign-out takes effect on the next call instead of at token expiry, and a
 //! call costs no database read once the agent's entry is loaded (one read on a miss).
 //!
-//! Entries are dropped through PostgreSQL `NOTIFY`: the transaction that changes an agent's
-//! role or active flag or revokes their sessions announces `<tenant>:<user>` on
-//! [`crate::storage::users::DIRECTORY_CHANNEL`], delivered to every node on commit. A node
-//! that lost its listening connection may have missed notices, so it drops everything when it
-//! is back.
-//!
-//! Size: entries expire [`ENTRY_TTL`] after they were read (a safety net; notices are the
-//! mechanism), and at most [`MAX_ENTRIES`] are kept. When full, expired entries are swept and,
-//! if that is not enough, an arbitrary tenth is dropped (hash order, so effectively random
-//! eviction); a dropped entry only costs one read when its agent calls again.
+//! Entries are dropped through PostgreSQL `NOTIFY` ([`super::cache`] has the rules): the
+//! transaction that changes an agent's role or active flag or revokes their sessions announces
+//! `<tenant>:<user>` on [`crate::storage::users::DIRECTORY_CHANNEL`], delivered to every node
+//! on commit. Each node then reads the agent again and tells the composition root what ended
+//! ([`Ended`]: the agent, or some of their sessions), so streams opened before the change end
+//! too instead of running on with the rights they started with.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::cache::{Dropped, NotifiedCache, tenant_key};
 use super::jwt::LEEWAY_SECS;
 use crate::error::{AppError, AppResult};
 use crate::ids::{TenantId, TokenFamilyId, UserId};
@@ -28,18 +23,21 @@ use crate::storage::listen::Notice;
 use crate::storage::{Db, users};
 use crate::tenancy::{Role, SystemCap, TenantScope};
 
-/// How long an entry is trusted without a notice.
-pub const ENTRY_TTL: Duration = Duration::from_secs(300);
-/// Most entries kept per node.
-pub const MAX_ENTRIES: usize = 100_000;
-/// Most notices applied before the affected agents are read again.
-const NOTICE_BATCH: usize = 1024;
-
 type Key = (TenantId, UserId);
 
-/// Called with an agent who is no longer active (or no longer exists), so their open streams
-/// on this node can be ended.
-pub type OnInactive = Arc<dyn Fn(TenantId, UserId) + Send + Sync>;
+/// What of an agent ended, as a change to the directory shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended<'a> {
+    /// The agent is no longer active (or no longer exists).
+    Agent,
+    /// These sessions were revoked (signed out) within an access token's lifetime; the
+    /// agent is still active.
+    Sessions(&'a [TokenFamilyId]),
+}
+
+/// Called with an agent whose directory entry changed and what of them ended, so their open
+/// streams on this node that may no longer run can be ended.
+pub type OnEnded = Arc<dyn Fn(TenantId, UserId, Ended<'_>) + Send + Sync>;
 
 /// What the directory knows about one agent.
 #[derive(Clone, Debug)]
@@ -48,7 +46,6 @@ struct Entry {
     active: bool,
     /// Sessions revoked within an access token's lifetime; a handful at most.
     revoked: Vec<TokenFamilyId>,
-    loaded: Instant,
 }
 
 impl Entry {
@@ -63,37 +60,6 @@ impl Entry {
     }
 }
 
-#[derive(Default)]
-struct State {
-    entries: HashMap<Key, Entry>,
-    /// Bumped by every invalidation. A read that started under another value may have seen
-    /// the directory before the change that was just announced, so its result is not kept.
-    epoch: u64,
-}
-
-impl State {
-    fn insert(&mut self, key: Key, entry: Entry) {
-        if self.entries.len() >= MAX_ENTRIES && !self.entries.contains_key(&key) {
-            let now = Instant::now();
-            self.entries
-                .retain(|_, e| now.duration_since(e.loaded) < ENTRY_TTL);
-            if self.entries.len() >= MAX_ENTRIES {
-                // Room for a tenth more, so the next inserts do not sweep again.
-                let evict: Vec<Key> = self
-                    .entries
-                    .keys()
-                    .take(MAX_ENTRIES / 10)
-                    .copied()
-                    .collect();
-                for k in evict {
-                    self.entries.remove(&k);
-                }
-            }
-        }
-        self.entries.insert(key, entry);
-    }
-}
-
 /// The directory cache of one node.
 pub struct Directory {
     db: Db,
@@ -101,7 +67,8 @@ pub struct Directory {
     system: SystemCap,
     /// How long after its revocation a session can still hold an unexpired access token.
     revoked_window: chrono::Duration,
-    state: Mutex<State>,
+    /// Agents that do not exist are not kept: their ids come from verified tokens.
+    entries: NotifiedCache<Key, Entry>,
 }
 
 impl Directory {
@@ -114,14 +81,8 @@ impl Directory {
             db,
             system,
             revoked_window: access_ttl + slack,
-            state: Mutex::new(State::default()),
+            entries: NotifiedCache::new("directory", |p| tenant_key(p, UserId::parse)),
         })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The maps are consistent after every statement; a panic elsewhere must not stop
-        // authentication.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The role an access token of `session` acts with now; UNAUTHENTICATED when the agent
@@ -132,13 +93,8 @@ impl Directory {
         user: UserId,
         session: TokenFamilyId,
     ) -> AppResult<Role> {
-        {
-            let s = self.lock();
-            if let Some(e) = s.entries.get(&(tenant, user))
-                && e.loaded.elapsed() < ENTRY_TTL
-            {
-                return e.verdict(session);
-            }
+        if let Ok(e) = self.entries.get(&(tenant, user)) {
+            return e.verdict(session);
         }
         match self.load((tenant, user)).await? {
             Some(e) => e.verdict(session),
@@ -150,7 +106,7 @@ impl Directory {
     /// meanwhile; None when the agent does not exist.
     async fn load(&self, key: Key) -> AppResult<Option<Entry>> {
         let (tenant, user) = key;
-        let epoch = self.lock().epoch;
+        let ticket = self.entries.ticket();
         let since = chrono::Utc::now() - self.revoked_window;
         let mut tx = self
             .db
@@ -167,81 +123,43 @@ impl Directory {
             role,
             active: row.active,
             revoked: row.revoked_families,
-            loaded: Instant::now(),
         };
-        let mut s = self.lock();
-        if s.epoch == epoch {
-            s.insert(key, entry.clone());
-        }
+        self.entries.keep(ticket, key, entry.clone());
         Ok(Some(entry))
-    }
-
-    fn invalidate(&self, key: Key) {
-        let mut s = self.lock();
-        s.epoch += 1;
-        s.entries.remove(&key);
-    }
-
-    /// Drops every entry; returns whose they were.
-    fn clear(&self) -> Vec<Key> {
-        let mut s = self.lock();
-        s.epoch += 1;
-        s.entries.drain().map(|(k, _)| k).collect()
     }
 
     /// Applies the directory channel's notices until it closes. Each notice drops its
     /// agent's entry at once; the agents of a batch of notices are then read again, and
-    /// `on_inactive` is told of those no longer active. After a reconnect every entry is
-    /// dropped, and the agents that had one are checked the same way in the background.
-    pub async fn follow(
-        self: Arc<Self>,
-        mut notices: mpsc::Receiver<Notice>,
-        on_inactive: OnInactive,
-    ) {
-        while let Some(first) = notices.recv().await {
-            let mut changed = Vec::new();
-            let mut next = Some(first);
-            // Every waiting notice is applied before any read, so one slow read does not
-            // hold back the next invalidation.
-            while let Some(n) = next.take() {
-                match n {
-                    Notice::Payload(p) => match parse_payload(&p) {
-                        Some(key) => {
-                            self.invalidate(key);
-                            changed.push(key);
-                        }
-                        None => tracing::warn!(payload = %p, "malformed directory notice"),
-                    },
-                    Notice::Reconnected => {
-                        let keys = self.clear();
-                        tracing::info!(
-                            entries = keys.len(),
-                            "directory notices may have been missed; cache dropped"
-                        );
-                        let (dir, cb) = (self.clone(), on_inactive.clone());
-                        tokio::spawn(async move {
-                            for key in keys {
-                                dir.recheck(key, &cb).await;
-                            }
-                        });
+    /// `on_ended` is told of those no longer active and of those with revoked sessions.
+    /// After a reconnect every entry is dropped, and the agents that had one are checked the
+    /// same way in the background.
+    pub async fn follow(self: Arc<Self>, mut notices: mpsc::Receiver<Notice>, on_ended: OnEnded) {
+        while let Some(Dropped { named, cleared }) = self.entries.apply_next(&mut notices).await {
+            if !cleared.is_empty() {
+                let (dir, cb) = (self.clone(), on_ended.clone());
+                tokio::spawn(async move {
+                    for key in cleared {
+                        dir.recheck(key, &cb).await;
                     }
-                }
-                if changed.len() < NOTICE_BATCH {
-                    next = notices.try_recv().ok();
-                }
+                });
             }
-            changed.sort_unstable();
-            changed.dedup();
-            for key in changed {
-                self.recheck(key, &on_inactive).await;
+            for key in named {
+                self.recheck(key, &on_ended).await;
             }
         }
     }
 
-    async fn recheck(&self, key: Key, on_inactive: &OnInactive) {
+    async fn recheck(&self, key: Key, on_ended: &OnEnded) {
         match self.load(key).await {
-            Ok(Some(e)) if e.active => {}
-            Ok(_) => on_inactive(key.0, key.1),
+            Ok(Some(e)) if e.active => {
+                // A sign-out is one notice among others (a role change, another sign-out):
+                // every recently revoked session is named, and ending its streams again
+                // finds none.
+                if !e.revoked.is_empty() {
+                    on_ended(key.0, key.1, Ended::Sessions(&e.revoked));
+                }
+            }
+            Ok(_) => on_ended(key.0, key.1, Ended::Agent),
             Err(e) => tracing::warn!(
                 tenant.id = %key.0,
                 user.id = %key.1,
@@ -250,12 +168,6 @@ impl Directory {
             ),
         }
     }
-}
-
-/// `<tenant>:<user>`, as [`users::notify_directory`] writes it.
-fn parse_payload(p: &str) -> Option<Key> {
-    let (t, u) = p.split_once(':')?;
-    Some((TenantId::parse(t)?, UserId::parse(u)?))
 }
 
 #[cfg(test)]
@@ -267,7 +179,6 @@ mod tests {
             role: Role::Admin,
             active,
             revoked,
-            loaded: Instant::now(),
         }
     }
 
@@ -286,17 +197,6 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn the_cache_stays_bounded() {
-        let mut s = State::default();
-        let t = TenantId::new();
-        for _ in 0..MAX_ENTRIES + 5 {
-            s.insert((t, UserId::new()), entry(true, vec![]));
-        }
-        assert!(s.entries.len() <= MAX_ENTRIES);
-        assert!(s.entries.len() > MAX_ENTRIES / 2);
-    }
-
     /// Runs `follow` over `notices` until they are all applied.
     async fn apply(dir: &Arc<Directory>, notices: Vec<Notice>) {
         let (tx, rx) = mpsc::channel(notices.len());
@@ -304,7 +204,7 @@ mod tests {
             tx.send(n).await.unwrap();
         }
         drop(tx);
-        dir.clone().follow(rx, Arc::new(|_, _| {})).await;
+        dir.clone().follow(rx, Arc::new(|_, _, _| {})).await;
     }
 
     #[tokio::test]
@@ -320,21 +220,12 @@ mod tests {
         let t = TenantId::new();
         let (a, b) = (UserId::new(), UserId::new());
         for u in [a, b] {
-            dir.lock().insert((t, u), entry(true, vec![]));
+            dir.entries
+                .keep(dir.entries.ticket(), (t, u), entry(true, vec![]));
         }
         apply(&dir, vec![Notice::Payload(format!("{t}:{a}"))]).await;
-        let cached: Vec<Key> = dir.lock().entries.keys().copied().collect();
-        assert_eq!(cached, [(t, b)]);
+        assert_eq!(dir.entries.keys(), [(t, b)]);
         apply(&dir, vec![Notice::Reconnected]).await;
-        assert!(dir.lock().entries.is_empty());
-    }
-
-    #[test]
-    fn payloads_name_a_tenant_and_a_user() {
-        let (t, u) = (TenantId::new(), UserId::new());
-        assert_eq!(parse_payload(&format!("{t}:{u}")), Some((t, u)));
-        for bad in ["", ":", "x:y", &t.to_string(), &format!("{t}:{u}:x")] {
-            assert_eq!(parse_payload(bad), None, "{bad}");
-        }
+        assert!(dir.entries.keys().is_empty());
     }
 }

@@ -3,32 +3,21 @@
 //! exists. A widget call costs no database read once its key's entry is loaded (one read on
 //! a miss).
 //!
-//! Entries are dropped through PostgreSQL `NOTIFY`: the transaction that revokes a key or
-//! changes its domains announces `<tenant>:<key>` on [`api_keys::KEYS_CHANNEL`], delivered to
-//! every node on commit. A node that lost its listening connection may have missed notices,
-//! so it drops everything when it is back. New keys need no notice: their ids are fresh, so no
-//! node can have cached them as missing.
-//!
-//! Size: entries expire [`ENTRY_TTL`] after they were read (a safety net; notices are the
-//! mechanism) and at most [`MAX_ENTRIES`] are kept; when full, expired entries are swept and,
-//! if that is not enough, an arbitrary tenth is dropped.
+//! Entries are dropped through PostgreSQL `NOTIFY` ([`super::cache`] has the rules): the
+//! transaction that revokes a key or changes its domains announces `<tenant>:<key>` on
+//! [`api_keys::KEYS_CHANNEL`], delivered to every node on commit. New keys need no notice:
+//! their ids are fresh, so no node can have cached them as missing.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::cache::{NotifiedCache, tenant_key};
 use crate::error::AppResult;
 use crate::ids::{ApiKeyId, TenantId};
 use crate::storage::listen::Notice;
 use crate::storage::{Db, api_keys};
 use crate::tenancy::{SystemCap, TenantScope};
-
-/// How long an entry is trusted without a notice.
-pub const ENTRY_TTL: Duration = Duration::from_secs(300);
-/// Most entries kept per node.
-pub const MAX_ENTRIES: usize = 100_000;
 
 type Key = (TenantId, ApiKeyId);
 
@@ -43,47 +32,12 @@ pub struct KeyFacts {
     pub revoked: bool,
 }
 
-#[derive(Clone, Debug)]
-struct Entry {
-    /// None: there is no such key.
-    facts: Option<KeyFacts>,
-    loaded: Instant,
-}
-
-#[derive(Default)]
-struct State {
-    entries: HashMap<Key, Entry>,
-    /// Bumped by every invalidation; a read that started under another value is not kept.
-    epoch: u64,
-}
-
-impl State {
-    fn insert(&mut self, key: Key, entry: Entry) {
-        if self.entries.len() >= MAX_ENTRIES && !self.entries.contains_key(&key) {
-            let now = Instant::now();
-            self.entries
-                .retain(|_, e| now.duration_since(e.loaded) < ENTRY_TTL);
-            if self.entries.len() >= MAX_ENTRIES {
-                let evict: Vec<Key> = self
-                    .entries
-                    .keys()
-                    .take(MAX_ENTRIES / 10)
-                    .copied()
-                    .collect();
-                for k in evict {
-                    self.entries.remove(&k);
-                }
-            }
-        }
-        self.entries.insert(key, entry);
-    }
-}
-
 /// The widget key cache of one node.
 pub struct KeyCache {
     db: Db,
     system: SystemCap,
-    state: Mutex<State>,
+    /// None: there is no such key.
+    entries: NotifiedCache<Key, Option<KeyFacts>>,
 }
 
 impl KeyCache {
@@ -92,27 +46,16 @@ impl KeyCache {
         Arc::new(Self {
             db,
             system,
-            state: Mutex::new(State::default()),
+            entries: NotifiedCache::new("api keys", |p| tenant_key(p, ApiKeyId::parse)),
         })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The map is consistent after every statement; a panic elsewhere must not stop
-        // authentication.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// What is known about a key; None when it does not exist.
     pub async fn get(&self, tenant: TenantId, id: ApiKeyId) -> AppResult<Option<KeyFacts>> {
         let key = (tenant, id);
-        let epoch = {
-            let s = self.lock();
-            if let Some(e) = s.entries.get(&key)
-                && e.loaded.elapsed() < ENTRY_TTL
-            {
-                return Ok(e.facts.clone());
-            }
-            s.epoch
+        let ticket = match self.entries.get(&key) {
+            Ok(facts) => return Ok(facts),
+            Err(ticket) => ticket,
         };
         let mut tx = self
             .db
@@ -125,112 +68,40 @@ impl KeyCache {
             allowed_domains: r.allowed_domains,
             revoked: r.revoked_at.is_some(),
         });
-        let mut s = self.lock();
-        if s.epoch == epoch {
-            s.insert(
-                key,
-                Entry {
-                    facts: facts.clone(),
-                    loaded: Instant::now(),
-                },
-            );
-        }
+        self.entries.keep(ticket, key, facts.clone());
         Ok(facts)
     }
 
     /// Drops a key's entry at once: this node changed the key and must not wait for the
     /// notice that tells the other nodes.
     pub fn forget(&self, tenant: TenantId, id: ApiKeyId) {
-        self.invalidate((tenant, id));
-    }
-
-    fn invalidate(&self, key: Key) {
-        let mut s = self.lock();
-        s.epoch += 1;
-        s.entries.remove(&key);
-    }
-
-    fn clear(&self) {
-        let mut s = self.lock();
-        s.epoch += 1;
-        s.entries.clear();
+        self.entries.forget(&(tenant, id));
     }
 
     /// Applies the key channel's notices until it closes.
     pub async fn follow(self: Arc<Self>, mut notices: mpsc::Receiver<Notice>) {
-        while let Some(n) = notices.recv().await {
-            match n {
-                Notice::Payload(p) => match parse_payload(&p) {
-                    Some(key) => self.invalidate(key),
-                    None => tracing::warn!(payload = %p, "malformed api key notice"),
-                },
-                Notice::Reconnected => {
-                    self.clear();
-                    tracing::info!("api key notices may have been missed; cache dropped");
-                }
-            }
-        }
+        // Dropping the entries is all a key notice asks for.
+        while self.entries.apply_next(&mut notices).await.is_some() {}
     }
-}
-
-/// `<tenant>:<key>`, as `api_keys::notify` writes it.
-fn parse_payload(p: &str) -> Option<Key> {
-    let (t, k) = p.split_once(':')?;
-    Some((TenantId::parse(t)?, ApiKeyId::parse(k)?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry() -> Entry {
-        Entry {
-            facts: None,
-            loaded: Instant::now(),
-        }
-    }
-
-    #[test]
-    fn the_cache_stays_bounded() {
-        let mut s = State::default();
-        let t = TenantId::new();
-        for _ in 0..MAX_ENTRIES + 5 {
-            s.insert((t, ApiKeyId::new()), entry());
-        }
-        assert!(s.entries.len() <= MAX_ENTRIES);
-        assert!(s.entries.len() > MAX_ENTRIES / 2);
-    }
-
     #[tokio::test]
-    async fn a_notice_drops_its_key_and_a_reconnect_drops_everything() {
+    async fn a_key_notice_drops_that_key_only() {
         let db = Db::connect("postgres://nobody@127.0.0.1:1/none", 1).unwrap();
         let cache = KeyCache::new(db, crate::app::SystemCap::for_tests());
         let t = TenantId::new();
         let (a, b) = (ApiKeyId::new(), ApiKeyId::new());
         for k in [a, b] {
-            cache.lock().insert((t, k), entry());
+            cache.entries.keep(cache.entries.ticket(), (t, k), None);
         }
-        let (tx, rx) = mpsc::channel(4);
-        tx.send(Notice::Payload(format!("{t}:{a}"))).await.unwrap();
-        tx.send(Notice::Payload("junk".into())).await.unwrap();
-        drop(tx);
-        cache.clone().follow(rx).await;
-        let cached: Vec<Key> = cache.lock().entries.keys().copied().collect();
-        assert_eq!(cached, [(t, b)]);
-
         let (tx, rx) = mpsc::channel(1);
-        tx.send(Notice::Reconnected).await.unwrap();
+        tx.send(Notice::Payload(format!("{t}:{a}"))).await.unwrap();
         drop(tx);
         cache.clone().follow(rx).await;
-        assert!(cache.lock().entries.is_empty());
-    }
-
-    #[test]
-    fn payloads_name_a_tenant_and_a_key() {
-        let (t, k) = (TenantId::new(), ApiKeyId::new());
-        assert_eq!(parse_payload(&format!("{t}:{k}")), Some((t, k)));
-        for bad in ["", ":", "x:y", &t.to_string(), &format!("{t}:{k}:x")] {
-            assert_eq!(parse_payload(bad), None, "{bad}");
-        }
+        assert_eq!(cache.entries.keys(), [(t, b)]);
     }
 }

@@ -2,8 +2,10 @@
 //! tower layer that turns request headers into a verified [`Principal`] exactly once, and the
 //! per-node [`directory::Directory`] that gives an agent token its current role and refuses it
 //! once its agent is deactivated or its session revoked, and the per-node
-//! [`key_cache::KeyCache`] that checks widget keys without a database read per call.
+//! [`key_cache::KeyCache`] that checks widget keys without a database read per call, both
+//! built on [`cache::NotifiedCache`].
 
+pub mod cache;
 pub mod directory;
 pub mod jwt;
 pub mod key_cache;
@@ -93,6 +95,7 @@ impl Authenticator {
             tenant_id,
             user_id,
             role,
+            session,
             verified: Verified::mint(),
         }))
     }

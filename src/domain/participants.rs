@@ -276,6 +276,7 @@ mod tests {
             tenant_id: w.tenant,
             user_id: w.ann,
             role: Role::Admin,
+            session: crate::ids::TokenFamilyId::new(),
             verified: Verified::mint(),
         };
         assert_eq!(of(&agent).unwrap().unwrap(), Participant::Agent(w.ann));

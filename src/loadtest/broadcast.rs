@@ -20,7 +20,7 @@ pub(super) async fn run(args: &Args) -> anyhow::Result<()> {
     let (tenant, conv) = (TenantId::new(), ConversationId::new());
     let mut readers = Vec::new();
     for _ in 0..2 {
-        let mut sub = hub.subscribe(tenant, Participant::Agent(UserId::new()));
+        let mut sub = hub.subscribe(tenant, Participant::Agent(UserId::new()), None);
         hub.follow(&sub, conv);
         readers.push(tokio::spawn(async move {
             let mut n = 0u64;

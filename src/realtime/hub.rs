@@ -1,5 +1,6 @@
 //! The node-local hub: routes announced events to the open streams on this node, each stream
-//! registered for one participant of one tenant (an agent or a visitor). Each stream has a
+//! registered for one participant of one tenant (an agent or a visitor), and an agent's for
+//! the session its token came from, so it can end with that session. Each stream has a
 //! bounded queue; a stream that falls behind is cut off (told to resync) instead of slowing
 //! the publisher or growing memory.
 
@@ -12,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::domain::events::{Event, EventKind};
 use crate::domain::participants::Participant;
-use crate::ids::{ConversationId, TenantId};
+use crate::ids::{ConversationId, TenantId, TokenFamilyId, UserId};
 
 /// Why a stream was cut off.
 pub type EndReason = &'static str;
@@ -23,11 +24,14 @@ pub const SLOW_CONSUMER: EndReason = "slow_consumer";
 pub const BUS_LOST: EndReason = "bus_lost";
 /// Cut off because its participant was deactivated.
 pub const DEACTIVATED: EndReason = "deactivated";
+/// Cut off because the session it was opened in was signed out or revoked.
+pub const SESSION_ENDED: EndReason = "session_ended";
 
 struct Entry {
     tx: mpsc::Sender<Arc<Event>>,
     tenant: TenantId,
     who: Participant,
+    session: Option<TokenFamilyId>,
     convs: HashSet<ConversationId>,
     ended: Arc<OnceLock<EndReason>>,
 }
@@ -131,8 +135,13 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a stream of `who` in `tenant`.
-    pub fn subscribe(self: &Arc<Self>, tenant: TenantId, who: Participant) -> Subscriber {
+    /// Registers a stream of `who` in `tenant`, opened in `session` when `who` is an agent.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        tenant: TenantId,
+        who: Participant,
+        session: Option<TokenFamilyId>,
+    ) -> Subscriber {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.buffer);
         let ended = Arc::new(OnceLock::new());
@@ -143,6 +152,7 @@ impl Hub {
                 tx,
                 tenant,
                 who,
+                session,
                 convs: HashSet::new(),
                 ended: ended.clone(),
             },
@@ -373,6 +383,34 @@ impl Hub {
         }
         ids.len()
     }
+
+    /// Cuts off the streams of an agent opened in one of `sessions` on this node (they
+    /// were signed out), with [`SESSION_ENDED`]; returns how many there were.
+    pub fn end_sessions(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        sessions: &[TokenFamilyId],
+    ) -> usize {
+        let mut s = self.lock();
+        let ids: Vec<u64> = s
+            .by_participant
+            .get(&(tenant, Participant::Agent(user)))
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|id| {
+                s.subs
+                    .get(id)
+                    .and_then(|e| e.session)
+                    .is_some_and(|session| sessions.contains(&session))
+            })
+            .collect();
+        for id in &ids {
+            s.remove(*id, Some(SESSION_ENDED));
+        }
+        ids.len()
+    }
 }
 
 /// One stream's end of the hub; unregisters itself when dropped.
@@ -423,8 +461,8 @@ mod tests {
         let hub = Hub::new(2);
         let (t1, t2) = (TenantId::new(), TenantId::new());
         let conv = ConversationId::new();
-        let mut a = hub.subscribe(t1, agent());
-        let mut b = hub.subscribe(t2, agent());
+        let mut a = hub.subscribe(t1, agent(), None);
+        let mut b = hub.subscribe(t2, agent(), None);
         hub.follow(&a, conv);
         // Same conversation id in another tenant: never crosses.
         hub.follow(&b, conv);
@@ -450,9 +488,9 @@ mod tests {
         let hub = Hub::new(8);
         let tenant = TenantId::new();
         let (vera, walt) = (VisitorId::new(), VisitorId::new());
-        let mut hers = hub.subscribe(tenant, Participant::Visitor(vera));
-        let mut his = hub.subscribe(tenant, Participant::Visitor(walt));
-        let mut elsewhere = hub.subscribe(TenantId::new(), Participant::Visitor(vera));
+        let mut hers = hub.subscribe(tenant, Participant::Visitor(vera), None);
+        let mut his = hub.subscribe(tenant, Participant::Visitor(walt), None);
+        let mut elsewhere = hub.subscribe(TenantId::new(), Participant::Visitor(vera), None);
         hub.dispatch(Event::Durable {
             tenant,
             event: ConversationEvent {
@@ -480,8 +518,8 @@ mod tests {
         let tenant = TenantId::new();
         let chat = ConversationId::new();
         let vera = Participant::Visitor(VisitorId::new());
-        let mut visitor = hub.subscribe(tenant, vera);
-        let mut colleague = hub.subscribe(tenant, agent());
+        let mut visitor = hub.subscribe(tenant, vera, None);
+        let mut colleague = hub.subscribe(tenant, agent(), None);
         hub.follow(&visitor, chat);
         hub.dispatch(Event::Presence {
             tenant,
@@ -507,5 +545,25 @@ mod tests {
         assert_eq!(hub.end_participant(tenant, vera, DEACTIVATED), 1);
         assert_eq!(visitor.recv().await.unwrap_err(), DEACTIVATED);
         assert_eq!(hub.subscribers(), 1);
+    }
+
+    #[tokio::test]
+    async fn ending_a_session_ends_its_streams_only() {
+        let hub = Hub::new(8);
+        let tenant = TenantId::new();
+        let ann = UserId::new();
+        let (signed_out, other) = (TokenFamilyId::new(), TokenFamilyId::new());
+        let mut ended = hub.subscribe(tenant, Participant::Agent(ann), Some(signed_out));
+        let mut kept = hub.subscribe(tenant, Participant::Agent(ann), Some(other));
+        // The same ids in another tenant are another agent's.
+        let _elsewhere = hub.subscribe(TenantId::new(), Participant::Agent(ann), Some(signed_out));
+        assert_eq!(hub.end_sessions(tenant, ann, &[signed_out]), 1);
+        assert_eq!(ended.recv().await.unwrap_err(), SESSION_ENDED);
+        let conv = ConversationId::new();
+        hub.follow(&kept, conv);
+        hub.dispatch(typing(tenant, conv));
+        assert!(kept.recv().await.is_ok());
+        assert_eq!(hub.subscribers(), 2);
+        assert_eq!(hub.end_sessions(tenant, UserId::new(), &[other]), 0);
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{EndReason, Hub, Subscriber};
+use super::hub::{EndReason, Hub, SESSION_ENDED, Subscriber};
 use super::presence::PresenceTracker;
 use super::queue::{QueueFeed, QueueWatch};
 use crate::domain::Engine;
@@ -180,7 +180,7 @@ pub fn subscribe(
     async_stream::try_stream! {
         let me = Participant::of(&scope)?;
         let e = ctx.engine.clone();
-        let mut sub = ctx.hub.subscribe(scope.tenant_id(), me);
+        let mut sub = ctx.hub.subscribe(scope.tenant_id(), me, scope.session());
         // Registering asks for a read of the tenant's queue: the first places follow it.
         let mut feed = match me {
             Participant::Visitor(v) => Some(ctx.queue.register(scope.tenant_id(), v)),
@@ -246,6 +246,12 @@ pub fn subscribe(
                     continue;
                 }
                 Ok(Next::Event(ev)) => ev,
+                // A resync asks the client to come back with the same credentials, which
+                // a signed-out session no longer has: it must sign in again.
+                Err(SESSION_ENDED) => {
+                    Err(AppError::Unauthenticated("this session has ended"))?;
+                    unreachable!();
+                }
                 Err(reason) => {
                     yield Item::Resync { reason, cursors: d.cursors() };
                     Err(AppError::Resync(reason))?;

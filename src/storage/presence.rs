@@ -83,7 +83,18 @@ pub async fn snapshot(
         .order(users::user_id)
         .load(tx.conn())
         .await?;
-    let online: Vec<UserId> = agent_presence::table
+    let online = online(tx, fresh_after).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(u, s, seen)| (u, s, online.contains(&u), seen))
+        .collect())
+}
+
+/// The agents of the tenant with a stream on a node whose heartbeat came after
+/// `fresh_after`: who is online, for presence and for routing alike.
+pub async fn online(tx: &mut TenantTx, fresh_after: DateTime<Utc>) -> AppResult<Vec<UserId>> {
+    let t = tx.tenant_id();
+    Ok(agent_presence::table
         .filter(
             agent_presence::tenant_id
                 .eq(t)
@@ -93,11 +104,7 @@ pub async fn snapshot(
         .select(agent_presence::user_id)
         .distinct()
         .load(tx.conn())
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(u, s, seen)| (u, s, online.contains(&u), seen))
-        .collect())
+        .await?)
 }
 
 /// Stamps an agent's last-seen time.

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::TenantTx;
-use super::schema::{agent_presence, conversations, users};
+use super::schema::{conversations, users};
 use super::users::skills_of;
 use crate::error::AppResult;
 use crate::ids::UserId;
@@ -65,17 +65,7 @@ pub async fn agents(
         .select((conversations::assigned_agent_id, diesel::dsl::count_star()))
         .load(tx.conn())
         .await?;
-    let online: Vec<UserId> = agent_presence::table
-        .filter(
-            agent_presence::tenant_id
-                .eq(t)
-                .and(agent_presence::streams.gt(0))
-                .and(agent_presence::heartbeat_at.gt(fresh_after)),
-        )
-        .select(agent_presence::user_id)
-        .distinct()
-        .load(tx.conn())
-        .await?;
+    let online = super::presence::online(tx, fresh_after).await?;
     let ids: Vec<UserId> = rows.iter().map(|r| r.0).collect();
     let mut skills = skills_of(tx, &ids).await?;
     Ok(rows

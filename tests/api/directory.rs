@@ -1,6 +1,7 @@
 //! Authorization follows the directory on every node: a demotion, a deactivation or a
 //! revoked session made through node 1 holds on node 2 within a second, for access tokens
-//! issued before the change and for streams opened before it. Two nodes share one database
+//! issued before the change and for streams opened before it (a deactivated agent's, or a
+//! signed-out session's). Two nodes share one database
 //! and no NATS: the change reaches node 2 through PostgreSQL alone.
 
 use std::future::Future;
@@ -12,7 +13,7 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 
 use crate::delivery::open_connect;
-use crate::harness::{Events, TestApp, bearer};
+use crate::harness::{Events, TestApp, bearer, group, posted_text, send};
 
 /// The bound for a directory change to hold on every node.
 const WITHIN: Duration = Duration::from_secs(1);
@@ -50,6 +51,16 @@ async fn list(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
         .list_agents(bearer(pb::ListAgentsRequest::default(), token))
         .await
         .map(|_| ())
+}
+
+/// Signs the session of `tokens` out through `app`.
+async fn sign_out(app: &TestApp, tokens: &pb::TokenPair) {
+    app.auth()
+        .logout(pb::LogoutRequest {
+            refresh_token: tokens.refresh_token.clone(),
+        })
+        .await
+        .unwrap();
 }
 
 async fn refused(app: &TestApp, token: &str) -> bool {
@@ -163,15 +174,7 @@ async fn a_deactivated_agent_is_refused_and_their_open_streams_end_on_another_no
     let (ann, ann_token) = node1.agent(&t, "ann").await;
     let mut subscribe = Events::open(&node2, &ann_token, &[]).await.unwrap();
     subscribe.caught_up().await;
-    let (_commands, mut connect) = open_connect(&node2, &ann_token, 1).await;
-    loop {
-        if let pb::connect_response::Kind::Item(pb::StreamItem {
-            kind: Some(Item::CaughtUp(_)),
-        }) = next_connect(&mut connect).await.unwrap()
-        {
-            break;
-        }
-    }
+    let (_commands, mut connect) = connect_live(&node2, &ann_token).await;
     list(&node2, &ann_token).await.unwrap();
 
     node1
@@ -247,13 +250,7 @@ async fn a_revoked_session_is_refused_on_another_node_while_other_sessions_work(
     let (a, b, c) = (&sessions[0], &sessions[1], &sessions[2]);
 
     // Logout on node 1 ends session A on node 2.
-    node1
-        .auth()
-        .logout(pb::LogoutRequest {
-            refresh_token: a.refresh_token.clone(),
-        })
-        .await
-        .unwrap();
+    sign_out(&node1, a).await;
     let signed_out = Instant::now();
     assert!(
         holds_within(signed_out, || refused(&node2, &a.access_token)).await,
@@ -295,6 +292,93 @@ async fn a_revoked_session_is_refused_on_another_node_while_other_sessions_work(
     list(&node2, &c.access_token).await.unwrap();
     list(&node1, &c.access_token).await.unwrap();
     assert!(refused(&node1, &a.access_token).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_out_sessions_streams_end_on_another_node_while_another_session_streams_on() {
+    let (node1, node2, t) = two_nodes("streamout").await;
+    let (ann, _) = node1.agent(&t, "ann").await;
+    let login = || node1.login("streamout", "ann@streamout.example", PASSWORD);
+    let (a, b) = (login().await.unwrap(), login().await.unwrap());
+    let mut a_subscribe = Events::open(&node2, &a.access_token, &[]).await.unwrap();
+    a_subscribe.caught_up().await;
+    let (_commands, mut a_connect) = connect_live(&node2, &a.access_token).await;
+    let mut b_subscribe = Events::open(&node2, &b.access_token, &[]).await.unwrap();
+    b_subscribe.caught_up().await;
+
+    sign_out(&node1, &a).await;
+    let signed_out = Instant::now();
+
+    // No resync: reconnecting with session A's tokens is refused, so the client is told to
+    // sign in again.
+    let ended = tokio::time::timeout_at((signed_out + WITHIN).into(), async {
+        loop {
+            match a_subscribe.next().await {
+                Ok(Some(Item::Resync(r))) => {
+                    panic!("a signed-out stream was told to resync: {r:?}")
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the Subscribe stream ended without a status"),
+                Err(s) => break s,
+            }
+        }
+    })
+    .await
+    .expect("session A's Subscribe stream on node 2 stayed open");
+    assert_session_ended(&ended);
+    let ended = tokio::time::timeout_at((signed_out + WITHIN).into(), async {
+        loop {
+            match next_connect(&mut a_connect).await {
+                Ok(pb::connect_response::Kind::Item(pb::StreamItem {
+                    kind: Some(Item::Resync(r)),
+                })) => panic!("a signed-out stream was told to resync: {r:?}"),
+                Ok(_) => continue,
+                Err(s) => break s,
+            }
+        }
+    })
+    .await
+    .expect("session A's Connect stream on node 2 stayed open");
+    assert_session_ended(&ended);
+
+    // Session B's stream on node 2 is still live: a message to Ann reaches it.
+    let conv = group(&node1, &t.admin_token, &[&ann]).await;
+    send(&node1, &t.admin_token, &conv, "still there?")
+        .await
+        .unwrap();
+    let text = b_subscribe
+        .until(|i| match i {
+            Item::Event(e) => posted_text(e).map(str::to_owned),
+            _ => None,
+        })
+        .await;
+    assert_eq!(text, "still there?");
+    let again = Events::open(&node2, &a.access_token, &[]).await.err();
+    assert_eq!(again.map(|s| s.code()), Some(Code::Unauthenticated));
+}
+
+fn assert_session_ended(s: &tonic::Status) {
+    assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+    assert_eq!(s.message(), "this session has ended");
+}
+
+/// A Connect stream on `app` that has caught up: the server runs its commands from here on.
+async fn connect_live(
+    app: &TestApp,
+    token: &str,
+) -> (
+    tokio::sync::mpsc::Sender<pb::ConnectRequest>,
+    tonic::Streaming<pb::ConnectResponse>,
+) {
+    let (commands, mut down) = open_connect(app, token, 1).await;
+    loop {
+        if let pb::connect_response::Kind::Item(pb::StreamItem {
+            kind: Some(Item::CaughtUp(_)),
+        }) = next_connect(&mut down).await.unwrap()
+        {
+            return (commands, down);
+        }
+    }
 }
 
 /// The next Connect item, or the status the stream ended with; fails the test if nothing
