@@ -19,7 +19,7 @@ use crate::auth::directory::{Directory, Ended};
 use crate::auth::jwt::JwtKeys;
 use crate::auth::key_cache::KeyCache;
 use crate::config::{Config, Secret};
-use crate::domain::dispatcher::{Dispatcher, MaxWait, Relax};
+use crate::domain::dispatcher::{Dispatcher, MaxWait, Relax, TakeBackTimer};
 use crate::domain::events::Publisher;
 use crate::domain::limits::Limiter;
 use crate::domain::paging::PageTokens;
@@ -243,6 +243,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
     let mut timer_handlers = consumers.timers;
     timer_handlers.push(MaxWait::new(engine.clone(), system));
     timer_handlers.push(Arc::new(Relax));
+    timer_handlers.extend(TakeBackTimer::both(engine.clone()));
     reactors::start(
         pool.clone(),
         engine.clock.clone(),

@@ -151,6 +151,8 @@ fn demo_workflow() -> wf::Definition {
                                and we will answer soon."
                 .into(),
             priority: 0,
+            reroute_after_seconds: Some(180),
+            offline_grace_seconds: wf::DEFAULT_OFFLINE_GRACE_SECONDS,
         },
         ..Default::default()
     }

@@ -12,6 +12,7 @@
 //! the round runs again.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::conversations::{
     Conversation, Kind, Status, append, commit_events, conversation, load_members,
@@ -21,7 +22,11 @@ use super::dispatch::{self, Waiting};
 use super::events::{ConversationEvent, EventKind};
 use super::participants::Participant;
 use super::routing::{ChatNeeds, Decision};
-use super::workflows::{self, model::Actions};
+use super::timers;
+use super::workflows::{
+    self,
+    model::{Actions, SkillNeed, Strategy},
+};
 use super::{Engine, require_admin_or_system, require_agent};
 use crate::error::{AppError, AppResult};
 use crate::ids::{ConversationId, UserId, WorkflowId};
@@ -92,6 +97,36 @@ pub struct AssignmentRecord {
     pub ended_at: Option<DateTime<Utc>>,
 }
 
+/// What a chat waited with: kept with its assignment, so that a chat taken back from its agent
+/// returns to the queue at its original place, with its original needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    /// Higher is served first.
+    pub priority: i32,
+    /// When it first started waiting.
+    pub enqueued_at: DateTime<Utc>,
+    /// The routing workflow.
+    pub workflow_id: Option<WorkflowId>,
+    /// Its actions.
+    pub actions: Actions,
+}
+
+impl Queued {
+    /// What the queue entry `row` says.
+    pub fn of(row: &WaitingRow) -> AppResult<Self> {
+        Ok(Self {
+            priority: row.priority,
+            enqueued_at: row.enqueued_at,
+            workflow_id: row.workflow_id,
+            actions: actions_of(row)?,
+        })
+    }
+
+    fn json(&self) -> AppResult<serde_json::Value> {
+        serde_json::to_value(self).map_err(|e| AppError::Internal(e.to_string()))
+    }
+}
+
 /// The actions a queued chat was routed with; an entry stored before they were kept gets
 /// the built-in defaults.
 pub fn actions_of(row: &WaitingRow) -> AppResult<Actions> {
@@ -113,6 +148,7 @@ pub fn waiting_of(row: &WaitingRow, now: DateTime<Utc>) -> AppResult<Option<Wait
         priority: row.priority,
         enqueued_at: row.enqueued_at,
         needs: ChatNeeds::for_actions(&actions, waited),
+        excluded: row.excluded.clone(),
     }))
 }
 
@@ -238,25 +274,23 @@ async fn dispatch_round(e: &Engine, scope: &TenantScope) -> AppResult<(usize, us
             skipped += 1;
             continue;
         }
-        let workflow_id = rows
-            .iter()
-            .find(|r| r.conversation_id == a.conversation)
-            .and_then(|r| r.workflow_id);
+        let Some(entry) = rows.iter().find(|r| r.conversation_id == a.conversation) else {
+            continue;
+        };
+        let queued = Queued::of(entry)?;
         let (_, evs) = hand_over(&mut tx, &row, a.agent, Participant::System, now).await?;
         events.extend(evs);
         store::set_last_assigned(&mut tx, a.agent, a.assigned_at).await?;
-        store::record_assignment(
+        let reasons =
+            serde_json::to_value(&a.decision).map_err(|err| AppError::Internal(err.to_string()))?;
+        record(
             &mut tx,
-            NewAssignment {
-                conversation_id: a.conversation,
-                agent_id: a.agent,
-                workflow_id,
-                strategy: a.decision.strategy.as_str().to_owned(),
-                reasons: serde_json::to_value(&a.decision)
-                    .map_err(|err| AppError::Internal(err.to_string()))?,
-                via: Via::Dispatcher.as_str(),
-                at: now,
-            },
+            a.conversation,
+            a.agent,
+            &queued,
+            (a.decision.strategy.as_str(), reasons),
+            Via::Dispatcher,
+            now,
         )
         .await?;
         assigned += 1;
@@ -265,13 +299,14 @@ async fn dispatch_round(e: &Engine, scope: &TenantScope) -> AppResult<(usize, us
     Ok((assigned, skipped))
 }
 
-/// Records a manual assignment (accept, transfer, admin) of the chat whose queue entry or
-/// current assignment names its workflow.
-async fn record_manual(
+/// Stores an assignment with what the chat waited with, and schedules its re-route when
+/// its workflow wants the agent to answer in time.
+async fn record(
     tx: &mut TenantTx,
     conv: ConversationId,
     agent: UserId,
-    workflow_id: Option<WorkflowId>,
+    queued: &Queued,
+    (strategy, reasons): (&str, serde_json::Value),
     via: Via,
     at: DateTime<Utc>,
 ) -> AppResult<()> {
@@ -280,26 +315,80 @@ async fn record_manual(
         NewAssignment {
             conversation_id: conv,
             agent_id: agent,
-            workflow_id,
-            strategy: "manual".to_owned(),
-            reasons: serde_json::json!({}),
+            workflow_id: queued.workflow_id,
+            strategy: strategy.to_owned(),
+            reasons,
             via: via.as_str(),
+            queued: queued.json()?,
             at,
         },
     )
-    .await
+    .await?;
+    if let Some(t) = queued.actions.reroute_after_seconds {
+        let due = at + chrono::Duration::seconds(i64::from(t));
+        timers::schedule(tx, REPLY_DUE, due, taken_payload(conv, agent, at)).await?;
+    }
+    Ok(())
 }
 
-/// The workflow that routed a chat: from its queue entry, else from its latest assignment.
-async fn workflow_of(tx: &mut TenantTx, conv: ConversationId) -> AppResult<Option<WorkflowId>> {
+/// A manual assignment records no routing decision.
+fn manual() -> (&'static str, serde_json::Value) {
+    ("manual", serde_json::json!({}))
+}
+
+/// What a chat waited with: its queue entry while it waits, else what its latest
+/// assignment kept (a transfer keeps the original place and needs).
+async fn queued_of(tx: &mut TenantTx, row: &ConversationRow) -> AppResult<Queued> {
+    let conv = row.conversation_id;
     if let Some(entry) = store::lock_entry(tx, conv).await? {
-        return Ok(entry.workflow_id);
+        return Queued::of(&entry);
     }
-    Ok(store::assignments_of(tx, conv)
+    let kept = store::assignments_of(tx, conv)
         .await?
         .into_iter()
         .next()
-        .and_then(|a| a.workflow_id))
+        .and_then(|a| serde_json::from_value::<Queued>(a.queued).ok());
+    Ok(kept.unwrap_or_else(|| Queued {
+        priority: 0,
+        enqueued_at: row.created_at,
+        workflow_id: None,
+        actions: Actions::default(),
+    }))
+}
+
+/// Timer kind: an assigned agent's time to answer is up.
+pub const REPLY_DUE: &str = "chat.reply_due";
+/// Timer kind: an agent who went offline is past their grace period for one chat.
+pub const AGENT_GONE: &str = "chat.agent_gone";
+
+/// The payload of a "take the chat back from this agent" timer: the chat, the agent, and
+/// since when (their assignment, or when they went offline).
+pub fn taken_payload(
+    conv: ConversationId,
+    agent: UserId,
+    since: DateTime<Utc>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "conversation_id": conv.to_string(),
+        "agent_id": agent.to_string(),
+        "since": since.to_rfc3339(),
+    })
+}
+
+/// Reads [`taken_payload`].
+pub fn taken_of(p: &serde_json::Value) -> AppResult<(ConversationId, UserId, DateTime<Utc>)> {
+    let field = |k: &str| p.get(k).and_then(|v| v.as_str());
+    let parsed = (
+        field("conversation_id").and_then(ConversationId::parse),
+        field("agent_id").and_then(UserId::parse),
+        field("since")
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.with_timezone(&Utc)),
+    );
+    match parsed {
+        (Some(c), Some(a), Some(t)) => Ok((c, a, t)),
+        _ => Err(AppError::Internal(format!("take-back timer payload {p}"))),
+    }
 }
 
 /// FAILED_PRECONDITION unless `agent` has a free seat (open external chats below capacity),
@@ -338,10 +427,10 @@ pub async fn accept(
             "the chat is no longer waiting",
         ));
     }
-    let workflow_id = workflow_of(&mut tx, conv).await?;
+    let queued = queued_of(&mut tx, &row).await?;
     let (row, events) = hand_over(&mut tx, &row, me, Participant::Agent(me), now).await?;
     store::set_last_assigned(&mut tx, me, now).await?;
-    record_manual(&mut tx, conv, me, workflow_id, Via::Accepted, now).await?;
+    record(&mut tx, conv, me, &queued, manual(), Via::Accepted, now).await?;
     let members = load_members(&mut tx, conv).await?;
     commit_events(e, scope, tx, events).await?;
     conversation(row, members)
@@ -389,7 +478,7 @@ pub async fn transfer(
             "only an open chat is transferred",
         ));
     }
-    let workflow_id = workflow_of(&mut tx, conv).await?;
+    let queued = queued_of(&mut tx, &row).await?;
     let actor = Participant::Agent(me);
     let (row, events) = match target {
         TransferTarget::Agent(to) if Some(to) == row.assigned_agent_id => {
@@ -399,11 +488,24 @@ pub async fn transfer(
         }
         TransferTarget::Agent(to) => {
             let (row, events) = hand_over(&mut tx, &row, to, actor, now).await?;
-            record_manual(&mut tx, conv, to, workflow_id, Via::Transfer, now).await?;
+            record(&mut tx, conv, to, &queued, manual(), Via::Transfer, now).await?;
             (row, events)
         }
         TransferTarget::Skill(skill) => {
-            requeue(&mut tx, &row, workflow_id, skill, actor, now).await?
+            let for_skill = Queued {
+                actions: Actions {
+                    strategy: Strategy::SkillBased,
+                    required_skills: vec![SkillNeed {
+                        skill,
+                        min_level: None,
+                        relax_after_seconds: None,
+                    }],
+                    auto_assign: true,
+                    ..queued.actions
+                },
+                ..queued
+            };
+            return_to_queue(&mut tx, &row, &for_skill, &[], actor, now).await?
         }
     };
     let members = load_members(&mut tx, conv).await?;
@@ -411,12 +513,13 @@ pub async fn transfer(
     conversation(row, members)
 }
 
-/// Puts an open chat back in the queue for agents with `skill`, at its original place.
-async fn requeue(
+/// Puts an open chat back in the queue at its original place with `queued`'s needs, never
+/// again for the `excluded` agents; its agent leaves it. The caller holds the chat's lock.
+pub(crate) async fn return_to_queue(
     tx: &mut TenantTx,
     row: &ConversationRow,
-    workflow_id: Option<WorkflowId>,
-    skill: String,
+    queued: &Queued,
+    excluded: &[UserId],
     actor: Participant,
     now: DateTime<Utc>,
 ) -> AppResult<(ConversationRow, Vec<ConversationEvent>)> {
@@ -440,25 +543,18 @@ async fn requeue(
         );
     }
     store::end_assignment(tx, conv, now).await?;
-    let actions = Actions {
-        strategy: super::workflows::model::Strategy::SkillBased,
-        required_skills: vec![super::workflows::model::SkillNeed {
-            skill,
-            min_level: None,
-            relax_after_seconds: None,
-        }],
-        ..Actions::default()
-    };
     visitor_store::enqueue(
         tx,
         visitor_store::NewQueueEntry {
             conversation_id: conv,
-            workflow_id,
-            priority: 0,
-            actions: serde_json::to_value(&actions)
+            workflow_id: queued.workflow_id,
+            priority: queued.priority,
+            actions: serde_json::to_value(&queued.actions)
                 .map_err(|e| AppError::Internal(e.to_string()))?,
-            enqueued_at: row.created_at,
+            enqueued_at: queued.enqueued_at,
+            // Its max wait was spent the first time.
             max_wait_at: None,
+            excluded: excluded.to_vec(),
         },
     )
     .await?;
@@ -478,6 +574,91 @@ async fn requeue(
     );
     let row = visitor_store::set_chat_state(tx, conv, Status::Queued.as_str(), None, None).await?;
     Ok((row, events))
+}
+
+/// Why a chat is taken back from its agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TakeBack {
+    /// The agent did not answer within the workflow's re-route time.
+    NoReply,
+    /// The agent went offline and stayed away past the grace period.
+    AgentGone,
+}
+
+/// Inside a timer's transaction: gives the chat back to the queue (at its place, never again
+/// to `agent`) when it is still `agent`'s and the reason still holds; None otherwise.
+pub(crate) async fn take_back(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    agent: UserId,
+    since: DateTime<Utc>,
+    why: TakeBack,
+    now: DateTime<Utc>,
+) -> AppResult<Option<Vec<ConversationEvent>>> {
+    let Some(row) = visitor_store::chat(tx, conv).await? else {
+        return Ok(None);
+    };
+    if row.kind != Kind::External.as_str()
+        || row.status != Status::Open.as_str()
+        || row.assigned_agent_id != Some(agent)
+    {
+        return Ok(None);
+    }
+    let still = match why {
+        TakeBack::NoReply => !store::replied_since(tx, conv, agent, since).await?,
+        TakeBack::AgentGone => {
+            let back = store::last_seen(tx, agent)
+                .await?
+                .is_some_and(|t| t > since);
+            let online = workflows::agent_snapshots(tx, now)
+                .await?
+                .iter()
+                .any(|a| a.id == agent && a.online);
+            !back && !online && store::awaits_answer(tx, conv).await?
+        }
+    };
+    if !still {
+        return Ok(None);
+    }
+    let row = lock_external(tx, conv).await?;
+    if row.assigned_agent_id != Some(agent) || row.status != Status::Open.as_str() {
+        return Ok(None);
+    }
+    let queued = queued_of(tx, &row).await?;
+    let (_, events) =
+        return_to_queue(tx, &row, &queued, &[agent], Participant::System, now).await?;
+    Ok(Some(events))
+}
+
+/// When an agent's routing state changed and they are offline now: each of their open chats
+/// gets a grace timer (its workflow's grace period); a chat still waiting for their answer
+/// when it fires goes back to the queue.
+pub(crate) async fn on_agent_changed(
+    e: &Engine,
+    scope: &TenantScope,
+    agent: UserId,
+) -> AppResult<()> {
+    let now = e.now();
+    let mut tx = e.db.tenant_tx(scope).await?;
+    let online = workflows::agent_snapshots(&mut tx, now)
+        .await?
+        .iter()
+        .any(|a| a.id == agent && a.online);
+    if online {
+        return tx.commit().await;
+    }
+    for conv in store::open_chats_of(&mut tx, agent).await? {
+        let Some(row) = visitor_store::chat(&mut tx, conv).await? else {
+            continue;
+        };
+        let grace = queued_of(&mut tx, &row)
+            .await?
+            .actions
+            .offline_grace_seconds;
+        let due = now + chrono::Duration::seconds(i64::from(grace));
+        timers::schedule(&mut tx, AGENT_GONE, due, taken_payload(conv, agent, now)).await?;
+    }
+    tx.commit().await
 }
 
 /// Gives an external chat to an agent (admins and the engine): the agent becomes its member
@@ -513,10 +694,10 @@ pub async fn assign(
         Actor::Agent { user_id, .. } => Participant::Agent(user_id),
         _ => Participant::System,
     };
-    let workflow_id = workflow_of(&mut tx, conv).await?;
+    let queued = queued_of(&mut tx, &row).await?;
     let (row, events) = hand_over(&mut tx, &row, agent, actor, now).await?;
     store::set_last_assigned(&mut tx, agent, now).await?;
-    record_manual(&mut tx, conv, agent, workflow_id, Via::Admin, now).await?;
+    record(&mut tx, conv, agent, &queued, manual(), Via::Admin, now).await?;
     let members = load_members(&mut tx, conv).await?;
     commit_events(e, scope, tx, events).await?;
     conversation(row, members)

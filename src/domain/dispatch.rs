@@ -25,6 +25,8 @@ pub struct Waiting {
     pub enqueued_at: DateTime<Utc>,
     /// Strategy and skills, from the workflow that routed it (the wait is filled in here).
     pub needs: ChatNeeds,
+    /// Agents it is not given to (it was taken back from them).
+    pub excluded: Vec<UserId>,
 }
 
 /// One assignment of a plan, with the decision that made it (stored as its reasons).
@@ -60,7 +62,16 @@ pub fn plan(waiting: &[Waiting], agents: &[AgentSnapshot], now: DateTime<Utc>) -
             waited_seconds: u64::try_from(waited).unwrap_or(0),
             ..w.needs.clone()
         };
-        let decision = routing::decide(&agents, &needs);
+        let decision = if w.excluded.is_empty() {
+            routing::decide(&agents, &needs)
+        } else {
+            let others: Vec<AgentSnapshot> = agents
+                .iter()
+                .filter(|a| !w.excluded.contains(&a.id))
+                .cloned()
+                .collect();
+            routing::decide(&others, &needs)
+        };
         let Some(chosen) = decision.chosen else {
             continue;
         };
@@ -128,6 +139,7 @@ mod tests {
                     .collect(),
                 waited_seconds: 0,
             },
+            excluded: Vec::new(),
         }
     }
 
@@ -172,6 +184,24 @@ mod tests {
         let plan = plan(&waiting, std::slice::from_ref(&generalist), at(10));
         assert_eq!(plan.len(), 1);
         assert_eq!(plan[0].conversation, waiting[1].conversation);
+    }
+
+    #[test]
+    fn a_chat_taken_back_from_an_agent_is_not_given_to_them_again() {
+        let (a, b) = (agent("a", 5, &[]), agent("b", 5, &[]));
+        let mut back = chat(0, 0, &[]);
+        back.excluded = vec![a.id];
+        let plan = plan(&[back], &[a.clone(), b.clone()], at(10));
+        assert_eq!(plan.len(), 1);
+        assert_eq!(plan[0].agent, b.id);
+        let alone = plan_for_one(&a);
+        assert!(alone.is_empty(), "nobody else: it keeps waiting");
+    }
+
+    fn plan_for_one(only: &AgentSnapshot) -> Vec<Assignment> {
+        let mut back = chat(0, 0, &[]);
+        back.excluded = vec![only.id];
+        plan(&[back], std::slice::from_ref(only), at(10))
     }
 
     #[test]

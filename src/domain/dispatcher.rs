@@ -8,14 +8,15 @@
 //! Timers: a chat's max wait ([`visitors::MAX_WAIT`]) carries out its workflow's action
 //! (keep waiting, overflow, take an offline message, close) and tells the visitor; a skill's
 //! relaxation time ([`visitors::RELAX`]) only wakes the dispatcher. Both fire after a restart
-//! too.
+//! too. Taking a chat back from its agent (no answer in time, offline past the grace
+//! period) is [`TakeBackTimer`].
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
 use super::Engine;
-use super::assignment::{self, actions_of};
+use super::assignment::{self, TakeBack, actions_of};
 use super::conversations::{self, Kind, Status, append, record_events};
 use super::events::EventKind;
 use super::participants::Participant;
@@ -72,6 +73,12 @@ impl Reactor for Dispatcher {
                 return Ok(());
             };
             let scope = TenantScope::system(&self.system, d.tenant);
+            // An agent who went offline gets a grace period for the chats they hold.
+            for d in batch {
+                if let DomainEvent::AgentChanged { agent } = d.event {
+                    assignment::on_agent_changed(&self.engine, &scope, agent).await?;
+                }
+            }
             let n = assignment::dispatch(&self.engine, &scope).await?;
             if n > 0 {
                 tracing::debug!(tenant.id = %d.tenant, assigned = n, "dispatched");
@@ -187,6 +194,53 @@ impl TimerHandler for Relax {
             let conv = visitors::wait_conversation(&timer.payload)?;
             if store::entry(tx, conv).await?.is_some() {
                 spine::record(tx, &[SpineEvent::QueueChanged { c: conv }], timer.due_at).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Takes a chat back from its agent when their time is up: no answer within the workflow's
+/// re-route time ([`assignment::REPLY_DUE`]), or offline past the grace period
+/// ([`assignment::AGENT_GONE`]). The chat returns to the queue at its place, for others; the
+/// dispatcher learns of it from its `status_changed` event.
+pub struct TakeBackTimer {
+    kind: &'static str,
+    why: TakeBack,
+    engine: Arc<Engine>,
+}
+
+impl TakeBackTimer {
+    /// Both handlers.
+    pub fn both(engine: Arc<Engine>) -> [Arc<dyn TimerHandler>; 2] {
+        [
+            Arc::new(Self {
+                kind: assignment::REPLY_DUE,
+                why: TakeBack::NoReply,
+                engine: engine.clone(),
+            }),
+            Arc::new(Self {
+                kind: assignment::AGENT_GONE,
+                why: TakeBack::AgentGone,
+                engine,
+            }),
+        ]
+    }
+}
+
+impl TimerHandler for TakeBackTimer {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn fire<'a>(&'a self, tx: &'a mut TenantTx, timer: &'a Timer) -> BoxFuture<'a, AppResult<()>> {
+        Box::pin(async move {
+            let (conv, agent, since) = assignment::taken_of(&timer.payload)?;
+            let now = self.engine.now();
+            if let Some(events) =
+                assignment::take_back(tx, conv, agent, since, self.why, now).await?
+            {
+                record_events(tx, &events, now).await?;
             }
             Ok(())
         })

@@ -479,6 +479,7 @@ pub fn queue_entry(
         max_wait_at: a
             .max_wait_seconds
             .map(|s| now + chrono::Duration::seconds(i64::from(s))),
+        excluded: Vec::new(),
     })
 }
 

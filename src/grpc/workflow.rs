@@ -296,6 +296,19 @@ fn actions_in(v: &mut Violations, f: &str, a: pb::WorkflowActions) -> Actions {
     let priority = v
         .check(m::priority(&format!("{f}.priority"), i64::from(a.priority)))
         .unwrap_or(0);
+    let reroute_after_seconds = v
+        .check(m::max_wait(
+            &format!("{f}.reroute_after_seconds"),
+            u64::from(a.reroute_after_seconds),
+        ))
+        .flatten();
+    let offline_grace_seconds = v
+        .check(m::max_wait(
+            &format!("{f}.offline_grace_seconds"),
+            u64::from(a.offline_grace_seconds),
+        ))
+        .flatten()
+        .unwrap_or(m::DEFAULT_OFFLINE_GRACE_SECONDS);
     Actions {
         auto_assign: a.auto_assign,
         strategy,
@@ -306,6 +319,8 @@ fn actions_in(v: &mut Violations, f: &str, a: pb::WorkflowActions) -> Actions {
         on_max_wait,
         max_wait_message,
         priority,
+        reroute_after_seconds,
+        offline_grace_seconds,
     }
 }
 
@@ -403,6 +418,8 @@ fn actions_out(a: Actions) -> pb::WorkflowActions {
         max_wait_message: a.max_wait_message,
         priority: a.priority,
         overflow_skills,
+        reroute_after_seconds: a.reroute_after_seconds.unwrap_or(0),
+        offline_grace_seconds: a.offline_grace_seconds,
     }
 }
 

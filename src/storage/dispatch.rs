@@ -9,7 +9,7 @@ use diesel_async::RunQueryDsl;
 
 use super::TenantTx;
 use super::conversations::ConversationRow;
-use super::schema::{assignments, conversations, queue_entries, users, visitors};
+use super::schema::{assignments, conversations, messages, queue_entries, users, visitors};
 use crate::error::AppResult;
 use crate::ids::{AssignmentId, ConversationId, UserId, WorkflowId};
 
@@ -60,6 +60,8 @@ pub struct WaitingRow {
     pub actions: serde_json::Value,
     /// Whether its max-wait action already ran.
     pub max_wait_fired: bool,
+    /// Agents it is not given to again.
+    pub excluded: Vec<UserId>,
 }
 
 /// The first `limit` waiting chats in serving order. Not locked: the dispatcher locks each
@@ -148,6 +150,8 @@ pub struct AssignmentRow {
     pub strategy: String,
     /// Who made it: `dispatcher`, `accepted`, `transfer` or `admin`.
     pub via: String,
+    /// What the chat waited with (JSON of `assignment::Queued`).
+    pub queued: serde_json::Value,
 }
 
 /// A new assignment; the tenant comes from the transaction.
@@ -165,6 +169,8 @@ pub struct NewAssignment {
     pub strategy: String,
     /// Who made it.
     pub via: &'static str,
+    /// What the chat waited with (JSON of `assignment::Queued`).
+    pub queued: serde_json::Value,
     /// When.
     pub at: DateTime<Utc>,
 }
@@ -184,6 +190,7 @@ pub async fn record_assignment(tx: &mut TenantTx, new: NewAssignment) -> AppResu
             assignments::assigned_at.eq(new.at),
             assignments::strategy.eq(new.strategy),
             assignments::via.eq(new.via),
+            assignments::queued.eq(new.queued),
         ))
         .execute(tx.conn())
         .await?;
@@ -302,4 +309,74 @@ pub async fn served_before(tx: &mut TenantTx, key: QueueKey) -> AppResult<i64> {
         .count()
         .get_result(tx.conn())
         .await?)
+}
+
+/// The open external chats assigned to `agent`.
+pub async fn open_chats_of(tx: &mut TenantTx, agent: UserId) -> AppResult<Vec<ConversationId>> {
+    let t = tx.tenant_id();
+    Ok(conversations::table
+        .filter(
+            conversations::tenant_id
+                .eq(t)
+                .and(conversations::kind.eq("external"))
+                .and(conversations::status.eq("open"))
+                .and(conversations::assigned_agent_id.eq(agent)),
+        )
+        .select(conversations::conversation_id)
+        .load(tx.conn())
+        .await?)
+}
+
+/// Whether the chat's latest message from a person (not the engine) is its visitor's, or no
+/// one has written yet: the chat waits for an agent's answer.
+pub async fn awaits_answer(tx: &mut TenantTx, conv: ConversationId) -> AppResult<bool> {
+    let t = tx.tenant_id();
+    let last: Option<String> = messages::table
+        .filter(
+            messages::tenant_id
+                .eq(t)
+                .and(messages::conversation_id.eq(conv))
+                .and(messages::sender_type.ne("system")),
+        )
+        .order(messages::seq.desc())
+        .select(messages::sender_type)
+        .first(tx.conn())
+        .await
+        .optional()?;
+    Ok(last.is_none_or(|s| s == "visitor"))
+}
+
+/// Whether `agent` wrote in the chat at or after `since`.
+pub async fn replied_since(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    agent: UserId,
+    since: DateTime<Utc>,
+) -> AppResult<bool> {
+    let t = tx.tenant_id();
+    let n: i64 = messages::table
+        .filter(
+            messages::tenant_id
+                .eq(t)
+                .and(messages::conversation_id.eq(conv))
+                .and(messages::sender_type.eq("agent"))
+                .and(messages::sender_id.eq(agent.as_uuid()))
+                .and(messages::created_at.ge(since)),
+        )
+        .count()
+        .get_result(tx.conn())
+        .await?;
+    Ok(n > 0)
+}
+
+/// When the agent's presence last changed (a stream opened or closed).
+pub async fn last_seen(tx: &mut TenantTx, agent: UserId) -> AppResult<Option<DateTime<Utc>>> {
+    let t = tx.tenant_id();
+    Ok(users::table
+        .find((t, agent))
+        .select(users::last_seen_at)
+        .first(tx.conn())
+        .await
+        .optional()?
+        .flatten())
 }

@@ -194,6 +194,7 @@ diesel::table! {
         max_wait_at -> Nullable<Timestamptz>,
         actions -> Jsonb,
         max_wait_fired -> Bool,
+        excluded -> Array<Uuid>,
     }
 }
 
@@ -209,6 +210,7 @@ diesel::table! {
         ended_at -> Nullable<Timestamptz>,
         strategy -> Text,
         via -> Text,
+        queued -> Jsonb,
     }
 }
 

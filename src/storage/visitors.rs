@@ -421,6 +421,8 @@ pub struct NewQueueEntry {
     pub enqueued_at: DateTime<Utc>,
     /// When its max wait passes.
     pub max_wait_at: Option<DateTime<Utc>>,
+    /// Agents it is not given to again.
+    pub excluded: Vec<UserId>,
 }
 
 /// Puts a chat in the queue.
@@ -435,6 +437,7 @@ pub async fn enqueue(tx: &mut TenantTx, e: NewQueueEntry) -> AppResult<()> {
             queue_entries::actions.eq(e.actions),
             queue_entries::enqueued_at.eq(e.enqueued_at),
             queue_entries::max_wait_at.eq(e.max_wait_at),
+            queue_entries::excluded.eq(e.excluded),
         ))
         .execute(tx.conn())
         .await?;

@@ -697,3 +697,123 @@ async fn agents_accept_transfer_and_close_a_chat_and_the_visitor_rates_it() {
         ]
     );
 }
+
+/// A default workflow of `t` with these actions.
+async fn workflow_with(app: &TestApp, t: &TenantFixture, actions: pb::WorkflowActions) {
+    WorkflowServiceClient::new(app.channel.clone())
+        .create_workflow(bearer(
+            pb::CreateWorkflowRequest {
+                name: "rules".into(),
+                enabled: true,
+                trigger: None,
+                actions: Some(actions),
+                is_default: false,
+            },
+            &t.admin_token,
+        ))
+        .await
+        .unwrap();
+}
+
+/// The chat's assignments, newest first, as (agent, still running).
+async fn history(app: &TestApp, t: &TenantFixture, conv: &str) -> Vec<(String, bool)> {
+    queue(&app.channel)
+        .explain_assignment(bearer(
+            pb::ExplainAssignmentRequest {
+                conversation_id: conv.into(),
+            },
+            &t.admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .assignments
+        .into_iter()
+        .map(|a| (a.agent_id, a.end_time.is_none()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_its_agent_does_not_answer_in_time_goes_to_the_next_agent() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("reroute").await;
+    let (_, key) = widget_key(&app, &t, &[ORIGIN]).await;
+    workflow_with(
+        &app,
+        &t,
+        pb::WorkflowActions {
+            auto_assign: true,
+            reroute_after_seconds: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (ann, ann_tok) = agent(&app, &t, "ann", 1, &[]).await;
+    let (bob, bob_tok) = agent(&app, &t, "bob", 1, &[]).await;
+    let _streams = online(&app.channel, &[ann_tok.clone(), bob_tok.clone()]).await;
+    set_status(&app.channel, &ann_tok, pb::AgentStatus::Available).await;
+    let conv = start_chats(&app, &key, "r", 1).await.remove(0);
+    eventually("ann is given the chat", || async {
+        (history(&app, &t, &conv).await == [(ann.clone(), true)]).then_some(())
+    })
+    .await;
+    // Ann says nothing; Bob is free.
+    set_status(&app.channel, &bob_tok, pb::AgentStatus::Available).await;
+    eventually("the chat moves on to bob", || async {
+        let h = history(&app, &t, &conv).await;
+        (h == [(bob.clone(), true), (ann.clone(), false)]).then_some(())
+    })
+    .await;
+    // Bob answers: the chat stays his past his own re-route time.
+    crate::harness::send(&app, &bob_tok, &conv, "hello, Bob here")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        history(&app, &t, &conv).await,
+        [(bob.clone(), true), (ann.clone(), false)]
+    );
+    let s = agent_states(&app, &t.admin_token).await;
+    assert_eq!((s[&ann].open_chats, s[&bob].open_chats), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_gone_offline_past_the_grace_period_loses_the_chats_that_wait_for_them() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("grace").await;
+    let (_, key) = widget_key(&app, &t, &[ORIGIN]).await;
+    workflow_with(
+        &app,
+        &t,
+        pb::WorkflowActions {
+            auto_assign: true,
+            offline_grace_seconds: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (ann, ann_tok) = agent(&app, &t, "ann", 2, &[]).await;
+    let (bob, bob_tok) = agent(&app, &t, "bob", 2, &[]).await;
+    let ann_stream = online(&app.channel, std::slice::from_ref(&ann_tok)).await;
+    set_status(&app.channel, &ann_tok, pb::AgentStatus::Available).await;
+    let chats = start_chats(&app, &key, "g", 2).await;
+    eventually("ann is given both chats", || async {
+        let s = agent_states(&app, &t.admin_token).await;
+        (s[&ann].open_chats == 2).then_some(())
+    })
+    .await;
+    // Ann answered the second chat; the first still waits for her.
+    crate::harness::send(&app, &ann_tok, &chats[1], "on it")
+        .await
+        .unwrap();
+    let _bob_stream = online(&app.channel, std::slice::from_ref(&bob_tok)).await;
+    set_status(&app.channel, &bob_tok, pb::AgentStatus::Available).await;
+    // Ann's app goes away.
+    drop(ann_stream);
+    eventually("the unanswered chat goes to bob", || async {
+        let h = history(&app, &t, &chats[0]).await;
+        (h == [(bob.clone(), true), (ann.clone(), false)]).then_some(())
+    })
+    .await;
+    assert_eq!(history(&app, &t, &chats[1]).await, [(ann.clone(), true)]);
+}

@@ -296,7 +296,16 @@ pub struct Actions {
     pub max_wait_message: String,
     /// Queue priority, higher first.
     pub priority: i32,
+    /// An assigned agent who has not replied within this long loses the chat to the next
+    /// agent (it returns to the queue at its place); None = never.
+    pub reroute_after_seconds: Option<u32>,
+    /// How long an agent who went offline keeps the chats that wait for their answer
+    /// before those go back to the queue at their place.
+    pub offline_grace_seconds: u32,
 }
+
+/// The offline grace period when a workflow sets none.
+pub const DEFAULT_OFFLINE_GRACE_SECONDS: u32 = 120;
 
 impl Default for Actions {
     /// The built-in defaults: auto-assign round-robin, no skills, no max wait.
@@ -311,6 +320,8 @@ impl Default for Actions {
             on_max_wait: OnMaxWait::KeepWaiting,
             max_wait_message: String::new(),
             priority: 0,
+            reroute_after_seconds: None,
+            offline_grace_seconds: DEFAULT_OFFLINE_GRACE_SECONDS,
         }
     }
 }
