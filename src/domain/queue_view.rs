@@ -180,6 +180,20 @@ pub async fn read(
     })
 }
 
+/// One waiting chat's place and estimated wait now, read on demand (GetQueueStatus); None
+/// when it does not wait.
+pub async fn place_of(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+) -> AppResult<Option<Place>> {
+    let q = read(e, scope, e.now(), true).await?;
+    let handling = handling_time(q.handling_seconds);
+    Ok(places(&q.waiting, handling, q.seats)
+        .into_iter()
+        .find(|p| p.conversation == conv))
+}
+
 /// The smallest UUIDv7 of the millisecond `at`: every id minted at or after `at` sorts at
 /// or above it (PostgreSQL compares uuids bytewise, and a v7 id starts with its time).
 fn v7_floor(at: DateTime<Utc>) -> uuid::Uuid {

@@ -160,6 +160,8 @@ pub struct QueueStatus {
     pub status: Status,
     /// 1-based place in the queue while waiting.
     pub position: Option<u32>,
+    /// Estimated wait in seconds while waiting; 0 when unknown.
+    pub estimated_wait_seconds: u32,
     /// Chats waiting in the tenant's queue.
     pub queue_length: u32,
     /// Since when it waits.
@@ -632,6 +634,7 @@ async fn status_of(tx: &mut TenantTx, row: &conv_store::ConversationRow) -> AppR
         conversation_id: row.conversation_id,
         status,
         position,
+        estimated_wait_seconds: 0,
         queue_length: u32::try_from(length).unwrap_or(u32::MAX),
         enqueued_at,
         assigned: row.assigned_agent_id,
@@ -737,6 +740,7 @@ pub async fn start_chat(
         .ok_or(AppError::NotFound("conversation"))?;
     let status = status_of(&mut tx, &row).await?;
     tx.commit().await?;
+    let status = with_estimate(e, scope, status).await?;
     Ok(Started {
         chat: conversation(row, members)?,
         resumed,
@@ -789,7 +793,21 @@ pub async fn queue_status(
     let (row, _) = require_admitted(&mut tx, conv, who).await?;
     let status = status_of(&mut tx, &row).await?;
     tx.commit().await?;
-    Ok(status)
+    with_estimate(e, scope, status).await
+}
+
+/// Fills in the estimated wait of a waiting chat's status.
+async fn with_estimate(
+    e: &Engine,
+    scope: &TenantScope,
+    mut s: QueueStatus,
+) -> AppResult<QueueStatus> {
+    if s.position.is_some()
+        && let Some(p) = super::queue_view::place_of(e, scope, s.conversation_id).await?
+    {
+        s.estimated_wait_seconds = p.estimated_wait_seconds;
+    }
+    Ok(s)
 }
 
 /// Ends a chat the caller takes part in (its visitor, or an agent serving it): it leaves the

@@ -55,8 +55,7 @@ fn queue_status_out(s: visitors::QueueStatus) -> pb::QueueStatus {
         status: convert::conversation_status(s.status) as i32,
         position: s.position.unwrap_or(0),
         queue_length: s.queue_length,
-        // Left unset until the queue keeps handling times (the dispatcher's work).
-        estimated_wait_seconds: 0,
+        estimated_wait_seconds: s.estimated_wait_seconds,
         enqueue_time: s.enqueued_at.map(convert::ts),
         assigned_agent_id: s.assigned.map(|a| a.to_string()).unwrap_or_default(),
     }

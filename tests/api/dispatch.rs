@@ -42,7 +42,7 @@ where
 }
 
 /// Creates an agent of `t` with `capacity` seats and `skills`, logged in on `app`.
-async fn agent(
+pub(crate) async fn agent(
     app: &TestApp,
     t: &TenantFixture,
     name: &str,
@@ -144,7 +144,7 @@ async fn agent_states(app: &TestApp, token: &str) -> HashMap<String, pb::AgentSt
 }
 
 /// A workflow of `t` that gives visitors with `tier=vip` priority 10.
-async fn vip_workflow(app: &TestApp, t: &TenantFixture) {
+pub(crate) async fn vip_workflow(app: &TestApp, t: &TenantFixture) {
     WorkflowServiceClient::new(app.channel.clone())
         .create_workflow(bearer(
             pb::CreateWorkflowRequest {

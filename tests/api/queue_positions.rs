@@ -315,3 +315,86 @@ async fn behind_a_busy_agent_the_wait_follows_how_long_recent_chats_took() {
         "{wait} s: one seat of two should free up about as fast as the last chat was handled"
     );
 }
+
+/// Waits on `s` for `conv`'s place to become `want` (estimates may change on the way).
+async fn until_place(s: &mut VisitorStream, conv: &str, want: u32) {
+    loop {
+        let p = s.position().await;
+        assert_eq!(p.conversation_id, conv, "a position of another chat");
+        assert!(
+            p.position >= want,
+            "{conv}: place {} before {want}",
+            p.position
+        );
+        if p.position == want {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn places_move_when_a_higher_priority_chat_arrives_and_after_each_assignment() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("moves").await;
+    let key = widget_key(&app, &t).await;
+    crate::dispatch::vip_workflow(&app, &t).await;
+    let mut waiting = Vec::new();
+    for (i, name) in ["ada", "ben", "cleo"].into_iter().enumerate() {
+        let w = Widget::visitor(&app, &key, name).await;
+        let mut s = w.subscribe(&app).await;
+        let conv = w.start(&app).await;
+        until_place(&mut s, &conv, i as u32 + 1).await;
+        waiting.push((w, s, conv));
+    }
+
+    // A VIP goes first; everyone else moves back one.
+    let mut vip = crate::visitors::Widget::new(&key);
+    let mut req = crate::visitors::init_req(&crate::visitors::session("vip"), "Vic");
+    req.attributes.insert("tier".into(), "vip".into());
+    vip.init(&app, req).await.unwrap();
+    let vip_chat = vip.start(&app, "").await.unwrap().conversation.unwrap().id;
+    for (place, (_, s, conv)) in (2..).zip(waiting.iter_mut()) {
+        until_place(s, conv, place).await;
+    }
+
+    // An agent with one seat comes: the VIP is served, the others move up.
+    let (zoe_id, zoe) = crate::dispatch::agent(&app, &t, "zoe", 1, &[]).await;
+    let _zoe = online(&app, &zoe).await;
+    for (place, (_, s, conv)) in (1..).zip(waiting.iter_mut()) {
+        until_place(s, conv, place).await;
+    }
+    let q = vip.status(&app, &vip_chat).await.unwrap();
+    assert_eq!(q.assigned_agent_id, zoe_id);
+
+    // Her chat ends: Ada is served next, Ben and Cleo move up again.
+    pb::queue_service_client::QueueServiceClient::new(app.channel.clone())
+        .close_chat(bearer(
+            pb::CloseChatRequest {
+                conversation_id: vip_chat,
+            },
+            &zoe,
+        ))
+        .await
+        .unwrap();
+    let (_, ada_stream, ada_chat) = waiting.remove(0);
+    drop(ada_stream);
+    for (place, (_, s, conv)) in (1..).zip(waiting.iter_mut()) {
+        until_place(s, conv, place).await;
+    }
+    // Ada left the queue for Zoe's seat.
+    let states = pb::queue_service_client::QueueServiceClient::new(app.channel.clone())
+        .list_waiting_chats(bearer(
+            pb::ListWaitingChatsRequest::default(),
+            &t.admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(states.total, 2);
+    assert!(
+        states
+            .chats
+            .iter()
+            .all(|c| c.conversation.as_ref().unwrap().id != ada_chat)
+    );
+}
