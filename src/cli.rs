@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `tenant create|list`, `workflow import`, `demo`.
+//! The command line: `serve`, `migrate`, `tenant create|list`, `workflow import`, `demo`,
+//! `talk`, `loadtest`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +54,12 @@ pub enum Command {
         /// Address to listen on.
         #[arg(long)]
         listen: Option<SocketAddr>,
+    },
+    /// Chats from the terminal as a website visitor or as an agent (try it after `demo`).
+    Talk {
+        /// Who to be.
+        #[command(subcommand)]
+        side: crate::talk::Talk,
     },
     /// Generates load against a server (its own in-process one by default) and reports
     /// throughput, delivery latency and memory.
@@ -258,9 +265,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 seed.slug
             );
             println!("discover: grpcurl -plaintext {addr} list");
+            let (ana, ana_pass) = seed
+                .agents
+                .iter()
+                .find(|a| a.0.starts_with("ana@"))
+                .map(|a| (a.0.as_str(), a.1.as_str()))
+                .unwrap_or_default();
+            println!("next, chat with yourself in two more terminals:");
+            println!(
+                "  agent:   chat-engine talk agent --target http://{addr} --email {ana} --password {ana_pass}"
+            );
+            println!(
+                "  visitor: chat-engine talk visitor --target http://{addr} --key {}",
+                seed.api_key
+            );
             app::serve(&cfg, node, listener, app::shutdown_signal()).await?;
             drop(db);
         }
+        Command::Talk { side } => crate::talk::run(side).await?,
         Command::Loadtest(args) => crate::loadtest::run(args, cfg).await?,
     }
     Ok(())

@@ -19,4 +19,5 @@ pub mod pb;
 pub mod pgcluster;
 pub mod realtime;
 pub mod storage;
+pub mod talk;
 pub mod tenancy;
