@@ -155,7 +155,7 @@ impl QueueService for QueueApi {
         req: Request<pb::WatchQueueRequest>,
     ) -> Result<Response<Self::WatchQueueStream>, Status> {
         let s = scope::agent(&req)?;
-        let boards = queue::board_stream(&self.streams.queue, s, self.streams.shutdown.clone())
+        let boards = queue::board_stream(&self.streams, s)?
             .map(|r| r.map(|b| board_out(&b)).map_err(Status::from));
         Ok(Response::new(Box::pin(Paced::new(boards))))
     }

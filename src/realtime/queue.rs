@@ -38,8 +38,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::hub::QueueObserver;
+use super::hub::{QueueObserver, SESSION_ENDED};
+use super::stream::{SHUTDOWN, StreamContext};
 use crate::domain::Engine;
+use crate::domain::participants::Participant;
 use crate::domain::queue_view::{self, Board, Place, QueueRead};
 use crate::error::{AppError, AppResult};
 use crate::ids::{ConversationId, TenantId, VisitorId};
@@ -181,29 +183,41 @@ impl Drop for BoardFeed {
 }
 
 /// A supervisor's stream of boards: the first as soon as it is read, then each one that
-/// differs from the one before; it ends with a resync error when the node shuts down (the
-/// client reconnects elsewhere and gets a fresh board).
+/// differs from the one before. It ends like the agent's other streams: with
+/// UNAUTHENTICATED when its session is signed out (or revoked) on any node, and with a
+/// resync error when the agent is deactivated, the node loses the bus or shuts down (the
+/// client reconnects and gets a fresh board).
 pub fn board_stream(
-    watch: &Arc<QueueWatch>,
+    ctx: &StreamContext,
     scope: TenantScope,
-    shutdown: CancellationToken,
-) -> impl futures_util::Stream<Item = AppResult<Arc<Board>>> + Send + 'static {
-    let mut feed = watch.watch_board(scope);
-    async_stream::try_stream! {
+) -> AppResult<impl futures_util::Stream<Item = AppResult<Arc<Board>>> + Send + 'static> {
+    let me = Participant::of(&scope)?;
+    // Registered in the hub only so that a signed-out session or a deactivated agent ends
+    // the stream where the hub ends the agent's others; it follows no conversation, and
+    // what it is sent (the tenant's agent presence) is read and dropped.
+    let mut sub = ctx.hub.subscribe(scope.tenant_id(), me, scope.session());
+    let mut feed = ctx.queue.watch_board(scope);
+    let shutdown = ctx.shutdown.clone();
+    Ok(async_stream::try_stream! {
         loop {
-            let board = tokio::select! {
-                _ = shutdown.cancelled() => None,
-                b = feed.changed() => b,
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => Err(SHUTDOWN),
+                ev = sub.recv() => match ev {
+                    Ok(_) => continue,
+                    Err(reason) => Err(reason),
+                },
+                b = feed.changed() => b.ok_or(SHUTDOWN),
             };
-            match board {
-                Some(b) => yield b,
-                None => Err(AppError::Resync(super::stream::SHUTDOWN))?,
+            match next {
+                Ok(b) => yield b,
+                Err(SESSION_ENDED) => Err(AppError::Unauthenticated("this session has ended"))?,
+                Err(reason) => Err(AppError::Resync(reason))?,
             }
         }
-    }
+    })
 }
 
-/// The node's queue positions (see the module doc).
+/// The node's queue positions and boards (see the module doc).
 pub struct QueueWatch {
     inner: Mutex<Inner>,
     wake: Notify,

@@ -2,7 +2,7 @@
 //! agents at once, then a new one whenever either changed (a chat queued, an agent online and
 //! given the chat, a capacity changed), never the same snapshot twice in a row, also when the
 //! change happens on another node; nothing of another tenant; no widget caller; and the
-//! stream's end when the server shuts down.
+//! stream's end when the server shuts down or its session is signed out.
 
 use std::time::Duration;
 
@@ -52,6 +52,18 @@ impl Watch {
         );
         self.seen.push(snap.clone());
         snap
+    }
+
+    /// How the stream ended, skipping the snapshots before.
+    async fn ended(&mut self) -> tonic::Status {
+        loop {
+            match tokio::time::timeout(WAIT, self.inner.message()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => panic!("the watch ended without a status"),
+                Ok(Err(s)) => return s,
+                Err(_) => panic!("the watch did not end within {WAIT:?}"),
+            }
+        }
     }
 
     /// The first snapshot `f` accepts.
@@ -230,10 +242,38 @@ async fn the_watch_ends_when_the_server_shuts_down() {
     let mut watch = Watch::open(&app, &t.admin_token).await.expect("WatchQueue");
     watch.next().await;
     let stopping = tokio::spawn(app.shutdown());
-    let end = match tokio::time::timeout(WAIT, watch.inner.message()).await {
-        Ok(Err(s)) => s,
-        other => panic!("expected the watch to end with an error, got {other:?}"),
-    };
+    let end = watch.ended().await;
     assert_eq!(end.code(), Code::Aborted, "{end:?}");
     stopping.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_out_sessions_watch_ends_and_another_session_watches_on() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("watch-out").await;
+    let (sam, _) = agent(&app, &t, "sam", 2, &[]).await;
+    let login = || app.login(&t.slug, "sam@watch-out.example", "agent-password-123");
+    let (a, b) = (login().await.unwrap(), login().await.unwrap());
+    let mut watch_a = Watch::open(&app, &a.access_token)
+        .await
+        .expect("WatchQueue");
+    let mut watch_b = Watch::open(&app, &b.access_token)
+        .await
+        .expect("WatchQueue");
+    watch_a.next().await;
+    watch_b.next().await;
+
+    app.auth()
+        .logout(pb::LogoutRequest {
+            refresh_token: a.refresh_token.clone(),
+        })
+        .await
+        .expect("Logout");
+    let end = watch_a.ended().await;
+    assert_eq!(end.code(), Code::Unauthenticated, "{end:?}");
+    // The other session's screen still follows changes.
+    set_capacity(&app, &t, &sam, 4).await;
+    watch_b
+        .until(|s| agent_in(s, &sam).is_some_and(|a| a.capacity == 4))
+        .await;
 }
