@@ -22,6 +22,11 @@
 //! visitors mind less. A chat that fits a free seat now is told 1 s: it is about to be
 //! assigned, and 0 means unknown. With no seat at all (no agent available and online) the
 //! estimate is 0, unknown, not a guess.
+//!
+//! Supervisors watch a [`Board`] instead: the head of the queue as `ListWaitingChats` gives
+//! it and every agent's state as `ListAgentStates` does, read by [`board`] with the scope of
+//! one of the watching agents (the same rules as the lists, so the stream shows nothing the
+//! lists would not).
 
 use std::time::Duration;
 
@@ -29,6 +34,7 @@ use chrono::{DateTime, Utc};
 
 use super::Engine;
 use super::agents::AgentStatus;
+use super::assignment::{self, QueuedChat};
 use super::routing::AgentSnapshot;
 use super::visitors::{QueueEntry, served_before};
 use super::workflows::agent_snapshots;
@@ -192,6 +198,33 @@ pub async fn place_of(
     Ok(places(&q.waiting, handling, q.seats)
         .into_iter()
         .find(|p| p.conversation == conv))
+}
+
+/// Waiting chats a [`Board`] shows at most; `total` counts the rest.
+pub const BOARD_CHATS: i64 = 200;
+
+/// The queue and the agents as a supervisor watches them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Board {
+    /// The first [`BOARD_CHATS`] waiting chats, in serving order.
+    pub chats: Vec<QueuedChat>,
+    /// Chats waiting in all.
+    pub total: u32,
+    /// Every active agent of the tenant, by id.
+    pub agents: Vec<AgentSnapshot>,
+}
+
+/// Reads the scope's tenant's [`Board`] (any agent of the tenant may). Two reads, the
+/// queue's and the agents': a change between them shows in the next board, which that
+/// change asks for.
+pub async fn board(e: &Engine, scope: &TenantScope) -> AppResult<Board> {
+    let (page, total) = assignment::waiting_list(e, scope, BOARD_CHATS, "").await?;
+    let agents = assignment::agent_states(e, scope).await?;
+    Ok(Board {
+        chats: page.items,
+        total,
+        agents,
+    })
 }
 
 /// The smallest UUIDv7 of the millisecond `at`: every id minted at or after `at` sorts at

@@ -139,14 +139,16 @@ pub fn announce_again(tx: &TenantTx, seqs: &[(ConversationId, i64)]) {
             pos: None,
             committed: vec![(c, seq)],
             joined: Vec::new(),
+            agents: Vec::new(),
         };
         tx.announce(CHANNEL, notice.encode());
     }
 }
 
 /// The payload of a spine notice: which tenant and shard has a new entry at which position,
-/// and the highest committed seq of each conversation it touched (enough for a stream to
-/// fetch what it lacks).
+/// the highest committed seq of each conversation it touched (enough for a stream to fetch
+/// what it lacks), and the agents whose routing state changed (so that the queue watch,
+/// `realtime::queue`, reads the agents' states again without reading the spine).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
     /// Tenant.
@@ -159,6 +161,8 @@ pub struct Notice {
     pub committed: Vec<(ConversationId, i64)>,
     /// Who joined which conversation, at which seq.
     pub joined: Vec<(ConversationId, i64, Joiner)>,
+    /// Agents whose status, capacity, presence, active flag or role changed.
+    pub agents: Vec<UserId>,
 }
 
 /// PostgreSQL refuses notice payloads of 8000 bytes or more.
@@ -187,11 +191,18 @@ impl Notice {
                     _ => None,
                 })
                 .collect(),
+            agents: events
+                .iter()
+                .filter_map(|e| match e {
+                    SpineEvent::AgentChanged { agent } => Some(*agent),
+                    _ => None,
+                })
+                .collect(),
         }
     }
 
     /// One or more payloads (`<tenant> <shard> <pos or -> [<conv>:<seq> | +<conv>:<seq>:a<agent>
-    /// | +<conv>:<seq>:v<visitor> ...]`), each under the limit.
+    /// | +<conv>:<seq>:v<visitor> | @<agent> ...]`), each under the limit.
     pub fn encode(&self) -> Vec<String> {
         let pos = self.pos.map_or_else(|| "-".to_owned(), |p| p.to_string());
         let head = format!("{} {} {pos}", self.tenant, self.shard);
@@ -202,7 +213,8 @@ impl Notice {
             .chain(self.joined.iter().map(|(c, seq, who)| match who {
                 Joiner::Agent(a) => format!(" +{c}:{seq}:a{a}"),
                 Joiner::Visitor(v) => format!(" +{c}:{seq}:v{v}"),
-            }));
+            }))
+            .chain(self.agents.iter().map(|a| format!(" @{a}")));
         let mut out = vec![head.clone()];
         for part in parts {
             let last = out.last_mut().expect("never empty");
@@ -224,9 +236,11 @@ impl Notice {
             "-" => None,
             p => Some(p.parse().ok()?),
         };
-        let (mut committed, mut joined) = (Vec::new(), Vec::new());
+        let (mut committed, mut joined, mut agents) = (Vec::new(), Vec::new(), Vec::new());
         for p in parts {
-            if let Some(j) = p.strip_prefix('+') {
+            if let Some(a) = p.strip_prefix('@') {
+                agents.push(UserId::parse(a)?);
+            } else if let Some(j) = p.strip_prefix('+') {
                 let mut f = j.splitn(3, ':');
                 let c = ConversationId::parse(f.next()?)?;
                 let seq = f.next()?.parse().ok()?;
@@ -248,6 +262,7 @@ impl Notice {
             pos,
             committed,
             joined,
+            agents,
         })
     }
 }
@@ -267,19 +282,22 @@ mod tests {
                 (ConversationId::new(), 3, Joiner::Agent(UserId::new())),
                 (ConversationId::new(), 1, Joiner::Visitor(VisitorId::new())),
             ],
+            agents: vec![UserId::new(), UserId::new()],
         };
         let payloads = n.encode();
         assert!(payloads.len() > 1);
         assert!(payloads.iter().all(|p| p.len() < 8000));
-        let (mut back, mut joins) = (Vec::new(), Vec::new());
+        let (mut back, mut joins, mut agents) = (Vec::new(), Vec::new(), Vec::new());
         for p in &payloads {
             let d = Notice::decode(p).unwrap();
             assert_eq!((d.tenant, d.shard, d.pos), (n.tenant, n.shard, n.pos));
             back.extend(d.committed);
             joins.extend(d.joined);
+            agents.extend(d.agents);
         }
         assert_eq!(back, n.committed);
         assert_eq!(joins, n.joined);
+        assert_eq!(agents, n.agents);
     }
 
     #[test]
@@ -295,6 +313,7 @@ mod tests {
         let c = ConversationId::new();
         assert!(Notice::decode(&format!("{t} 1 4 +{c}:2:x{}", UserId::new())).is_none());
         assert!(Notice::decode(&format!("{t} 1 4 +{c}:2:a")).is_none());
+        assert!(Notice::decode(&format!("{t} 1 4 @nope")).is_none());
         let empty = Notice::decode(&format!("{t} 2 -")).unwrap();
         assert_eq!((empty.pos, empty.committed), (None, Vec::new()));
     }

@@ -239,7 +239,7 @@ pub async fn serve(
         ))
         .add_service(limited!(
             QueueServiceServer<_>,
-            queue::QueueApi::new(engine.clone())
+            queue::QueueApi::new(streams.clone())
         ))
         .add_service(limited!(
             WorkflowServiceServer<_>,

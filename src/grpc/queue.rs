@@ -1,16 +1,20 @@
-//! QueueService: the queue and agents' routing states as agents and supervisors see them, and
-//! the agent side of who serves a chat (accept, transfer, close, ExplainAssignment). The rules
-//! live in `domain::assignment` and `domain::visitors`.
+//! QueueService: the queue and agents' routing states as agents and supervisors see them (as
+//! lists, and as WatchQueue's stream of snapshots), and the agent side of who serves a chat
+//! (accept, transfer, close, ExplainAssignment). The rules live in `domain::assignment` and
+//! `domain::visitors`; when a snapshot is read and sent, in `realtime::queue`.
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::conversation::conv_id;
+use super::pace::Paced;
 use super::workflow::candidates_out;
-use super::{convert, scope};
+use super::{Streaming, convert, scope};
 use crate::domain::assignment::{self, AssignmentRecord, QueuedChat, TransferTarget, Via};
 use crate::domain::paging::page_size;
+use crate::domain::queue_view::Board;
 use crate::domain::routing::AgentSnapshot;
 use crate::domain::workflows::model as m;
 use crate::domain::{Engine, validate, visitors};
@@ -18,16 +22,29 @@ use crate::error::Violations;
 use crate::ids::UserId;
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
+use crate::realtime::{StreamContext, queue};
 
 /// Handler of QueueService.
 pub struct QueueApi {
     engine: Arc<Engine>,
+    streams: Arc<StreamContext>,
 }
 
 impl QueueApi {
-    /// A handler over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    /// A handler over the streams' engine, watching the queue through their queue watch.
+    pub fn new(streams: Arc<StreamContext>) -> Self {
+        Self {
+            engine: streams.engine.clone(),
+            streams,
+        }
+    }
+}
+
+fn board_out(b: &Board) -> pb::WatchQueueResponse {
+    pb::WatchQueueResponse {
+        chats: b.chats.iter().cloned().map(waiting_out).collect(),
+        total: b.total,
+        agents: b.agents.iter().cloned().map(agent_state_out).collect(),
     }
 }
 
@@ -129,6 +146,18 @@ impl QueueService for QueueApi {
         Ok(Response::new(pb::ListAgentStatesResponse {
             agents: agents.into_iter().map(agent_state_out).collect(),
         }))
+    }
+
+    type WatchQueueStream = Streaming<pb::WatchQueueResponse>;
+
+    async fn watch_queue(
+        &self,
+        req: Request<pb::WatchQueueRequest>,
+    ) -> Result<Response<Self::WatchQueueStream>, Status> {
+        let s = scope::agent(&req)?;
+        let boards = queue::board_stream(&self.streams, s)?
+            .map(|r| r.map(|b| board_out(&b)).map_err(Status::from));
+        Ok(Response::new(Box::pin(Paced::new(boards))))
     }
 
     async fn accept_chat(

@@ -2,9 +2,10 @@
 //! PostgreSQL; when a followed conversation's events have not arrived on the fast path (the
 //! local hub or NATS) a moment later, its streams are told to fetch them from PostgreSQL;
 //! a participant who joined a conversation has their streams here told to join it, and the
-//! queue watch (`realtime::queue`) hears of commits in tenants it watches. With the
-//! follower (`domain::follower`), this is what delivers an event whose committing node died
-//! right after its commit, and what lets nodes without NATS see each other's events.
+//! queue watch (`realtime::queue`) hears of commits and agent changes in tenants it
+//! watches. With the follower (`domain::follower`), this is what delivers an event whose
+//! committing node died right after its commit, and what lets nodes without NATS see each
+//! other's events.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -60,6 +61,10 @@ pub fn start(hub: Arc<Hub>, mut heard: mpsc::Receiver<Heard>, shutdown: Cancella
                             let hints = n.committed.iter().map(|(c, s)| (*c, *s, false));
                             for (c, seq, entering) in hints.chain(entering) {
                                 waiting.push_back((due, Hint::Queue(n.tenant, c, seq, entering)));
+                            }
+                            // Agent changes have no fast path to wait for.
+                            if !n.agents.is_empty() {
+                                q.agents_changed(n.tenant);
                             }
                         }
                         for (c, up_to) in n.committed {

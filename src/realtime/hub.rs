@@ -91,13 +91,16 @@ fn detach<K: std::hash::Hash + Eq>(map: &mut HashMap<K, HashSet<u64>>, key: K, i
 /// Told what suggests that a tenant's queue changed (`realtime::queue` implements it). Its
 /// methods are called with no hub lock held and must not block.
 pub trait QueueObserver: Send + Sync {
-    /// Whether anything of `tenant` matters here (a visitor stream of it is open).
+    /// Whether anything of `tenant` matters here (a visitor or queue-watching stream of it
+    /// is open).
     fn interested(&self, tenant: TenantId) -> bool;
     /// A chat's status changed at `seq` (queued, assigned, ended), seen on the fast path.
     fn status_changed(&self, tenant: TenantId, conv: ConversationId, seq: i64);
     /// The spine says `conv` committed up to `up_to` (`entering`: as a visitor's new chat),
     /// and the fast path had its grace to bring it.
     fn committed(&self, tenant: TenantId, conv: ConversationId, up_to: i64, entering: bool);
+    /// The spine says an agent's routing state changed (status, capacity, presence).
+    fn agents_changed(&self, tenant: TenantId);
 }
 
 /// Routes events to local subscribers.

@@ -93,7 +93,7 @@ async fn set_status(channel: &Channel, token: &str, status: pb::AgentStatus) {
         .unwrap();
 }
 
-async fn set_capacity(app: &TestApp, t: &TenantFixture, agent: &str, capacity: u32) {
+pub(crate) async fn set_capacity(app: &TestApp, t: &TenantFixture, agent: &str, capacity: u32) {
     app.agents()
         .update_agent(bearer(
             pb::UpdateAgentRequest {

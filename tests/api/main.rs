@@ -15,6 +15,7 @@ mod messaging;
 mod nodes;
 mod participants;
 mod queue_positions;
+mod queue_watch;
 mod server;
 mod spine;
 mod tenants;
