@@ -243,7 +243,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
     let mut timer_handlers = consumers.timers;
     timer_handlers.push(MaxWait::new(engine.clone(), system));
     timer_handlers.push(Arc::new(Relax));
-    timer_handlers.extend(TakeBackTimer::both(engine.clone()));
+    timer_handlers.extend(TakeBackTimer::all(engine.clone()));
     reactors::start(
         pool.clone(),
         engine.clock.clone(),

@@ -153,6 +153,7 @@ fn demo_workflow() -> wf::Definition {
             priority: 0,
             reroute_after_seconds: Some(180),
             offline_grace_seconds: wf::DEFAULT_OFFLINE_GRACE_SECONDS,
+            offer_timeout_seconds: None,
         },
         ..Default::default()
     }

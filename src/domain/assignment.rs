@@ -52,6 +52,8 @@ pub enum Via {
     Transfer,
     /// An admin assigned it.
     Admin,
+    /// The dispatcher offered it; the agent has yet to accept.
+    Offered,
 }
 
 impl Via {
@@ -62,6 +64,7 @@ impl Via {
             Via::Accepted => "accepted",
             Via::Transfer => "transfer",
             Via::Admin => "admin",
+            Via::Offered => "offered",
         }
     }
     /// Parses [`as_str`](Self::as_str); anything else is corrupt data.
@@ -71,6 +74,7 @@ impl Via {
             "accepted" => Via::Accepted,
             "transfer" => Via::Transfer,
             "admin" => Via::Admin,
+            "offered" => Via::Offered,
             other => {
                 return Err(AppError::Internal(format!(
                     "stored assignment via {other:?}"
@@ -230,6 +234,53 @@ fn still_waiting(row: &ConversationRow) -> bool {
     row.status == Status::Queued.as_str() && row.assigned_agent_id.is_none()
 }
 
+/// Offers a waiting chat to `agent` inside `tx` (the chat row locked by the caller): they
+/// join it and see it on their stream, it leaves the queue and stays `queued` with them as
+/// its assignee (their seat is held) until they accept or the offer lapses.
+async fn offer_to(
+    tx: &mut TenantTx,
+    row: &ConversationRow,
+    agent: UserId,
+    now: DateTime<Utc>,
+) -> AppResult<(ConversationRow, Vec<ConversationEvent>)> {
+    let conv = row.conversation_id;
+    let mut events = Vec::new();
+    let added = conv_store::add_members(tx, conv, &[agent], now).await?;
+    if !added.is_empty() {
+        events.push(
+            append(
+                tx,
+                conv,
+                EventKind::MembersAdded {
+                    agents: added,
+                    actor: None,
+                },
+                Participant::System,
+                now,
+            )
+            .await?,
+        );
+    }
+    visitor_store::dequeue(tx, conv).await?;
+    events.push(
+        append(
+            tx,
+            conv,
+            EventKind::StatusChanged {
+                status: Status::Queued,
+                assigned: Some(agent),
+                visitor: None,
+            },
+            Participant::System,
+            now,
+        )
+        .await?,
+    );
+    let row =
+        visitor_store::set_chat_state(tx, conv, Status::Queued.as_str(), Some(agent), None).await?;
+    Ok((row, events))
+}
+
 /// One dispatcher pass over the tenant: assigns every waiting chat an eligible agent can take
 /// now, oldest first within priority, and returns how many were assigned.
 pub async fn dispatch(e: &Engine, scope: &TenantScope) -> AppResult<usize> {
@@ -278,7 +329,11 @@ async fn dispatch_round(e: &Engine, scope: &TenantScope) -> AppResult<(usize, us
             continue;
         };
         let queued = Queued::of(entry)?;
-        let (_, evs) = hand_over(&mut tx, &row, a.agent, Participant::System, now).await?;
+        let offer = queued.actions.offer_timeout_seconds;
+        let (_, evs) = match offer {
+            Some(_) => offer_to(&mut tx, &row, a.agent, now).await?,
+            None => hand_over(&mut tx, &row, a.agent, Participant::System, now).await?,
+        };
         events.extend(evs);
         store::set_last_assigned(&mut tx, a.agent, a.assigned_at).await?;
         let reasons =
@@ -289,10 +344,19 @@ async fn dispatch_round(e: &Engine, scope: &TenantScope) -> AppResult<(usize, us
             a.agent,
             &queued,
             (a.decision.strategy.as_str(), reasons),
-            Via::Dispatcher,
+            if offer.is_some() {
+                Via::Offered
+            } else {
+                Via::Dispatcher
+            },
             now,
         )
         .await?;
+        if let Some(t) = offer {
+            let due = now + chrono::Duration::seconds(i64::from(t));
+            let payload = taken_payload(a.conversation, a.agent, now);
+            timers::schedule(&mut tx, OFFER_LAPSE, due, payload).await?;
+        }
         assigned += 1;
     }
     commit_events(e, scope, tx, events).await?;
@@ -324,7 +388,12 @@ async fn record(
         },
     )
     .await?;
-    if let Some(t) = queued.actions.reroute_after_seconds {
+    // An offer's answer time starts when it is accepted.
+    if let Some(t) = queued
+        .actions
+        .reroute_after_seconds
+        .filter(|_| via != Via::Offered)
+    {
         let due = at + chrono::Duration::seconds(i64::from(t));
         timers::schedule(tx, REPLY_DUE, due, taken_payload(conv, agent, at)).await?;
     }
@@ -358,6 +427,8 @@ async fn queued_of(tx: &mut TenantTx, row: &ConversationRow) -> AppResult<Queued
 
 /// Timer kind: an assigned agent's time to answer is up.
 pub const REPLY_DUE: &str = "chat.reply_due";
+/// Timer kind: an offer was not accepted in time.
+pub const OFFER_LAPSE: &str = "chat.offer_lapse";
 /// Timer kind: an agent who went offline is past their grace period for one chat.
 pub const AGENT_GONE: &str = "chat.agent_gone";
 
@@ -420,9 +491,16 @@ pub async fn accept(
     let (me, _) = require_agent(scope)?;
     let now = e.now();
     let mut tx = e.db.tenant_tx(scope).await?;
-    require_seat(&mut tx, me, now).await?;
+    // A chat offered to the caller holds its seat already; locks go agents, then the chat.
+    let offered_to_me = |r: &ConversationRow| {
+        r.status == Status::Queued.as_str() && r.assigned_agent_id == Some(me)
+    };
+    let peek = visitor_store::chat(&mut tx, conv).await?;
+    if !peek.as_ref().is_some_and(offered_to_me) {
+        require_seat(&mut tx, me, now).await?;
+    }
     let row = lock_external(&mut tx, conv).await?;
-    if !still_waiting(&row) {
+    if !still_waiting(&row) && !offered_to_me(&row) {
         return Err(AppError::FailedPrecondition(
             "the chat is no longer waiting",
         ));
@@ -583,6 +661,8 @@ pub enum TakeBack {
     NoReply,
     /// The agent went offline and stayed away past the grace period.
     AgentGone,
+    /// The agent did not accept an offer in time.
+    OfferLapsed,
 }
 
 /// Inside a timer's transaction: gives the chat back to the queue (at its place, never again
@@ -598,13 +678,19 @@ pub(crate) async fn take_back(
     let Some(row) = visitor_store::chat(tx, conv).await? else {
         return Ok(None);
     };
+    // An offer is taken back while it waits for its answer; a chat while it is served.
+    let held = match why {
+        TakeBack::OfferLapsed => Status::Queued,
+        TakeBack::NoReply | TakeBack::AgentGone => Status::Open,
+    };
     if row.kind != Kind::External.as_str()
-        || row.status != Status::Open.as_str()
+        || row.status != held.as_str()
         || row.assigned_agent_id != Some(agent)
     {
         return Ok(None);
     }
     let still = match why {
+        TakeBack::OfferLapsed => true,
         TakeBack::NoReply => !store::replied_since(tx, conv, agent, since).await?,
         TakeBack::AgentGone => {
             let back = store::last_seen(tx, agent)
@@ -621,7 +707,7 @@ pub(crate) async fn take_back(
         return Ok(None);
     }
     let row = lock_external(tx, conv).await?;
-    if row.assigned_agent_id != Some(agent) || row.status != Status::Open.as_str() {
+    if row.assigned_agent_id != Some(agent) || row.status != held.as_str() {
         return Ok(None);
     }
     let queued = queued_of(tx, &row).await?;
@@ -721,7 +807,7 @@ pub async fn explain(
         .map(|r| {
             let via = Via::parse(&r.via)?;
             let decision = match via {
-                Via::Dispatcher => Some(
+                Via::Dispatcher | Via::Offered => Some(
                     serde_json::from_value(r.reasons)
                         .map_err(|e| AppError::Internal(format!("stored reasons: {e}")))?,
                 ),

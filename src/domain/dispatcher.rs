@@ -200,9 +200,9 @@ impl TimerHandler for Relax {
     }
 }
 
-/// Takes a chat back from its agent when their time is up: no answer within the workflow's
-/// re-route time ([`assignment::REPLY_DUE`]), or offline past the grace period
-/// ([`assignment::AGENT_GONE`]). The chat returns to the queue at its place, for others; the
+/// Takes a chat back from its agent when their time is up: an offer not accepted in time
+/// ([`assignment::OFFER_LAPSE`]), no answer within the workflow's re-route time
+/// ([`assignment::REPLY_DUE`]), or offline past the grace period ([`assignment::AGENT_GONE`]). The chat returns to the queue at its place, for others; the
 /// dispatcher learns of it from its `status_changed` event.
 pub struct TakeBackTimer {
     kind: &'static str,
@@ -211,9 +211,14 @@ pub struct TakeBackTimer {
 }
 
 impl TakeBackTimer {
-    /// Both handlers.
-    pub fn both(engine: Arc<Engine>) -> [Arc<dyn TimerHandler>; 2] {
+    /// The three handlers.
+    pub fn all(engine: Arc<Engine>) -> [Arc<dyn TimerHandler>; 3] {
         [
+            Arc::new(Self {
+                kind: assignment::OFFER_LAPSE,
+                why: TakeBack::OfferLapsed,
+                engine: engine.clone(),
+            }),
             Arc::new(Self {
                 kind: assignment::REPLY_DUE,
                 why: TakeBack::NoReply,

@@ -79,6 +79,7 @@ fn via_out(v: Via) -> pb::AssignmentVia {
         Via::Accepted => pb::AssignmentVia::Accepted,
         Via::Transfer => pb::AssignmentVia::Transfer,
         Via::Admin => pb::AssignmentVia::Admin,
+        Via::Offered => pb::AssignmentVia::Offered,
     }
 }
 

@@ -309,6 +309,12 @@ fn actions_in(v: &mut Violations, f: &str, a: pb::WorkflowActions) -> Actions {
         ))
         .flatten()
         .unwrap_or(m::DEFAULT_OFFLINE_GRACE_SECONDS);
+    let offer_timeout_seconds = v
+        .check(m::max_wait(
+            &format!("{f}.offer_timeout_seconds"),
+            u64::from(a.offer_timeout_seconds),
+        ))
+        .flatten();
     Actions {
         auto_assign: a.auto_assign,
         strategy,
@@ -321,6 +327,7 @@ fn actions_in(v: &mut Violations, f: &str, a: pb::WorkflowActions) -> Actions {
         priority,
         reroute_after_seconds,
         offline_grace_seconds,
+        offer_timeout_seconds,
     }
 }
 
@@ -420,6 +427,7 @@ fn actions_out(a: Actions) -> pb::WorkflowActions {
         overflow_skills,
         reroute_after_seconds: a.reroute_after_seconds.unwrap_or(0),
         offline_grace_seconds: a.offline_grace_seconds,
+        offer_timeout_seconds: a.offer_timeout_seconds.unwrap_or(0),
     }
 }
 

@@ -817,3 +817,103 @@ async fn an_agent_gone_offline_past_the_grace_period_loses_the_chats_that_wait_f
     .await;
     assert_eq!(history(&app, &t, &chats[1]).await, [(ann.clone(), true)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_not_accepted_in_time_goes_to_the_next_agent_who_accepts_it() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("offers").await;
+    let (_, key) = widget_key(&app, &t, &[ORIGIN]).await;
+    workflow_with(
+        &app,
+        &t,
+        pb::WorkflowActions {
+            auto_assign: true,
+            offer_timeout_seconds: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (ann, ann_tok) = agent(&app, &t, "ann", 1, &[]).await;
+    let (bob, bob_tok) = agent(&app, &t, "bob", 1, &[]).await;
+    let mut ann_ev = online(&app.channel, std::slice::from_ref(&ann_tok))
+        .await
+        .remove(0);
+    let mut bob_ev = online(&app.channel, std::slice::from_ref(&bob_tok))
+        .await
+        .remove(0);
+    set_status(&app.channel, &ann_tok, pb::AgentStatus::Available).await;
+    let mut w = Widget::new(&key);
+    w.init(&app, init_req(&session("offer"), "Olga"))
+        .await
+        .unwrap();
+    let conv = w.start(&app, "hi").await.unwrap().conversation.unwrap().id;
+    // Offered to Ann (the only one available): it shows on her stream, holds her seat, and
+    // is no longer in the queue; the visitor still waits.
+    let (c, v) = joined(&mut ann_ev).await;
+    assert_eq!((c.id.as_str(), v.name.as_str()), (conv.as_str(), "Olga"));
+    assert_eq!(c.status, pb::ConversationStatus::Queued as i32);
+    assert_eq!(c.assigned_agent_id, ann);
+    assert!(waiting(&app, &t.admin_token).await.is_empty());
+    let q = w.status(&app, &conv).await.unwrap();
+    assert_eq!(q.status, pb::ConversationStatus::Queued as i32);
+    // Bob cannot take an offer made to Ann.
+    let not_his = queue(&app.channel)
+        .accept_chat(bearer(
+            pb::AcceptChatRequest {
+                conversation_id: conv.clone(),
+            },
+            &bob_tok,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(not_his.code(), Code::FailedPrecondition);
+
+    // Ann lets it lapse; Bob becomes available and is offered it, and accepts.
+    set_status(&app.channel, &bob_tok, pb::AgentStatus::Available).await;
+    let (c, _) = joined(&mut bob_ev).await;
+    assert_eq!(c.id, conv);
+    let taken = queue(&app.channel)
+        .accept_chat(bearer(
+            pb::AcceptChatRequest {
+                conversation_id: conv.clone(),
+            },
+            &bob_tok,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap();
+    assert_eq!(taken.status, pb::ConversationStatus::Open as i32);
+    assert_eq!(taken.member_agent_ids, std::slice::from_ref(&bob));
+    let why = queue(&app.channel)
+        .explain_assignment(bearer(
+            pb::ExplainAssignmentRequest {
+                conversation_id: conv.clone(),
+            },
+            &t.admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .assignments;
+    let story: Vec<(String, i32, bool)> = why
+        .iter()
+        .map(|a| (a.agent_id.clone(), a.via, a.end_time.is_none()))
+        .collect();
+    let (offered, accepted) = (
+        pb::AssignmentVia::Offered as i32,
+        pb::AssignmentVia::Accepted as i32,
+    );
+    assert_eq!(
+        story,
+        [
+            (bob.clone(), accepted, true),
+            (bob.clone(), offered, false),
+            (ann.clone(), offered, false),
+        ]
+    );
+    // The lapsed offer left Ann's seat free again.
+    let s = agent_states(&app, &t.admin_token).await;
+    assert_eq!((s[&ann].open_chats, s[&bob].open_chats), (0, 1));
+}

@@ -302,6 +302,9 @@ pub struct Actions {
     /// How long an agent who went offline keeps the chats that wait for their answer
     /// before those go back to the queue at their place.
     pub offline_grace_seconds: u32,
+    /// When set, the dispatcher offers a chat instead of assigning it: the agent takes it
+    /// with AcceptChat within this long, or it goes to the next agent. None = assign at once.
+    pub offer_timeout_seconds: Option<u32>,
 }
 
 /// The offline grace period when a workflow sets none.
@@ -322,6 +325,7 @@ impl Default for Actions {
             priority: 0,
             reroute_after_seconds: None,
             offline_grace_seconds: DEFAULT_OFFLINE_GRACE_SECONDS,
+            offer_timeout_seconds: None,
         }
     }
 }
