@@ -917,3 +917,128 @@ async fn an_offer_not_accepted_in_time_goes_to_the_next_agent_who_accepts_it() {
     let s = agent_states(&app, &t.admin_token).await;
     assert_eq!((s[&ann].open_chats, s[&bob].open_chats), (0, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_a_visitor_waits_an_agent_comes_and_is_assigned_they_talk_hand_over_and_close() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("e2e").await;
+    let (_, key) = widget_key(&app, &t, &[ORIGIN]).await;
+    let (ann, ann_tok) = agent(&app, &t, "ann", 2, &[]).await;
+    let (bob, bob_tok) = agent(&app, &t, "bob", 2, &["billing"]).await;
+
+    // The visitor starts a chat; nobody is there, so it waits first in line.
+    let mut w = Widget::new(&key);
+    w.init(&app, init_req(&session("e2e"), "Eva"))
+        .await
+        .unwrap();
+    let started = w.start(&app, "my card was charged twice").await.unwrap();
+    let conv = started.conversation.unwrap().id;
+    assert_eq!(started.queue_status.unwrap().position, 1);
+    let mut mine = w.subscribe(&app, &[(&conv, 0)]).await.unwrap();
+    mine.caught_up().await;
+
+    // Ann comes online and available: the dispatcher gives her the chat.
+    let mut ann_ev = online(&app.channel, std::slice::from_ref(&ann_tok))
+        .await
+        .remove(0);
+    set_status(&app.channel, &ann_tok, pb::AgentStatus::Available).await;
+    let (c, v) = joined(&mut ann_ev).await;
+    assert_eq!((c.id.as_str(), v.name.as_str()), (conv.as_str(), "Eva"));
+    let opened = mine
+        .until(|i| status_changed(i).filter(|s| s.status == pb::ConversationStatus::Open as i32))
+        .await;
+    assert_eq!(opened.assigned_agent_id, ann);
+
+    // Typing both ways, a reply, and Ann's read receipt reach the visitor.
+    w.typing(&app, &conv, true).await.unwrap();
+    let typist = ann_ev
+        .until(|i| match i {
+            pb::stream_item::Kind::Typing(ty) if ty.typing => Some(ty.sender_id.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(typist, w.visitor_id());
+    app.conversations()
+        .set_typing(bearer(
+            pb::SetTypingRequest {
+                conversation_id: conv.clone(),
+                typing: true,
+            },
+            &ann_tok,
+        ))
+        .await
+        .unwrap();
+    let agent_typing = mine
+        .until(|i| match i {
+            pb::stream_item::Kind::Typing(ty) if ty.typing => Some(ty.sender_id.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(agent_typing, ann);
+    let (_, sent) = crate::harness::send(&app, &ann_tok, &conv, "let me check that for you")
+        .await
+        .unwrap();
+    assert_eq!(mine.until(posted).await.text, "let me check that for you");
+    app.conversations()
+        .mark_read(bearer(
+            pb::MarkReadRequest {
+                conversation_id: conv.clone(),
+                seq: sent,
+            },
+            &ann_tok,
+        ))
+        .await
+        .unwrap();
+    let receipt = mine
+        .until(|i| match i {
+            pb::stream_item::Kind::ReadReceipt(r) => Some(r.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (receipt.reader_id.as_str(), receipt.read_seq),
+        (ann.as_str(), sent)
+    );
+
+    // Ann hands the chat to billing: it goes back to the queue for the skill, and Bob, who
+    // has it, is given it as soon as he is there.
+    queue(&app.channel)
+        .transfer_chat(bearer(
+            pb::TransferChatRequest {
+                conversation_id: conv.clone(),
+                target: Some(pb::transfer_chat_request::Target::Skill("billing".into())),
+            },
+            &ann_tok,
+        ))
+        .await
+        .unwrap();
+    let requeued = mine
+        .until(|i| status_changed(i).filter(|s| s.status == pb::ConversationStatus::Queued as i32))
+        .await;
+    assert!(requeued.assigned_agent_id.is_empty());
+    let _bob_ev = online(&app.channel, std::slice::from_ref(&bob_tok)).await;
+    set_status(&app.channel, &bob_tok, pb::AgentStatus::Available).await;
+    let to_bob = mine
+        .until(|i| status_changed(i).filter(|s| s.status == pb::ConversationStatus::Open as i32))
+        .await;
+    assert_eq!(to_bob.assigned_agent_id, bob);
+
+    // Bob answers and closes; the visitor sees it end and rates Bob.
+    crate::harness::send(&app, &bob_tok, &conv, "refunded, sorry about that")
+        .await
+        .unwrap();
+    assert_eq!(mine.until(posted).await.text, "refunded, sorry about that");
+    queue(&app.channel)
+        .close_chat(bearer(
+            pb::CloseChatRequest {
+                conversation_id: conv.clone(),
+            },
+            &bob_tok,
+        ))
+        .await
+        .unwrap();
+    mine.until(|i| status_changed(i).filter(|s| s.status == pb::ConversationStatus::Closed as i32))
+        .await;
+    let rating = w.rate(&app, &conv, 4, "quick refund").await.unwrap();
+    assert_eq!((rating.agent_id.as_str(), rating.score), (bob.as_str(), 4));
+}

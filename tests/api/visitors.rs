@@ -57,6 +57,7 @@ pub(crate) struct Widget {
     key: String,
     origin: Option<String>,
     token: Option<String>,
+    visitor: Option<String>,
 }
 
 impl Widget {
@@ -65,6 +66,7 @@ impl Widget {
             key: key.to_owned(),
             origin: Some(ORIGIN.to_owned()),
             token: None,
+            visitor: None,
         }
     }
 
@@ -95,6 +97,7 @@ impl Widget {
             .await?
             .into_inner();
         self.token = Some(r.visitor_token.clone());
+        self.visitor = r.visitor.as_ref().map(|v| v.id.clone());
         Ok(r)
     }
 
@@ -130,6 +133,26 @@ impl Widget {
             }))
             .await?
             .into_inner())
+    }
+
+    pub(crate) async fn typing(
+        &self,
+        app: &TestApp,
+        conv: &str,
+        typing: bool,
+    ) -> Result<(), tonic::Status> {
+        app.visitors()
+            .set_visitor_typing(self.req(pb::SetVisitorTypingRequest {
+                conversation_id: conv.into(),
+                typing,
+            }))
+            .await?;
+        Ok(())
+    }
+
+    /// The visitor's id (after `init`).
+    pub(crate) fn visitor_id(&self) -> String {
+        self.visitor.clone().expect("init first")
     }
 
     pub(crate) async fn status(
