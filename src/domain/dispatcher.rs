@@ -66,6 +66,10 @@ impl Reactor for Dispatcher {
         "dispatcher"
     }
 
+    fn wants_posts(&self) -> bool {
+        false
+    }
+
     fn handle<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, AppResult<()>> {
         Box::pin(async move {
             // A batch is one tenant's share: one pass serves every event in it.

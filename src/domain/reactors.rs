@@ -79,6 +79,11 @@ pub struct Delivery {
 pub trait Reactor: Send + Sync + 'static {
     /// Stable name; its cursors are stored under it.
     fn name(&self) -> &'static str;
+    /// Whether it wants posted messages. One that does not (the dispatcher) is spared reading
+    /// them back: the writer's spine entries say they hold posts only.
+    fn wants_posts(&self) -> bool {
+        true
+    }
     /// Handles a batch of one share, in order. An error leaves the cursor where it was, so
     /// the batch comes again.
     fn handle<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, AppResult<()>>;
@@ -225,7 +230,8 @@ async fn drain(
                     event,
                 };
                 match ev {
-                    SpineEvent::Conversation { c, from, to } => {
+                    SpineEvent::Conversation { posts: true, .. } if !r.wants_posts() => {}
+                    SpineEvent::Conversation { c, from, to, .. } => {
                         let events = stored_events(&mut tx, c, from - 1, to, to - from + 1).await?;
                         batch.extend(
                             events

@@ -50,6 +50,10 @@ pub enum SpineEvent {
         from: i64,
         /// Last seq.
         to: i64,
+        /// Every seq of the range is a posted message (the writer's batches): reactors that
+        /// only care about other events skip the entry without reading it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        posts: bool,
     },
     /// An agent's routing state changed (status, capacity, active flag or role).
     AgentChanged {

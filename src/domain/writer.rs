@@ -368,6 +368,7 @@ async fn write_batch(
                 c: *c,
                 from: last - counts[c] + 1,
                 to: *last,
+                posts: true,
             })
             .collect();
         let tx = &tx;

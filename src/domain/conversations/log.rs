@@ -115,6 +115,7 @@ pub(crate) async fn record_events(
             c: ev.conversation_id,
             from: ev.seq,
             to: ev.seq,
+            posts: false,
         })
         .collect();
     // Streams of new members on other nodes do not follow the conversation yet: the
