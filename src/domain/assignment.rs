@@ -156,9 +156,50 @@ pub fn waiting_of(row: &WaitingRow, now: DateTime<Utc>) -> AppResult<Option<Wait
     }))
 }
 
-/// Makes `agent` the chat's assignee inside `tx` (the chat row locked by the caller): a
-/// previous assignee leaves it, the agent joins, it leaves the queue and opens. Returns the
-/// new row and the events to commit.
+/// Seats `to` (or nobody) on the chat inside `tx` (the chat row locked by the caller) with
+/// `status`: a previous assignee leaves it, the new one joins, and everyone sees the status.
+/// Returns the new row and the events to commit.
+async fn reseat(
+    tx: &mut TenantTx,
+    row: &ConversationRow,
+    to: Option<UserId>,
+    status: Status,
+    actor: Participant,
+    now: DateTime<Utc>,
+) -> AppResult<(ConversationRow, Vec<ConversationEvent>)> {
+    let conv = row.conversation_id;
+    let mut changes = Vec::new();
+    if let Some(prev) = row.assigned_agent_id.filter(|p| Some(*p) != to)
+        && conv_store::remove_member(tx, conv, prev).await?
+    {
+        changes.push(EventKind::MemberRemoved {
+            agents: vec![prev],
+            actor: actor.agent(),
+        });
+    }
+    if let Some(agent) = to {
+        let added = conv_store::add_members(tx, conv, &[agent], now).await?;
+        if !added.is_empty() {
+            changes.push(EventKind::MembersAdded {
+                agents: added,
+                actor: actor.agent(),
+            });
+        }
+    }
+    changes.push(EventKind::StatusChanged {
+        status,
+        assigned: to,
+        visitor: None,
+    });
+    let mut events = Vec::with_capacity(changes.len());
+    for kind in changes {
+        events.push(append(tx, conv, kind, actor, now).await?);
+    }
+    let row = visitor_store::set_chat_state(tx, conv, status.as_str(), to, None).await?;
+    Ok((row, events))
+}
+
+/// Makes `agent` the chat's assignee: it leaves the queue and opens (see [`reseat`]).
 async fn hand_over(
     tx: &mut TenantTx,
     row: &ConversationRow,
@@ -166,59 +207,8 @@ async fn hand_over(
     actor: Participant,
     now: DateTime<Utc>,
 ) -> AppResult<(ConversationRow, Vec<ConversationEvent>)> {
-    let conv = row.conversation_id;
-    let mut events = Vec::new();
-    if let Some(prev) = row.assigned_agent_id.filter(|p| *p != agent)
-        && conv_store::remove_member(tx, conv, prev).await?
-    {
-        events.push(
-            append(
-                tx,
-                conv,
-                EventKind::MemberRemoved {
-                    agents: vec![prev],
-                    actor: actor.agent(),
-                },
-                actor,
-                now,
-            )
-            .await?,
-        );
-    }
-    let added = conv_store::add_members(tx, conv, &[agent], now).await?;
-    if !added.is_empty() {
-        events.push(
-            append(
-                tx,
-                conv,
-                EventKind::MembersAdded {
-                    agents: added,
-                    actor: actor.agent(),
-                },
-                actor,
-                now,
-            )
-            .await?,
-        );
-    }
-    visitor_store::dequeue(tx, conv).await?;
-    events.push(
-        append(
-            tx,
-            conv,
-            EventKind::StatusChanged {
-                status: Status::Open,
-                assigned: Some(agent),
-                visitor: None,
-            },
-            actor,
-            now,
-        )
-        .await?,
-    );
-    let row =
-        visitor_store::set_chat_state(tx, conv, Status::Open.as_str(), Some(agent), None).await?;
-    Ok((row, events))
+    visitor_store::dequeue(tx, row.conversation_id).await?;
+    reseat(tx, row, Some(agent), Status::Open, actor, now).await
 }
 
 /// The locked external chat `conv`, or NOT_FOUND.
@@ -243,42 +233,16 @@ async fn offer_to(
     agent: UserId,
     now: DateTime<Utc>,
 ) -> AppResult<(ConversationRow, Vec<ConversationEvent>)> {
-    let conv = row.conversation_id;
-    let mut events = Vec::new();
-    let added = conv_store::add_members(tx, conv, &[agent], now).await?;
-    if !added.is_empty() {
-        events.push(
-            append(
-                tx,
-                conv,
-                EventKind::MembersAdded {
-                    agents: added,
-                    actor: None,
-                },
-                Participant::System,
-                now,
-            )
-            .await?,
-        );
-    }
-    visitor_store::dequeue(tx, conv).await?;
-    events.push(
-        append(
-            tx,
-            conv,
-            EventKind::StatusChanged {
-                status: Status::Queued,
-                assigned: Some(agent),
-                visitor: None,
-            },
-            Participant::System,
-            now,
-        )
-        .await?,
-    );
-    let row =
-        visitor_store::set_chat_state(tx, conv, Status::Queued.as_str(), Some(agent), None).await?;
-    Ok((row, events))
+    visitor_store::dequeue(tx, row.conversation_id).await?;
+    reseat(
+        tx,
+        row,
+        Some(agent),
+        Status::Queued,
+        Participant::System,
+        now,
+    )
+    .await
 }
 
 /// One dispatcher pass over the tenant: assigns every waiting chat an eligible agent can take
@@ -602,24 +566,6 @@ pub(crate) async fn return_to_queue(
     now: DateTime<Utc>,
 ) -> AppResult<(ConversationRow, Vec<ConversationEvent>)> {
     let conv = row.conversation_id;
-    let mut events = Vec::new();
-    if let Some(prev) = row.assigned_agent_id
-        && conv_store::remove_member(tx, conv, prev).await?
-    {
-        events.push(
-            append(
-                tx,
-                conv,
-                EventKind::MemberRemoved {
-                    agents: vec![prev],
-                    actor: actor.agent(),
-                },
-                actor,
-                now,
-            )
-            .await?,
-        );
-    }
     store::end_assignment(tx, conv, now).await?;
     visitor_store::enqueue(
         tx,
@@ -636,22 +582,7 @@ pub(crate) async fn return_to_queue(
         },
     )
     .await?;
-    events.push(
-        append(
-            tx,
-            conv,
-            EventKind::StatusChanged {
-                status: Status::Queued,
-                assigned: None,
-                visitor: None,
-            },
-            actor,
-            now,
-        )
-        .await?,
-    );
-    let row = visitor_store::set_chat_state(tx, conv, Status::Queued.as_str(), None, None).await?;
-    Ok((row, events))
+    reseat(tx, row, None, Status::Queued, actor, now).await
 }
 
 /// Why a chat is taken back from its agent.
