@@ -159,6 +159,10 @@ pub struct Args {
     /// Visitors to start at most (routing mode); arrivals also stop after --duration.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub visitors: u64,
+    /// Agents become available only once arrivals end (routing mode), so every visitor
+    /// queues first: how a full queue drains.
+    #[arg(long)]
+    pub queue_first: bool,
     /// CreateAgent and Login calls at once during setup (each runs argon2 on the server);
     /// defaults to the number of CPUs.
     #[arg(long, value_parser = count(1, 256))]

@@ -10,12 +10,15 @@
 //! passed: InitVisitor, StartChat, then a `SubscribeVisitor` stream held until the chat
 //! closes. An agent's stream shows a `joined` item for each chat the dispatcher gives them;
 //! `--think-ms` later the agent closes it with `QueueService.CloseChat`, which frees the seat.
+//! With `--queue-first` the agents become available only once arrivals end, so the run
+//! shows a full queue draining.
 //!
 //! What is measured, all on this process's clock:
 //!
 //! - assignment latency: for each join seen on an agent's stream, the time since the chat
 //!   became assignable, the later of its StartChat answer and the answer of the agent's last
-//!   CloseChat sent before the join (the close that freed the seat, for a chat that waited);
+//!   CloseChat sent before the join (the close that freed the seat, for a chat that waited),
+//!   and with `--queue-first` of the moment the agents became available;
 //! - over-capacity: an agent holding more chats than their seats at a join, counted from
 //!   their stream's joins and the closes sent (a close counts from the moment it is sent,
 //!   before the server can reuse the seat, so this never blames the server for our timing);
@@ -346,6 +349,22 @@ fn joined(
     });
 }
 
+/// Sets every agent AVAILABLE (they are online already).
+async fn available(fx: &Fixture, channels: &[Channel]) -> anyhow::Result<()> {
+    for (a, ch) in fx.agents.iter().zip(channels) {
+        AgentServiceClient::new(ch.clone())
+            .set_my_status(authorized(
+                pb::SetMyStatusRequest {
+                    status: pb::AgentStatus::Available as i32,
+                },
+                &a.auth,
+            ))
+            .await
+            .map_err(|s| anyhow!("SetMyStatus: {}", status_text(&s)))?;
+    }
+    Ok(())
+}
+
 /// What one visitor needs to reach the server.
 struct Visitor {
     shared: Arc<Shared>,
@@ -552,16 +571,9 @@ pub(super) async fn run(
         agent_channels.push(ch);
     }
     all_caught_up(readies).await?;
-    for (a, ch) in fx.agents.iter().zip(&agent_channels) {
-        AgentServiceClient::new(ch.clone())
-            .set_my_status(authorized(
-                pb::SetMyStatusRequest {
-                    status: pb::AgentStatus::Available as i32,
-                },
-                &a.auth,
-            ))
-            .await
-            .map_err(|s| anyhow!("SetMyStatus: {}", status_text(&s)))?;
+    let mut available_at = None;
+    if !args.queue_first {
+        available(fx, &agent_channels).await?;
     }
 
     // Visitors: their calls and streams spread over connections of at most
@@ -574,8 +586,14 @@ pub(super) async fn run(
         channels.push(connect(&target.url).await?);
     }
     eprintln!(
-        "loadtest: {n} agents of {} seats online and available; up to {} visitors over {pool} connections",
-        args.capacity, args.visitors
+        "loadtest: {n} agents of {} seats online{}; up to {} visitors over {pool} connections",
+        args.capacity,
+        if args.queue_first {
+            ", available once arrivals end"
+        } else {
+            " and available"
+        },
+        args.visitors
     );
 
     // How many wait, sampled as it runs.
@@ -641,6 +659,10 @@ pub(super) async fn run(
         }
     );
 
+    if args.queue_first {
+        available_at = Some(Instant::now());
+        available(fx, &agent_channels).await?;
+    }
     // Then agents keep handling: for --hold seconds, or until every started chat was
     // assigned and closed (at most --drain-timeout).
     let drain_end = Instant::now() + drain;
@@ -668,7 +690,9 @@ pub(super) async fn run(
     // Figures.
     let assigned = lock(&shared.departures).len() as u64;
     let last_join = lock(&shared.departures).last().copied();
-    let routed_window = last_join.map_or(Duration::ZERO, |t| t.saturating_duration_since(start));
+    let routed_from = available_at.unwrap_or(start);
+    let routed_window =
+        last_join.map_or(Duration::ZERO, |t| t.saturating_duration_since(routed_from));
     let mut assign_us = {
         let started = lock(&shared.started);
         let joins = lock(&shared.joins);
@@ -679,7 +703,11 @@ pub(super) async fn run(
                 let freed = j
                     .last_close
                     .and_then(|k| lock(&shared.seats[j.agent].closes)[k].1);
-                let assignable = freed.map_or(arrived, |f| f.max(arrived));
+                // With --queue-first nothing is assignable before the agents are available.
+                let assignable = freed
+                    .into_iter()
+                    .chain(available_at)
+                    .fold(arrived, Instant::max);
                 Some(micros(j.at.saturating_duration_since(assignable)))
             })
             .collect::<Vec<u32>>()
@@ -768,6 +796,7 @@ pub(super) async fn run(
         "visitors": args.visitors,
         "duration_s": args.duration,
         "hold_s": args.hold,
+        "queue_first": args.queue_first,
         "rate": args.rate,
         "concurrency": args.concurrency,
         "connections": pool,
