@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-use super::Args;
 use super::target::Target;
+use super::{Args, Mode};
 use crate::pb;
 use crate::pb::admin::tenant_service_client::TenantServiceClient;
 use crate::pb::agent_service_client::AgentServiceClient;
@@ -78,6 +78,7 @@ pub(super) struct AgentLogin {
 pub(super) struct Fixture {
     pub(super) run: String,
     pub(super) slug: String,
+    pub(super) tenant_id: String,
     pub(super) agents: Vec<AgentLogin>,
     /// Conversation ids with their last seq at creation.
     pub(super) conversations: Vec<(String, u64)>,
@@ -108,21 +109,26 @@ pub(super) async fn login(
         .ok_or_else(|| anyhow!("Login answered without tokens"))
 }
 
-/// Creates a tenant with an admin, the agents (logged in) and the group conversations.
+/// Creates a tenant with an admin, the agents (logged in) and the group conversations
+/// (none in routing mode, where agents serve visitors and have `--capacity` seats).
 pub(super) async fn setup(args: &Args, target: &Target) -> anyhow::Result<Fixture> {
     let started = Instant::now();
     let ctl = connect(&target.url).await?;
     let run = short_id();
     let slug = format!("loadtest-{run}");
+    let routing = args.mode == Mode::Routing;
+    let groups = if routing { 0 } else { args.conversations };
+    // 0 asks for the server's default seats, as the other modes never route chats.
+    let seats = if routing { args.capacity } else { 0 };
     eprintln!(
-        "loadtest: setting up tenant {slug} with {} agents and {} conversations on {}",
-        args.agents, args.conversations, target.description
+        "loadtest: setting up tenant {slug} with {} agents and {groups} conversations on {}",
+        args.agents, target.description
     );
     // One random password per run, never printed.
     let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
     let admin_email = format!("admin@{slug}.example");
     let op = bearer_value(&target.operator_token)?;
-    TenantServiceClient::new(ctl.clone())
+    let tenant = TenantServiceClient::new(ctl.clone())
         .create_tenant(authorized(
             pb::admin::CreateTenantRequest {
                 name: format!("Load test {run}"),
@@ -137,7 +143,10 @@ pub(super) async fn setup(args: &Args, target: &Target) -> anyhow::Result<Fixtur
             &op,
         ))
         .await
-        .map_err(|s| anyhow!("CreateTenant: {}", status_text(&s)))?;
+        .map_err(|s| anyhow!("CreateTenant: {}", status_text(&s)))?
+        .into_inner()
+        .tenant
+        .ok_or_else(|| anyhow!("CreateTenant answered without the tenant"))?;
     let admin = bearer_value(
         &login(&ctl, &slug, &admin_email, &password)
             .await?
@@ -156,7 +165,7 @@ pub(super) async fn setup(args: &Args, target: &Target) -> anyhow::Result<Fixtur
                             display_name: format!("Agent {i}"),
                             role: pb::AgentRole::Agent as i32,
                             password: password.clone(),
-                            max_concurrent_chats: 0,
+                            max_concurrent_chats: seats,
                             skills: vec![],
                         },
                         admin,
@@ -189,8 +198,8 @@ pub(super) async fn setup(args: &Args, target: &Target) -> anyhow::Result<Fixtur
 
     // The first agent creates every group with all the others.
     let others: Vec<String> = agents[1..].iter().map(|a| a.id.clone()).collect();
-    let mut conversations = Vec::with_capacity(args.conversations);
-    for j in 0..args.conversations {
+    let mut conversations = Vec::with_capacity(groups);
+    for j in 0..groups {
         let c = ConversationServiceClient::new(ctl.clone())
             .create_conversation(authorized(
                 pb::CreateConversationRequest {
@@ -214,6 +223,7 @@ pub(super) async fn setup(args: &Args, target: &Target) -> anyhow::Result<Fixtur
     Ok(Fixture {
         run,
         slug,
+        tenant_id: tenant.id,
         agents,
         conversations,
     })

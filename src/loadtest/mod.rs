@@ -1,7 +1,7 @@
 //! `chat-engine loadtest`: a load generator that drives the gRPC API through the generated
 //! Rust clients and reports throughput, delivery latency and memory.
 //!
-//! Three modes:
+//! Four modes:
 //!
 //! - `messages` (default): every agent holds one `Subscribe` stream on its own HTTP/2
 //!   connection. Senders post messages into group conversations that hold every agent, at a
@@ -12,6 +12,10 @@
 //! - `idle`: opens many idle `Subscribe` streams and reports resident memory per stream.
 //! - `broadcast`: the same kind of messages through this process's event hub alone, as a
 //!   ceiling without network or database.
+//! - `routing`: visitors start chats through the widget API at a rate, the dispatcher routes
+//!   them to agents with capacities, and the agents close them after a think time; reports
+//!   chats started and routed per second, the time from a chat becoming assignable to its
+//!   assignment, queue-position staleness and over-capacity assignments.
 //!
 //! By default it starts its own server in this process, over a private PostgreSQL cluster in a
 //! fresh temporary directory (or over `DATABASE_URL` when set), so memory figures are those
@@ -25,7 +29,7 @@
 //! The parts: [`target`] (which server, its memory, the in-process one), [`client`] (calls,
 //! setup of the tenant, agents and conversations), [`report`] (figures and error lists),
 //! [`messages`] with [`connect`] (messages mode over unary calls or Connect streams),
-//! [`idle`] and [`broadcast`].
+//! [`idle`], [`broadcast`] and [`routing`].
 
 mod broadcast;
 mod client;
@@ -33,6 +37,7 @@ mod connect;
 mod idle;
 mod messages;
 mod report;
+mod routing;
 mod target;
 
 use std::path::PathBuf;
@@ -59,6 +64,8 @@ pub enum Mode {
     /// Baseline without network or database: the same messages through this process's
     /// event hub to two subscribers, as fast as it goes.
     Broadcast,
+    /// Visitors' chats routed to agents who close them after a think time.
+    Routing,
 }
 
 impl Mode {
@@ -67,6 +74,7 @@ impl Mode {
             Mode::Messages => "messages",
             Mode::Idle => "idle",
             Mode::Broadcast => "broadcast",
+            Mode::Routing => "routing",
         }
     }
 }
@@ -92,8 +100,9 @@ impl Api {
 /// Options of `chat-engine loadtest`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// What to measure: `messages` (throughput and delivery latency) or `idle` (memory per
-    /// open stream).
+    /// What to measure: `messages` (throughput and delivery latency), `idle` (memory per
+    /// open stream), `broadcast` (the hub alone) or `routing` (visitors' chats routed to
+    /// agents).
     #[arg(long, value_enum, default_value_t = Mode::Messages)]
     pub mode: Mode,
     /// Agents to create, 2-500; in messages mode each holds one Subscribe stream on its own
@@ -103,13 +112,15 @@ pub struct Args {
     /// Group conversations, each holding every agent; messages are spread over them.
     #[arg(long, default_value_t = 2, value_parser = count(1, 1000))]
     pub conversations: usize,
-    /// Seconds to send for (messages mode).
+    /// Seconds to send for (messages mode), or for visitors to arrive (routing mode).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub duration: u64,
-    /// Total messages per second over all senders; 0 sends as fast as --concurrency allows.
+    /// Total messages per second over all senders, or visitors arriving per second (routing
+    /// mode); 0 goes as fast as --concurrency allows.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub rate: u32,
-    /// Most sends in flight at once.
+    /// Most sends in flight at once; in routing mode, most visitors arriving at once
+    /// (InitVisitor, StartChat and opening SubscribeVisitor).
     #[arg(long, default_value_t = 64, value_parser = count(1, 10_000))]
     pub concurrency: usize,
     /// How messages mode sends and receives: a unary `SendMessage` call per message with a
@@ -118,23 +129,40 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Api::Unary)]
     pub api: Api,
     /// Seconds to wait, once sending stops, for every acknowledged message to reach every
-    /// stream; what has not arrived by then is reported as undelivered.
+    /// stream; what has not arrived by then is reported as undelivered. In routing mode
+    /// without --hold: seconds to wait, once arrivals stop, for every chat to be routed and
+    /// closed.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=600))]
     pub drain_timeout: u64,
     /// Idle Subscribe streams to open (idle mode), spread over the agents.
     #[arg(long, default_value_t = 1000, value_parser = count(1, 100_000))]
     pub streams: usize,
-    /// Idle streams per HTTP/2 connection (idle mode); at most the server's
-    /// max_concurrent_streams.
+    /// Idle streams per HTTP/2 connection (idle mode), or visitor streams per connection
+    /// (routing mode); at most the server's max_concurrent_streams.
     #[arg(long, default_value_t = 100, value_parser = count(1, 10_000))]
     pub streams_per_connection: usize,
-    /// Seconds to keep the idle streams open after measuring (idle mode).
+    /// Seconds to keep the idle streams open after measuring (idle mode); in routing mode,
+    /// seconds the agents keep handling chats once arrivals stop (then the run ends with
+    /// whoever still waits), instead of waiting until every chat was routed.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub hold: u64,
     /// Messages to post into the first conversation before the idle streams open; every
     /// stream then resumes from before them, so it starts by replaying them (idle mode).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub replay: u64,
+    /// Seats of each agent (routing mode): the chats they hold at once, 1-100.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub capacity: u32,
+    /// Milliseconds an agent keeps a chat before closing it (routing mode).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub think_ms: u64,
+    /// Visitors to start at most (routing mode); arrivals also stop after --duration.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub visitors: u64,
+    /// Agents become available only once arrivals end (routing mode), so every visitor
+    /// queues first: how a full queue drains.
+    #[arg(long)]
+    pub queue_first: bool,
     /// CreateAgent and Login calls at once during setup (each runs argon2 on the server);
     /// defaults to the number of CPUs.
     #[arg(long, value_parser = count(1, 256))]
@@ -247,6 +275,10 @@ mod tests {
             ("--hold", "3601", "3600"),
             ("--replay", "100001", "100000"),
             ("--setup-concurrency", "257", "1"),
+            ("--capacity", "0", "100"),
+            ("--capacity", "101", "1"),
+            ("--think-ms", "600001", "0"),
+            ("--visitors", "0", "1000000"),
         ] {
             let err = parse(&[flag, bad])
                 .err()

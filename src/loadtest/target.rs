@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{setup, short_id};
-use super::{Args, Mode, idle, messages};
+use super::{Args, Mode, idle, messages, routing};
 use crate::app;
 use crate::config::{Config, RateLimits, Secret};
 
@@ -120,7 +120,8 @@ pub(super) async fn with_interrupt(
 /// database is configured), drives it, and tears everything down again.
 pub(super) async fn in_process(args: &Args, mut cfg: Config) -> anyhow::Result<()> {
     let max = cfg.max_concurrent_streams;
-    if args.mode == Mode::Idle && args.streams_per_connection > max as usize {
+    if matches!(args.mode, Mode::Idle | Mode::Routing) && args.streams_per_connection > max as usize
+    {
         bail!(
             "--streams-per-connection must not exceed the server's max_concurrent_streams ({max})"
         );
@@ -234,6 +235,7 @@ pub(super) async fn drive(args: &Args, target: &Target) -> anyhow::Result<()> {
     let report = match args.mode {
         Mode::Messages => messages::run(args, target, &fx, &cancel).await?,
         Mode::Idle => idle::run(args, target, &fx, &cancel).await?,
+        Mode::Routing => routing::run(args, target, &fx, &cancel).await?,
         Mode::Broadcast => bail!("broadcast mode needs no server"),
     };
     if args.json {

@@ -162,3 +162,50 @@ fn idle_mode_reports_memory_per_open_stream() {
     assert!(number(&r, "rss_kib") > 0.0, "{r}");
     assert!(number(&r, "rss_per_stream_kib") > 0.0, "{r}");
 }
+
+#[test]
+fn routing_mode_routes_every_chat_within_capacity() {
+    // Six seats for twenty visitors: most chats wait for a seat freed by a close.
+    let (r, printed) = loadtest(&[
+        "--mode",
+        "routing",
+        "--agents",
+        "3",
+        "--capacity",
+        "2",
+        "--think-ms",
+        "20",
+        "--visitors",
+        "20",
+        "--concurrency",
+        "4",
+        "--duration",
+        "30",
+        "--drain-timeout",
+        "60",
+        "--json",
+    ]);
+    assert_eq!(r["mode"], "routing");
+    assert_eq!(
+        (r["agents"].as_u64(), r["capacity"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(r["started"], 20, "{r}");
+    // Every chat was routed to an agent and closed by them, nobody over their seats.
+    assert_eq!(r["assigned"], 20, "{r}");
+    assert_eq!(r["closed"], 20, "{r}");
+    assert_eq!(r["waiting_at_end"], 0, "{r}");
+    assert_eq!(r["over_capacity"], 0, "{r}");
+    for e in ["start_errors", "close_errors", "stream_errors"] {
+        assert_eq!(r[e], 0, "{e}: {r}");
+    }
+    assert!(number(&r, "started_per_s") > 0.0, "{r}");
+    assert!(number(&r, "routed_per_s") > 0.0, "{r}");
+    let lat = &r["assign_latency_ms"];
+    let (p50, p99, max) = (number(lat, "p50"), number(lat, "p99"), number(lat, "max"));
+    assert!(0.0 <= p50 && p50 <= p99 && p99 <= max, "{lat}");
+    // Staleness has samples only when visitors waited long enough to see their place
+    // move; its shape is the same either way.
+    assert!(r["staleness_ms"].is_object(), "{r}");
+    assert!(!printed.contains("Bearer"), "{printed}");
+}
