@@ -740,7 +740,8 @@ pub async fn start_chat(
         .ok_or(AppError::NotFound("conversation"))?;
     let status = status_of(&mut tx, &row).await?;
     tx.commit().await?;
-    let status = with_estimate(e, scope, status).await?;
+    // No estimate here: it reads the tenant's whole queue, too much for every chat start;
+    // the visitor's stream carries it right after it catches up, and GetQueueStatus.
     Ok(Started {
         chat: conversation(row, members)?,
         resumed,
