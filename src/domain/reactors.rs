@@ -11,7 +11,9 @@
 //! batch was handled but whose cursor was not stored is seen again, and nothing else is.
 //!
 //! Work is woken by spine notices (every node gets them); at start and after the listening
-//! connection was lost, every tenant's shares are checked once. A share held by another
+//! connection was lost, every tenant's shares are checked once. When no reactor wants posted
+//! messages, a notice of posts only marks its share for the next [`LAZY`] tick instead: the
+//! send path commits many batches a second, and each wake-up costs a cursor transaction. A share held by another
 //! node is tried again a moment later, so work that node did not pick up is not left behind.
 //!
 //! Kept small and hand-written: the outbox and job crates for PostgreSQL bring sqlx or
@@ -40,6 +42,9 @@ use crate::tenancy::{SystemCap, TenantScope};
 const BATCH: i64 = 100;
 /// A share another node held is tried again after this.
 const RETRY_HELD: Duration = Duration::from_millis(500);
+/// Shares that only saw posts are caught up this often when no reactor wants posts (their
+/// cursors move past the posts; nothing in them is for those reactors).
+const LAZY: Duration = Duration::from_secs(1);
 /// A share that failed (database trouble, a reactor error) is tried again after this.
 const RETRY_FAILED: Duration = Duration::from_secs(2);
 
@@ -117,8 +122,11 @@ async fn run(
 ) {
     let mut dirty: BTreeSet<Share> = BTreeSet::new();
     let mut later: HashSet<Share> = HashSet::new();
+    let mut lazy: HashSet<Share> = HashSet::new();
+    let posts_wanted = reactors.iter().any(|r| r.wants_posts());
     let mut rescan = true;
     let mut retry = tokio::time::interval(RETRY_HELD);
+    let mut lazy_tick = tokio::time::interval(LAZY);
     loop {
         if rescan {
             match all_behind(&db, &sys, &reactors).await {
@@ -148,24 +156,36 @@ async fn run(
             }
             // New notices are taken in between shares, so a busy share does not starve.
             while let Ok(h) = heard.try_recv() {
-                note(h, &mut dirty, &mut rescan);
+                note(h, &mut dirty, &mut lazy, posts_wanted, &mut rescan);
             }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             h = heard.recv() => match h {
-                Some(h) => note(h, &mut dirty, &mut rescan),
+                Some(h) => note(h, &mut dirty, &mut lazy, posts_wanted, &mut rescan),
                 None => return,
             },
             // Held or failed shares, and a scan that failed, are tried again.
             _ = retry.tick(), if rescan || !later.is_empty() => dirty.extend(later.drain()),
+            _ = lazy_tick.tick(), if !lazy.is_empty() => dirty.extend(lazy.drain()),
         }
     }
 }
 
-fn note(h: Heard, dirty: &mut BTreeSet<Share>, rescan: &mut bool) {
+/// Marks a notice's share for work now, or, when it holds posts only and no reactor wants
+/// posts, for the next [`LAZY`] tick (a busy send path then wakes no reactor per batch).
+fn note(
+    h: Heard,
+    dirty: &mut BTreeSet<Share>,
+    lazy: &mut HashSet<Share>,
+    posts_wanted: bool,
+    rescan: &mut bool,
+) {
     match h {
         Heard::Payload(p) => match Notice::decode(&p) {
+            Some(n) if n.posts_only && !posts_wanted => {
+                lazy.insert((n.tenant, n.shard));
+            }
             Some(n) => {
                 dirty.insert((n.tenant, n.shard));
             }

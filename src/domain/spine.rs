@@ -144,6 +144,7 @@ pub fn announce_again(tx: &TenantTx, seqs: &[(ConversationId, i64)]) {
             committed: vec![(c, seq)],
             joined: Vec::new(),
             agents: Vec::new(),
+            posts_only: true,
         };
         tx.announce(CHANNEL, notice.encode());
     }
@@ -167,6 +168,9 @@ pub struct Notice {
     pub joined: Vec<(ConversationId, i64, Joiner)>,
     /// Agents whose status, capacity, presence, active flag or role changed.
     pub agents: Vec<UserId>,
+    /// The entry holds posted messages only (a writer batch, or seqs announced again):
+    /// consumers that ignore posts need not wake for it.
+    pub posts_only: bool,
 }
 
 /// PostgreSQL refuses notice payloads of 8000 bytes or more.
@@ -202,14 +206,20 @@ impl Notice {
                     _ => None,
                 })
                 .collect(),
+            posts_only: !events.is_empty()
+                && events
+                    .iter()
+                    .all(|e| matches!(e, SpineEvent::Conversation { posts: true, .. })),
         }
     }
 
     /// One or more payloads (`<tenant> <shard> <pos or -> [<conv>:<seq> | +<conv>:<seq>:a<agent>
-    /// | +<conv>:<seq>:v<visitor> | @<agent> ...]`), each under the limit.
+    /// | +<conv>:<seq>:v<visitor> | @<agent> ...]`, with ` ~` after the position when the
+    /// entry holds posts only), each under the limit.
     pub fn encode(&self) -> Vec<String> {
         let pos = self.pos.map_or_else(|| "-".to_owned(), |p| p.to_string());
-        let head = format!("{} {} {pos}", self.tenant, self.shard);
+        let posts = if self.posts_only { " ~" } else { "" };
+        let head = format!("{} {} {pos}{posts}", self.tenant, self.shard);
         let parts = self
             .committed
             .iter()
@@ -241,8 +251,11 @@ impl Notice {
             p => Some(p.parse().ok()?),
         };
         let (mut committed, mut joined, mut agents) = (Vec::new(), Vec::new(), Vec::new());
+        let mut posts_only = false;
         for p in parts {
-            if let Some(a) = p.strip_prefix('@') {
+            if p == "~" {
+                posts_only = true;
+            } else if let Some(a) = p.strip_prefix('@') {
                 agents.push(UserId::parse(a)?);
             } else if let Some(j) = p.strip_prefix('+') {
                 let mut f = j.splitn(3, ':');
@@ -267,6 +280,7 @@ impl Notice {
             committed,
             joined,
             agents,
+            posts_only,
         })
     }
 }
@@ -287,6 +301,7 @@ mod tests {
                 (ConversationId::new(), 1, Joiner::Visitor(VisitorId::new())),
             ],
             agents: vec![UserId::new(), UserId::new()],
+            posts_only: true,
         };
         let payloads = n.encode();
         assert!(payloads.len() > 1);
