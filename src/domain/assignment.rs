@@ -38,6 +38,9 @@ use crate::tenancy::{Actor, Role, TenantScope};
 
 /// Waiting chats one dispatcher round considers (the oldest within priority).
 const ROUND: i64 = 500;
+/// Assignments one round writes before it commits: a round holds every agent row of the
+/// tenant, and the chats it assigns, until then, so closes and other rounds wait for it.
+const ROUND_ASSIGNMENTS: usize = 100;
 /// Rounds run back to back when chats the plan chose had left the queue meanwhile.
 const MAX_ROUNDS: usize = 4;
 
@@ -248,19 +251,32 @@ async fn offer_to(
 /// One dispatcher pass over the tenant: assigns every waiting chat an eligible agent can take
 /// now, oldest first within priority, and returns how many were assigned.
 pub async fn dispatch(e: &Engine, scope: &TenantScope) -> AppResult<usize> {
-    let mut total = 0;
-    for _ in 0..MAX_ROUNDS {
-        let (assigned, skipped) = dispatch_round(e, scope).await?;
-        total += assigned;
-        if skipped == 0 {
-            break;
+    let (mut total, mut retries) = (0, 0);
+    loop {
+        let r = dispatch_round(e, scope).await?;
+        total += r.assigned;
+        if r.more && r.assigned > 0 {
+            continue;
         }
+        if r.skipped == 0 || retries == MAX_ROUNDS {
+            return Ok(total);
+        }
+        retries += 1;
     }
-    Ok(total)
 }
 
-/// (assigned, chosen but gone from the queue meanwhile).
-async fn dispatch_round(e: &Engine, scope: &TenantScope) -> AppResult<(usize, usize)> {
+/// What one round did.
+#[derive(Default)]
+struct Round {
+    /// Chats assigned.
+    assigned: usize,
+    /// Chats the plan chose that had left the queue meanwhile.
+    skipped: usize,
+    /// The plan had more than one round writes.
+    more: bool,
+}
+
+async fn dispatch_round(e: &Engine, scope: &TenantScope) -> AppResult<Round> {
     let now = e.now();
     let mut tx = e.db.tenant_tx(scope).await?;
     store::lock_agents(&mut tx).await?;
@@ -273,13 +289,15 @@ async fn dispatch_round(e: &Engine, scope: &TenantScope) -> AppResult<(usize, us
     }
     if waiting.is_empty() {
         tx.commit().await?;
-        return Ok((0, 0));
+        return Ok(Round::default());
     }
     let agents = workflows::agent_snapshots(&mut tx, now).await?;
-    let plan = dispatch::plan(&waiting, &agents, now);
+    let mut plan = dispatch::plan(&waiting, &agents, now);
+    let more = plan.len() > ROUND_ASSIGNMENTS;
+    plan.truncate(ROUND_ASSIGNMENTS);
     if plan.is_empty() {
         tx.commit().await?;
-        return Ok((0, 0));
+        return Ok(Round::default());
     }
     let (mut assigned, mut skipped) = (0, 0);
     let mut events = Vec::new();
@@ -324,7 +342,11 @@ async fn dispatch_round(e: &Engine, scope: &TenantScope) -> AppResult<(usize, us
         assigned += 1;
     }
     commit_events(e, scope, tx, events).await?;
-    Ok((assigned, skipped))
+    Ok(Round {
+        assigned,
+        skipped,
+        more,
+    })
 }
 
 /// Stores an assignment with what the chat waited with, and schedules its re-route when

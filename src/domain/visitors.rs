@@ -734,8 +734,9 @@ pub async fn start_chat(
     if !queued.is_empty() {
         conversations::submit_as_engine(e, scope, id, queued).await?;
     }
+    // A plain read: the dispatcher may hold the chat's row while it assigns it.
     let mut tx = e.db.tenant_tx(scope).await?;
-    let row = store::lock_chat(&mut tx, id)
+    let row = store::chat(&mut tx, id)
         .await?
         .ok_or(AppError::NotFound("conversation"))?;
     let status = status_of(&mut tx, &row).await?;
