@@ -236,3 +236,63 @@ pub(super) async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
         _ = tokio::time::sleep(d) => true,
     }
 }
+
+/// Paces a run's starts: the `k`-th is due `k / rate` seconds after `start` (with `rate` 0,
+/// whenever one of `concurrency` slots is free), and none starts after `duration`.
+pub(super) struct Pacer {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    concurrency: usize,
+    start: Instant,
+    deadline: Instant,
+    rate: u32,
+}
+
+impl Pacer {
+    /// A pacer starting now.
+    pub(super) fn new(concurrency: usize, rate: u32, duration: Duration) -> Self {
+        let start = Instant::now();
+        Self {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency)),
+            concurrency,
+            start,
+            deadline: start + duration,
+            rate,
+        }
+    }
+
+    /// When the run started.
+    pub(super) fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// Waits for the `k`-th start's turn and a free slot (held until the permit drops);
+    /// None once the run's time is up.
+    pub(super) async fn next(
+        &self,
+        k: u64,
+    ) -> anyhow::Result<Option<tokio::sync::OwnedSemaphorePermit>> {
+        if self.rate > 0 {
+            let due = self.start + Duration::from_secs_f64(k as f64 / f64::from(self.rate));
+            if due >= self.deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let permit = tokio::select! {
+            p = self.permits.clone().acquire_owned() => p?,
+            _ = tokio::time::sleep_until(self.deadline.into()) => return Ok(None),
+        };
+        Ok((Instant::now() < self.deadline).then_some(permit))
+    }
+
+    /// Waits for the starts still in flight (each bounded by [`CALL_TIMEOUT`]).
+    pub(super) async fn drain(&self) -> anyhow::Result<()> {
+        let all = u32::try_from(self.concurrency)?;
+        let _ = tokio::time::timeout(
+            CALL_TIMEOUT + Duration::from_secs(5),
+            self.permits.acquire_many(all),
+        )
+        .await;
+        Ok(())
+    }
+}

@@ -10,14 +10,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail};
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
-use super::client::{
-    CALL_TIMEOUT, CATCH_UP_TIMEOUT, Fixture, authorized, connect, pause, status_text,
-};
+use super::client::{CATCH_UP_TIMEOUT, Fixture, Pacer, authorized, connect, pause, status_text};
 use super::connect::{self as connect_api, InFlight};
 use super::report::{
     ErrorLog, kib_text, per_second, percentiles, percentiles_json, percentiles_text, round,
@@ -320,24 +318,13 @@ pub(super) async fn send_for(
     senders: Arc<Senders>,
     send_start: Instant,
 ) -> anyhow::Result<(u64, Duration)> {
-    let permits = Arc::new(Semaphore::new(args.concurrency));
-    let deadline = send_start + Duration::from_secs(args.duration);
+    let pacer = Pacer::new(
+        args.concurrency,
+        args.rate,
+        Duration::from_secs(args.duration),
+    );
     let mut k = 0u64;
-    loop {
-        if args.rate > 0 {
-            let due = send_start + Duration::from_secs_f64(k as f64 / f64::from(args.rate));
-            if due >= deadline {
-                break;
-            }
-            tokio::time::sleep_until(due.into()).await;
-        }
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p?,
-            _ = tokio::time::sleep_until(deadline.into()) => break,
-        };
-        if Instant::now() >= deadline {
-            break;
-        }
+    while let Some(permit) = pacer.next(k).await? {
         if senders.commands.is_empty() {
             let s = senders.clone();
             tokio::spawn(async move {
@@ -349,13 +336,7 @@ pub(super) async fn send_for(
         }
         k += 1;
     }
-    // Every call is bounded by CALL_TIMEOUT; wait for those still in flight.
-    let all_permits = u32::try_from(args.concurrency)?;
-    let _ = tokio::time::timeout(
-        CALL_TIMEOUT + Duration::from_secs(5),
-        permits.acquire_many(all_permits),
-    )
-    .await;
+    pacer.drain().await?;
     Ok((k, send_start.elapsed()))
 }
 

@@ -39,12 +39,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail};
 use serde_json::{Value, json};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
-use super::client::{Fixture, authorized, bearer_value, connect, pause, status_text};
+use super::client::{Fixture, Pacer, authorized, bearer_value, connect, pause, status_text};
 use super::messages::{all_caught_up, lock};
 use super::report::{ErrorLog, per_second, percentiles, percentiles_json, percentiles_text, round};
 use super::target::Target;
@@ -610,25 +610,17 @@ pub(super) async fn run(
     };
 
     let visitors_cancel = cancel.child_token();
-    let permits = Arc::new(Semaphore::new(args.concurrency));
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(args.duration);
+    let pacer = Pacer::new(
+        args.concurrency,
+        args.rate,
+        Duration::from_secs(args.duration),
+    );
+    let start = pacer.start();
     let mut attempted = 0u64;
     while attempted < args.visitors {
-        if args.rate > 0 {
-            let due = start + Duration::from_secs_f64(attempted as f64 / f64::from(args.rate));
-            if due >= deadline {
-                break;
-            }
-            tokio::time::sleep_until(due.into()).await;
-        }
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p?,
-            _ = tokio::time::sleep_until(deadline.into()) => break,
-        };
-        if Instant::now() >= deadline {
+        let Some(permit) = pacer.next(attempted).await? else {
             break;
-        }
+        };
         let v = Visitor {
             shared: shared.clone(),
             n: attempted,
@@ -641,12 +633,7 @@ pub(super) async fn run(
         attempted += 1;
     }
     // Arrivals still in flight end within their calls' timeouts.
-    let all = u32::try_from(args.concurrency)?;
-    let _ = tokio::time::timeout(
-        super::client::CALL_TIMEOUT + Duration::from_secs(5),
-        permits.acquire_many(all),
-    )
-    .await;
+    pacer.drain().await?;
     let arrival_window = start.elapsed();
     let started_ok = shared.started_ok.load(Ordering::Relaxed);
     eprintln!(
