@@ -34,7 +34,7 @@ use crate::pgcluster::PrivateCluster;
 use crate::realtime::bus::{LocalBus, NatsBus};
 use crate::realtime::hints;
 use crate::realtime::hub::{DEACTIVATED, Hub};
-use crate::realtime::presence::{HEARTBEAT, PresenceTracker};
+use crate::realtime::presence::{HEARTBEAT, PresenceLapse, PresenceTracker};
 use crate::realtime::queue::QueueWatch;
 use crate::realtime::{BusHealth, StreamContext};
 use crate::storage::listen::Listener;
@@ -244,6 +244,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
     timer_handlers.push(MaxWait::new(engine.clone(), system));
     timer_handlers.push(Arc::new(Relax));
     timer_handlers.extend(TakeBackTimer::all(engine.clone()));
+    timer_handlers.push(PresenceLapse::new(engine.clock.clone()));
     reactors::start(
         pool.clone(),
         engine.clock.clone(),

@@ -1,28 +1,40 @@
 //! Presence from open streams: each node records how many streams it holds per agent (with a
 //! heartbeat), so an agent is online while any live node holds one, and changes are announced.
+//!
+//! A node that dies cannot say goodbye, so each node keeps a durable timer per tenant it holds
+//! streams in ([`LAPSE`]), pushed forward by every heartbeat. When a node stops beating, its
+//! timer fires on another node (or after the restart): that node deletes the dead node's
+//! stale rows and records `AgentChanged` for their agents, so the dispatcher starts their
+//! grace periods as it does for an agent who closed their app.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::Engine;
 use crate::domain::events::{Event, FRESH_FOR, PresenceState, presence_of};
 use crate::domain::spine::{self, SpineEvent};
-use crate::error::AppResult;
+use crate::domain::timers::{self, Timer, TimerHandler};
+use crate::domain::{Clock, Engine};
+use crate::error::{AppError, AppResult};
 use crate::ids::{TenantId, UserId};
-use crate::storage::presence as store;
+use crate::storage::{TenantTx, presence as store, timers as timer_store};
 use crate::tenancy::{SystemCap, TenantScope};
 
 /// How often a node refreshes its presence rows.
 pub const HEARTBEAT: Duration = Duration::from_secs(20);
+/// Timer kind: a node's presence rows in a tenant may have gone stale.
+pub const LAPSE: &str = "presence_lapse";
 
 /// Counts this node's streams and keeps the shared table current.
 pub struct PresenceTracker {
     node: uuid::Uuid,
     local: Mutex<HashMap<(TenantId, UserId), i32>>,
+    /// Tenants where this node's [`LAPSE`] timer is known to be set.
+    armed: Mutex<HashSet<TenantId>>,
     writes: TaskTracker,
     /// Writes presence rows for streams that open and close, and on every heartbeat.
     system: SystemCap,
@@ -34,6 +46,7 @@ impl PresenceTracker {
         Arc::new(Self {
             node: uuid::Uuid::new_v4(),
             local: Mutex::new(HashMap::new()),
+            armed: Mutex::new(HashSet::new()),
             writes: TaskTracker::new(),
             system,
         })
@@ -70,8 +83,15 @@ impl PresenceTracker {
         store::touch_last_seen(&mut tx, user, now).await?;
         // Coming online (or going offline) changes who can be given chats.
         spine::record(&tx, &[SpineEvent::AgentChanged { agent: user }], now).await?;
+        let arm = streams > 0 && !self.is_armed(tenant);
+        if arm {
+            self.arm(&mut tx, now).await?;
+        }
         let snap = store::snapshot(&mut tx, now - FRESH_FOR).await?;
         tx.commit().await?;
+        if arm {
+            self.armed_lock().insert(tenant);
+        }
         if let Some((_, status, online, seen)) = snap.into_iter().find(|(u, ..)| *u == user) {
             e.publisher.publish(Event::Presence {
                 tenant,
@@ -83,6 +103,24 @@ impl PresenceTracker {
                 },
             });
         }
+        Ok(())
+    }
+
+    fn armed_lock(&self) -> std::sync::MutexGuard<'_, HashSet<TenantId>> {
+        self.armed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_armed(&self, tenant: TenantId) -> bool {
+        self.armed_lock().contains(&tenant)
+    }
+
+    /// Sets (or moves) this node's [`LAPSE`] timer in the transaction's tenant to just after
+    /// its rows, beaten at `now`, would go stale.
+    async fn arm(&self, tx: &mut TenantTx, now: DateTime<Utc>) -> AppResult<()> {
+        let node = self.node.to_string();
+        timer_store::delete_keyed(tx, LAPSE, "node", &node).await?;
+        let due = now + FRESH_FOR + chrono::Duration::seconds(1);
+        timers::schedule(tx, LAPSE, due, serde_json::json!({ "node": node })).await?;
         Ok(())
     }
 
@@ -122,25 +160,32 @@ impl PresenceTracker {
             .collect())
     }
 
-    /// Refreshes this node's rows; run every [`HEARTBEAT`].
+    /// Refreshes this node's rows and moves its [`LAPSE`] timers; run every [`HEARTBEAT`].
     pub async fn heartbeat(&self, e: &Engine) {
-        let mut by_tenant: HashMap<TenantId, Vec<UserId>> = HashMap::new();
-        for (t, u) in self.local.lock().unwrap_or_else(|p| p.into_inner()).keys() {
-            by_tenant.entry(*t).or_default().push(*u);
+        let mut by_tenant: HashMap<TenantId, Vec<(UserId, i32)>> = HashMap::new();
+        for ((t, u), n) in self.local.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            by_tenant.entry(*t).or_default().push((*u, *n));
         }
         let now: DateTime<Utc> = e.now();
-        for (tenant, users) in by_tenant {
+        let mut armed = HashSet::new();
+        for (tenant, here) in by_tenant {
             let scope = TenantScope::system(&self.system, tenant);
             let r = async {
                 let mut tx = e.db.tenant_tx(&scope).await?;
-                store::heartbeat(&mut tx, &users, self.node, now).await?;
+                store::heartbeat(&mut tx, &here, self.node, now).await?;
+                self.arm(&mut tx, now).await?;
                 tx.commit().await
             }
             .await;
-            if let Err(err) = r {
-                tracing::warn!(error = %err, "presence heartbeat failed");
+            match r {
+                Ok(()) => {
+                    armed.insert(tenant);
+                }
+                Err(err) => tracing::warn!(error = %err, "presence heartbeat failed"),
             }
         }
+        // A tenant left out here has no streams on this node; its timer lapses harmlessly.
+        *self.armed_lock() = armed;
     }
 }
 
@@ -171,5 +216,51 @@ impl Drop for PresenceGuard {
                 });
             }
         }
+    }
+}
+
+/// Fires [`LAPSE`]: reaps a silent node's stale rows in the tenant and tells the dispatcher
+/// (through `AgentChanged` on the spine) that their agents may be gone.
+pub struct PresenceLapse {
+    clock: Arc<dyn Clock>,
+}
+
+impl PresenceLapse {
+    /// The handler, reading the time from `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Arc<Self> {
+        Arc::new(Self { clock })
+    }
+}
+
+impl TimerHandler for PresenceLapse {
+    fn kind(&self) -> &'static str {
+        LAPSE
+    }
+
+    fn fire<'a>(&'a self, tx: &'a mut TenantTx, timer: &'a Timer) -> BoxFuture<'a, AppResult<()>> {
+        Box::pin(async move {
+            let node = timer
+                .payload
+                .get("node")
+                .and_then(|n| n.as_str())
+                .and_then(|n| uuid::Uuid::parse_str(n).ok())
+                .ok_or_else(|| AppError::Internal("presence timer without a node".into()))?;
+            let now = self.clock.now();
+            let gone = store::reap(tx, node, now - FRESH_FOR).await?;
+            if store::node_present(tx, node).await? {
+                // Still beating (its heartbeat raced this timer): look again when it could lapse.
+                let due = now + FRESH_FOR + chrono::Duration::seconds(1);
+                timers::schedule(tx, LAPSE, due, timer.payload.clone()).await?;
+            }
+            if !gone.is_empty() {
+                tracing::info!(agents = gone.len(), %node, "a silent node's presence lapsed");
+                let events: Vec<_> = gone
+                    .into_iter()
+                    .map(|agent| SpineEvent::AgentChanged { agent })
+                    .collect();
+                spine::record(tx, &events, now).await?;
+            }
+            Ok(())
+        })
     }
 }

@@ -48,26 +48,77 @@ pub async fn set_streams(
     Ok(())
 }
 
-/// Refreshes this node's heartbeat for the given agents.
+/// Refreshes this node's rows for the given agents and their stream counts, writing them
+/// again where another node reaped them as stale (this node was unreachable for a while).
 pub async fn heartbeat(
     tx: &mut TenantTx,
-    users_here: &[UserId],
+    here: &[(UserId, i32)],
     node: uuid::Uuid,
     now: DateTime<Utc>,
 ) -> AppResult<()> {
     let t = tx.tenant_id();
-    diesel::update(
+    let rows: Vec<_> = here
+        .iter()
+        .map(|(user, streams)| {
+            (
+                agent_presence::tenant_id.eq(t),
+                agent_presence::user_id.eq(*user),
+                agent_presence::node_id.eq(node),
+                agent_presence::streams.eq(*streams),
+                agent_presence::heartbeat_at.eq(now),
+            )
+        })
+        .collect();
+    diesel::insert_into(agent_presence::table)
+        .values(rows)
+        .on_conflict((
+            agent_presence::tenant_id,
+            agent_presence::user_id,
+            agent_presence::node_id,
+        ))
+        .do_update()
+        .set((
+            agent_presence::streams.eq(excluded(agent_presence::streams)),
+            agent_presence::heartbeat_at.eq(excluded(agent_presence::heartbeat_at)),
+        ))
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Deletes `node`'s rows whose heartbeat is not after `fresh_after` (the node stopped
+/// refreshing them: it died or lost the database); returns whose they were.
+pub async fn reap(
+    tx: &mut TenantTx,
+    node: uuid::Uuid,
+    fresh_after: DateTime<Utc>,
+) -> AppResult<Vec<UserId>> {
+    let t = tx.tenant_id();
+    Ok(diesel::delete(
         agent_presence::table.filter(
             agent_presence::tenant_id
                 .eq(t)
                 .and(agent_presence::node_id.eq(node))
-                .and(agent_presence::user_id.eq_any(users_here)),
+                .and(agent_presence::heartbeat_at.le(fresh_after)),
         ),
     )
-    .set(agent_presence::heartbeat_at.eq(now))
-    .execute(tx.conn())
-    .await?;
-    Ok(())
+    .returning(agent_presence::user_id)
+    .get_results(tx.conn())
+    .await?)
+}
+
+/// Whether `node` still has rows in this tenant.
+pub async fn node_present(tx: &mut TenantTx, node: uuid::Uuid) -> AppResult<bool> {
+    let t = tx.tenant_id();
+    Ok(diesel::select(diesel::dsl::exists(
+        agent_presence::table.filter(
+            agent_presence::tenant_id
+                .eq(t)
+                .and(agent_presence::node_id.eq(node)),
+        ),
+    ))
+    .get_result(tx.conn())
+    .await?)
 }
 
 /// Every active agent with their status, whether any live node holds a stream for them, and

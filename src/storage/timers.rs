@@ -64,6 +64,24 @@ pub async fn delete(tx: &mut TenantTx, id: TimerId) -> AppResult<bool> {
     Ok(n > 0)
 }
 
+/// Cancels every timer of `kind` whose payload's `key` is `value`; how many there were.
+pub async fn delete_keyed(
+    tx: &mut TenantTx,
+    kind: &str,
+    key: &str,
+    value: &str,
+) -> AppResult<usize> {
+    Ok(sql::prepared(
+        "DELETE FROM timers WHERE tenant_id = $1 AND kind = $2 AND payload ->> $3 = $4",
+    )
+    .bind::<SqlUuid, _>(tx.tenant_id())
+    .bind::<Text, _>(kind)
+    .bind::<Text, _>(key)
+    .bind::<Text, _>(value)
+    .execute(tx.conn())
+    .await?)
+}
+
 /// Claims up to `limit` timers of `kinds` due at `now`, oldest first, skipping those another
 /// node holds.
 pub async fn claim_due(

@@ -9,13 +9,16 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chat_engine::pb;
+use chat_engine::realtime::stream;
+use chat_engine::tenancy::TenantScope;
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 use pb::queue_service_client::QueueServiceClient;
 use pb::workflow_service_client::WorkflowServiceClient;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::harness::{Events, TenantFixture, TestApp, bearer};
+use crate::harness::{Events, KillableNode, TenantFixture, TestApp, bearer};
 use crate::visitors::{ORIGIN, Widget, init_req, posted, session, status_changed, widget_key};
 
 /// A guard against a dispatcher that never acts hanging the suite; not a timing goal.
@@ -816,6 +819,67 @@ async fn an_agent_gone_offline_past_the_grace_period_loses_the_chats_that_wait_f
     })
     .await;
     assert_eq!(history(&app, &t, &chats[1]).await, [(ann.clone(), true)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chats_of_an_agent_whose_node_dies_go_back_to_the_queue_after_the_grace_period() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("crash").await;
+    let (_, key) = widget_key(&app, &t, &[ORIGIN]).await;
+    workflow_with(
+        &app,
+        &t,
+        pb::WorkflowActions {
+            auto_assign: true,
+            offline_grace_seconds: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (ann, ann_tok) = agent(&app, &t, "ann", 1, &[]).await;
+    let (bob, bob_tok) = agent(&app, &t, "bob", 1, &[]).await;
+    // Ann's app is connected to a second node, which dies without a word.
+    let node = KillableNode::start(app.same_db()).await;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "authorization",
+        format!("Bearer {ann_tok}").parse().unwrap(),
+    );
+    let principal = node.auth.authenticate(&headers).await.unwrap().unwrap();
+    let scope = TenantScope::of(&principal).unwrap();
+    let mut ann_stream = Box::pin(stream::subscribe(node.streams.clone(), scope, vec![]));
+    tokio::time::timeout(WAIT, ann_stream.next())
+        .await
+        .expect("ann's stream answers")
+        .expect("ann's stream is open")
+        .expect("ann's stream works");
+    set_status(&app.channel, &ann_tok, pb::AgentStatus::Available).await;
+    let chats = start_chats(&app, &key, "k", 1).await;
+    eventually("ann is given the chat", || async {
+        let h = history(&app, &t, &chats[0]).await;
+        (h == [(ann.clone(), true)]).then_some(())
+    })
+    .await;
+    let _bob_stream = online(&app.channel, std::slice::from_ref(&bob_tok)).await;
+    set_status(&app.channel, &bob_tok, pb::AgentStatus::Available).await;
+    node.kill();
+
+    // Her presence goes stale a minute after the node's last heartbeat; then the grace period.
+    let limit = Duration::from_secs(150);
+    let start = Instant::now();
+    loop {
+        if history(&app, &t, &chats[0]).await == [(bob.clone(), true), (ann.clone(), false)] {
+            break;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "the chat goes to bob within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let states = agent_states(&app, &t.admin_token).await;
+    assert_eq!(states[&ann].open_chats, 0, "ann holds no chat any more");
+    drop(ann_stream);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
