@@ -11,11 +11,13 @@
 //! no cycle can form. A chat the plan chose but that meanwhile left the queue is skipped and
 //! the round runs again.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::conversations::{
-    Conversation, Kind, Status, append, commit_events, conversation, load_members,
+    Conversation, Kind, Status, append, commit_events, conversation, event_row, load_members,
     require_active_agents,
 };
 use super::dispatch::{self, Waiting};
@@ -227,27 +229,6 @@ fn still_waiting(row: &ConversationRow) -> bool {
     row.status == Status::Queued.as_str() && row.assigned_agent_id.is_none()
 }
 
-/// Offers a waiting chat to `agent` inside `tx` (the chat row locked by the caller): they
-/// join it and see it on their stream, it leaves the queue and stays `queued` with them as
-/// its assignee (their seat is held) until they accept or the offer lapses.
-async fn offer_to(
-    tx: &mut TenantTx,
-    row: &ConversationRow,
-    agent: UserId,
-    now: DateTime<Utc>,
-) -> AppResult<(ConversationRow, Vec<ConversationEvent>)> {
-    visitor_store::dequeue(tx, row.conversation_id).await?;
-    reseat(
-        tx,
-        row,
-        Some(agent),
-        Status::Queued,
-        Participant::System,
-        now,
-    )
-    .await
-}
-
 /// One dispatcher pass over the tenant: assigns every waiting chat an eligible agent can take
 /// now, oldest first within priority, and returns how many were assigned.
 pub async fn dispatch(e: &Engine, scope: &TenantScope) -> AppResult<usize> {
@@ -299,54 +280,163 @@ async fn dispatch_round(e: &Engine, scope: &TenantScope) -> AppResult<Round> {
         tx.commit().await?;
         return Ok(Round::default());
     }
-    let (mut assigned, mut skipped) = (0, 0);
-    let mut events = Vec::new();
-    for a in plan {
-        let row = lock_external(&mut tx, a.conversation).await?;
-        if !still_waiting(&row) {
-            skipped += 1;
-            continue;
-        }
-        let Some(entry) = rows.iter().find(|r| r.conversation_id == a.conversation) else {
-            continue;
-        };
-        let queued = Queued::of(entry)?;
-        let offer = queued.actions.offer_timeout_seconds;
-        let (_, evs) = match offer {
-            Some(_) => offer_to(&mut tx, &row, a.agent, now).await?,
-            None => hand_over(&mut tx, &row, a.agent, Participant::System, now).await?,
-        };
-        events.extend(evs);
-        store::set_last_assigned(&mut tx, a.agent, a.assigned_at).await?;
-        let reasons =
-            serde_json::to_value(&a.decision).map_err(|err| AppError::Internal(err.to_string()))?;
-        record(
-            &mut tx,
-            a.conversation,
-            a.agent,
-            &queued,
-            (a.decision.strategy.as_str(), reasons),
-            if offer.is_some() {
-                Via::Offered
-            } else {
-                Via::Dispatcher
-            },
-            now,
-        )
-        .await?;
-        if let Some(t) = offer {
-            let due = now + chrono::Duration::seconds(i64::from(t));
-            let payload = taken_payload(a.conversation, a.agent, now);
-            timers::schedule(&mut tx, OFFER_LAPSE, due, payload).await?;
-        }
-        assigned += 1;
-    }
-    commit_events(e, scope, tx, events).await?;
+    let (events, skipped) = seat_planned(&mut tx, plan, &rows, now).await?;
+    let assigned = events.seated;
+    commit_events(e, scope, tx, events.events).await?;
     Ok(Round {
         assigned,
         skipped,
         more,
     })
+}
+
+/// What [`seat_planned`] wrote.
+struct Seated {
+    /// Chats given (or offered) to their agent.
+    seated: usize,
+    /// Their events, to commit.
+    events: Vec<ConversationEvent>,
+}
+
+/// Writes a round's planned assignments with a fixed number of statements, whatever their
+/// number (the round holds the tenant's agent locks, so its length is everyone's wait):
+/// locks the chats, leaves out those that stopped waiting meanwhile (counted as skipped), and
+/// for the rest does what [`hand_over`] and [`record`] do for one chat. A chat whose workflow
+/// wants offers is offered instead: its agent joins it and sees it on their stream, and it
+/// stays `queued` with them as its assignee (their seat held) until they accept or the offer
+/// lapses.
+async fn seat_planned(
+    tx: &mut TenantTx,
+    plan: Vec<dispatch::Assignment>,
+    rows: &[WaitingRow],
+    now: DateTime<Utc>,
+) -> AppResult<(Seated, usize)> {
+    let convs: Vec<ConversationId> = plan.iter().map(|a| a.conversation).collect();
+    let locked: HashMap<ConversationId, ConversationRow> = store::lock_chats(tx, &convs)
+        .await?
+        .into_iter()
+        .map(|r| (r.conversation_id, r))
+        .collect();
+    let mut seats = Vec::with_capacity(plan.len());
+    let mut skipped = 0;
+    for a in plan {
+        let entry = rows.iter().find(|r| r.conversation_id == a.conversation);
+        match (locked.get(&a.conversation), entry) {
+            (Some(row), Some(entry)) if still_waiting(row) => {
+                let queued = Queued::of(entry)?;
+                seats.push((a, queued));
+            }
+            _ => skipped += 1,
+        }
+    }
+    if seats.is_empty() {
+        return Ok((
+            Seated {
+                seated: 0,
+                events: Vec::new(),
+            },
+            skipped,
+        ));
+    }
+    let convs: Vec<ConversationId> = seats.iter().map(|(a, _)| a.conversation).collect();
+    store::dequeue_all(tx, &convs).await?;
+    let pairs: Vec<(ConversationId, UserId)> = seats
+        .iter()
+        .map(|(a, _)| (a.conversation, a.agent))
+        .collect();
+    let added: HashSet<(ConversationId, UserId)> = conv_store::add_member_pairs(tx, &pairs, now)
+        .await?
+        .into_iter()
+        .collect();
+    let status_of = |q: &Queued| match q.actions.offer_timeout_seconds {
+        Some(_) => Status::Queued,
+        None => Status::Open,
+    };
+    let kinds: Vec<Vec<EventKind>> = seats
+        .iter()
+        .map(|(a, q)| {
+            let mut k = Vec::with_capacity(2);
+            if added.contains(&(a.conversation, a.agent)) {
+                k.push(EventKind::MembersAdded {
+                    agents: vec![a.agent],
+                    actor: None,
+                });
+            }
+            k.push(EventKind::StatusChanged {
+                status: status_of(q),
+                assigned: Some(a.agent),
+                visitor: None,
+            });
+            k
+        })
+        .collect();
+    let counts: Vec<i64> = kinds.iter().map(|k| k.len() as i64).collect();
+    let last: HashMap<ConversationId, i64> = conv_store::reserve_seqs(tx, &convs, &counts, now)
+        .await?
+        .into_iter()
+        .collect();
+    let (mut rows_out, mut events) = (Vec::new(), Vec::new());
+    for ((a, _), kinds) in seats.iter().zip(kinds) {
+        let Some(&last) = last.get(&a.conversation) else {
+            return Err(AppError::Internal("a locked waiting chat closed".into()));
+        };
+        let first = last - kinds.len() as i64 + 1;
+        for (seq, kind) in (first..).zip(kinds) {
+            let (row, event) = event_row(a.conversation, seq, kind, Participant::System, now)?;
+            rows_out.push(row);
+            events.push(event);
+        }
+    }
+    conv_store::insert_events(tx, &rows_out).await?;
+    let statuses: Vec<&str> = seats.iter().map(|(_, q)| status_of(q).as_str()).collect();
+    let agents: Vec<UserId> = seats.iter().map(|(a, _)| a.agent).collect();
+    store::set_chat_states(tx, &convs, &statuses, &agents).await?;
+    // An agent given several chats in the round keeps the latest time.
+    let mut latest: HashMap<UserId, DateTime<Utc>> = HashMap::new();
+    for (a, _) in &seats {
+        let t = latest.entry(a.agent).or_insert(a.assigned_at);
+        *t = (*t).max(a.assigned_at);
+    }
+    let (who, when): (Vec<UserId>, Vec<DateTime<Utc>>) = latest.into_iter().unzip();
+    store::set_last_assigned_many(tx, &who, &when).await?;
+    let mut news = Vec::with_capacity(seats.len());
+    for (a, queued) in &seats {
+        let reasons =
+            serde_json::to_value(&a.decision).map_err(|err| AppError::Internal(err.to_string()))?;
+        let via = match queued.actions.offer_timeout_seconds {
+            Some(_) => Via::Offered,
+            None => Via::Dispatcher,
+        };
+        news.push(new_assignment(
+            a.conversation,
+            a.agent,
+            queued,
+            (a.decision.strategy.as_str(), reasons),
+            via,
+            now,
+        )?);
+    }
+    store::record_assignments(tx, news).await?;
+    for (a, queued) in &seats {
+        match queued.actions.offer_timeout_seconds {
+            Some(t) => {
+                let due = now + chrono::Duration::seconds(i64::from(t));
+                let payload = taken_payload(a.conversation, a.agent, now);
+                timers::schedule(tx, OFFER_LAPSE, due, payload).await?;
+            }
+            None => {
+                schedule_reply_due(tx, a.conversation, a.agent, queued, Via::Dispatcher, now)
+                    .await?
+            }
+        }
+    }
+    Ok((
+        Seated {
+            seated: seats.len(),
+            events,
+        },
+        skipped,
+    ))
 }
 
 /// Stores an assignment with what the chat waited with, and schedules its re-route when
@@ -356,24 +446,44 @@ async fn record(
     conv: ConversationId,
     agent: UserId,
     queued: &Queued,
-    (strategy, reasons): (&str, serde_json::Value),
+    decision: (&str, serde_json::Value),
     via: Via,
     at: DateTime<Utc>,
 ) -> AppResult<()> {
-    store::record_assignment(
-        tx,
-        NewAssignment {
-            conversation_id: conv,
-            agent_id: agent,
-            workflow_id: queued.workflow_id,
-            strategy: strategy.to_owned(),
-            reasons,
-            via: via.as_str(),
-            queued: queued.json()?,
-            at,
-        },
-    )
-    .await?;
+    store::record_assignment(tx, new_assignment(conv, agent, queued, decision, via, at)?).await?;
+    schedule_reply_due(tx, conv, agent, queued, via, at).await
+}
+
+/// The assignment record of `conv` given to `agent`.
+fn new_assignment(
+    conv: ConversationId,
+    agent: UserId,
+    queued: &Queued,
+    (strategy, reasons): (&str, serde_json::Value),
+    via: Via,
+    at: DateTime<Utc>,
+) -> AppResult<NewAssignment> {
+    Ok(NewAssignment {
+        conversation_id: conv,
+        agent_id: agent,
+        workflow_id: queued.workflow_id,
+        strategy: strategy.to_owned(),
+        reasons,
+        via: via.as_str(),
+        queued: queued.json()?,
+        at,
+    })
+}
+
+/// Schedules the re-route of a chat whose workflow wants its agent to answer in time.
+async fn schedule_reply_due(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    agent: UserId,
+    queued: &Queued,
+    via: Via,
+    at: DateTime<Utc>,
+) -> AppResult<()> {
     // An offer's answer time starts when it is accepted.
     if let Some(t) = queued
         .actions

@@ -129,6 +129,37 @@ pub async fn add_members(
         .await?)
 }
 
+/// Adds each (conversation, user) pair as a member (existing ones are left as they are);
+/// returns the pairs actually added.
+pub async fn add_member_pairs(
+    tx: &mut TenantTx,
+    pairs: &[(ConversationId, UserId)],
+    now: DateTime<Utc>,
+) -> AppResult<Vec<(ConversationId, UserId)>> {
+    let t = tx.tenant_id();
+    let rows: Vec<_> = pairs
+        .iter()
+        .map(|(conv, user)| {
+            let row = MemberRow {
+                conversation_id: *conv,
+                user_id: *user,
+                read_seq: 0,
+                joined_at: now,
+            };
+            (conversation_members::tenant_id.eq(t), row)
+        })
+        .collect();
+    Ok(diesel::insert_into(conversation_members::table)
+        .values(&rows)
+        .on_conflict_do_nothing()
+        .returning((
+            conversation_members::conversation_id,
+            conversation_members::user_id,
+        ))
+        .get_results(tx.conn())
+        .await?)
+}
+
 /// Removes a member; false when they were not one.
 pub async fn remove_member(
     tx: &mut TenantTx,
@@ -294,6 +325,20 @@ pub async fn next_seq(tx: &mut TenantTx, conv: ConversationId) -> AppResult<Opti
 pub async fn insert_event(tx: &mut TenantTx, row: &EventRow) -> AppResult<()> {
     diesel::insert_into(conversation_events::table)
         .values((conversation_events::tenant_id.eq(tx.tenant_id()), row))
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Appends several events in one statement.
+pub async fn insert_events(tx: &mut TenantTx, rows: &[EventRow]) -> AppResult<()> {
+    let t = tx.tenant_id();
+    let rows: Vec<_> = rows
+        .iter()
+        .map(|r| (conversation_events::tenant_id.eq(t), r))
+        .collect();
+    diesel::insert_into(conversation_events::table)
+        .values(rows)
         .execute(tx.conn())
         .await?;
     Ok(())

@@ -5,11 +5,12 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
-use super::TenantTx;
 use super::conversations::ConversationRow;
 use super::schema::{assignments, conversations, messages, queue_entries, users, visitors};
+use super::{TenantTx, sql};
 use crate::error::AppResult;
 use crate::ids::{AssignmentId, ConversationId, UserId, WorkflowId};
 
@@ -128,6 +129,82 @@ pub async fn set_last_assigned(
     Ok(())
 }
 
+/// Stamps each agent's last-assignment time (one statement for a dispatcher round).
+pub async fn set_last_assigned_many(
+    tx: &mut TenantTx,
+    agents: &[UserId],
+    ats: &[DateTime<Utc>],
+) -> AppResult<()> {
+    sql::prepared(
+        "UPDATE users u SET last_assigned_at = v.at
+           FROM unnest($2::uuid[], $3::timestamptz[]) AS v(user_id, at)
+          WHERE u.tenant_id = $1 AND u.user_id = v.user_id",
+    )
+    .bind::<SqlUuid, _>(tx.tenant_id())
+    .bind::<Array<SqlUuid>, _>(agents)
+    .bind::<Array<Timestamptz>, _>(ats)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// The chats' rows, locked until commit in id order (as the writer locks its batches, so
+/// the two wait for each other instead of deadlocking); missing ones are left out.
+pub async fn lock_chats(
+    tx: &mut TenantTx,
+    convs: &[ConversationId],
+) -> AppResult<Vec<ConversationRow>> {
+    let t = tx.tenant_id();
+    Ok(conversations::table
+        .filter(
+            conversations::tenant_id
+                .eq(t)
+                .and(conversations::conversation_id.eq_any(convs)),
+        )
+        .select(ConversationRow::as_select())
+        .order(conversations::conversation_id)
+        .for_update()
+        .load(tx.conn())
+        .await?)
+}
+
+/// Takes the chats out of the queue.
+pub async fn dequeue_all(tx: &mut TenantTx, convs: &[ConversationId]) -> AppResult<()> {
+    let t = tx.tenant_id();
+    diesel::delete(
+        queue_entries::table.filter(
+            queue_entries::tenant_id
+                .eq(t)
+                .and(queue_entries::conversation_id.eq_any(convs)),
+        ),
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Sets each chat's status and assignee (and clears its closing time).
+pub async fn set_chat_states(
+    tx: &mut TenantTx,
+    convs: &[ConversationId],
+    statuses: &[&str],
+    agents: &[UserId],
+) -> AppResult<()> {
+    sql::prepared(
+        "UPDATE conversations c
+            SET status = v.status, assigned_agent_id = v.agent, closed_at = NULL
+           FROM unnest($2::uuid[], $3::text[], $4::uuid[]) AS v(conversation_id, status, agent)
+          WHERE c.tenant_id = $1 AND c.conversation_id = v.conversation_id",
+    )
+    .bind::<SqlUuid, _>(tx.tenant_id())
+    .bind::<Array<SqlUuid>, _>(convs)
+    .bind::<Array<Text>, _>(statuses)
+    .bind::<Array<SqlUuid>, _>(agents)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
 /// A stored assignment.
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = assignments)]
@@ -177,21 +254,46 @@ pub struct NewAssignment {
 
 /// Ends the chat's current assignment and stores a new one.
 pub async fn record_assignment(tx: &mut TenantTx, new: NewAssignment) -> AppResult<()> {
-    end_assignment(tx, new.conversation_id, new.at).await?;
+    record_assignments(tx, vec![new]).await
+}
+
+/// Ends the chats' current assignments and stores the new ones (one chat at most once).
+pub async fn record_assignments(tx: &mut TenantTx, news: Vec<NewAssignment>) -> AppResult<()> {
+    let Some(at) = news.iter().map(|n| n.at).max() else {
+        return Ok(());
+    };
     let t = tx.tenant_id();
+    let convs: Vec<ConversationId> = news.iter().map(|n| n.conversation_id).collect();
+    diesel::update(
+        assignments::table.filter(
+            assignments::tenant_id
+                .eq(t)
+                .and(assignments::conversation_id.eq_any(&convs))
+                .and(assignments::ended_at.is_null()),
+        ),
+    )
+    .set(assignments::ended_at.eq(at))
+    .execute(tx.conn())
+    .await?;
+    let rows: Vec<_> = news
+        .into_iter()
+        .map(|new| {
+            (
+                assignments::tenant_id.eq(t),
+                assignments::assignment_id.eq(AssignmentId::new()),
+                assignments::conversation_id.eq(new.conversation_id),
+                assignments::agent_id.eq(new.agent_id),
+                assignments::workflow_id.eq(new.workflow_id),
+                assignments::reasons.eq(new.reasons),
+                assignments::assigned_at.eq(new.at),
+                assignments::strategy.eq(new.strategy),
+                assignments::via.eq(new.via),
+                assignments::queued.eq(new.queued),
+            )
+        })
+        .collect();
     diesel::insert_into(assignments::table)
-        .values((
-            assignments::tenant_id.eq(t),
-            assignments::assignment_id.eq(AssignmentId::new()),
-            assignments::conversation_id.eq(new.conversation_id),
-            assignments::agent_id.eq(new.agent_id),
-            assignments::workflow_id.eq(new.workflow_id),
-            assignments::reasons.eq(new.reasons),
-            assignments::assigned_at.eq(new.at),
-            assignments::strategy.eq(new.strategy),
-            assignments::via.eq(new.via),
-            assignments::queued.eq(new.queued),
-        ))
+        .values(rows)
         .execute(tx.conn())
         .await?;
     Ok(())

@@ -31,6 +31,19 @@ pub(crate) async fn append(
     let seq = store::next_seq(tx, conv)
         .await?
         .ok_or(AppError::FailedPrecondition("the conversation is closed"))?;
+    let (row, event) = event_row(conv, seq, kind, actor, at)?;
+    store::insert_event(tx, &row).await?;
+    Ok(event)
+}
+
+/// The row that stores an event at `seq` (taken by the caller), and the event itself.
+pub(crate) fn event_row(
+    conv: ConversationId,
+    seq: i64,
+    kind: EventKind,
+    actor: Participant,
+    at: DateTime<Utc>,
+) -> AppResult<(EventRow, ConversationEvent)> {
     let (message_id, payload) = match &kind {
         EventKind::MessagePosted(_) => {
             return Err(AppError::Internal("posts go through the writer".into()));
@@ -60,25 +73,24 @@ pub(crate) async fn append(
             .map_err(|e| AppError::Internal(e.to_string()))?,
         ),
     };
-    store::insert_event(
-        tx,
-        &EventRow {
-            conversation_id: conv,
-            seq,
-            kind: kind.name().to_owned(),
-            message_id,
-            actor_id: actor.id(),
-            payload,
-            created_at: at,
-        },
-    )
-    .await?;
-    Ok(ConversationEvent {
+    let row = EventRow {
         conversation_id: conv,
         seq,
-        at,
-        kind,
-    })
+        kind: kind.name().to_owned(),
+        message_id,
+        actor_id: actor.id(),
+        payload,
+        created_at: at,
+    };
+    Ok((
+        row,
+        ConversationEvent {
+            conversation_id: conv,
+            seq,
+            at,
+            kind,
+        },
+    ))
 }
 
 /// Records the events in the spine, commits, and only then announces them.
