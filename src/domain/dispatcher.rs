@@ -132,7 +132,9 @@ impl TimerHandler for MaxWait {
             // A node dying between this post and the commit below posts it again on the
             // retry: the engine's sends have no request id to make that once.
             if !text.is_empty() {
-                conversations::submit_as_engine(&self.engine, &scope, conv, text).await?;
+                conversations::submit_as_engine(&self.engine, &scope, conv, text)
+                    .await
+                    .await?;
             }
             let Some(row) = visitor_store::lock_chat(tx, conv)
                 .await?

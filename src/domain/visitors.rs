@@ -710,14 +710,28 @@ pub async fn start_chat(
     commit_events(e, scope, tx, events).await?;
     let id = row.conversation_id;
     let (welcome, queued) = said.unwrap_or_default();
-    if !welcome.is_empty() {
-        conversations::submit_as_engine(e, scope, id, welcome).await?;
-    }
+    // Queued one after the other, they take seqs in this order and share one group commit.
+    let welcome = match welcome.is_empty() {
+        true => None,
+        false => Some(conversations::submit_as_engine(e, scope, id, welcome).await),
+    };
     let initial = match initial {
         Some((text, rid)) => {
-            let sent = conversations::submit(e, scope, id, text.clone(), rid)
-                .await?
-                .await?;
+            let sent = conversations::submit(e, scope, id, text.clone(), rid).await?;
+            Some((text, sent))
+        }
+        None => None,
+    };
+    let queued = match queued.is_empty() {
+        true => None,
+        false => Some(conversations::submit_as_engine(e, scope, id, queued).await),
+    };
+    if let Some(w) = welcome {
+        w.await?;
+    }
+    let initial = match initial {
+        Some((text, sent)) => {
+            let sent = sent.await?;
             Some(Message {
                 id: sent.id,
                 conversation_id: id,
@@ -731,8 +745,8 @@ pub async fn start_chat(
         }
         None => None,
     };
-    if !queued.is_empty() {
-        conversations::submit_as_engine(e, scope, id, queued).await?;
+    if let Some(q) = queued {
+        q.await?;
     }
     // A plain read: the dispatcher may hold the chat's row while it assigns it.
     let mut tx = e.db.tenant_tx(scope).await?;

@@ -39,14 +39,15 @@ pub async fn submit(
 }
 
 /// Posts the engine's own message (a workflow's welcome, queue or max-wait text) into a chat
-/// of `scope`'s tenant and waits for its commit. The engine has no sender id to key a retry
-/// by, so callers guard against posting twice themselves.
+/// of `scope`'s tenant, in [`submit`]'s two steps: awaiting this queues it, the future it
+/// returns answers after its commit. The engine has no sender id to key a retry by, so
+/// callers guard against posting twice themselves.
 pub(crate) async fn submit_as_engine(
     e: &Engine,
     scope: &TenantScope,
     conv: ConversationId,
     text: String,
-) -> AppResult<Sent> {
+) -> impl Future<Output = AppResult<Sent>> + Send + 'static {
     let job = SendJob {
         scope: *scope,
         conv,
@@ -54,9 +55,12 @@ pub(crate) async fn submit_as_engine(
         request: None,
         text,
     };
-    match e.writer.enqueue(job).await {
-        Some(q) => q.answer().await,
-        None => Err(AppError::Unavailable("the writer stopped".into())),
+    let queued = e.writer.enqueue(job).await;
+    async move {
+        match queued {
+            Some(q) => q.answer().await,
+            None => Err(AppError::Unavailable("the writer stopped".into())),
+        }
     }
 }
 
