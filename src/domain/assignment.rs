@@ -23,7 +23,7 @@ use super::conversations::{
 use super::dispatch::{self, Waiting};
 use super::events::{ConversationEvent, EventKind};
 use super::participants::Participant;
-use super::routing::{ChatNeeds, Decision};
+use super::routing::{self, ChatNeeds, Decision};
 use super::timers;
 use super::workflows::{
     self,
@@ -260,6 +260,18 @@ struct Round {
 async fn dispatch_round(e: &Engine, scope: &TenantScope) -> AppResult<Round> {
     let now = e.now();
     let mut tx = e.db.tenant_tx(scope).await?;
+    // A look without locks first: a pass with no free seat anywhere (every chat start while
+    // all agents are busy) ends here, without queueing behind other passes for the agents'
+    // locks or reading the queue. A seat that frees meanwhile commits an event of its own,
+    // which wakes another pass.
+    let free = workflows::agent_snapshots(&mut tx, now)
+        .await?
+        .iter()
+        .any(|a| routing::ineligibility(a, &[]).is_none());
+    if !free {
+        tx.commit().await?;
+        return Ok(Round::default());
+    }
     store::lock_agents(&mut tx).await?;
     let rows = store::waiting(&mut tx, ROUND).await?;
     let mut waiting = Vec::with_capacity(rows.len());
