@@ -28,6 +28,7 @@ use super::workflows::model::OnMaxWait;
 use crate::error::AppResult;
 use crate::storage::TenantTx;
 use crate::storage::dispatch as store;
+use crate::storage::messages;
 use crate::storage::visitors as visitor_store;
 use crate::tenancy::{SystemCap, TenantScope};
 
@@ -129,9 +130,11 @@ impl TimerHandler for MaxWait {
                 (OnMaxWait::Close, _) => DEFAULT_CLOSE_TEXT.to_owned(),
                 _ => String::new(),
             };
-            // A node dying between this post and the commit below posts it again on the
-            // retry: the engine's sends have no request id to make that once.
-            if !text.is_empty() {
+            // The post commits on its own, before this transaction: a node dying in between
+            // fires the timer again, and the retry finds the first try's message.
+            if !text.is_empty()
+                && !messages::engine_said_since(tx, conv, &text, timer.due_at).await?
+            {
                 conversations::submit_as_engine(&self.engine, &scope, conv, text)
                     .await
                     .await?;

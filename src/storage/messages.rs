@@ -202,6 +202,30 @@ pub async fn posted_between(
         .await?)
 }
 
+/// Whether the engine posted `text` into `conv` at or after `since`: how a timer that posts
+/// a message tells, when it fires again after a crash, that its first try already did (the
+/// engine's sends have no request id).
+pub async fn engine_said_since(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    text: &str,
+    since: DateTime<Utc>,
+) -> AppResult<bool> {
+    let t = tx.tenant_id();
+    Ok(diesel::select(diesel::dsl::exists(
+        messages::table.filter(
+            messages::tenant_id
+                .eq(t)
+                .and(messages::conversation_id.eq(conv))
+                .and(messages::sender_type.eq("system"))
+                .and(messages::created_at.ge(since))
+                .and(messages::body.eq(text)),
+        ),
+    ))
+    .get_result(tx.conn())
+    .await?)
+}
+
 /// Messages stored under any of the (sender, request id) pairs.
 pub async fn find_by_requests(
     tx: &TenantTx,
