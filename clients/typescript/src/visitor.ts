@@ -66,6 +66,8 @@ export interface ChatEngineSDKOptions extends ConnectionOptions {
   storageKey?: string;
   /** Reconnect delays of the chat streams and send retries. */
   backoff?: BackoffOptions;
+  /** How long a send keeps retrying transient failures before it fails (default 30 000 ms). */
+  sendRetryMs?: number;
 }
 
 /** What {@link ChatEngineSDK.initVisitor} takes. */
@@ -265,6 +267,11 @@ export class ChatEngineSDK {
   /** @internal Reconnect delays, for {@link Chat}. */
   get backoffOptions(): BackoffOptions | undefined {
     return this.options.backoff;
+  }
+
+  /** @internal How long sends retry, for {@link Chat}. */
+  get sendRetryMs(): number {
+    return this.options.sendRetryMs ?? 30_000;
   }
 
   /**
@@ -480,6 +487,7 @@ export class Chat {
   async sendMessage(opts: SendMessageOptions): Promise<ChatMessage> {
     const requestId = opts.requestId ?? newRequestId();
     const backoff = new Backoff(this.sdk.backoffOptions);
+    const giveUpAt = Date.now() + this.sdk.sendRetryMs;
     const content = opts.content;
     for (;;) {
       try {
@@ -507,8 +515,9 @@ export class Chat {
         return msg;
       } catch (e) {
         const err = toChatEngineError(e);
-        if (!err.retryable || backoff.attempts >= 5) throw err;
-        await sleep(backoff.next());
+        const delay = backoff.next();
+        if (!err.retryable || Date.now() + delay > giveUpAt) throw err;
+        await sleep(delay);
       }
     }
   }
