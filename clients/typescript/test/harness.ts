@@ -40,7 +40,13 @@ export class TestServer {
   private readonly dir = mkdtempSync(join(tmpdir(), "chat-engine-ts-"));
   private readonly jwtSecret = `jwt-${Math.random().toString(36).slice(2)}-${Date.now()}-secret-for-tests`;
   private child: ChildProcess | undefined;
+  private readonly extraEnv: Record<string, string>;
   port = 0;
+
+  /** A server with these environment variables on top of the harness's own. */
+  constructor(extraEnv: Record<string, string> = {}) {
+    this.extraEnv = extraEnv;
+  }
 
   /** The base URL of the server's gRPC-web endpoint. */
   get baseUrl(): string {
@@ -69,6 +75,7 @@ export class TestServer {
         CHAT_ENGINE_RATE_LIMITS__VISITOR_PER_VISITOR__PER_MINUTE: "120",
         CHAT_ENGINE_RATE_LIMITS__VISITOR_PER_VISITOR__BURST: "30",
         CHAT_ENGINE_LOG_FORMAT: "pretty",
+        ...this.extraEnv,
       },
       stdio: ["ignore", log, log],
     });
