@@ -395,13 +395,17 @@ export class ChatEngineAgent {
 
   /**
    * Follows the live queue: `cb` gets a full snapshot at once and on every change; reconnects
-   * by itself. Returns the function that stops it.
+   * by itself (`onStatus`), stops on a final error (`onError`). Returns the function that stops it.
    */
-  watchQueue(cb: (s: QueueSnapshot) => void, onStatus?: (s: ConnectionStatus) => void): Unsubscribe {
+  watchQueue(
+    cb: (s: QueueSnapshot) => void,
+    onStatus?: (s: ConnectionStatus) => void,
+    onError?: (err: ChatEngineError) => void,
+  ): Unsubscribe {
     const r = new Reconnector({
       backoff: this.options.backoff,
       onStatus: (s) => onStatus?.(s),
-      onFatal: () => undefined,
+      onFatal: (err) => onError?.(err),
       renewCredentials: () => this.refresh(),
       attempt: async (signal, connected) => {
         await this.freshToken();
@@ -445,16 +449,17 @@ export class ChatEngineAgent {
   ): AgentSubscription {
     const h: AgentStreamHandlers = typeof handlers === "function" ? { onItem: handlers } : handlers;
     const cursors = new SeqCursors(opts.cursors ? Object.entries(opts.cursors) : undefined);
-    let initial: Promise<void> | undefined = opts.cursors ? undefined : this.seedCursors(cursors);
+    // Seeded inside the attempt, so a failure (server down at start) is retried like any other.
+    let seeded = opts.cursors !== undefined;
     const r = new Reconnector({
       backoff: this.options.backoff,
       onStatus: (s) => h.onConnectionStatus?.(s),
       onFatal: (err) => h.onError?.(err),
       renewCredentials: () => this.refresh(),
       attempt: async (signal, connected) => {
-        if (initial) {
-          await initial;
-          initial = undefined;
+        if (!seeded) {
+          await this.seedCursors(cursors);
+          seeded = true;
         }
         await this.freshToken();
         const items = this.conversations.subscribe({ cursors: cursors.list() }, this.callOptions(signal));

@@ -306,7 +306,8 @@ export class ChatEngineSDK {
     return this.renewing;
   }
 
-  private async freshToken(): Promise<void> {
+  /** @internal Renews the visitor token first when it is about to expire. */
+  async freshToken(): Promise<void> {
     const v = this.requireVisitor();
     if (v.tokenExpiresAt.getTime() - Date.now() < RENEW_BEFORE_MS) await this.renewToken();
   }
@@ -560,6 +561,7 @@ export class Chat {
   }
 
   private async attempt(signal: AbortSignal, connected: () => void): Promise<void> {
+    await this.sdk.freshToken();
     const items = this.sdk.rpc.subscribeVisitor(
       { cursors: this.cursors.list() },
       this.sdk.callOptions(true, signal),
