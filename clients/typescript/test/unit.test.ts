@@ -5,6 +5,9 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { Backoff } from "../src/backoff.js";
+import { messageOf } from "../src/convert.js";
+import { MessageSchema, SenderType } from "../src/gen/chatengine/v1/conversation_pb.js";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
   ChatEngineError,
   InvalidArgumentError,
@@ -214,5 +217,27 @@ describe("Reconnector", () => {
     r.stop();
     await done;
     assert.equal(r.status, "closed");
+  });
+});
+
+describe("64-bit seqs", () => {
+  it("arrive as bigint from protobuf-es v2 (JS_NUMBER is not honoured) and leave the facade as numbers", () => {
+    const wire = create(MessageSchema, {
+      id: "m1",
+      conversationId: "c1",
+      seq: 42n,
+      senderType: SenderType.AGENT,
+      senderId: "a1",
+      text: "hi",
+      createTime: timestampFromDate(new Date("2026-01-02T03:04:05Z")),
+    });
+    assert.equal(typeof wire.seq, "bigint");
+    const m = messageOf(wire, (id) => (id === "a1" ? "Ana" : undefined));
+    assert.equal(m.seq, 42);
+    assert.equal(typeof m.seq, "number");
+    assert.equal(m.senderType, "agent");
+    assert.equal(m.senderName, "Ana");
+    assert.equal(m.sentAt.toISOString(), "2026-01-02T03:04:05.000Z");
+    assert.equal(m.editedAt, undefined);
   });
 });
