@@ -23,7 +23,7 @@ import {
 } from "./gen/chatengine/v1/conversation_pb.js";
 import { QueueService, type AgentState, type WaitingChat } from "./gen/chatengine/v1/queue_pb.js";
 import { newRequestId } from "./ids.js";
-import { Reconnector, SeqCursors, pumpItems } from "./stream.js";
+import { Reconnector, SeqCursors, onNetworkBack, pumpItems } from "./stream.js";
 import { makeTransport, type ConnectionOptions } from "./transport.js";
 import type { ChatMessage, ChatStatus, ConnectionStatus, TypingEvent, Unsubscribe } from "./types.js";
 
@@ -587,7 +587,11 @@ export class ChatEngineAgent {
 
   private run(r: Reconnector): Unsubscribe {
     this.running.add(r);
-    void r.start().finally(() => this.running.delete(r));
+    const offNet = onNetworkBack(() => r.kick());
+    void r.start().finally(() => {
+      offNet();
+      this.running.delete(r);
+    });
     return () => r.stop();
   }
 

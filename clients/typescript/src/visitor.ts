@@ -23,7 +23,7 @@ import { ConversationStatus, ListDirection, type StreamItem } from "./gen/chaten
 import { VisitorService, type InitVisitorRequestSchema, type QueueStatus } from "./gen/chatengine/v1/visitor_pb.js";
 
 type InitRequest = MessageInitShape<typeof InitVisitorRequestSchema>;
-import { Listeners, Reconnector, SeqCursors, pumpItems } from "./stream.js";
+import { Listeners, Reconnector, SeqCursors, onNetworkBack, pumpItems } from "./stream.js";
 import { makeTransport, type ConnectionOptions } from "./transport.js";
 import type {
   AgentJoinedEvent,
@@ -402,7 +402,10 @@ export class Chat {
     });
     // Start after the caller's continuation has run (a macrotask, not a microtask), so the
     // handlers it registers right after `await startChat()` see the first items.
-    setTimeout(() => void this.stream.start(), 0);
+    setTimeout(() => {
+      const offNet = onNetworkBack(() => this.stream.kick());
+      void this.stream.start().finally(offNet);
+    }, 0);
   }
 
   /** The chat's status: queued, open (served) or closed. */

@@ -203,6 +203,53 @@ describe("Reconnector", () => {
     assert.equal(attempts, 2);
   });
 
+  it("kick() drops a hanging attempt and reconnects at once, without counting a failure", async () => {
+    let attempts = 0;
+    const statuses: ConnectionStatus[] = [];
+    const r = new Reconnector({
+      backoff: { initialMs: 60_000, maxMs: 60_000 },
+      onStatus: (s) => statuses.push(s),
+      onFatal: () => undefined,
+      attempt: (signal, connected) => {
+        attempts++;
+        connected();
+        // A stream on a dead network: never ends by itself.
+        return new Promise((_, reject) => signal.addEventListener("abort", () => reject(new Error("aborted"))));
+      },
+    });
+    const done = r.start();
+    await new Promise((res) => setTimeout(res, 10));
+    r.kick();
+    await new Promise((res) => setTimeout(res, 10));
+    assert.equal(attempts, 2);
+    assert.deepEqual(statuses, ["connected", "reconnecting", "connected"]);
+    r.stop();
+    await done;
+    assert.equal(attempts, 2);
+    assert.equal(r.status, "closed");
+  });
+
+  it("kick() cuts a backoff wait short", async () => {
+    let attempts = 0;
+    const r = new Reconnector({
+      backoff: { initialMs: 60_000, maxMs: 60_000 },
+      onStatus: () => undefined,
+      onFatal: () => undefined,
+      attempt: async () => {
+        attempts++;
+        throw new ConnectError("down", Code.Unavailable);
+      },
+    });
+    const done = r.start();
+    await new Promise((res) => setTimeout(res, 10));
+    assert.equal(attempts, 1, "waiting a minute before the next attempt");
+    r.kick();
+    await new Promise((res) => setTimeout(res, 10));
+    assert.equal(attempts, 2);
+    r.stop();
+    await done;
+  });
+
   it("stop() ends a waiting loop at once", async () => {
     const r = new Reconnector({
       backoff: { initialMs: 60_000, maxMs: 60_000 },
