@@ -229,8 +229,10 @@ export class ChatEngineSDK {
    */
   async resumeChat(conversationId: string): Promise<Chat> {
     this.requireVisitor();
-    const status = await this.call((o) => this.client.getQueueStatus({ conversationId }, o));
+    // History first, then the status: a change after the history's last message has a higher
+    // seq, so the stream replays it; one before it is in the status read after.
     const history = await this.history(conversationId);
+    const status = await this.call((o) => this.client.getQueueStatus({ conversationId }, o));
     const qs = status.queueStatus;
     const cursor = history.length ? history[history.length - 1].seq : 0;
     return new Chat(this, conversationId, {
@@ -433,7 +435,12 @@ export class Chat {
     return [...this.ordered];
   }
 
-  /** Each new message (the agent's, the system's and the visitor's own), once, in seq order. */
+  /**
+   * Each new message (the agent's, the system's and the visitor's own), once. They come in
+   * seq order, except that the visitor's own message is told as soon as its send is answered,
+   * which may be before an earlier message of the agent arrives; {@link messages} is always in
+   * seq order.
+   */
   onMessage(cb: (msg: ChatMessage) => void): Unsubscribe {
     return this.messageListeners.add(cb);
   }
