@@ -445,7 +445,10 @@ export class Chat {
     return this.messageListeners.add(cb);
   }
 
-  /** Queue position and estimated wait while waiting; called at once with the last one known. */
+  /**
+   * Queue position and estimated wait while waiting, on every change; called at once with the
+   * last one known.
+   */
   onQueueUpdate(cb: (q: QueueUpdate) => void): Unsubscribe {
     const off = this.queueListeners.add(cb);
     const q = this.queueNow;
@@ -624,6 +627,9 @@ export class Chat {
       case "queuePosition": {
         const q = k.value;
         if (q.conversationId !== this.id) return;
+        const was = this.queueNow;
+        // A (re)connected stream repeats the current place: tell only changes.
+        if (was && was.position === q.position && was.estimatedWaitSeconds === q.estimatedWaitSeconds) return;
         const upd = { position: q.position, estimatedWaitSeconds: q.estimatedWaitSeconds };
         this.queueNow = upd;
         this.queueListeners.emit(upd);
