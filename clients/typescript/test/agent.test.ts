@@ -23,7 +23,7 @@ describe("agent sessions", () => {
 
   const login = (email: string) =>
     ChatEngineAgent.login({
-      transport: server.transport(),
+      baseUrl: server.baseUrl,
       tenantSlug: t.slug,
       email,
       password: AGENT_PASSWORD,

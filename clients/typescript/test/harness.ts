@@ -104,7 +104,12 @@ export class TestServer {
     if (!process.env.KEEP_TEST_SERVER) rmSync(this.dir, { recursive: true, force: true });
   }
 
-  /** A gRPC-web transport (HTTP/1.1, as browsers' fetch) with the given interceptors. */
+  /**
+   * A gRPC-web transport over Node's HTTP/1.1 client, for the tests' setup calls. The facades
+   * under test use their own transport (Connect-ES's gRPC-web over fetch): when the server
+   * refuses a call before reading its body (the auth layer), Node's HTTP/1.1 client can fail
+   * with EPIPE while still writing it, where fetch reads the answer.
+   */
   transport(interceptors: Interceptor[] = []): Transport {
     return createGrpcWebTransport({ baseUrl: this.baseUrl, httpVersion: "1.1", interceptors });
   }

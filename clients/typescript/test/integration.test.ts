@@ -65,7 +65,7 @@ describe("SDK against a real server", () => {
     acme = await createTenant(server, "acme", { autoAssign: false, welcome: "Welcome to Acme!" });
     const a = await createAgent(server, acme, "Ana Agent");
     ana = await ChatEngineAgent.login({
-      transport: server.transport(),
+      baseUrl: server.baseUrl,
       tenantSlug: "acme",
       email: a.email,
       password: AGENT_PASSWORD,

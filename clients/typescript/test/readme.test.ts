@@ -55,7 +55,7 @@ describe("README snippets", () => {
 
   it("the visitor snippet chats with an agent and rates the chat", async () => {
     const ben = await ChatEngineAgent.login({
-      transport: server.transport(),
+      baseUrl: server.baseUrl,
       tenantSlug: "demo",
       email: "ben@demo.example",
       password: AGENT_PASSWORD,
