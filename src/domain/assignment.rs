@@ -35,6 +35,7 @@ use crate::ids::{ConversationId, UserId, WorkflowId};
 use crate::storage::TenantTx;
 use crate::storage::conversations::{self as conv_store, ConversationRow};
 use crate::storage::dispatch::{self as store, NewAssignment, WaitingRow};
+use crate::storage::users;
 use crate::storage::visitors as visitor_store;
 use crate::tenancy::{Actor, Role, TenantScope};
 
@@ -191,9 +192,11 @@ async fn reseat(
             });
         }
     }
+    let assigned_name = users::display_name(tx, to).await?;
     changes.push(EventKind::StatusChanged {
         status,
         assigned: to,
+        assigned_name,
         visitor: None,
     });
     let mut events = Vec::with_capacity(changes.len());
@@ -374,9 +377,11 @@ async fn seat_planned(
                     actor: None,
                 });
             }
+            let name = a.decision.candidates.iter().find(|c| c.agent == a.agent);
             k.push(EventKind::StatusChanged {
                 status: status_of(q),
                 assigned: Some(a.agent),
+                assigned_name: name.map(|c| c.name.clone()),
                 visitor: None,
             });
             k

@@ -168,6 +168,7 @@ impl TimerHandler for MaxWait {
                         EventKind::StatusChanged {
                             status: Status::Closed,
                             assigned: row.assigned_agent_id,
+                            assigned_name: None,
                             visitor: None,
                         },
                         Participant::System,

@@ -59,6 +59,9 @@ pub enum EventKind {
         status: Status,
         /// The agent serving the chat, if any.
         assigned: Option<UserId>,
+        /// Their display name when the chat was given to them, for the visitor's side (the
+        /// visitor API names no agent otherwise).
+        assigned_name: Option<String>,
         /// The chat's visitor, named when the chat starts so that the visitor's open
         /// streams pick the new chat up (as `MembersAdded` does for agents).
         visitor: Option<VisitorId>,

@@ -34,7 +34,7 @@ use crate::storage::dispatch as dispatch_store;
 use crate::storage::visitors::{
     self as store, IdentityRow, NewQueueEntry, QueueRow, VisitorFields, VisitorRow,
 };
-use crate::storage::{TenantTx, tenants as tenant_store};
+use crate::storage::{TenantTx, tenants as tenant_store, users};
 use crate::tenancy::{Actor, OperatorScope, TenantScope};
 
 /// How long a visitor token lives; the widget calls InitVisitor again for a new one.
@@ -168,6 +168,8 @@ pub struct QueueStatus {
     pub enqueued_at: Option<DateTime<Utc>>,
     /// The agent serving it.
     pub assigned: Option<UserId>,
+    /// Their display name.
+    pub assigned_name: Option<String>,
 }
 
 /// The answer to StartChat.
@@ -630,6 +632,7 @@ async fn status_of(tx: &mut TenantTx, row: &conv_store::ConversationRow) -> AppR
         }
         None => (None, None),
     };
+    let assigned_name = users::display_name(tx, row.assigned_agent_id).await?;
     Ok(QueueStatus {
         conversation_id: row.conversation_id,
         status,
@@ -638,6 +641,7 @@ async fn status_of(tx: &mut TenantTx, row: &conv_store::ConversationRow) -> AppR
         queue_length: u32::try_from(length).unwrap_or(u32::MAX),
         enqueued_at,
         assigned: row.assigned_agent_id,
+        assigned_name,
     })
 }
 
@@ -687,6 +691,7 @@ pub async fn start_chat(
                 EventKind::StatusChanged {
                     status: Status::Queued,
                     assigned: None,
+                    assigned_name: None,
                     visitor: Some(me),
                 },
                 Participant::Visitor(me),
@@ -857,6 +862,7 @@ pub async fn end_chat(
         EventKind::StatusChanged {
             status: Status::Closed,
             assigned: row.assigned_agent_id,
+            assigned_name: None,
             visitor: None,
         },
         who,

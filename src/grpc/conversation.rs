@@ -166,11 +166,7 @@ pub(super) fn cursors(
                 &c.conversation_id,
                 ConversationId::parse,
             ))?;
-            let seq = i64::try_from(c.last_seq).ok();
-            if seq.is_none() {
-                v.add(&format!("cursors[{i}].last_seq"), "too large");
-            }
-            Some((id, seq?))
+            Some((id, i64::from(c.last_seq)))
         })
         .collect()
 }
@@ -215,7 +211,7 @@ async fn mark_read(
     let mut v = Violations::new();
     let conv = conv_id(&mut v, "conversation_id", &r.conversation_id);
     v.finish()?;
-    let (read, unread) = conversations::mark_read(e, s, conv, r.seq).await?;
+    let (read, unread) = conversations::mark_read(e, s, conv, u64::from(r.seq)).await?;
     Ok(pb::MarkReadResponse {
         read_seq: convert::seq_out(read),
         unread_count: convert::count_out(unread),
@@ -342,7 +338,7 @@ impl ConversationService for ConversationApi {
         let page = PageRequest {
             conversation_id: &r.conversation_id,
             direction: r.direction,
-            anchor_seq: r.anchor_seq,
+            anchor_seq: u64::from(r.anchor_seq),
             page_size: r.page_size,
             page_token: &r.page_token,
         };

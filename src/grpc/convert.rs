@@ -281,9 +281,9 @@ pub fn conversation(c: crate::domain::conversations::Conversation) -> pb::Conver
     }
 }
 
-/// A stored seq on the wire (never negative).
-pub fn seq_out(seq: i64) -> u64 {
-    u64::try_from(seq).unwrap_or(0)
+/// A stored seq on the wire (32-bit there, see `common.proto`; never negative).
+pub fn seq_out(seq: i64) -> u32 {
+    u32::try_from(seq.max(0)).unwrap_or(u32::MAX)
 }
 
 /// The wire's id of a participant: empty for the engine.
@@ -383,10 +383,14 @@ pub fn event(e: crate::domain::events::ConversationEvent) -> pb::ConversationEve
             EventKind::MembersAdded { agents, actor } => K::MembersAdded(members(agents, actor)),
             EventKind::MemberRemoved { agents, actor } => K::MemberRemoved(members(agents, actor)),
             EventKind::StatusChanged {
-                status, assigned, ..
+                status,
+                assigned,
+                assigned_name,
+                ..
             } => K::StatusChanged(pb::StatusChanged {
                 status: conversation_status(status) as i32,
                 assigned_agent_id: assigned.map(|a| a.to_string()).unwrap_or_default(),
+                assigned_agent_name: assigned_name.clone().unwrap_or_default(),
             }),
         }),
     }

@@ -58,6 +58,7 @@ fn queue_status_out(s: visitors::QueueStatus) -> pb::QueueStatus {
         estimated_wait_seconds: s.estimated_wait_seconds,
         enqueue_time: s.enqueued_at.map(convert::ts),
         assigned_agent_id: s.assigned.map(|a| a.to_string()).unwrap_or_default(),
+        assigned_agent_name: s.assigned_name.unwrap_or_default(),
     }
 }
 
@@ -217,7 +218,7 @@ impl VisitorService for VisitorApi {
         let page = PageRequest {
             conversation_id: &r.conversation_id,
             direction: r.direction,
-            anchor_seq: r.anchor_seq,
+            anchor_seq: u64::from(r.anchor_seq),
             page_size: r.page_size,
             page_token: &r.page_token,
         };

@@ -81,7 +81,7 @@ pub(super) struct Fixture {
     pub(super) tenant_id: String,
     pub(super) agents: Vec<AgentLogin>,
     /// Conversation ids with their last seq at creation.
-    pub(super) conversations: Vec<(String, u64)>,
+    pub(super) conversations: Vec<(String, u32)>,
 }
 
 pub(super) fn expiry(t: &pb::TokenPair) -> Option<SystemTime> {

@@ -122,7 +122,7 @@ pub(super) async fn open_idle(
 pub(super) struct Replay {
     pub(super) conversation_id: String,
     /// The conversation's last seq before the messages were posted.
-    pub(super) after_seq: u64,
+    pub(super) after_seq: u32,
     pub(super) messages: u64,
 }
 

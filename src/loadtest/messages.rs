@@ -127,7 +127,7 @@ pub(super) async fn receive(
     shared: Arc<Shared>,
     channel: Channel,
     auth: MetadataValue<Ascii>,
-    mut cursors: HashMap<String, u64>,
+    mut cursors: HashMap<String, u32>,
     ready: oneshot::Sender<Result<(), String>>,
     cancel: CancellationToken,
 ) -> RecvStats {
@@ -291,7 +291,7 @@ pub(super) async fn open_receivers(
     channels: &[Channel],
     cancel: &CancellationToken,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<RecvStats>>> {
-    let cursors: HashMap<String, u64> = fx.conversations.iter().cloned().collect();
+    let cursors: HashMap<String, u32> = fx.conversations.iter().cloned().collect();
     let mut receivers = Vec::with_capacity(channels.len());
     let mut readies = Vec::with_capacity(channels.len());
     for (a, ch) in fx.agents.iter().zip(channels) {

@@ -503,6 +503,7 @@ mod tests {
                 kind: EventKind::StatusChanged {
                     status: Status::Queued,
                     assigned: None,
+                    assigned_name: None,
                     visitor: Some(vera),
                 },
             },

@@ -468,6 +468,7 @@ mod tests {
             kind: EventKind::StatusChanged {
                 status,
                 assigned: None,
+                assigned_name: None,
                 visitor: None,
             },
         }

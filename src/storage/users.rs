@@ -93,6 +93,20 @@ pub async fn get(tx: &mut TenantTx, id: UserId) -> AppResult<Option<UserRow>> {
         .optional()?)
 }
 
+/// The display name of `id`, when there is one (who serves a chat, for its visitor).
+pub async fn display_name(tx: &mut TenantTx, id: Option<UserId>) -> AppResult<Option<String>> {
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    let t = tx.tenant_id();
+    Ok(users::table
+        .find((t, id))
+        .select(users::display_name)
+        .first(tx.conn())
+        .await
+        .optional()?)
+}
+
 /// One agent by (lower-cased) email.
 pub async fn find_by_email(tx: &mut TenantTx, email: &str) -> AppResult<Option<UserRow>> {
     let t = tx.tenant_id();

@@ -27,11 +27,11 @@ async fn concurrent_senders_get_one_gapless_order_that_every_subscriber_sees() {
         let conv = conv.clone();
         async move { send(app, &tok, &conv, &format!("msg {i}")).await.unwrap().1 }
     });
-    let mut acked: Vec<u64> = futures_util::future::join_all(senders).await;
+    let mut acked: Vec<u32> = futures_util::future::join_all(senders).await;
     acked.sort();
     assert_eq!(
         acked,
-        (2..=101).collect::<Vec<u64>>(),
+        (2..=101).collect::<Vec<u32>>(),
         "acked seqs are gapless"
     );
     let mut orders = Vec::new();
@@ -43,7 +43,7 @@ async fn concurrent_senders_get_one_gapless_order_that_every_subscriber_sees() {
         }
         assert_eq!(
             seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            (2..=101).collect::<Vec<u64>>()
+            (2..=101).collect::<Vec<u32>>()
         );
         orders.push(seen);
     }
@@ -108,7 +108,7 @@ async fn a_dropped_stream_resumes_with_exactly_the_missing_events() {
     background.await.unwrap();
     assert_eq!(
         seqs,
-        ((last + 1)..=(last + 24)).collect::<Vec<u64>>(),
+        ((last + 1)..=(last + 24)).collect::<Vec<u32>>(),
         "no gap, no duplicate"
     );
     assert_eq!(texts[0], "away 0");
@@ -323,7 +323,7 @@ async fn a_subscriber_that_does_not_read_is_cut_off_while_others_keep_receiving(
         let mut n = 0;
         while n < total {
             let e = fast.event().await;
-            assert_eq!(e.seq, 2 + n as u64);
+            assert_eq!(e.seq, 2 + n as u32);
             n += 1;
         }
         n
@@ -481,7 +481,7 @@ async fn connect_pipelines_sends_and_keeps_their_order() {
         acks.iter().all(|a| ack_code(a) == Code::Ok as i32),
         "{acks:?}"
     );
-    let seqs: Vec<u64> = acks
+    let seqs: Vec<u32> = acks
         .iter()
         .map(|a| match &a.result {
             Some(pb::command_ack::Result::SendMessage(r)) => r.seq,
@@ -489,9 +489,9 @@ async fn connect_pipelines_sends_and_keeps_their_order() {
         })
         .collect();
     let first = seqs[0];
-    assert_eq!(seqs, (first..first + N as u64).collect::<Vec<_>>());
-    let expected: Vec<(u64, String)> = (0..N)
-        .map(|i| (first + i as u64, format!("pipelined {i}")))
+    assert_eq!(seqs, (first..first + N as u32).collect::<Vec<_>>());
+    let expected: Vec<(u32, String)> = (0..N)
+        .map(|i| (first + i as u32, format!("pipelined {i}")))
         .collect();
     assert_eq!(events, expected);
 }

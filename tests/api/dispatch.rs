@@ -553,7 +553,14 @@ async fn agents_accept_transfer_and_close_a_chat_and_the_visitor_rates_it() {
         .unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition);
     let opened = mine.until(status_changed).await;
-    assert_eq!(opened.assigned_agent_id, ann);
+    assert_eq!(
+        (
+            opened.assigned_agent_id.as_str(),
+            opened.assigned_agent_name.as_str()
+        ),
+        (ann.as_str(), "ann"),
+        "the visitor learns who serves them"
+    );
     // The chat appears on Ann's stream with the visitor's details.
     let (c, v) = joined(&mut ann_ev).await;
     assert_eq!((c.id.as_str(), v.name.as_str()), (conv.as_str(), "Dora"));
@@ -614,7 +621,14 @@ async fn agents_accept_transfer_and_close_a_chat_and_the_visitor_rates_it() {
         .unwrap();
     assert_eq!(moved.assigned_agent_id, bob);
     assert_eq!(moved.member_agent_ids, std::slice::from_ref(&bob));
-    assert_eq!(mine.until(status_changed).await.assigned_agent_id, bob);
+    let moved = mine.until(status_changed).await;
+    assert_eq!(
+        (
+            moved.assigned_agent_id.as_str(),
+            moved.assigned_agent_name.as_str()
+        ),
+        (bob.as_str(), "bob")
+    );
     let (c, v) = joined(&mut bob_ev).await;
     assert_eq!((c.id.as_str(), v.name.as_str()), (conv.as_str(), "Dora"));
     // Bob reads the chat's story; Ann, no longer in it, cannot.
@@ -1011,7 +1025,14 @@ async fn end_to_end_a_visitor_waits_an_agent_comes_and_is_assigned_they_talk_han
     let opened = mine
         .until(|i| status_changed(i).filter(|s| s.status == pb::ConversationStatus::Open as i32))
         .await;
-    assert_eq!(opened.assigned_agent_id, ann);
+    assert_eq!(
+        (
+            opened.assigned_agent_id.as_str(),
+            opened.assigned_agent_name.as_str()
+        ),
+        (ann.as_str(), "ann"),
+        "the dispatcher names the agent to the visitor"
+    );
 
     // Typing both ways, a reply, and Ann's read receipt reach the visitor.
     w.typing(&app, &conv, true).await.unwrap();

@@ -246,7 +246,7 @@ async fn messages_page_both_ways_and_authors_edit_and_delete() {
     }
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     let mut c = app.conversations();
-    let page = |direction: pb::ListDirection, anchor_seq: u64, page_token: String| {
+    let page = |direction: pb::ListDirection, anchor_seq: u32, page_token: String| {
         pb::ListMessagesRequest {
             conversation_id: conv.clone(),
             direction: direction as i32,

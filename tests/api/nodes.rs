@@ -228,7 +228,7 @@ async fn an_acknowledged_message_survives_a_killed_server() {
 struct SendOutcome {
     started: Instant,
     ended: Instant,
-    result: Result<(u64, String), Code>,
+    result: Result<(u32, String), Code>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

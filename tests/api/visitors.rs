@@ -208,7 +208,7 @@ impl Widget {
     pub(crate) async fn subscribe(
         &self,
         app: &TestApp,
-        cursors: &[(&str, u64)],
+        cursors: &[(&str, u32)],
     ) -> Result<VisitorEvents, tonic::Status> {
         let req = pb::SubscribeVisitorRequest {
             cursors: cursors
@@ -442,8 +442,12 @@ async fn a_visitor_chats_with_an_agent_from_init_to_rating() {
     let q = w.status(&app, &chat.id).await.unwrap();
     assert_eq!(q.status, pb::ConversationStatus::Open as i32);
     assert_eq!(
-        (q.position, q.assigned_agent_id.as_str()),
-        (0, t.admin_id.as_str())
+        (
+            q.position,
+            q.assigned_agent_id.as_str(),
+            q.assigned_agent_name.as_str()
+        ),
+        (0, t.admin_id.as_str(), "Admin")
     );
 
     // Messages both ways; a retried visitor send is stored once.
@@ -1203,9 +1207,16 @@ async fn a_visitor_flood_is_rate_limited_with_retry_info_and_other_tenants_chat_
         .and_then(|i| i.retry_delay)
         .expect("RetryInfo with a delay");
     assert!(delay > std::time::Duration::ZERO);
-    // The same visitor's chat calls are held back too.
-    let err = w.start(&app, "let me in").await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    // The same visitor's chat calls are held back too (a slow machine may have refilled a
+    // token or two since, at 2 a second, but not ten).
+    let mut held = None;
+    for _ in 0..10 {
+        if let Err(e) = w.start(&app, "let me in").await {
+            held = Some(e.code());
+            break;
+        }
+    }
+    assert_eq!(held, Some(tonic::Code::ResourceExhausted));
     // Another tenant's visitor, from the same address, is not affected.
     let mut c = Widget::new(&calm_key);
     c.init(&app, init_req(&session("calm"), "Cal"))

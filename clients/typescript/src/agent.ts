@@ -7,7 +7,7 @@
  */
 import { createClient, type CallOptions, type Client } from "@connectrpc/connect";
 import { Backoff, sleep, type BackoffOptions } from "./backoff.js";
-import { chatStatusOf, dateOf, messageOf, seqOf } from "./convert.js";
+import { chatStatusOf, dateOf, messageOf } from "./convert.js";
 import { ChatEngineError, UnauthenticatedError, toChatEngineError } from "./errors.js";
 import { AgentService, type Agent } from "./gen/chatengine/v1/agent_pb.js";
 import { AuthService, type TokenPair } from "./gen/chatengine/v1/auth_pb.js";
@@ -365,7 +365,7 @@ export class ChatEngineAgent {
         {
           conversationId,
           direction: forward ? ListDirection.FORWARD : ListDirection.BACKWARD,
-          anchorSeq: BigInt(forward ? opts.after ?? 0 : opts.before ?? 0),
+          anchorSeq: forward ? opts.after ?? 0 : opts.before ?? 0,
           pageSize: opts.limit ?? 50,
         },
         o,
@@ -490,7 +490,7 @@ export class ChatEngineAgent {
         return {
           id: r.messageId,
           conversationId,
-          seq: seqOf(r.seq),
+          seq: r.seq,
           senderType: "agent",
           senderId: this.profile.id,
           senderName: this.profile.displayName || undefined,
@@ -515,8 +515,8 @@ export class ChatEngineAgent {
 
   /** Moves the agent's read position to `seq`. */
   async markRead(conversationId: string, seq: number): Promise<{ readSeq: number; unreadCount: number }> {
-    const r = await this.call((o) => this.conversations.markRead({ conversationId, seq: BigInt(seq) }, o));
-    return { readSeq: seqOf(r.readSeq), unreadCount: r.unreadCount };
+    const r = await this.call((o) => this.conversations.markRead({ conversationId, seq }, o));
+    return { readSeq: r.readSeq, unreadCount: r.unreadCount };
   }
 
   /** Ends the session on the server, closes the streams and stops refreshing. */
@@ -610,7 +610,7 @@ export class ChatEngineAgent {
     const out: ConversationListItem = {
       conversation: conversationOf(required(c.conversation)),
       unreadCount: c.unreadCount,
-      readSeq: seqOf(c.readSeq),
+      readSeq: c.readSeq,
     };
     if (c.lastMessage) out.lastMessage = messageOf(c.lastMessage, (id) => this.names.get(id));
     return out;
@@ -665,7 +665,7 @@ export class ChatEngineAgent {
             const out: AgentStreamItem = {
               kind: "membersChanged",
               conversationId: ev.conversationId,
-              seq: seqOf(ev.seq),
+              seq: ev.seq,
               added: e.case === "membersAdded",
               agentIds: [...e.value.agentIds],
             };
@@ -676,7 +676,7 @@ export class ChatEngineAgent {
             const out: AgentStreamItem = {
               kind: "statusChanged",
               conversationId: ev.conversationId,
-              seq: seqOf(ev.seq),
+              seq: ev.seq,
               status: chatStatusOf(e.value.status),
             };
             if (e.value.assignedAgentId) out.assignedAgentId = e.value.assignedAgentId;
@@ -705,7 +705,7 @@ export class ChatEngineAgent {
           kind: "readReceipt",
           conversationId: k.value.conversationId,
           readerId: k.value.readerId,
-          readSeq: seqOf(k.value.readSeq),
+          readSeq: k.value.readSeq,
         };
       case "presence":
         return {
@@ -787,7 +787,7 @@ function conversationOf(c: Conversation): ConversationInfo {
     status: chatStatusOf(c.status),
     title: c.title,
     memberAgentIds: [...c.memberAgentIds],
-    lastSeq: seqOf(c.lastSeq),
+    lastSeq: c.lastSeq,
     createdAt: dateOf(c.createTime),
     lastActivityAt: dateOf(c.lastActivityTime),
   };

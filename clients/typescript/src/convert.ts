@@ -1,7 +1,6 @@
 /**
- * From the generated wire messages to the facades' plain types. protobuf-es v2 honours only
- * `jstype = JS_STRING`, so the protos' `JS_NUMBER` seqs still arrive as bigint: they become
- * numbers here, the one place that knows.
+ * From the generated wire messages to the facades' plain types (seqs are uint32 on the wire,
+ * so they are plain numbers already).
  *
  * @module
  */
@@ -15,11 +14,6 @@ import {
 } from "./gen/chatengine/v1/conversation_pb.js";
 import type { GetWidgetConfigResponse } from "./gen/chatengine/v1/visitor_pb.js";
 import type { ChatMessage, ChatStatus, ChatSummary, SenderType, VisitorType, WidgetConfig } from "./types.js";
-
-/** A wire seq (bigint, see the module note) as a number. */
-export function seqOf(v: bigint | number): number {
-  return typeof v === "number" ? v : Number(v);
-}
 
 /** A timestamp as a Date; the epoch when absent, which the server never leaves absent where we read it. */
 export function dateOf(t: Timestamp | undefined): Date {
@@ -56,7 +50,7 @@ export function messageOf(m: Message, names?: (agentId: string) => string | unde
   const out: ChatMessage = {
     id: m.id,
     conversationId: m.conversationId,
-    seq: seqOf(m.seq),
+    seq: m.seq,
     senderType,
     content: m.text,
     type: "text",
@@ -77,7 +71,7 @@ export function chatSummaryOf(c: Conversation): ChatSummary {
   const out: ChatSummary = {
     id: c.id,
     status: chatStatusOf(c.status),
-    lastSeq: seqOf(c.lastSeq),
+    lastSeq: c.lastSeq,
     createdAt: dateOf(c.createTime),
     lastActivityAt: dateOf(c.lastActivityTime),
   };

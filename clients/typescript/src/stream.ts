@@ -9,7 +9,6 @@
 import { Backoff, sleep, type BackoffOptions } from "./backoff.js";
 import { RateLimitedError, UnauthenticatedError, toChatEngineError, type ChatEngineError } from "./errors.js";
 import type { StreamItem } from "./gen/chatengine/v1/conversation_pb.js";
-import { seqOf } from "./convert.js";
 import type { ConnectionStatus } from "./types.js";
 
 /** The last seq delivered per conversation: the resume point of a stream. */
@@ -43,8 +42,8 @@ export class SeqCursors {
   }
 
   /** Every cursor, as the Subscribe requests want them. */
-  list(): { conversationId: string; lastSeq: bigint }[] {
-    return [...this.last].map(([conversationId, seq]) => ({ conversationId, lastSeq: BigInt(seq) }));
+  list(): { conversationId: string; lastSeq: number }[] {
+    return [...this.last].map(([conversationId, seq]) => ({ conversationId, lastSeq: seq }));
   }
 }
 
@@ -224,7 +223,7 @@ export async function pumpItems(
     switch (item.kind.case) {
       case "event": {
         const ev = item.kind.value;
-        if (!cursors.accept(ev.conversationId, seqOf(ev.seq))) continue;
+        if (!cursors.accept(ev.conversationId, ev.seq)) continue;
         break;
       }
       case "joined": {
@@ -238,7 +237,7 @@ export async function pumpItems(
         connected();
         break;
       case "resync":
-        for (const c of item.kind.value.cursors) cursors.follow(c.conversationId, seqOf(c.lastSeq));
+        for (const c of item.kind.value.cursors) cursors.follow(c.conversationId, c.lastSeq);
         break;
       default:
         break;

@@ -13,7 +13,6 @@ import {
   chatSummaryOf,
   dateOf,
   messageOf,
-  seqOf,
   visitorTypeOf,
   widgetConfigOf,
 } from "./convert.js";
@@ -217,6 +216,7 @@ export class ChatEngineSDK {
     return new Chat(this, conv.id, {
       status: chatStatusOf(conv.status),
       assignedAgentId: conv.assignedAgentId || undefined,
+      assignedAgentName: undefined,
       history,
       cursor: 0,
       queue: queueOf(r.queueStatus),
@@ -238,6 +238,7 @@ export class ChatEngineSDK {
     return new Chat(this, conversationId, {
       status: qs ? chatStatusOf(qs.status) : "open",
       assignedAgentId: qs?.assignedAgentId || undefined,
+      assignedAgentName: qs?.assignedAgentName || undefined,
       history,
       cursor,
       queue: queueOf(qs),
@@ -251,13 +252,13 @@ export class ChatEngineSDK {
     for (;;) {
       const page = await this.call((o) =>
         this.client.listVisitorMessages(
-          { conversationId, direction: ListDirection.FORWARD, anchorSeq: BigInt(anchor), pageSize: 200 },
+          { conversationId, direction: ListDirection.FORWARD, anchorSeq: anchor, pageSize: 200 },
           o,
         ),
       );
       for (const m of page.messages) out.push(messageOf(m));
       if (!page.messages.length || !page.nextPageToken) return out;
-      anchor = seqOf(page.messages[page.messages.length - 1].seq);
+      anchor = page.messages[page.messages.length - 1].seq;
     }
   }
 
@@ -351,6 +352,7 @@ function queueOf(qs: QueueStatus | undefined): QueueUpdate | undefined {
 interface ChatState {
   status: ChatStatus;
   assignedAgentId: string | undefined;
+  assignedAgentName: string | undefined;
   history: ChatMessage[];
   cursor: number;
   queue: QueueUpdate | undefined;
@@ -371,6 +373,8 @@ export class Chat {
   private readonly stream: Reconnector;
   private statusNow: ChatStatus;
   private agentNow: string | undefined;
+  /** Agents' display names as the server told them (on assignment), by id. */
+  private readonly names = new Map<string, string>();
   private queueNow: QueueUpdate | undefined;
   private endEvent: ChatEndEvent | undefined;
   private readonly messageListeners = new Listeners<ChatMessage>();
@@ -388,8 +392,12 @@ export class Chat {
     this.id = id;
     this.statusNow = state.status;
     this.agentNow = state.assignedAgentId;
+    if (state.assignedAgentId && state.assignedAgentName) this.names.set(state.assignedAgentId, state.assignedAgentName);
     this.queueNow = state.queue;
-    for (const m of state.history) this.remember(m);
+    for (const m of state.history) {
+      const name = m.senderId && !m.senderName ? this.names.get(m.senderId) : undefined;
+      this.remember(name ? { ...m, senderName: name } : m);
+    }
     if (state.status === "closed") {
       const last = state.history[state.history.length - 1];
       this.endEvent = { conversationId: id, seq: state.cursor, endedAt: last?.sentAt ?? new Date() };
@@ -418,6 +426,11 @@ export class Chat {
   /** The agent serving the chat, if any. */
   get assignedAgentId(): string | undefined {
     return this.agentNow;
+  }
+
+  /** The display name of the agent serving the chat, if known. */
+  get assignedAgentName(): string | undefined {
+    return this.agentNow ? this.names.get(this.agentNow) : undefined;
   }
 
   /** The last queue position while waiting, if known. */
@@ -514,7 +527,7 @@ export class Chat {
         const msg: ChatMessage = {
           id: r.messageId,
           conversationId: this.id,
-          seq: seqOf(r.seq),
+          seq: r.seq,
           senderType: "visitor",
           senderId: this.sdk.visitor?.id,
           content: content,
@@ -547,7 +560,7 @@ export class Chat {
     if (r.conversation) {
       this.statusNow = chatStatusOf(r.conversation.status);
       if (this.statusNow === "closed") {
-        this.ended(seqOf(r.conversation.lastSeq), dateOf(r.conversation.lastActivityTime));
+        this.ended(r.conversation.lastSeq, dateOf(r.conversation.lastActivityTime));
       }
     }
   }
@@ -590,13 +603,13 @@ export class Chat {
         if (ev.conversationId !== this.id) return;
         const e = ev.kind;
         if (e.case === "messagePosted") {
-          const msg = messageOf(e.value);
+          const msg = messageOf(e.value, (id) => this.names.get(id));
           if (!this.byId.has(msg.id) && !this.seqs.has(msg.seq)) {
             this.remember(msg);
             this.messageListeners.emit(msg);
           }
         } else if (e.case === "messageEdited" || e.case === "messageDeleted") {
-          const msg = messageOf(e.value);
+          const msg = messageOf(e.value, (id) => this.names.get(id));
           const i = this.ordered.findIndex((m) => m.id === msg.id);
           if (i >= 0) this.ordered[i] = msg;
           this.byId.set(msg.id, msg);
@@ -604,12 +617,13 @@ export class Chat {
           const s = chatStatusOf(e.value.status);
           this.statusNow = s;
           const agent = e.value.assignedAgentId;
+          if (agent && e.value.assignedAgentName) this.names.set(agent, e.value.assignedAgentName);
           if (agent && agent !== this.agentNow) {
             this.agentNow = agent;
-            this.agentListeners.emit({ agentId: agent });
+            this.agentListeners.emit({ agentId: agent, name: this.names.get(agent) });
           }
           if (s !== "queued") this.queueNow = undefined;
-          if (s === "closed") this.ended(seqOf(ev.seq), dateOf(ev.createTime));
+          if (s === "closed") this.ended(ev.seq, dateOf(ev.createTime));
         }
         return;
       }
@@ -620,6 +634,7 @@ export class Chat {
           conversationId: t.conversationId,
           senderType: "agent",
           senderId: t.senderId,
+          name: this.names.get(t.senderId),
           typing: t.typing,
         });
         return;
@@ -638,7 +653,7 @@ export class Chat {
       case "readReceipt": {
         const r = k.value;
         if (r.conversationId !== this.id || r.readerId === this.sdk.visitor?.id) return;
-        this.receiptListeners.emit({ readerId: r.readerId, readSeq: seqOf(r.readSeq) });
+        this.receiptListeners.emit({ readerId: r.readerId, readSeq: r.readSeq });
         return;
       }
       default:

@@ -114,12 +114,12 @@ describe("SDK against a real server", () => {
     const got: ChatMessage[] = [];
     const queue: QueueUpdate[] = [];
     const typing: TypingEvent[] = [];
-    const joined: string[] = [];
+    const joined: { agentId: string; name?: string }[] = [];
     const reads: number[] = [];
     chat.onMessage((m) => got.push(m));
     chat.onQueueUpdate((q) => queue.push(q));
     chat.onTyping((t) => typing.push(t));
-    chat.onAgentJoined((a) => joined.push(a.agentId));
+    chat.onAgentJoined((a) => joined.push(a));
     chat.onReadReceipt((r) => reads.push(r.readSeq));
     assert.equal(chat.status, "queued");
     assert.equal(storage.getItem("chat-engine:chat"), chat.id);
@@ -140,7 +140,8 @@ describe("SDK against a real server", () => {
     const accepted = await ana.accept(chat.id);
     assert.equal(accepted.assignedAgentId, ana.me.id);
     await until(() => joined.length > 0, "agent joined");
-    assert.deepEqual(joined, [ana.me.id]);
+    assert.deepEqual(joined, [{ agentId: ana.me.id, name: "Ana Agent" }]);
+    assert.equal(chat.assignedAgentName, "Ana Agent");
     assert.equal(chat.status, "open");
     await until(() => anaItems.some((i) => i.kind === "joined" && i.conversation.id === chat.id), "the agent joins");
 
@@ -153,6 +154,7 @@ describe("SDK against a real server", () => {
     await ana.setTyping(chat.id, true);
     await until(() => typing.some((t) => t.typing && t.senderId === ana.me.id), "agent typing");
     assert.equal(typing[0].senderType, "agent");
+    assert.equal(typing[0].name, "Ana Agent");
     await chat.setTyping(true);
     await until(
       () => anaItems.some((i) => i.kind === "typing" && i.conversationId === chat.id && i.senderType === "visitor" && i.typing),
@@ -165,6 +167,7 @@ describe("SDK against a real server", () => {
     assert.equal(r?.senderType, "agent");
     assert.equal(r?.senderId, ana.me.id);
     assert.equal(r?.content, "Hi Ada, Ana here.");
+    assert.equal(r?.senderName, "Ana Agent", "the visitor sees who answers");
     const mine = anaItems.find((i) => i.kind === "message" && i.message.id === reply.id);
     assert.ok(mine && mine.kind === "message" && mine.message.senderName === "Ana Agent");
 

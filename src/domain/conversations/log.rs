@@ -16,6 +16,8 @@ struct StatusPayload {
     status: Status,
     assigned: Option<UserId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    assigned_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     visitor: Option<VisitorId>,
 }
 
@@ -62,12 +64,14 @@ pub(crate) fn event_row(
         EventKind::StatusChanged {
             status,
             assigned,
+            assigned_name,
             visitor,
         } => (
             None,
             serde_json::to_value(StatusPayload {
                 status: *status,
                 assigned: *assigned,
+                assigned_name: assigned_name.clone(),
                 visitor: *visitor,
             })
             .map_err(|e| AppError::Internal(e.to_string()))?,
@@ -225,6 +229,7 @@ pub(crate) async fn stored_events(
                 EventKind::StatusChanged {
                     status: p.status,
                     assigned: p.assigned,
+                    assigned_name: p.assigned_name,
                     visitor: p.visitor,
                 }
             }

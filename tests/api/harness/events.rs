@@ -22,7 +22,7 @@ impl Events {
     pub async fn open(
         app: &TestApp,
         token: &str,
-        cursors: &[(&str, u64)],
+        cursors: &[(&str, u32)],
     ) -> Result<Self, tonic::Status> {
         Self::open_on(app.channel.clone(), token, cursors).await
     }
@@ -31,7 +31,7 @@ impl Events {
     pub async fn open_on(
         channel: Channel,
         token: &str,
-        cursors: &[(&str, u64)],
+        cursors: &[(&str, u32)],
     ) -> Result<Self, tonic::Status> {
         let req = pb::SubscribeRequest {
             cursors: cursors

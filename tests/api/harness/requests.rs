@@ -44,7 +44,7 @@ pub async fn send(
     token: &str,
     conv: &str,
     text: &str,
-) -> Result<(String, u64), tonic::Status> {
+) -> Result<(String, u32), tonic::Status> {
     let r = app
         .conversations()
         .send_message(bearer(

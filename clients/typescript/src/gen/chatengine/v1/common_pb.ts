@@ -10,8 +10,9 @@
 // left alone when absent; a list is wrapped in a message (e.g. `SkillList`) so that "absent"
 // (unchanged) and "present and empty" (cleared) differ. No Update* request uses a field mask.
 //
-// Numbers. Seqs are 64-bit with `jstype = JS_NUMBER`, and counts are 32-bit, so that
-// TypeScript clients see plain numbers (seqs stay below 2^53 in any realistic conversation).
+// Numbers. Seqs and counts are 32-bit, so that every client sees plain numbers (protobuf-es
+// makes 64-bit fields `bigint`, and honours no `jstype` but JS_STRING). A conversation's seq
+// counts its events: it stays far below 2^32 in any conversation people or bots hold.
 
 import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
