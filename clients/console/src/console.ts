@@ -288,7 +288,7 @@ class Console {
               ? c.visitorName
               : "System";
         return el(
-          "li",
+          "div",
           { class: `msg ${m.senderType}`, "data-seq": String(m.seq) },
           el("span", { class: "who" }, who),
           m.content,

@@ -57,12 +57,12 @@ button, input, textarea { font: inherit; color: inherit; }
 .banner.warn { background: #fff4ce; color: #3d2e00; }
 .root[data-theme="dark"] .banner.warn { background: #4a3b00; color: #fff4ce; }
 .body { flex: 1; overflow-y: auto; padding: 12px 14px; display: flex; flex-direction: column; gap: 8px; }
-.log { list-style: none; margin: 0; padding: 0; display: flex; flex-direction: column; gap: 8px; }
+.log { margin: 0; padding: 0; display: flex; flex-direction: column; gap: 8px; }
 .msg { max-width: 82%; display: flex; gap: 6px; align-items: flex-end; }
 .msg .bubble { padding: 8px 11px; border-radius: 12px; background: var(--bubble); white-space: pre-wrap; overflow-wrap: anywhere; }
 .msg.visitor { align-self: flex-end; }
 .msg.visitor .bubble { background: var(--primary); color: var(--on-primary); }
-.msg.system, .note { align-self: center; max-width: 92%; text-align: center; font-size: 13px; color: var(--muted); }
+.msg.system, .note { margin: 0; align-self: center; max-width: 92%; text-align: center; font-size: 13px; color: var(--muted); }
 .msg.system .bubble { background: transparent; padding: 2px 4px; }
 .msg img { width: 26px; height: 26px; border-radius: 50%; }
 .greeting { align-self: flex-start; background: var(--bubble); padding: 8px 11px; border-radius: 12px; margin: 0; }

@@ -88,7 +88,7 @@ export class Widget {
   private readonly banner: HTMLDivElement;
   private readonly conn: HTMLDivElement;
   private readonly body: HTMLDivElement;
-  private readonly log: HTMLOListElement;
+  private readonly log: HTMLDivElement;
   private readonly typingLine: HTMLParagraphElement;
   private readonly footer: HTMLDivElement;
   private t: Texts;
@@ -108,6 +108,7 @@ export class Widget {
   private connTimer: ReturnType<typeof setTimeout> | undefined;
   private visitorReady: Promise<void> | undefined;
   private draft = "";
+  private greetingEl: HTMLElement | undefined;
 
   constructor(host: HTMLElement, opts: WidgetOptions) {
     this.opts = opts;
@@ -141,9 +142,10 @@ export class Widget {
     this.banner.hidden = true;
     this.conn = el("div", { class: "banner warn", role: "status" });
     this.conn.hidden = true;
-    this.log = el("ol", { class: "log", role: "log", "aria-live": "polite" });
+    this.log = el("div", { class: "log", role: "log", "aria-live": "polite" });
     this.typingLine = el("p", { class: "typing", "aria-live": "polite" });
-    this.body = el("div", { class: "body" }, this.log, this.typingLine);
+    // Focusable, so keyboard users can scroll the history.
+    this.body = el("div", { class: "body", tabindex: "0", role: "region" }, this.log, this.typingLine);
     this.footer = el("div", { class: "footer" });
     this.panel = el(
       "section",
@@ -241,6 +243,8 @@ export class Widget {
     }
     this.closeBtn.setAttribute("aria-label", this.t.minimise);
     this.log.setAttribute("aria-label", this.t.messages);
+    this.body.setAttribute("aria-label", this.t.chatWindow);
+    if (this.greetingEl) this.greetingEl.textContent = c?.greeting || this.t.greeting;
     this.updateBadge();
     this.updateSubtitle();
   }
@@ -358,12 +362,12 @@ export class Widget {
     this.shown.add(m.id);
     const who =
       m.senderType === "visitor" ? this.t.you : m.senderType === "agent" ? m.senderName || this.agentName || this.t.agent : this.t.system;
-    const li = el("li", { class: `msg ${m.senderType}`, "data-seq": String(m.seq), "data-id": m.id });
+    const li = el("div", { class: `msg ${m.senderType}`, "data-seq": String(m.seq), "data-id": m.id });
     if (m.senderType === "agent" && this.config?.avatarUrl) li.append(el("img", { src: this.config.avatarUrl, alt: "" }));
     const bubble = el("div", { class: "bubble" }, el("span", { class: "sr-only" }, `${who}: `), m.content);
     li.append(bubble);
     // Keep seq order even when a reply overtakes an earlier event.
-    const after = [...this.log.querySelectorAll<HTMLElement>("li[data-seq]")].find(
+    const after = [...this.log.querySelectorAll<HTMLElement>("[data-seq]")].find(
       (x) => Number(x.dataset.seq) > m.seq,
     );
     this.log.insertBefore(li, after ?? null);
@@ -376,7 +380,7 @@ export class Widget {
   }
 
   private addNote(text: string): void {
-    this.log.append(el("li", { class: "note" }, text));
+    this.log.append(el("p", { class: "note" }, text));
     this.scrollDown();
   }
 
@@ -432,7 +436,8 @@ export class Widget {
         break;
     }
     if (this.mode !== "blocked" && this.log.childElementCount === 0) {
-      this.log.append(el("li", { class: "greeting" }, this.config?.greeting || this.t.greeting));
+      this.greetingEl = el("p", { class: "greeting" }, this.config?.greeting || this.t.greeting);
+      this.log.append(this.greetingEl);
     }
     if (this.open) {
       const first = f.querySelector<HTMLElement>("textarea, input");
@@ -452,7 +457,7 @@ export class Widget {
     const send = el("button", { class: "btn", type: "submit" }, this.t.send);
     const error = el("p", { class: "error", role: "alert" });
     error.hidden = true;
-    const form = el("form", { class: "composer-form", "aria-label": this.t.inputLabel });
+    const form = el("form", { class: "composer-form" });
     const end = el("button", { class: "btn secondary", type: "button" }, this.t.endChat);
     end.hidden = !this.chat;
     end.addEventListener("click", () => {
