@@ -8,7 +8,7 @@
 import { createClient, type CallOptions, type Client } from "@connectrpc/connect";
 import { Backoff, sleep, type BackoffOptions } from "./backoff.js";
 import { chatStatusOf, dateOf, messageOf, seqOf } from "./convert.js";
-import { ChatEngineError, toChatEngineError } from "./errors.js";
+import { ChatEngineError, UnauthenticatedError, toChatEngineError } from "./errors.js";
 import { AgentService, type Agent } from "./gen/chatengine/v1/agent_pb.js";
 import { AuthService, type TokenPair } from "./gen/chatengine/v1/auth_pb.js";
 import { AgentRole, AgentStatus } from "./gen/chatengine/v1/common_pb.js";
@@ -23,7 +23,7 @@ import {
 } from "./gen/chatengine/v1/conversation_pb.js";
 import { QueueService, type AgentState, type WaitingChat } from "./gen/chatengine/v1/queue_pb.js";
 import { newRequestId } from "./ids.js";
-import { Reconnector, SeqCursors, pumpItems } from "./stream.js";
+import { Reconnector, SeqCursors, onNetworkBack, pumpItems } from "./stream.js";
 import { makeTransport, type ConnectionOptions } from "./transport.js";
 import type { ChatMessage, ChatStatus, ConnectionStatus, TypingEvent, Unsubscribe } from "./types.js";
 
@@ -190,7 +190,12 @@ export interface AgentStreamHandlers {
   onReadReceipt?: (e: ItemOf<"readReceipt">) => void;
   /** An agent's presence. */
   onPresence?: (e: ItemOf<"presence">) => void;
-  /** The agent was added to a conversation (e.g. a chat assigned to them). */
+  /**
+   * The agent was added to a conversation (e.g. a chat assigned to them). What was said before
+   * is history: load it with listMessages. (Should the stream reconnect before that
+   * conversation's next event, it resumes it from its start, so its earlier messages then
+   * reach onMessage too; dedupe by id against what you loaded.)
+   */
   onJoined?: (e: ItemOf<"joined">) => void;
   /** The replay is done; what follows is live (after every reconnect). */
   onCaughtUp?: () => void;
@@ -229,6 +234,8 @@ export interface AgentLoginOptions extends ConnectionOptions {
   password: string;
   /** Reconnect delays of streams and send retries. */
   backoff?: BackoffOptions;
+  /** How long a send keeps retrying transient failures before it fails (default 30 000 ms). */
+  sendRetryMs?: number;
 }
 
 const REFRESH_BEFORE_MS = 60_000;
@@ -388,13 +395,17 @@ export class ChatEngineAgent {
 
   /**
    * Follows the live queue: `cb` gets a full snapshot at once and on every change; reconnects
-   * by itself. Returns the function that stops it.
+   * by itself (`onStatus`), stops on a final error (`onError`). Returns the function that stops it.
    */
-  watchQueue(cb: (s: QueueSnapshot) => void, onStatus?: (s: ConnectionStatus) => void): Unsubscribe {
+  watchQueue(
+    cb: (s: QueueSnapshot) => void,
+    onStatus?: (s: ConnectionStatus) => void,
+    onError?: (err: ChatEngineError) => void,
+  ): Unsubscribe {
     const r = new Reconnector({
       backoff: this.options.backoff,
       onStatus: (s) => onStatus?.(s),
-      onFatal: () => undefined,
+      onFatal: (err) => onError?.(err),
       renewCredentials: () => this.refresh(),
       attempt: async (signal, connected) => {
         await this.freshToken();
@@ -438,16 +449,17 @@ export class ChatEngineAgent {
   ): AgentSubscription {
     const h: AgentStreamHandlers = typeof handlers === "function" ? { onItem: handlers } : handlers;
     const cursors = new SeqCursors(opts.cursors ? Object.entries(opts.cursors) : undefined);
-    let initial: Promise<void> | undefined = opts.cursors ? undefined : this.seedCursors(cursors);
+    // Seeded inside the attempt, so a failure (server down at start) is retried like any other.
+    let seeded = opts.cursors !== undefined;
     const r = new Reconnector({
       backoff: this.options.backoff,
       onStatus: (s) => h.onConnectionStatus?.(s),
       onFatal: (err) => h.onError?.(err),
       renewCredentials: () => this.refresh(),
       attempt: async (signal, connected) => {
-        if (initial) {
-          await initial;
-          initial = undefined;
+        if (!seeded) {
+          await this.seedCursors(cursors);
+          seeded = true;
         }
         await this.freshToken();
         const items = this.conversations.subscribe({ cursors: cursors.list() }, this.callOptions(signal));
@@ -471,6 +483,7 @@ export class ChatEngineAgent {
   async send(conversationId: string, content: string, opts: { requestId?: string } = {}): Promise<ChatMessage> {
     const requestId = opts.requestId ?? newRequestId();
     const backoff = new Backoff(this.options.backoff);
+    const giveUpAt = Date.now() + (this.options.sendRetryMs ?? 30_000);
     for (;;) {
       try {
         const r = await this.call((o) => this.conversations.sendMessage({ conversationId, text: content, requestId }, o));
@@ -488,8 +501,9 @@ export class ChatEngineAgent {
         };
       } catch (e) {
         const err = toChatEngineError(e);
-        if (!err.retryable || backoff.attempts >= 5) throw err;
-        await sleep(backoff.next());
+        const delay = backoff.next();
+        if (!err.retryable || Date.now() + delay > giveUpAt) throw err;
+        await sleep(delay);
       }
     }
   }
@@ -558,7 +572,14 @@ export class ChatEngineAgent {
   private async call<T>(fn: (o: CallOptions) => Promise<T>): Promise<T> {
     try {
       await this.freshToken();
-      return await fn(this.callOptions());
+      try {
+        return await fn(this.callOptions());
+      } catch (e) {
+        // The token may have been cut short (a restart with a new secret): refresh once.
+        if (!(toChatEngineError(e) instanceof UnauthenticatedError) || this.loggedOut) throw e;
+        await this.refresh();
+        return await fn(this.callOptions());
+      }
     } catch (e) {
       throw toChatEngineError(e);
     }
@@ -566,7 +587,11 @@ export class ChatEngineAgent {
 
   private run(r: Reconnector): Unsubscribe {
     this.running.add(r);
-    void r.start().finally(() => this.running.delete(r));
+    const offNet = onNetworkBack(() => r.kick());
+    void r.start().finally(() => {
+      offNet();
+      this.running.delete(r);
+    });
     return () => r.stop();
   }
 

@@ -99,6 +99,7 @@ export class Reconnector {
   private readonly backoff: Backoff;
   private statusNow: ConnectionStatus = "connecting";
   private done: Promise<void> | undefined;
+  private current: AbortController | undefined;
 
   constructor(opts: ReconnectorOptions) {
     this.opts = opts;
@@ -128,46 +129,73 @@ export class Reconnector {
     this.opts.onStatus(s);
   }
 
+  /**
+   * Drops the current attempt (or the wait before the next) and reconnects at once, e.g.
+   * when the browser says it is online again: a stream on a dead network may hang silently.
+   */
+  kick(): void {
+    if (this.controller.signal.aborted) return;
+    this.backoff.reset();
+    this.current?.abort();
+  }
+
   private async loop(): Promise<void> {
-    const signal = this.controller.signal;
+    const stopped = this.controller.signal;
     let renewed = false;
-    while (!signal.aborted) {
+    while (!stopped.aborted) {
+      const attempt = new AbortController();
+      this.current = attempt;
+      const onStop = () => attempt.abort();
+      stopped.addEventListener("abort", onStop, { once: true });
       let delay: number;
       try {
-        await this.opts.attempt(signal, () => {
+        await this.opts.attempt(attempt.signal, () => {
           this.backoff.reset();
           renewed = false;
           this.setStatus("connected");
         });
-        if (signal.aborted) break;
+        if (stopped.aborted) break;
         // The server ended the stream without an error: come back, from the cursors.
         delay = this.backoff.next();
       } catch (e) {
-        if (signal.aborted) break;
-        const err = toChatEngineError(e);
-        if (err instanceof UnauthenticatedError && this.opts.renewCredentials && !renewed) {
-          renewed = true;
-          try {
-            await this.opts.renewCredentials();
-            delay = 0;
-          } catch (renewErr) {
-            this.fail(toChatEngineError(renewErr));
-            break;
-          }
+        if (stopped.aborted) break;
+        if (attempt.signal.aborted) {
+          delay = 0; // kicked
         } else {
-          const verdict = err instanceof UnauthenticatedError ? { retry: false as const } : classifyStreamError(err);
-          if (!verdict.retry) {
-            this.fail(err);
-            break;
+          const err = toChatEngineError(e);
+          if (err instanceof UnauthenticatedError && this.opts.renewCredentials && !renewed) {
+            renewed = true;
+            try {
+              await this.opts.renewCredentials();
+              delay = 0;
+            } catch (renewErr) {
+              this.fail(toChatEngineError(renewErr));
+              break;
+            }
+          } else {
+            const verdict = err instanceof UnauthenticatedError ? { retry: false as const } : classifyStreamError(err);
+            if (!verdict.retry) {
+              this.fail(err);
+              break;
+            }
+            delay = Math.max(verdict.delayMs ?? 0, this.backoff.next());
           }
-          delay = Math.max(verdict.delayMs ?? 0, this.backoff.next());
         }
+      } finally {
+        stopped.removeEventListener("abort", onStop);
       }
       this.setStatus("reconnecting");
+      // A fresh controller for the wait, so a kick() during it cuts it short.
+      const wait = new AbortController();
+      this.current = wait;
+      const onStopWait = () => wait.abort();
+      stopped.addEventListener("abort", onStopWait, { once: true });
       try {
-        await sleep(delay, signal);
+        await sleep(delay, wait.signal);
       } catch {
-        break;
+        if (stopped.aborted) break;
+      } finally {
+        stopped.removeEventListener("abort", onStopWait);
       }
     }
     this.setStatus("closed");
@@ -250,4 +278,15 @@ export class Listeners<T> {
       }
     }
   }
+}
+
+/**
+ * Calls `cb` when the browser reports the network back (`online`); returns the function that
+ * stops listening. Does nothing outside browsers.
+ */
+export function onNetworkBack(cb: () => void): () => void {
+  const w = globalThis as { addEventListener?: EventTarget["addEventListener"]; removeEventListener?: EventTarget["removeEventListener"] };
+  if (typeof w.addEventListener !== "function" || typeof w.removeEventListener !== "function") return () => undefined;
+  w.addEventListener("online", cb);
+  return () => w.removeEventListener?.("online", cb);
 }

@@ -23,7 +23,7 @@ import { ConversationStatus, ListDirection, type StreamItem } from "./gen/chaten
 import { VisitorService, type InitVisitorRequestSchema, type QueueStatus } from "./gen/chatengine/v1/visitor_pb.js";
 
 type InitRequest = MessageInitShape<typeof InitVisitorRequestSchema>;
-import { Listeners, Reconnector, SeqCursors, pumpItems } from "./stream.js";
+import { Listeners, Reconnector, SeqCursors, onNetworkBack, pumpItems } from "./stream.js";
 import { makeTransport, type ConnectionOptions } from "./transport.js";
 import type {
   AgentJoinedEvent,
@@ -66,6 +66,8 @@ export interface ChatEngineSDKOptions extends ConnectionOptions {
   storageKey?: string;
   /** Reconnect delays of the chat streams and send retries. */
   backoff?: BackoffOptions;
+  /** How long a send keeps retrying transient failures before it fails (default 30 000 ms). */
+  sendRetryMs?: number;
 }
 
 /** What {@link ChatEngineSDK.initVisitor} takes. */
@@ -227,8 +229,10 @@ export class ChatEngineSDK {
    */
   async resumeChat(conversationId: string): Promise<Chat> {
     this.requireVisitor();
-    const status = await this.call((o) => this.client.getQueueStatus({ conversationId }, o));
+    // History first, then the status: a change after the history's last message has a higher
+    // seq, so the stream replays it; one before it is in the status read after.
     const history = await this.history(conversationId);
+    const status = await this.call((o) => this.client.getQueueStatus({ conversationId }, o));
     const qs = status.queueStatus;
     const cursor = history.length ? history[history.length - 1].seq : 0;
     return new Chat(this, conversationId, {
@@ -267,6 +271,11 @@ export class ChatEngineSDK {
     return this.options.backoff;
   }
 
+  /** @internal How long sends retry, for {@link Chat}. */
+  get sendRetryMs(): number {
+    return this.options.sendRetryMs ?? 30_000;
+  }
+
   /**
    * @internal Runs one call with the widget key (and the visitor token when `visitor`),
    * renewing the token first when it is about to expire, and maps its error.
@@ -299,7 +308,8 @@ export class ChatEngineSDK {
     return this.renewing;
   }
 
-  private async freshToken(): Promise<void> {
+  /** @internal Renews the visitor token first when it is about to expire. */
+  async freshToken(): Promise<void> {
     const v = this.requireVisitor();
     if (v.tokenExpiresAt.getTime() - Date.now() < RENEW_BEFORE_MS) await this.renewToken();
   }
@@ -394,7 +404,10 @@ export class Chat {
     });
     // Start after the caller's continuation has run (a macrotask, not a microtask), so the
     // handlers it registers right after `await startChat()` see the first items.
-    setTimeout(() => void this.stream.start(), 0);
+    setTimeout(() => {
+      const offNet = onNetworkBack(() => this.stream.kick());
+      void this.stream.start().finally(offNet);
+    }, 0);
   }
 
   /** The chat's status: queued, open (served) or closed. */
@@ -422,12 +435,20 @@ export class Chat {
     return [...this.ordered];
   }
 
-  /** Each new message (the agent's, the system's and the visitor's own), once, in seq order. */
+  /**
+   * Each new message (the agent's, the system's and the visitor's own), once. They come in
+   * seq order, except that the visitor's own message is told as soon as its send is answered,
+   * which may be before an earlier message of the agent arrives; {@link messages} is always in
+   * seq order.
+   */
   onMessage(cb: (msg: ChatMessage) => void): Unsubscribe {
     return this.messageListeners.add(cb);
   }
 
-  /** Queue position and estimated wait while waiting; called at once with the last one known. */
+  /**
+   * Queue position and estimated wait while waiting, on every change; called at once with the
+   * last one known.
+   */
   onQueueUpdate(cb: (q: QueueUpdate) => void): Unsubscribe {
     const off = this.queueListeners.add(cb);
     const q = this.queueNow;
@@ -480,6 +501,7 @@ export class Chat {
   async sendMessage(opts: SendMessageOptions): Promise<ChatMessage> {
     const requestId = opts.requestId ?? newRequestId();
     const backoff = new Backoff(this.sdk.backoffOptions);
+    const giveUpAt = Date.now() + this.sdk.sendRetryMs;
     const content = opts.content;
     for (;;) {
       try {
@@ -507,8 +529,9 @@ export class Chat {
         return msg;
       } catch (e) {
         const err = toChatEngineError(e);
-        if (!err.retryable || backoff.attempts >= 5) throw err;
-        await sleep(backoff.next());
+        const delay = backoff.next();
+        if (!err.retryable || Date.now() + delay > giveUpAt) throw err;
+        await sleep(delay);
       }
     }
   }
@@ -551,6 +574,7 @@ export class Chat {
   }
 
   private async attempt(signal: AbortSignal, connected: () => void): Promise<void> {
+    await this.sdk.freshToken();
     const items = this.sdk.rpc.subscribeVisitor(
       { cursors: this.cursors.list() },
       this.sdk.callOptions(true, signal),
@@ -603,6 +627,9 @@ export class Chat {
       case "queuePosition": {
         const q = k.value;
         if (q.conversationId !== this.id) return;
+        const was = this.queueNow;
+        // A (re)connected stream repeats the current place: tell only changes.
+        if (was && was.position === q.position && was.estimatedWaitSeconds === q.estimatedWaitSeconds) return;
         const upd = { position: q.position, estimatedWaitSeconds: q.estimatedWaitSeconds };
         this.queueNow = upd;
         this.queueListeners.emit(upd);
