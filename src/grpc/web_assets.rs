@@ -48,6 +48,8 @@ struct Pages {
     demo: Page,
     console: Page,
     console_js: Page,
+    /// Browsers ask for it on every page; a plain 404 instead of gRPC-web's 400.
+    no_icon: Page,
 }
 
 impl Pages {
@@ -69,6 +71,10 @@ impl Pages {
             demo,
             console: page(HTML, CONSOLE_HTML),
             console_js: page(JS, CONSOLE_JS),
+            no_icon: Page {
+                status: StatusCode::NOT_FOUND,
+                ..page("text/plain; charset=utf-8", "")
+            },
         }
     }
 
@@ -78,6 +84,7 @@ impl Pages {
             "/demo" | "/demo/" => Some(&self.demo),
             "/console" | "/console/" => Some(&self.console),
             "/console/console.js" => Some(&self.console_js),
+            "/favicon.ico" => Some(&self.no_icon),
             _ => None,
         }
     }

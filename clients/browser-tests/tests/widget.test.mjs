@@ -146,6 +146,17 @@ describe("widget and console", () => {
     assert.equal(count(agentSeen, "Still there after the restart?"), 1);
   });
 
+  it("an agent message while the widget is closed shows an unread badge", LONG, async () => {
+    await visitor.getByRole("textbox", { name: "Type your message" }).press("Escape");
+    await visitor.locator(`${W} .panel`).waitFor({ state: "hidden" });
+    await agent.locator("#reply").fill("Anything else?");
+    await agent.locator("#reply").press("Enter");
+    await visitor.locator(`${W} .badge`, { hasText: "1" }).waitFor();
+    await visitor.getByRole("button", { name: "Open chat (1 unread messages)" }).click();
+    await visitor.locator(`${W} .badge`).waitFor({ state: "hidden" });
+    assert.equal(count(await widgetMessages(visitor), "Anything else?"), 1);
+  });
+
   it("the agent closes the chat and the visitor rates it", LONG, async () => {
     await agent.getByRole("button", { name: "Close chat" }).click();
     await visitor.getByRole("group", { name: "How was your chat?" }).waitFor();
