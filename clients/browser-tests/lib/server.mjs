@@ -24,14 +24,16 @@ export function freePort() {
 
 /** A running `chat-engine demo`; restart() stops it and starts it again on the same port and data. */
 export class DemoServer {
-  static async start() {
+  /** `env`: more environment for the server, e.g. its rate limits. */
+  static async start(env = {}) {
     if (!existsSync(BINARY)) throw new Error(`${BINARY} is missing: run cargo build first`);
-    const s = new DemoServer(await freePort(), mkdtempSync(join(tmpdir(), "chat-engine-browser-")));
+    const s = new DemoServer(await freePort(), mkdtempSync(join(tmpdir(), "chat-engine-browser-")), env);
     await s.run();
     return s;
   }
 
-  constructor(port, dataDir) {
+  constructor(port, dataDir, env = {}) {
+    this.env = env;
     this.port = port;
     this.dataDir = dataDir;
     this.origin = `http://127.0.0.1:${port}`;
@@ -48,6 +50,7 @@ export class DemoServer {
         CHAT_ENGINE_DATA_DIR: this.dataDir,
         CHAT_ENGINE_SHUTDOWN_GRACE_SECS: "2",
         RUST_LOG: process.env.RUST_LOG ?? "warn",
+        ...this.env,
       },
       stdio: ["ignore", "pipe", "pipe"],
     });

@@ -231,3 +231,33 @@ describe("widget and console", () => {
     }
   });
 });
+
+describe("a rate-limited visitor", () => {
+  let limited;
+  let browser2;
+
+  before(async () => {
+    // Two visitor calls per client address, then one a minute.
+    limited = await DemoServer.start({
+      CHAT_ENGINE_RATE_LIMITS__VISITOR_PER_IP__PER_MINUTE: "1",
+      CHAT_ENGINE_RATE_LIMITS__VISITOR_PER_IP__BURST: "2",
+    });
+    browser2 = await launch();
+  });
+
+  after(async () => {
+    await browser2?.close();
+    await limited?.dispose();
+  });
+
+  it("is told how long to wait", LONG, async () => {
+    const ctx = await browser2.newContext({ locale: "en-US" });
+    const page = await ctx.newPage();
+    // Each load asks for the widget's settings once: the third is over the limit.
+    for (let i = 0; i < 3; i++) await page.goto(`${limited.origin}/demo`);
+    await page.locator(`${W} .launcher`).click();
+    await page.getByRole("alert").filter({ hasText: /Too many requests\. Please try again in \d+ seconds\./ }).waitFor();
+    assert.equal(await page.locator(`${W} textarea`).count(), 0);
+    await ctx.close();
+  });
+});
