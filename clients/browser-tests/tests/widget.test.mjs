@@ -169,6 +169,27 @@ describe("widget and console", () => {
     await agent.locator("#chat-status", { hasText: "closed" }).waitFor();
   });
 
+  it("an available agent is offered the next chat, which they transfer back to the queue", LONG, async () => {
+    await agent.getByLabel("Status").selectOption("available");
+    // With an agent available the widget offers the chat at once instead of the offline form.
+    const second = await visitorPage();
+    await openWidget(second);
+    const input = second.getByRole("textbox", { name: "Type your message" });
+    await input.fill("A technical question");
+    await input.press("Enter");
+    await second.locator(`${W} .note`, { hasText: "joined the chat." }).waitFor();
+    // The dispatcher gave it to Ana (the only available agent): it is in her list.
+    await agent.locator("#mine .item", { hasText: "open" }).first().waitFor();
+    await agent.locator("#mine .item").first().click();
+    await agent.locator("#messages .msg", { hasText: "A technical question" }).waitFor();
+    await agent.getByLabel("Transfer to").selectOption("skill:technical");
+    await agent.getByRole("button", { name: "Transfer" }).click();
+    // Nobody with the technical skill is available: the visitor waits in the queue again.
+    await second.locator(`${W} .banner`, { hasText: "You are number 1 in the queue." }).waitFor();
+    await agent.locator("#queue .queue-item").first().waitFor();
+    await second.context().close();
+  });
+
   it("keyboard alone opens the widget, reaches the field and closes it with Escape", LONG, async () => {
     const page = await visitorPage();
     await page.locator(`${W} .launcher`).focus();

@@ -291,6 +291,8 @@ export class Widget {
     const off = [
       chat.onMessage((m) => this.addMessage(m, true)),
       chat.onQueueUpdate((q) => {
+        // Waiting (again, after a transfer back to the queue): nobody serves the chat now.
+        this.agentName = undefined;
         const wait = waitText(this.t, q.estimatedWaitSeconds);
         this.showBanner(
           fmt(this.t.queue, { n: q.position }) + (wait ? ` ${fmt(this.t.wait, { t: wait })}` : ""),
