@@ -152,6 +152,8 @@ pub struct Node {
     pub(crate) system: SystemCap,
     /// Rate limits of the calls made without an account.
     pub limits: Arc<Limiter>,
+    /// What the browser pages it serves need (the demo sets its widget key here).
+    pub web: grpc::web_assets::WebPages,
 }
 
 /// The in-process consumers of committed events and timers a node runs besides the API.
@@ -303,6 +305,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         bus,
         system,
         limits,
+        web: Default::default(),
     })
 }
 
@@ -327,6 +330,7 @@ pub async fn serve(
         bus: node.bus,
         system: node.system,
         limits: node.limits,
+        web: node.web,
     };
     grpc::serve(deps, TransportSettings::from(cfg), listener, shutdown).await
 }

@@ -251,9 +251,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let db = app::open_database(&cfg).await?;
             let node = app::build(&cfg, &db).await?;
-            let seed = crate::demo::seed(&node.engine, &node.system).await?;
+            // Bound first: the widget key's allowed origins are this address's.
             let listener = TcpListener::bind(cfg.listen).await?;
             let addr = listener.local_addr()?;
+            let seed = crate::demo::seed(&node.engine, &node.system, addr).await?;
             println!("chat-engine demo is running on {addr} (gRPC and gRPC-web)");
             println!("tenant slug: {}", seed.slug);
             for (email, pass, role, skills) in &seed.agents {
@@ -271,7 +272,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .find(|a| a.0.starts_with("ana@"))
                 .map(|a| (a.0.as_str(), a.1.as_str()))
                 .unwrap_or_default();
-            println!("next, chat with yourself in two more terminals:");
+            let web = crate::demo::browser_host(addr);
+            println!("next, chat with yourself in the browser:");
+            println!("  open http://{web}/demo (a website with the widget) and");
+            println!("  open http://{web}/console (the agent console: log in as {ana})");
+            println!("or in two more terminals:");
             println!(
                 "  agent:   chat-engine talk agent --target http://{addr} --email {ana} --password {ana_pass}"
             );
@@ -279,6 +284,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "  visitor: chat-engine talk visitor --target http://{addr} --key {}",
                 seed.api_key
             );
+            let mut node = node;
+            node.web.demo_widget_key = Some(seed.api_key.clone());
             app::serve(&cfg, node, listener, app::shutdown_signal()).await?;
             drop(db);
         }

@@ -1,5 +1,8 @@
 //! `chat-engine demo`: seeds (or refreshes) a demo tenant with an admin, two agents with
-//! skills, a routing workflow and a widget key, with fresh passwords on every run.
+//! skills, a routing workflow and a widget key for the demo's own pages, with fresh
+//! passwords on every run.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use rand::RngExt;
 
@@ -31,9 +34,42 @@ fn fresh_password() -> String {
         .collect()
 }
 
+/// Where a browser on this machine reaches a server listening on `addr`: an unspecified
+/// address (`0.0.0.0`, `::`) is reached as 127.0.0.1.
+pub fn browser_host(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+    } else {
+        addr
+    }
+}
+
+/// The origins a browser may show for the demo's own pages served on `addr`: the address
+/// itself and, on loopback, both `localhost` and `127.0.0.1`, with the port.
+pub fn page_origins(addr: SocketAddr) -> Vec<String> {
+    let host = browser_host(addr);
+    let port = host.port();
+    let mut out = vec![match host.ip() {
+        IpAddr::V4(ip) => format!("http://{ip}:{port}"),
+        IpAddr::V6(ip) => format!("http://[{ip}]:{port}"),
+    }];
+    if host.ip().is_loopback() {
+        for o in [
+            format!("http://localhost:{port}"),
+            format!("http://127.0.0.1:{port}"),
+        ] {
+            if !out.contains(&o) {
+                out.push(o);
+            }
+        }
+    }
+    out
+}
+
 /// Creates the demo tenant if missing and sets new passwords for its agents, as the engine
-/// itself (`sys`, from the node the CLI built).
-pub async fn seed(e: &Engine, sys: &SystemCap) -> AppResult<DemoSeed> {
+/// itself (`sys`, from the node the CLI built); the new widget key is allowed from the
+/// origins of the server's own pages on `addr` ([`page_origins`]).
+pub async fn seed(e: &Engine, sys: &SystemCap, addr: SocketAddr) -> AppResult<DemoSeed> {
     let op = OperatorScope::system(sys);
     let existing = tenants::find_by_slug(e, &op, DEMO_SLUG).await?;
     let tenant = match existing {
@@ -44,8 +80,9 @@ pub async fn seed(e: &Engine, sys: &SystemCap) -> AppResult<DemoSeed> {
                 secondary_color: "#ffffff".into(),
                 font_family: "Inter".into(),
                 position: "bottom_right".into(),
-                theme: "light".into(),
-                languages: vec!["en".into(), "de".into()],
+                // Follows the visitor's system setting, so the demo shows both themes.
+                theme: "auto".into(),
+                languages: vec!["en".into(), "es".into(), "fr".into()],
                 title: "Demo support".into(),
                 greeting: "Hi! How can we help?".into(),
                 ..Default::default()
@@ -112,14 +149,8 @@ pub async fn seed(e: &Engine, sys: &SystemCap) -> AppResult<DemoSeed> {
     )
     .await?;
 
-    let (_, api_key) = tenants::create_api_key(
-        e,
-        &op,
-        tenant,
-        "demo widget".into(),
-        vec!["http://localhost".into(), "http://127.0.0.1".into()],
-    )
-    .await?;
+    let (_, api_key) =
+        tenants::create_api_key(e, &op, tenant, "demo widget".into(), page_origins(addr)).await?;
     Ok(DemoSeed {
         slug: DEMO_SLUG.into(),
         agents: printed,
@@ -156,5 +187,28 @@ fn demo_workflow() -> wf::Definition {
             offer_timeout_seconds: None,
         },
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pages_origins_follow_the_listen_address() {
+        let on = |s: &str| page_origins(s.parse().unwrap());
+        assert_eq!(
+            on("127.0.0.1:8080"),
+            ["http://127.0.0.1:8080", "http://localhost:8080"]
+        );
+        assert_eq!(
+            on("0.0.0.0:50051"),
+            ["http://127.0.0.1:50051", "http://localhost:50051"]
+        );
+        assert_eq!(
+            on("[::1]:7"),
+            ["http://[::1]:7", "http://localhost:7", "http://127.0.0.1:7"]
+        );
+        assert_eq!(on("10.1.2.3:9"), ["http://10.1.2.3:9"]);
     }
 }

@@ -1,6 +1,7 @@
 //! The gRPC transport: one tonic server on one port serving gRPC and gRPC-web (HTTP/1.1) with
-//! CORS, health, reflection, authentication, size limits and a shutdown with a deadline.
-//! Handlers here only validate, scope, call the domain and convert.
+//! CORS, health, reflection, authentication, size limits and a shutdown with a deadline, and
+//! in front of them the browser pages (`web_assets`). Handlers here only validate, scope,
+//! call the domain and convert.
 
 mod agent;
 mod auth;
@@ -17,6 +18,7 @@ mod status;
 mod tenant;
 mod trace;
 mod visitor;
+pub mod web_assets;
 mod workflow;
 
 use std::future::Future;
@@ -94,6 +96,8 @@ pub struct Dependencies {
     pub system: SystemCap,
     /// The node's rate limiter.
     pub limits: Arc<Limiter>,
+    /// What the browser pages served beside the API need.
+    pub web: web_assets::WebPages,
 }
 
 /// Limits and timings of the transport.
@@ -175,6 +179,7 @@ pub async fn serve(
         database_up,
         system,
         limits: limiter,
+        web,
     } = deps;
     let gate = ratelimit::Gate::new(limiter, settings.client_address.clone());
     let limit = settings.max_message_bytes;
@@ -214,6 +219,8 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(settings.keepalive_timeout))
         .http2_max_header_list_size(16 * 1024)
         .layer(trace::layer())
+        // Before gRPC-web, which answers 400 to any other HTTP/1.1 request.
+        .layer(web_assets::PagesLayer::new(&web))
         .layer(cors(&settings))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(limits::LimitStatusLayer)

@@ -210,3 +210,55 @@ async fn cors_preflight_allows_the_widget_headers() {
             .contains("POST")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_widget_the_console_and_the_demo_hint_are_served_beside_grpc() {
+    let app = TestApp::spawn().await;
+    let get =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+
+    let js = http1(&app, &get("/widget.js"), b"").await;
+    assert_eq!(js.status, 200);
+    assert_eq!(
+        js.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert_eq!(js.header("cache-control"), Some("no-cache"));
+    let on_disk = std::fs::read("clients/widget/dist/widget.js").unwrap();
+    assert_eq!(js.body, on_disk, "the embedded widget is the built one");
+
+    let page = http1(&app, &get("/console"), b"").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let html = String::from_utf8(page.body).unwrap();
+    assert!(html.contains("/console/console.js"), "{html}");
+    let script = http1(&app, &get("/console/console.js"), b"").await;
+    assert_eq!(script.status, 200);
+    assert_eq!(
+        script.body,
+        std::fs::read("clients/console/dist/console.js").unwrap()
+    );
+
+    // A plain server knows no demo key: the page says how to get one instead of a widget.
+    let demo = http1(&app, &get("/demo"), b"").await;
+    assert_eq!(demo.status, 404);
+    let text = String::from_utf8(demo.body).unwrap();
+    assert!(text.contains("chat-engine demo"), "{text}");
+    assert!(!text.contains("__CHAT_ENGINE_API_KEY__"));
+
+    // Only GET and HEAD: a POST there is refused, and any other path is left to gRPC-web,
+    // which refuses plain HTTP/1.1 requests as before.
+    let post = http1(
+        &app,
+        "POST /widget.js HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        b"",
+    )
+    .await;
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    let other = http1(&app, &get("/nope"), b"").await;
+    assert_eq!(other.status, 400);
+}
