@@ -84,12 +84,12 @@ describe("widget and console", () => {
     await agent.locator("#chat-title", { hasText: "Vera Visitor" }).waitFor();
     await agent.locator("#messages .msg", { hasText: "Hello, my invoice is wrong" }).waitFor();
 
-    await visitor.locator(`${W} .note`, { hasText: "joined the chat." }).waitFor();
+    await visitor.locator(`${W} .note`, { hasText: "Ana Agent joined the chat." }).waitFor();
     assert.equal(await visitor.locator(`${W} .banner`).first().isHidden(), true, "no queue place once served");
 
     // Agent typing reaches the widget, then the reply.
     await agent.locator("#reply").pressSequentially("Hi Vera", { delay: 20 });
-    await visitor.locator(`${W} .typing`, { hasText: "is typing…" }).waitFor();
+    await visitor.locator(`${W} .typing`, { hasText: "Ana Agent is typing…" }).waitFor();
     await agent.locator("#reply").press("Enter");
     await visitor.locator(`${W} .msg.agent`, { hasText: "Hi Vera" }).waitFor();
     await visitor.locator(`${W} .typing`, { hasText: /^$/ }).waitFor();
@@ -177,7 +177,7 @@ describe("widget and console", () => {
     const input = second.getByRole("textbox", { name: "Type your message" });
     await input.fill("A technical question");
     await input.press("Enter");
-    await second.locator(`${W} .note`, { hasText: "joined the chat." }).waitFor();
+    await second.locator(`${W} .note`, { hasText: "Ana Agent joined the chat." }).waitFor();
     // The dispatcher gave it to Ana (the only available agent): it is in her list.
     await agent.locator("#mine .item", { hasText: "open" }).first().waitFor();
     await agent.locator("#mine .item").first().click();

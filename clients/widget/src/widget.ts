@@ -286,7 +286,7 @@ export class Widget {
     this.detach();
     this.chat = chat;
     this.agentSeen = !!chat.assignedAgentId;
-    if (chat.assignedAgentId) this.agentName = this.t.anAgent;
+    if (chat.assignedAgentId) this.agentName = chat.assignedAgentName || this.t.anAgent;
     for (const m of chat.messages()) this.addMessage(m, false);
     const off = [
       chat.onMessage((m) => this.addMessage(m, true)),
