@@ -128,3 +128,39 @@ def test_errors_are_typed(server, tenant):
                 with pytest.raises(Unauthenticated):
                     agent.login(tenant.slug, email, "wrong-password-123")
         assert limited.value.retry_after and limited.value.retry_after > 0
+
+
+def test_a_visitors_chat_stream_resumes_after_a_dropped_connection(server, tenant, proxy):
+    email = tenant.agent("fay")
+    with VisitorClient(proxy.addr, tenant.api_key, origin=ORIGIN) as visitor, AgentClient(server.addr) as agent:
+        agent.login(tenant.slug, email, PASSWORD)
+        agent.set_status("available")
+        agent_events = Pump(agent.subscribe())
+        visitor.init_visitor(name="Gus")
+        chat = visitor.start_chat("Hello")
+        agent_events.until(lambda i: i.WhichOneof("kind") == "joined")
+        sub = chat.events()
+        events = Pump(sub)
+
+        def agent_texts(n):
+            out = []
+            while len(out) < n:
+                m = posted(events.next())
+                if m is not None and m.sender_type == cpb.SENDER_TYPE_AGENT:
+                    out.append(m.text)
+            return out
+
+        agent.send(chat.id, "a0")
+        assert agent_texts(1) == ["a0"]
+        proxy.cut()
+        for i in range(1, 6):
+            agent.send(chat.id, f"a{i}")
+        proxy.restore()
+        agent.send(chat.id, "a6")
+        assert agent_texts(6) == [f"a{i}" for i in range(1, 7)]
+        assert sub.reconnects >= 1
+        # Nothing twice: the history holds each once, as the stream gave them.
+        history = [m.text for m in chat.messages() if m.sender_type == cpb.SENDER_TYPE_AGENT]
+        assert history == [f"a{i}" for i in range(7)]
+        sub.close()
+        agent_events.it.close()

@@ -7,6 +7,8 @@
 //! clash with a generated `connect` constructor, so there is none). `google.rpc` types are
 //! tonic-types' own, so `tonic_types::StatusExt` reads the error details of a `Status`.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod pb;
 pub mod subscriber;

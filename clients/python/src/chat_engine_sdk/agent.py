@@ -109,20 +109,25 @@ class AgentClient:
                 tokens = self._refresh_locked(tokens.refresh_token)
         return [("authorization", f"Bearer {tokens.access_token}")]
 
-    def _renew_after_refusal(self) -> bool:
-        """Refreshes once after an UNAUTHENTICATED (a token revoked or expired early)."""
-        try:
-            self.refresh()
-            return True
-        except Unauthenticated:
-            return False
+    def _renew_after_refusal(self, seen: str | None = None) -> bool:
+        """Refreshes once after an UNAUTHENTICATED (a token revoked or expired early);
+        False when the refresh token is refused too. ``seen`` is the access token that was
+        refused: when another call refreshed meanwhile, its tokens are used as they are."""
+        with self._lock:
+            if seen is not None and self.tokens.access_token != seen:
+                return True
+            try:
+                self._refresh_locked(self.tokens.refresh_token)
+                return True
+            except Unauthenticated:
+                return False
 
     def _authed(self, method, request, *, retry: bool = False):
         seen = self.tokens.access_token
         try:
             return self._call(method, request, retry=retry)
         except Unauthenticated:
-            if self.tokens.access_token != seen or not self._renew_after_refusal():
+            if not self._renew_after_refusal(seen):
                 raise
             return self._call(method, request, retry=retry)
 

@@ -115,7 +115,16 @@ class Subscription(Iterator[StreamItem]):
                 err = from_rpc_error(e)
                 if err.code == grpc.StatusCode.UNAUTHENTICATED and self._renew and not self._renewed:
                     self._renewed = True
-                    if self._renew():
+                    try:
+                        renewed = self._renew()
+                    except ChatEngineError as renew_err:
+                        # The refresh itself met a broken network: retry the whole thing.
+                        if renew_err.code not in _RECONNECT:
+                            raise
+                        self._renewed = False
+                        self._broken()
+                        continue
+                    if renewed:
                         self._call = None
                         continue
                 if err.code not in _RECONNECT:
