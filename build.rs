@@ -43,6 +43,18 @@ fn rust_type(proto: &str) -> String {
     format!("::chat_engine_client::pb::{path}")
 }
 
+/// The leading comment of the element at `path` (source info paths: 6 = services, 2 = their
+/// methods), one entry per line, as the generated docs take it.
+fn comments(file: &prost_types::FileDescriptorProto, path: &[i32]) -> Vec<String> {
+    file.source_code_info
+        .iter()
+        .flat_map(|info| &info.location)
+        .find(|l| l.path == path)
+        .and_then(|l| l.leading_comments.as_deref())
+        .map(|c| c.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Our packages (`chatengine.v1`, `chatengine.admin.v1`); the vendored `google/` files are
     // compiled only as far as these import them.
@@ -66,16 +78,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let package = file.package().to_owned();
         let mut services = Vec::new();
         let mut names = Vec::new();
-        for s in &file.service {
+        for (si, s) in (0..).zip(&file.service) {
             names.push(format!("{package}.{}.rs", s.name()));
             let mut service = Service::builder().name(s.name()).package(&package);
-            for m in &s.method {
+            for line in comments(file, &[6, si]) {
+                service = service.comment(line);
+            }
+            for (mi, m) in (0..).zip(&s.method) {
                 let mut method = Method::builder()
                     .name(snake(m.name()))
                     .route_name(m.name())
                     .input_type(rust_type(m.input_type()))
                     .output_type(rust_type(m.output_type()))
                     .codec_path("crate::grpc::codec::LeanCodec");
+                for line in comments(file, &[6, si, 2, mi]) {
+                    method = method.comment(line);
+                }
                 if m.client_streaming() {
                     method = method.client_streaming();
                 }
