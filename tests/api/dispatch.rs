@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use chat_engine::pb;
+use chat_engine_client::pb;
 use futures_util::future::join_all;
 use pb::queue_service_client::QueueServiceClient;
 use pb::workflow_service_client::WorkflowServiceClient;
