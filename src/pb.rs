@@ -1,19 +1,23 @@
-//! Generated wire types, servers and clients: `chatengine.v1` at the root of this module, the
-//! operator-only `chatengine.admin.v1` under [`admin`].
+//! Wire types and servers: the messages and clients are `chat_engine_client::pb`'s (one set
+//! of types for the server, its tests and every Rust client), the servers are generated here
+//! by `build.rs` over them. `chatengine.v1` is at the root of this module, the operator-only
+//! `chatengine.admin.v1` under [`admin`].
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
-/// The proto packages, nested as prost's cross-package paths (`super::super::v1::…`) expect.
+/// The proto packages, as in `chat_engine_client::pb`, each with its servers.
 pub mod chatengine {
     /// `chatengine.v1`: the public API.
     pub mod v1 {
-        tonic::include_proto!("chatengine.v1");
+        pub use chat_engine_client::pb::chatengine::v1::*;
+        include!(concat!(env!("OUT_DIR"), "/chatengine.v1.servers.rs"));
     }
     /// Operator-only packages.
     pub mod admin {
         /// `chatengine.admin.v1`: tenant administration.
         pub mod v1 {
-            tonic::include_proto!("chatengine.admin.v1");
+            pub use chat_engine_client::pb::chatengine::admin::v1::*;
+            include!(concat!(env!("OUT_DIR"), "/chatengine.admin.v1.servers.rs"));
         }
     }
 }

@@ -12,8 +12,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::pb;
-use crate::pb::stream_item::Kind as Item;
+use chat_engine_client::pb;
+use chat_engine_client::pb::stream_item::Kind as Item;
 
 /// Who to be.
 #[derive(clap::Subcommand, Debug)]

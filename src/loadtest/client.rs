@@ -11,11 +11,11 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::target::Target;
 use super::{Args, Mode};
-use crate::pb;
-use crate::pb::admin::tenant_service_client::TenantServiceClient;
-use crate::pb::agent_service_client::AgentServiceClient;
-use crate::pb::auth_service_client::AuthServiceClient;
-use crate::pb::conversation_service_client::ConversationServiceClient;
+use chat_engine_client::pb;
+use chat_engine_client::pb::admin::tenant_service_client::TenantServiceClient;
+use chat_engine_client::pb::agent_service_client::AgentServiceClient;
+use chat_engine_client::pb::auth_service_client::AuthServiceClient;
+use chat_engine_client::pb::conversation_service_client::ConversationServiceClient;
 
 /// Bound on every unary call, including argon2-heavy ones on a busy machine.
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(60);

@@ -11,9 +11,9 @@ use tonic::transport::Channel;
 
 use super::client::{Fixture, authorized, status_text};
 use super::messages::{RecvStats, Senders, all_caught_up, lock};
-use crate::pb;
-use crate::pb::conversation_service_client::ConversationServiceClient;
-use crate::pb::stream_item::Kind as Item;
+use chat_engine_client::pb;
+use chat_engine_client::pb::conversation_service_client::ConversationServiceClient;
+use chat_engine_client::pb::stream_item::Kind as Item;
 
 /// A send on a Connect stream waiting for its ack: when it started, and the slot it holds.
 pub(super) type InFlight = (Instant, tokio::sync::OwnedSemaphorePermit);

@@ -14,9 +14,9 @@ use super::client::{CATCH_UP_TIMEOUT, Fixture, authorized, connect, pause, statu
 use super::report::{ErrorLog, kib_text, round};
 use super::target::{Target, settled_rss};
 use super::{Args, Mode};
-use crate::pb;
-use crate::pb::conversation_service_client::ConversationServiceClient;
-use crate::pb::stream_item::Kind as Item;
+use chat_engine_client::pb;
+use chat_engine_client::pb::conversation_service_client::ConversationServiceClient;
+use chat_engine_client::pb::stream_item::Kind as Item;
 
 /// Idle streams being opened at once.
 const OPEN_CONCURRENCY: usize = 64;

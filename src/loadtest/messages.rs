@@ -22,9 +22,9 @@ use super::report::{
 };
 use super::target::{RssSource, Target};
 use super::{Api, Args, Mode};
-use crate::pb;
-use crate::pb::conversation_service_client::ConversationServiceClient;
-use crate::pb::stream_item::Kind as Item;
+use chat_engine_client::pb;
+use chat_engine_client::pb::conversation_service_client::ConversationServiceClient;
+use chat_engine_client::pb::stream_item::Kind as Item;
 
 /// Reconnections per stream after a resync or an error, before it gives up.
 const MAX_RECONNECTS: u32 = 20;

@@ -49,13 +49,13 @@ use super::messages::{all_caught_up, lock};
 use super::report::{ErrorLog, per_second, percentiles, percentiles_json, percentiles_text, round};
 use super::target::Target;
 use super::{Args, Mode};
-use crate::pb;
-use crate::pb::admin::tenant_service_client::TenantServiceClient;
-use crate::pb::agent_service_client::AgentServiceClient;
-use crate::pb::conversation_service_client::ConversationServiceClient;
-use crate::pb::queue_service_client::QueueServiceClient;
-use crate::pb::stream_item::Kind as Item;
-use crate::pb::visitor_service_client::VisitorServiceClient;
+use chat_engine_client::pb;
+use chat_engine_client::pb::admin::tenant_service_client::TenantServiceClient;
+use chat_engine_client::pb::agent_service_client::AgentServiceClient;
+use chat_engine_client::pb::conversation_service_client::ConversationServiceClient;
+use chat_engine_client::pb::queue_service_client::QueueServiceClient;
+use chat_engine_client::pb::stream_item::Kind as Item;
+use chat_engine_client::pb::visitor_service_client::VisitorServiceClient;
 
 /// The page the run's visitors are on; the widget key allows exactly this origin.
 pub(super) const ORIGIN: &str = "https://loadtest.example";

@@ -1,6 +1,6 @@
 //! AgentService: admins manage agents; every agent sets their own status.
 
-use chat_engine::pb;
+use chat_engine_client::pb;
 use tonic::Code;
 
 use crate::harness::{TestApp, bearer, violated_fields};

@@ -3,7 +3,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use chat_engine::auth::jwt::{AGENT_AUDIENCE, Claims, JwtKeys, VISITOR_AUDIENCE};
-use chat_engine::pb;
+use chat_engine_client::pb;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tonic::Code;
 

@@ -1,7 +1,7 @@
 //! The event stream: ordering under concurrency, exact resume, joins, receipts, typing,
 //! presence, slow consumers, shutdown, and the bidirectional Connect stream.
 
-use chat_engine::pb;
+use chat_engine_client::pb;
 use pb::stream_item::Kind as Item;
 use tokio_stream::StreamExt;
 use tonic::Code;

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use chat_engine::pb;
+use chat_engine_client::pb;
 use pb::stream_item::Kind as Item;
 use tokio_stream::StreamExt;
 use tonic::Code;

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use chat_engine::pb;
 use chat_engine::realtime::stream;
 use chat_engine::tenancy::TenantScope;
+use chat_engine_client::pb;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use pb::queue_service_client::QueueServiceClient;

@@ -1,6 +1,6 @@
 //! Tenant isolation, three walls deep: scoped handlers, scoped queries, and row-level security.
 
-use chat_engine::pb;
+use chat_engine_client::pb;
 use diesel::sql_types::{BigInt, Bool, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use tonic::Code;

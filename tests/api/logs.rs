@@ -2,7 +2,7 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use chat_engine::pb;
+use chat_engine_client::pb;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tracing_subscriber::fmt::MakeWriter;

@@ -3,6 +3,7 @@
 
 mod agents;
 mod auth;
+mod client_crate;
 mod cluster;
 mod delivery;
 mod directory;

@@ -1,7 +1,7 @@
 //! Internal chat: conversations, messages, idempotency, read marks, and tenant isolation of
 //! every conversation RPC and of the stream.
 
-use chat_engine::pb;
+use chat_engine_client::pb;
 use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tonic::Code;

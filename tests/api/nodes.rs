@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use chat_engine::pb;
+use chat_engine_client::pb;
 use pb::stream_item::Kind as Item;
 use tonic::Code;
 

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use chat_engine::pb;
+use chat_engine_client::pb;
 use pb::stream_item::Kind as Item;
 
 use crate::harness::{Events, Nats, Options, TenantFixture, TestApp, bearer};

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use chat_engine::pb;
+use chat_engine_client::pb;
 use pb::queue_service_client::QueueServiceClient;
 use tonic::Code;
 

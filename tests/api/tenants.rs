@@ -1,6 +1,6 @@
 //! TenantService: operator-only tenant and API key administration.
 
-use chat_engine::pb;
+use chat_engine_client::pb;
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use tonic::Code;
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use chat_engine::domain::{assignment, visitors};
 use chat_engine::ids::{ConversationId, UserId};
-use chat_engine::pb;
 use chat_engine::tenancy::TenantScope;
+use chat_engine_client::pb;
 use pb::stream_item::Kind as Item;
 use tonic::Code;
 use tonic::metadata::MetadataValue;

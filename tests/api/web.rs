@@ -1,6 +1,6 @@
 //! The browser path through the real stack: gRPC-web over raw HTTP/1.1, and CORS.
 
-use chat_engine::pb;
+use chat_engine_client::pb;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

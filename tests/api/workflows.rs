@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chat_engine::pb;
+use chat_engine_client::pb;
 use pb::workflow_service_client::WorkflowServiceClient;
 use tonic::transport::Channel;
 use tonic::{Code, Status};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chat_engine::app::{self, Database};
 use chat_engine::config::{Config, Secret};
-use chat_engine::pb;
+use chat_engine_client::pb;
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chat_engine::pb;
+use chat_engine_client::pb;
 use tonic::transport::Channel;
 
 use super::app::TestApp;

@@ -1,7 +1,7 @@
 //! Request metadata (bearer tokens, widget keys), reading field violations, and the calls most
 //! tests make (send a message, create a group).
 
-use chat_engine::pb;
+use chat_engine_client::pb;
 use tonic::metadata::MetadataValue;
 
 use super::app::TestApp;
