@@ -447,12 +447,6 @@ pub fn served_before(a: &QueueEntry, b: &QueueEntry) -> bool {
         < (std::cmp::Reverse(b.priority), b.enqueued_at, b.conversation)
 }
 
-/// The 1-based place of `me` among `entries` (which may include `me`).
-pub fn queue_position(me: &QueueEntry, entries: &[QueueEntry]) -> u32 {
-    let ahead = entries.iter().filter(|o| served_before(o, me)).count();
-    u32::try_from(ahead).unwrap_or(u32::MAX - 1) + 1
-}
-
 // ---- routing (pure) ----
 
 /// What routing knows of a visitor.
@@ -622,13 +616,13 @@ async fn status_of(tx: &mut TenantTx, row: &conv_store::ConversationRow) -> AppR
     let length = store::queue_length(tx).await?;
     let (position, enqueued_at) = match entry {
         Some(q) => {
-            let me = QueueEntry::from(q);
-            let others: Vec<QueueEntry> = store::entries_ahead_of(tx, q.priority, q.enqueued_at)
-                .await?
-                .into_iter()
-                .map(QueueEntry::from)
-                .collect();
-            (Some(queue_position(&me, &others)), Some(q.enqueued_at))
+            // Counted in the database (the same order as `served_before`): a long queue is
+            // not read row by row for every chat start.
+            let ahead =
+                dispatch_store::served_before(tx, (q.priority, q.enqueued_at, q.conversation_id))
+                    .await?;
+            let place = u32::try_from(ahead).unwrap_or(u32::MAX - 1) + 1;
+            (Some(place), Some(q.enqueued_at))
         }
         None => (None, None),
     };
@@ -1044,20 +1038,16 @@ mod tests {
         let new_high = entry(5, 20);
         let newer_high = entry(5, 30);
         let all = [old_low, new_low, new_high, newer_high];
-        let pos = |e: &QueueEntry| queue_position(e, &all);
+        let pos = |e: &QueueEntry| all.iter().filter(|o| served_before(o, e)).count() + 1;
         assert_eq!(pos(&new_high), 1);
         assert_eq!(pos(&newer_high), 2);
         assert_eq!(pos(&old_low), 3);
         assert_eq!(pos(&new_low), 4);
-        // Alone in the queue, or not counted among the entries: first.
-        assert_eq!(queue_position(&new_low, &[]), 1);
-        assert_eq!(queue_position(&new_low, &[new_low]), 1);
-        // The same instant: the order is still total, so positions are distinct.
+        // Nobody is served before themselves.
+        assert!(!served_before(&new_low, &new_low));
+        // The same instant: the order is still total, so exactly one comes first.
         let (a, b) = (entry(0, 50), entry(0, 50));
-        let both = [a, b];
-        let mut ps = [queue_position(&a, &both), queue_position(&b, &both)];
-        ps.sort();
-        assert_eq!(ps, [1, 2]);
+        assert!(served_before(&a, &b) != served_before(&b, &a));
     }
 
     #[test]

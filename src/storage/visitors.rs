@@ -464,29 +464,6 @@ pub async fn queue_entry(tx: &mut TenantTx, conv: ConversationId) -> AppResult<O
         .optional()?)
 }
 
-/// Every entry that could be ahead of one with `priority`: those of that priority or higher
-/// that entered no later than `until`.
-pub async fn entries_ahead_of(
-    tx: &mut TenantTx,
-    priority: i32,
-    until: DateTime<Utc>,
-) -> AppResult<Vec<QueueRow>> {
-    let t = tx.tenant_id();
-    Ok(queue_entries::table
-        .filter(
-            queue_entries::tenant_id.eq(t).and(
-                queue_entries::priority
-                    .gt(priority)
-                    .or(queue_entries::priority
-                        .eq(priority)
-                        .and(queue_entries::enqueued_at.le(until))),
-            ),
-        )
-        .select(QueueRow::as_select())
-        .load(tx.conn())
-        .await?)
-}
-
 /// How many chats wait in the tenant's queue.
 pub async fn queue_length(tx: &mut TenantTx) -> AppResult<i64> {
     let t = tx.tenant_id();
