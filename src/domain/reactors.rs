@@ -63,6 +63,11 @@ pub enum DomainEvent {
         /// The chat.
         conversation: ConversationId,
     },
+    /// A visitor rated an ended chat; read the rating for the score.
+    Rated {
+        /// The chat.
+        conversation: ConversationId,
+    },
 }
 
 /// One delivery to a reactor.
@@ -264,6 +269,9 @@ async fn drain(
                     }
                     SpineEvent::QueueChanged { c } => {
                         batch.push(delivery(DomainEvent::QueueChanged { conversation: c }));
+                    }
+                    SpineEvent::Rated { c } => {
+                        batch.push(delivery(DomainEvent::Rated { conversation: c }));
                     }
                     // The event that made them a member is in its conversation's range.
                     SpineEvent::Joined { .. } => {}
