@@ -16,7 +16,7 @@ CREATE INDEX conversations_external_open ON conversations (tenant_id, assigned_a
   WHERE kind = 'external' AND status = 'open';
 CREATE INDEX visitors_by_last_seen ON visitors (tenant_id, last_seen_at);
 -- ListRatings: newest first, by agent.
-CREATE INDEX csat_ratings_by_time ON csat_ratings (tenant_id, created_at DESC, conversation_id DESC);
+CREATE INDEX csat_ratings_newest ON csat_ratings (tenant_id, created_at DESC, conversation_id DESC);
 CREATE INDEX csat_ratings_by_agent_time ON csat_ratings (tenant_id, agent_id, created_at DESC, conversation_id DESC);
 
 -- An agent's routing state from `at` on, written in the transaction that changed it; a row

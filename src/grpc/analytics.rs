@@ -64,12 +64,12 @@ fn count(n: i64) -> u32 {
     u32::try_from(n.max(0)).unwrap_or(u32::MAX)
 }
 
-fn live_out(s: &LiveStats) -> pb::GetLiveStatsResponse {
+fn live_out(s: &LiveStats) -> pb::LiveStats {
     let by = |st: AgentStatus| count(s.agents.iter().filter(|a| a.status == st).count() as i64);
     let (open, seats) = s.agents.iter().fold((0u64, 0u64), |(o, c), a| {
         (o + u64::from(a.open_chats), c + u64::from(a.capacity))
     });
-    pb::GetLiveStatsResponse {
+    pb::LiveStats {
         waiting_chats: s.waiting,
         active_chats: s.active,
         agents_available: count(
@@ -206,10 +206,12 @@ impl AnalyticsService for AnalyticsApi {
         let zone = zone_in(&mut v, &req.get_ref().time_zone);
         v.finish()?;
         let stats = analytics::live::get(&self.engine, &s, zone).await?;
-        Ok(Response::new(live_out(&stats)))
+        Ok(Response::new(pb::GetLiveStatsResponse {
+            stats: Some(live_out(&stats)),
+        }))
     }
 
-    type WatchLiveStatsStream = Streaming<pb::GetLiveStatsResponse>;
+    type WatchLiveStatsStream = Streaming<pb::WatchLiveStatsResponse>;
 
     async fn watch_live_stats(
         &self,
@@ -225,7 +227,9 @@ impl AnalyticsService for AnalyticsApi {
             loop {
                 let latest = rx.borrow_and_update().clone();
                 if let Some(stats) = latest {
-                    yield live_out(&stats);
+                    yield pb::WatchLiveStatsResponse {
+                        stats: Some(live_out(&stats)),
+                    };
                 }
                 let ended = tokio::select! {
                     _ = shutdown.cancelled() => true,
