@@ -54,7 +54,7 @@ impl Dispatcher {
 fn wakes(event: &DomainEvent) -> bool {
     match event {
         DomainEvent::AgentChanged { .. } | DomainEvent::QueueChanged { .. } => true,
-        DomainEvent::Rated { .. } => false,
+        DomainEvent::Rated { .. } | DomainEvent::Posted { .. } => false,
         DomainEvent::Conversation(ev) => matches!(
             ev.kind,
             EventKind::StatusChanged { .. } | EventKind::MemberRemoved { .. }

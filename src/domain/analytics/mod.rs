@@ -267,6 +267,11 @@ impl Analytics {
                             convs.push(ev.conversation_id);
                         }
                     }
+                    DomainEvent::Posted { conversation } => {
+                        if internal.get(conversation).is_none() {
+                            convs.push(*conversation);
+                        }
+                    }
                     DomainEvent::Rated { conversation } => convs.push(*conversation),
                     DomainEvent::AgentChanged { agent } => agents.push(*agent),
                     DomainEvent::QueueChanged { .. } => {}
@@ -305,6 +310,16 @@ impl Analytics {
 impl Reactor for Analytics {
     fn name(&self) -> &'static str {
         "analytics"
+    }
+
+    // Where posts went is enough (the chat's timeline is read again), and a second late is
+    // fine: the send path then wakes no reactor per batch, and reads nothing back for it.
+    fn wants_posts(&self) -> bool {
+        false
+    }
+
+    fn wants_post_notices(&self) -> bool {
+        true
     }
 
     fn handle<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, AppResult<()>> {
