@@ -405,6 +405,15 @@ pub async fn mark_counted(tx: &mut TenantTx, states: &[(UserId, DateTime<Utc>)])
     Ok(())
 }
 
+/// Lifts the pool's statement timeout for the rest of the transaction (the rebuild and the
+/// generator run statements over a whole tenant's history).
+pub async fn no_statement_timeout(tx: &mut TenantTx) -> AppResult<()> {
+    sql::prepared("SET LOCAL statement_timeout = 0")
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
 /// Drops the tenant's aggregates and chat contributions and marks every state period as not
 /// added (the start of a rebuild).
 pub async fn clear(tx: &mut TenantTx) -> AppResult<()> {
@@ -686,6 +695,7 @@ pub async fn generate(tx: &mut TenantTx, g: Generate) -> AppResult<i64> {
     ];
     // Values go into the text (a UUID, numbers and an RFC 3339 instant this code made, never
     // input text): the statements use different subsets of them, which binds do not allow.
+    no_statement_timeout(tx).await?;
     let end = format!("'{}'", g.end.to_rfc3339());
     for text in statements {
         let text = text

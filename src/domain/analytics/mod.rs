@@ -333,6 +333,7 @@ impl Reactor for Analytics {
 pub async fn rebuild(e: &Engine, scope: &TenantScope) -> AppResult<u64> {
     super::require_admin_or_system(scope)?;
     let mut tx = e.db.tenant_tx(scope).await?;
+    store::no_statement_timeout(&mut tx).await?;
     store::lock(&mut tx, true).await?;
     store::clear(&mut tx).await?;
     let mut delta = Contributions::new();
