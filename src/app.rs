@@ -19,6 +19,7 @@ use crate::auth::directory::{Directory, Ended};
 use crate::auth::jwt::JwtKeys;
 use crate::auth::key_cache::KeyCache;
 use crate::config::{Config, Secret};
+use crate::domain::analytics::Analytics;
 use crate::domain::dispatcher::{Dispatcher, MaxWait, Relax, TakeBackTimer};
 use crate::domain::events::Publisher;
 use crate::domain::limits::Limiter;
@@ -163,6 +164,9 @@ pub struct Consumers {
     pub reactors: Vec<Arc<dyn Reactor>>,
     /// Handlers of durable timers, by kind.
     pub timers: Vec<Arc<dyn TimerHandler>>,
+    /// The clock the node runs on; the wall clock when None (tests set their own to script
+    /// time).
+    pub clock: Option<Arc<dyn crate::domain::Clock>>,
 }
 
 /// Runs migrations and builds a node over `db`.
@@ -196,7 +200,10 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         None => (LocalBus::new(hub.clone()), BusHealth::local()),
     };
     let system = SystemCap(());
-    let clock: Arc<dyn crate::domain::Clock> = Arc::new(SystemClock);
+    let clock: Arc<dyn crate::domain::Clock> = consumers
+        .clock
+        .clone()
+        .unwrap_or_else(|| Arc::new(SystemClock));
     let writer = Writer::start(pool.clone(), publisher.clone(), clock.clone());
     let engine = Arc::new(Engine {
         db: pool.clone(),
@@ -242,6 +249,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
     // The engine's own consumers run on every node, beside any given.
     let mut reactors = consumers.reactors;
     reactors.push(Dispatcher::new(engine.clone(), system));
+    reactors.push(Analytics::new(engine.clone(), system));
     let mut timer_handlers = consumers.timers;
     timer_handlers.push(MaxWait::new(engine.clone(), system));
     timer_handlers.push(Arc::new(Relax));

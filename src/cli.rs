@@ -49,6 +49,12 @@ pub enum Command {
         #[command(subcommand)]
         action: WorkflowAction,
     },
+    /// Rebuilds or exports a tenant's analytics (docs/analytics.md).
+    Analytics {
+        /// What to do.
+        #[command(subcommand)]
+        action: AnalyticsAction,
+    },
     /// Seeds a demo tenant, prints how to log in, and runs the server.
     Demo {
         /// Address to listen on.
@@ -113,6 +119,58 @@ pub enum WorkflowAction {
         #[arg(long)]
         tenant: String,
     },
+}
+
+/// Analytics subcommands.
+#[derive(Subcommand, Debug)]
+pub enum AnalyticsAction {
+    /// Recomputes the tenant's aggregates from the raw rows (the chats' events, ratings and
+    /// the agents' state history), replacing what the reactor kept.
+    Rebuild {
+        /// Slug of the tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Prints the tenant's historical figures as CSV (one line per series and bucket).
+    Export {
+        /// Slug of the tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Range start: a local date (YYYY-MM-DD, midnight in --zone) or an RFC 3339 instant.
+        #[arg(long)]
+        from: String,
+        /// Range end (exclusive), in the same forms.
+        #[arg(long)]
+        to: String,
+        /// hour, day or week.
+        #[arg(long, default_value = "day")]
+        bucket: String,
+        /// IANA time zone of the buckets.
+        #[arg(long, default_value = "UTC")]
+        zone: String,
+        /// tenant, agent or workflow.
+        #[arg(long, default_value = "tenant")]
+        by: String,
+    },
+}
+
+/// An instant from the command line: a local date in `zone` or RFC 3339.
+fn instant_arg(
+    what: &str,
+    raw: &str,
+    zone: chrono_tz::Tz,
+) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    use chrono::TimeZone;
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(raw) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let d = chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+        .map_err(|_| anyhow::anyhow!("--{what}: a date (YYYY-MM-DD) or an RFC 3339 instant"))?;
+    let local = zone
+        .from_local_datetime(&d.and_time(chrono::NaiveTime::MIN))
+        .earliest()
+        .ok_or_else(|| anyhow::anyhow!("--{what}: midnight does not exist in that zone"))?;
+    Ok(local.with_timezone(&chrono::Utc))
 }
 
 /// Every field error as one line each, for the terminal.
@@ -243,6 +301,67 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             for w in created {
                 println!("{}\t{}\t{}", w.id, w.position, w.name);
+            }
+        }
+        Command::Analytics { action } => {
+            use crate::domain::analytics::{self, GroupBy, Query, buckets};
+            let db = app::open_database(&cfg).await?;
+            let node = app::build(&cfg, &db).await?;
+            let (engine, op) = (node.engine, OperatorScope::system(&node.system));
+            let slug = match &action {
+                AnalyticsAction::Rebuild { tenant } | AnalyticsAction::Export { tenant, .. } => {
+                    tenant.clone()
+                }
+            };
+            let tenant_id = tenants::find_by_slug(&engine, &op, &slug)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no tenant with slug {slug:?}"))?;
+            let scope = TenantScope::system(&node.system, tenant_id);
+            match action {
+                AnalyticsAction::Rebuild { .. } => {
+                    let started = std::time::Instant::now();
+                    let chats = analytics::rebuild(&engine, &scope).await?;
+                    println!(
+                        "rebuilt the aggregates of {chats} chats in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                AnalyticsAction::Export {
+                    from,
+                    to,
+                    bucket,
+                    zone,
+                    by,
+                    ..
+                } => {
+                    let zone = buckets::zone("zone", &zone).map_err(|e| field_errors(&[e]))?;
+                    let size = match bucket.as_str() {
+                        "hour" => buckets::BucketSize::Hour,
+                        "day" => buckets::BucketSize::Day,
+                        "week" => buckets::BucketSize::Week,
+                        other => anyhow::bail!("--bucket: hour, day or week, not {other:?}"),
+                    };
+                    let group = match by.as_str() {
+                        "tenant" => GroupBy::Tenant,
+                        "agent" => GroupBy::Agent(None),
+                        "workflow" => GroupBy::Workflow,
+                        other => anyhow::bail!("--by: tenant, agent or workflow, not {other:?}"),
+                    };
+                    let q = Query {
+                        start: instant_arg("from", &from, zone)?,
+                        end: instant_arg("to", &to, zone)?,
+                        size,
+                        zone,
+                        group,
+                    };
+                    let csv = match analytics::export_csv(&engine, &scope, &q).await {
+                        Err(crate::error::AppError::InvalidArgument(errs)) => {
+                            return Err(field_errors(&errs));
+                        }
+                        other => other?,
+                    };
+                    print!("{csv}");
+                }
             }
         }
         Command::Demo { listen } => {

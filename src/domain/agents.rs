@@ -142,7 +142,9 @@ async fn load_one(tx: &mut TenantTx, id: UserId) -> AppResult<Agent> {
 
 /// Records in the event spine that the agent's routing state (status, capacity, role, active
 /// flag) changed, and commits: reactors such as the dispatcher learn of it from there.
-async fn commit_changed(tx: TenantTx, agent: UserId, at: DateTime<Utc>) -> AppResult<()> {
+async fn commit_changed(mut tx: TenantTx, agent: UserId, at: DateTime<Utc>) -> AppResult<()> {
+    // The state history that online time and utilisation are computed from.
+    super::analytics::record_agent_state(&mut tx, agent, at).await?;
     spine::record(&tx, &[SpineEvent::AgentChanged { agent }], at).await?;
     tx.commit().await
 }

@@ -55,6 +55,7 @@ impl Dispatcher {
 fn wakes(event: &DomainEvent) -> bool {
     match event {
         DomainEvent::AgentChanged { .. } | DomainEvent::QueueChanged { .. } => true,
+        DomainEvent::Rated { .. } | DomainEvent::Posted { .. } => false,
         DomainEvent::Conversation(ev) => matches!(
             ev.kind,
             EventKind::StatusChanged { .. } | EventKind::MemberRemoved { .. }

@@ -3,6 +3,7 @@
 //! Time comes from an injected [`Clock`], so rules are testable without sleeping.
 
 pub mod agents;
+pub mod analytics;
 pub mod assignment;
 pub mod conversations;
 pub mod dispatch;

@@ -63,6 +63,17 @@ pub enum DomainEvent {
         /// The chat.
         conversation: ConversationId,
     },
+    /// Messages were posted in a conversation (for reactors that want to know where, not
+    /// what: [`Reactor::wants_post_notices`]); read the conversation for them.
+    Posted {
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// A visitor rated an ended chat; read the rating for the score.
+    Rated {
+        /// The chat.
+        conversation: ConversationId,
+    },
 }
 
 /// One delivery to a reactor.
@@ -88,6 +99,13 @@ pub trait Reactor: Send + Sync + 'static {
     /// them back: the writer's spine entries say they hold posts only.
     fn wants_posts(&self) -> bool {
         true
+    }
+    /// Whether one that does not want posted messages wants to hear, without their content
+    /// and no later than the next [`LAZY`] tick, in which conversations messages were posted
+    /// ([`DomainEvent::Posted`], one per spine entry): the send path still wakes no reactor
+    /// per batch, and nothing is read back for it.
+    fn wants_post_notices(&self) -> bool {
+        false
     }
     /// Handles a batch of one share, in order. An error leaves the cursor where it was, so
     /// the batch comes again.
@@ -250,7 +268,11 @@ async fn drain(
                     event,
                 };
                 match ev {
-                    SpineEvent::Conversation { posts: true, .. } if !r.wants_posts() => {}
+                    SpineEvent::Conversation { c, posts: true, .. } if !r.wants_posts() => {
+                        if r.wants_post_notices() {
+                            batch.push(delivery(DomainEvent::Posted { conversation: c }));
+                        }
+                    }
                     SpineEvent::Conversation { c, from, to, .. } => {
                         let events = stored_events(&mut tx, c, from - 1, to, to - from + 1).await?;
                         batch.extend(
@@ -264,6 +286,9 @@ async fn drain(
                     }
                     SpineEvent::QueueChanged { c } => {
                         batch.push(delivery(DomainEvent::QueueChanged { conversation: c }));
+                    }
+                    SpineEvent::Rated { c } => {
+                        batch.push(delivery(DomainEvent::Rated { conversation: c }));
                     }
                     // The event that made them a member is in its conversation's range.
                     SpineEvent::Joined { .. } => {}

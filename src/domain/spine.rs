@@ -66,6 +66,11 @@ pub enum SpineEvent {
         /// The waiting chat.
         c: ConversationId,
     },
+    /// A visitor rated an ended chat (analytics counts the rating).
+    Rated {
+        /// The chat.
+        c: ConversationId,
+    },
     /// A participant became a member of a conversation at `seq` (or, for a visitor, its
     /// owner): their streams on other nodes are not following it yet.
     Joined {
@@ -101,9 +106,10 @@ impl Joiner {
 impl SpineEvent {
     fn shard(&self) -> i16 {
         match self {
-            Self::Conversation { c, .. } | Self::Joined { c, .. } | Self::QueueChanged { c } => {
-                shard_of_conversation(*c)
-            }
+            Self::Conversation { c, .. }
+            | Self::Joined { c, .. }
+            | Self::QueueChanged { c }
+            | Self::Rated { c } => shard_of_conversation(*c),
             Self::AgentChanged { agent } => shard_of_agent(*agent),
         }
     }
@@ -189,7 +195,8 @@ impl Notice {
                     SpineEvent::Conversation { c, to, .. } => Some((*c, *to)),
                     SpineEvent::AgentChanged { .. }
                     | SpineEvent::Joined { .. }
-                    | SpineEvent::QueueChanged { .. } => None,
+                    | SpineEvent::QueueChanged { .. }
+                    | SpineEvent::Rated { .. } => None,
                 })
                 .collect(),
             joined: events

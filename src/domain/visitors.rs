@@ -24,6 +24,7 @@ use super::conversations::{
 };
 use super::events::{EventKind, Message};
 use super::participants::Participant;
+use super::spine::{self, SpineEvent};
 use super::timers;
 use super::workflows::{self, Selection, VisitorContext, select::select};
 use crate::auth::jwt::{Claims, VISITOR_AUDIENCE};
@@ -666,6 +667,7 @@ pub async fn start_chat(
                 &mut tx,
                 ConversationId::new(),
                 me,
+                selection.applied.workflow_id(),
                 Status::Queued.as_str(),
                 now,
             )
@@ -904,6 +906,7 @@ pub async fn submit_rating(
     )
     .await?
     .ok_or(AppError::FailedPrecondition("this chat was rated already"))?;
+    spine::record(&tx, &[SpineEvent::Rated { c: conv }], now).await?;
     tx.commit().await?;
     Ok(Rating {
         conversation_id: stored.conversation_id,

@@ -13,7 +13,8 @@ use tonic_health::server::HealthReporter;
 use crate::pb;
 
 /// The services this server serves completely.
-const SERVED: [&str; 7] = [
+const SERVED: [&str; 8] = [
+    pb::analytics_service_server::SERVICE_NAME,
     pb::admin::tenant_service_server::SERVICE_NAME,
     pb::auth_service_server::SERVICE_NAME,
     pb::agent_service_server::SERVICE_NAME,

@@ -4,6 +4,7 @@
 //! call the domain and convert.
 
 mod agent;
+mod analytics;
 mod auth;
 pub(crate) mod codec;
 mod conversation;
@@ -204,14 +205,18 @@ pub async fn serve(
 
     use pb::admin::tenant_service_server::TenantServiceServer;
     use pb::agent_service_server::AgentServiceServer;
+    use pb::analytics_service_server::AnalyticsServiceServer;
     use pb::auth_service_server::AuthServiceServer;
     use pb::conversation_service_server::ConversationServiceServer;
     use pb::queue_service_server::QueueServiceServer;
     use pb::visitor_service_server::VisitorServiceServer;
     use pb::workflow_service_server::WorkflowServiceServer;
 
-    // AnalyticsService is declared in the API (and listed by reflection) but not registered:
-    // the router answers UNIMPLEMENTED for it.
+    let live = crate::domain::analytics::live::LiveWatch::new(
+        engine.clone(),
+        system,
+        streams.shutdown.clone(),
+    );
     let router = Server::builder()
         .accept_http1(true)
         .max_concurrent_streams(settings.max_concurrent_streams)
@@ -247,6 +252,10 @@ pub async fn serve(
         .add_service(limited!(
             QueueServiceServer<_>,
             queue::QueueApi::new(streams.clone())
+        ))
+        .add_service(limited!(
+            AnalyticsServiceServer<_>,
+            analytics::AnalyticsApi::new(engine.clone(), live, streams.shutdown.clone())
         ))
         .add_service(limited!(
             WorkflowServiceServer<_>,

@@ -1,7 +1,7 @@
 //! `chat-engine loadtest`: a load generator that drives the gRPC API through the generated
 //! Rust clients and reports throughput, delivery latency and memory.
 //!
-//! Four modes:
+//! Five modes:
 //!
 //! - `messages` (default): every agent holds one `Subscribe` stream on its own HTTP/2
 //!   connection. Senders post messages into group conversations that hold every agent, at a
@@ -12,6 +12,8 @@
 //! - `idle`: opens many idle `Subscribe` streams and reports resident memory per stream.
 //! - `broadcast`: the same kind of messages through this process's event hub alone, as a
 //!   ceiling without network or database.
+//! - `analytics`: a year of one tenant's chats and messages generated inside PostgreSQL,
+//!   the analytics aggregates rebuilt from them, and the historical queries timed.
 //! - `routing`: visitors start chats through the widget API at a rate, the dispatcher routes
 //!   them to agents with capacities, and the agents close them after a think time; reports
 //!   chats started and routed per second, the time from a chat becoming assignable to its
@@ -31,6 +33,7 @@
 //! [`messages`] with [`connect`] (messages mode over unary calls or Connect streams),
 //! [`idle`], [`broadcast`] and [`routing`].
 
+mod analytics;
 mod broadcast;
 mod client;
 mod connect;
@@ -66,6 +69,9 @@ pub enum Mode {
     Broadcast,
     /// Visitors' chats routed to agents who close them after a think time.
     Routing,
+    /// A year of one tenant's chats generated in the database, the analytics aggregates
+    /// rebuilt from it, and the historical queries timed.
+    Analytics,
 }
 
 impl Mode {
@@ -75,6 +81,7 @@ impl Mode {
             Mode::Idle => "idle",
             Mode::Broadcast => "broadcast",
             Mode::Routing => "routing",
+            Mode::Analytics => "analytics",
         }
     }
 }
@@ -182,6 +189,18 @@ pub struct Args {
     /// fresh temporary directory, removed afterwards.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// External chats to generate (analytics mode).
+    #[arg(long, default_value_t = 10_000, value_parser = count(1, 5_000_000))]
+    pub chats: usize,
+    /// Messages of each answered chat (analytics mode); unanswered chats have one.
+    #[arg(long, default_value_t = 11, value_parser = count(2, 100))]
+    pub messages_per_chat: usize,
+    /// Days the generated chats spread over, up to now (analytics mode).
+    #[arg(long, default_value_t = 365, value_parser = count(1, 730))]
+    pub days: usize,
+    /// Times each historical query is run (analytics mode).
+    #[arg(long, default_value_t = 100, value_parser = count(1, 10_000))]
+    pub queries: usize,
     /// Also print the results as one JSON object on the last line of stdout.
     #[arg(long)]
     pub json: bool,
@@ -200,6 +219,9 @@ impl Args {
         }
         if self.target.is_some() && self.data_dir.is_some() {
             bail!("--data-dir is for the in-process server; it cannot go with --target");
+        }
+        if self.target.is_some() && self.mode == Mode::Analytics {
+            bail!("analytics mode generates data in its own database; it cannot go with --target");
         }
         if self.target.is_some() && self.mode == Mode::Idle && self.server_pid.is_none() {
             bail!("idle mode measures the server's memory: with --target, pass --server-pid");

@@ -162,7 +162,11 @@ pub(super) async fn with_database(args: &Args, cfg: &Config, token: String) -> a
             "the configured database".to_owned()
         }
     };
-    let outcome = serve_and_drive(args, cfg, &db, token, where_).await;
+    let outcome = if args.mode == Mode::Analytics {
+        super::analytics::run(args, cfg, &db, where_).await
+    } else {
+        serve_and_drive(args, cfg, &db, token, where_).await
+    };
     if let Some(cluster) = db.cluster.take() {
         let dir = cluster.data_dir().to_path_buf();
         if let Err(e) = cluster.stop().await {
@@ -237,6 +241,7 @@ pub(super) async fn drive(args: &Args, target: &Target) -> anyhow::Result<()> {
         Mode::Idle => idle::run(args, target, &fx, &cancel).await?,
         Mode::Routing => routing::run(args, target, &fx, &cancel).await?,
         Mode::Broadcast => bail!("broadcast mode needs no server"),
+        Mode::Analytics => bail!("analytics mode drives no server"),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -3,6 +3,7 @@
 //! [`TenantScope`] and sets `app.tenant_id` for its transaction only (`set_config(.., true)`),
 //! so row-level security backs every query and nothing leaks into a pooled connection.
 
+pub mod analytics;
 pub mod announce;
 pub mod api_keys;
 pub mod conversations;

@@ -94,6 +94,7 @@ diesel::table! {
         created_at -> Timestamptz,
         last_activity_at -> Timestamptz,
         closed_at -> Nullable<Timestamptz>,
+        workflow_id -> Nullable<Uuid>,
     }
 }
 
@@ -222,6 +223,29 @@ diesel::table! {
         comment -> Text,
         agent_id -> Nullable<Uuid>,
         created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    agent_state_log (tenant_id, user_id, at) {
+        tenant_id -> Uuid,
+        user_id -> Uuid,
+        at -> Timestamptz,
+        status -> Text,
+        capacity -> Int4,
+        active -> Bool,
+        counted -> Bool,
+    }
+}
+
+// analytics_slots (more than diesel's 16 columns) is read and written with SQL of its own
+// in `storage::analytics`.
+
+diesel::table! {
+    analytics_chats (tenant_id, conversation_id) {
+        tenant_id -> Uuid,
+        conversation_id -> Uuid,
+        contributions -> Jsonb,
     }
 }
 

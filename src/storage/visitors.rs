@@ -281,6 +281,7 @@ pub async fn insert_chat(
     tx: &mut TenantTx,
     id: ConversationId,
     visitor: VisitorId,
+    workflow: Option<WorkflowId>,
     status: &str,
     now: DateTime<Utc>,
 ) -> AppResult<ConversationRow> {
@@ -293,6 +294,7 @@ pub async fn insert_chat(
             conversations::status.eq(status),
             conversations::title.eq(""),
             conversations::visitor_id.eq(visitor),
+            conversations::workflow_id.eq(workflow),
             conversations::last_seq.eq(0_i64),
             conversations::created_at.eq(now),
             conversations::last_activity_at.eq(now),

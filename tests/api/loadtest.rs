@@ -209,3 +209,28 @@ fn routing_mode_routes_every_chat_within_capacity() {
     assert!(r["staleness_ms"].is_object(), "{r}");
     assert!(!printed.contains("Bearer"), "{printed}");
 }
+
+#[test]
+fn analytics_mode_generates_rebuilds_and_times_the_reports() {
+    let (r, _) = loadtest(&[
+        "--mode",
+        "analytics",
+        "--chats",
+        "500",
+        "--days",
+        "100",
+        "--agents",
+        "5",
+        "--queries",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(r["mode"], "analytics");
+    assert_eq!(r["chats"], 500);
+    // 94% answered with 11 messages, the rest with one.
+    assert_eq!(r["messages"], 470 * 11 + 30);
+    assert_eq!(r["tenant_by_day_90d"]["series"], 1);
+    assert_eq!(r["per_agent_by_day_90d"]["series"], 5);
+    let p = &r["per_agent_by_day_90d"];
+    assert!(number(p, "p50_ms") <= number(p, "p99_ms"), "{p}");
+}

@@ -2,6 +2,7 @@
 //! on port 0, called through the generated Rust clients and raw gRPC-web frames.
 
 mod agents;
+mod analytics;
 mod auth;
 mod client_crate;
 mod cluster;

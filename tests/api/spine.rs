@@ -55,7 +55,10 @@ fn conversation_seqs(seen: &[Delivery]) -> Vec<(String, i64)> {
     seen.iter()
         .filter_map(|d| match &d.event {
             DomainEvent::Conversation(e) => Some((e.conversation_id.to_string(), e.seq)),
-            DomainEvent::AgentChanged { .. } | DomainEvent::QueueChanged { .. } => None,
+            DomainEvent::AgentChanged { .. }
+            | DomainEvent::QueueChanged { .. }
+            | DomainEvent::Rated { .. }
+            | DomainEvent::Posted { .. } => None,
         })
         .collect()
 }

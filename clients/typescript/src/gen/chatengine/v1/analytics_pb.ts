@@ -2,10 +2,14 @@
 // @generated from file chatengine/v1/analytics.proto (package chatengine.v1, syntax proto3)
 /* eslint-disable */
 
-// Live and historical figures of a tenant's chat.
+// Live and historical figures of a tenant's external chats. Every figure is defined once, in
+// docs/analytics.md (the table there is the contract; the field comments below name the
+// figure and its unit).
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { AgentStatus } from "./common_pb.js";
+import { file_chatengine_v1_common } from "./common_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatengine/v1/analytics.proto.
  */
 export const file_chatengine_v1_analytics: GenFile = /*@__PURE__*/
-  fileDesc("Ch1jaGF0ZW5naW5lL3YxL2FuYWx5dGljcy5wcm90bxINY2hhdGVuZ2luZS52MSIVChNHZXRMaXZlU3RhdHNSZXF1ZXN0IpIBChRHZXRMaXZlU3RhdHNSZXNwb25zZRIVCg13YWl0aW5nX2NoYXRzGAEgASgNEhQKDGFjdGl2ZV9jaGF0cxgCIAEoDRIYChBhZ2VudHNfYXZhaWxhYmxlGAMgASgNEhUKDWFnZW50c19vbmxpbmUYBCABKA0SHAoUbG9uZ2VzdF93YWl0X3NlY29uZHMYBSABKA0ivAEKGUdldEhpc3RvcmljYWxTdGF0c1JlcXVlc3QSLgoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KC2J1Y2tldF9zaXplGAMgASgOMhkuY2hhdGVuZ2luZS52MS5CdWNrZXRTaXplEhEKCXRpbWVfem9uZRgEIAEoCSLvAQoLU3RhdHNCdWNrZXQSLgoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNY2hhdHNfc3RhcnRlZBgCIAEoDRIWCg5jaGF0c19hbnN3ZXJlZBgDIAEoDRIUCgxjaGF0c19taXNzZWQYBCABKA0SGwoTbWVkaWFuX3dhaXRfc2Vjb25kcxgFIAEoDRIlCh1tZWRpYW5fZmlyc3RfcmVzcG9uc2Vfc2Vjb25kcxgGIAEoDRIWCg5hdmVyYWdlX3JhdGluZxgHIAEoARIPCgdyYXRpbmdzGAggASgNIkkKGkdldEhpc3RvcmljYWxTdGF0c1Jlc3BvbnNlEisKB2J1Y2tldHMYASADKAsyGi5jaGF0ZW5naW5lLnYxLlN0YXRzQnVja2V0IoQBCgZSYXRpbmcSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBXNjb3JlGAIgASgNEg8KB2NvbW1lbnQYAyABKAkSEAoIYWdlbnRfaWQYBCABKAkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjsKEkxpc3RSYXRpbmdzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJWChNMaXN0UmF0aW5nc1Jlc3BvbnNlEiYKB3JhdGluZ3MYASADKAsyFS5jaGF0ZW5naW5lLnYxLlJhdGluZxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqVAoKQnVja2V0U2l6ZRIbChdCVUNLRVRfU0laRV9VTlNQRUNJRklFRBAAEhQKEEJVQ0tFVF9TSVpFX0hPVVIQARITCg9CVUNLRVRfU0laRV9EQVkQAjKsAgoQQW5hbHl0aWNzU2VydmljZRJXCgxHZXRMaXZlU3RhdHMSIi5jaGF0ZW5naW5lLnYxLkdldExpdmVTdGF0c1JlcXVlc3QaIy5jaGF0ZW5naW5lLnYxLkdldExpdmVTdGF0c1Jlc3BvbnNlEmkKEkdldEhpc3RvcmljYWxTdGF0cxIoLmNoYXRlbmdpbmUudjEuR2V0SGlzdG9yaWNhbFN0YXRzUmVxdWVzdBopLmNoYXRlbmdpbmUudjEuR2V0SGlzdG9yaWNhbFN0YXRzUmVzcG9uc2USVAoLTGlzdFJhdGluZ3MSIS5jaGF0ZW5naW5lLnYxLkxpc3RSYXRpbmdzUmVxdWVzdBoiLmNoYXRlbmdpbmUudjEuTGlzdFJhdGluZ3NSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Ch1jaGF0ZW5naW5lL3YxL2FuYWx5dGljcy5wcm90bxINY2hhdGVuZ2luZS52MSIoChNHZXRMaXZlU3RhdHNSZXF1ZXN0EhEKCXRpbWVfem9uZRgBIAEoCSIqChVXYXRjaExpdmVTdGF0c1JlcXVlc3QSEQoJdGltZV96b25lGAEgASgJIpUBCglMaXZlQWdlbnQSEAoIYWdlbnRfaWQYASABKAkSFAoMZGlzcGxheV9uYW1lGAIgASgJEioKBnN0YXR1cxgDIAEoDjIaLmNoYXRlbmdpbmUudjEuQWdlbnRTdGF0dXMSDgoGb25saW5lGAQgASgIEhIKCm9wZW5fY2hhdHMYBSABKA0SEAoIY2FwYWNpdHkYBiABKA0iPwoUR2V0TGl2ZVN0YXRzUmVzcG9uc2USJwoFc3RhdHMYASABKAsyGC5jaGF0ZW5naW5lLnYxLkxpdmVTdGF0cyJBChZXYXRjaExpdmVTdGF0c1Jlc3BvbnNlEicKBXN0YXRzGAEgASgLMhguY2hhdGVuZ2luZS52MS5MaXZlU3RhdHMitwMKCUxpdmVTdGF0cxIVCg13YWl0aW5nX2NoYXRzGAEgASgNEhQKDGFjdGl2ZV9jaGF0cxgCIAEoDRIYChBhZ2VudHNfYXZhaWxhYmxlGAMgASgNEhUKDWFnZW50c19vbmxpbmUYBCABKA0SHAoUbG9uZ2VzdF93YWl0X3NlY29uZHMYBSABKA0SFQoNb2ZmZXJlZF9jaGF0cxgGIAEoDRIdChV1bmlxdWVfdmlzaXRvcnNfdG9kYXkYByABKA0SGwoTY2hhdHNfc3RhcnRlZF90b2RheRgIIAEoDRITCgthZ2VudHNfYnVzeRgJIAEoDRITCgthZ2VudHNfYXdheRgKIAEoDRIWCg5hZ2VudHNfb2ZmbGluZRgLIAEoDRIMCgRsb2FkGAwgASgBEigKBmFnZW50cxgNIAMoCzIYLmNoYXRlbmdpbmUudjEuTGl2ZUFnZW50EjIKDmRheV9zdGFydF90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglyZWFkX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvsBChlHZXRIaXN0b3JpY2FsU3RhdHNSZXF1ZXN0Ei4KCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgtidWNrZXRfc2l6ZRgDIAEoDjIZLmNoYXRlbmdpbmUudjEuQnVja2V0U2l6ZRIRCgl0aW1lX3pvbmUYBCABKAkSKwoIZ3JvdXBfYnkYBSABKA4yGS5jaGF0ZW5naW5lLnYxLlN0YXRzR3JvdXASEAoIYWdlbnRfaWQYBiABKAkiogUKC1N0YXRzQnVja2V0Ei4KCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWNoYXRzX3N0YXJ0ZWQYAiABKA0SFgoOY2hhdHNfYW5zd2VyZWQYAyABKA0SFAoMY2hhdHNfbWlzc2VkGAQgASgNEhsKE21lZGlhbl93YWl0X3NlY29uZHMYBSABKA0SJQodbWVkaWFuX2ZpcnN0X3Jlc3BvbnNlX3NlY29uZHMYBiABKA0SFgoOYXZlcmFnZV9yYXRpbmcYByABKAESDwoHcmF0aW5ncxgIIAEoDRIsCghlbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPY2hhdHNfYWJhbmRvbmVkGAogASgNEiIKGnA5MF9maXJzdF9yZXNwb25zZV9zZWNvbmRzGAsgASgNEiMKG21lYW5fZmlyc3RfcmVzcG9uc2Vfc2Vjb25kcxgMIAEoARIXCg9maXJzdF9yZXNwb25zZXMYDSABKA0SHQoVbWVhbl9yZXNwb25zZV9zZWNvbmRzGA4gASgBEhEKCXJlc3BvbnNlcxgPIAEoDRIYChBwOTBfd2FpdF9zZWNvbmRzGBAgASgNEhkKEW1lYW5fd2FpdF9zZWNvbmRzGBEgASgBEh0KFW1lYW5fZHVyYXRpb25fc2Vjb25kcxgSIAEoARIbChNyYXRpbmdfZGlzdHJpYnV0aW9uGBMgAygNEhMKC3V0aWxpc2F0aW9uGBQgASgBEhgKEG9jY3VwaWVkX3NlY29uZHMYFSABKAESHgoWYXZhaWxhYmxlX3NlYXRfc2Vjb25kcxgWIAEoARIWCg5vbmxpbmVfc2Vjb25kcxgXIAEoASKMAQoLU3RhdHNTZXJpZXMSEAoIYWdlbnRfaWQYASABKAkSEwoLd29ya2Zsb3dfaWQYAiABKAkSKwoHYnVja2V0cxgDIAMoCzIaLmNoYXRlbmdpbmUudjEuU3RhdHNCdWNrZXQSKQoFdG90YWwYBCABKAsyGi5jaGF0ZW5naW5lLnYxLlN0YXRzQnVja2V0ImEKGkdldEhpc3RvcmljYWxTdGF0c1Jlc3BvbnNlEioKBnNlcmllcxgCIAMoCzIaLmNoYXRlbmdpbmUudjEuU3RhdHNTZXJpZXMSEQoJdGltZV96b25lGAMgASgJSgQIARACIoQBCgZSYXRpbmcSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg0KBXNjb3JlGAIgASgNEg8KB2NvbW1lbnQYAyABKAkSEAoIYWdlbnRfaWQYBCABKAkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wItEBChJMaXN0UmF0aW5nc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEAoIYWdlbnRfaWQYAyABKAkSEQoJbWluX3Njb3JlGAQgASgNEhEKCW1heF9zY29yZRgFIAEoDRIuCgpzdGFydF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVgoTTGlzdFJhdGluZ3NSZXNwb25zZRImCgdyYXRpbmdzGAEgAygLMhUuY2hhdGVuZ2luZS52MS5SYXRpbmcSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKmoKCkJ1Y2tldFNpemUSGwoXQlVDS0VUX1NJWkVfVU5TUEVDSUZJRUQQABIUChBCVUNLRVRfU0laRV9IT1VSEAESEwoPQlVDS0VUX1NJWkVfREFZEAISFAoQQlVDS0VUX1NJWkVfV0VFSxADKnIKClN0YXRzR3JvdXASGwoXU1RBVFNfR1JPVVBfVU5TUEVDSUZJRUQQABIWChJTVEFUU19HUk9VUF9URU5BTlQQARIVChFTVEFUU19HUk9VUF9BR0VOVBACEhgKFFNUQVRTX0dST1VQX1dPUktGTE9XEAMyjQMKEEFuYWx5dGljc1NlcnZpY2USVwoMR2V0TGl2ZVN0YXRzEiIuY2hhdGVuZ2luZS52MS5HZXRMaXZlU3RhdHNSZXF1ZXN0GiMuY2hhdGVuZ2luZS52MS5HZXRMaXZlU3RhdHNSZXNwb25zZRJfCg5XYXRjaExpdmVTdGF0cxIkLmNoYXRlbmdpbmUudjEuV2F0Y2hMaXZlU3RhdHNSZXF1ZXN0GiUuY2hhdGVuZ2luZS52MS5XYXRjaExpdmVTdGF0c1Jlc3BvbnNlMAESaQoSR2V0SGlzdG9yaWNhbFN0YXRzEiguY2hhdGVuZ2luZS52MS5HZXRIaXN0b3JpY2FsU3RhdHNSZXF1ZXN0GikuY2hhdGVuZ2luZS52MS5HZXRIaXN0b3JpY2FsU3RhdHNSZXNwb25zZRJUCgtMaXN0UmF0aW5ncxIhLmNoYXRlbmdpbmUudjEuTGlzdFJhdGluZ3NSZXF1ZXN0GiIuY2hhdGVuZ2luZS52MS5MaXN0UmF0aW5nc1Jlc3BvbnNlYgZwcm90bzM", [file_chatengine_v1_common, file_google_protobuf_timestamp]);
 
 /**
  * Request of AnalyticsService.GetLiveStats.
@@ -22,6 +26,12 @@ export const file_chatengine_v1_analytics: GenFile = /*@__PURE__*/
  * @generated from message chatengine.v1.GetLiveStatsRequest
  */
 export type GetLiveStatsRequest = Message<"chatengine.v1.GetLiveStatsRequest"> & {
+  /**
+   * IANA time zone that "today" is counted in (e.g. "Europe/Berlin"); UTC when empty.
+   *
+   * @generated from field: string time_zone = 1;
+   */
+  timeZone: string;
 };
 
 /**
@@ -32,27 +42,146 @@ export const GetLiveStatsRequestSchema: GenMessage<GetLiveStatsRequest> = /*@__P
   messageDesc(file_chatengine_v1_analytics, 0);
 
 /**
+ * Request of AnalyticsService.WatchLiveStats.
+ *
+ * @generated from message chatengine.v1.WatchLiveStatsRequest
+ */
+export type WatchLiveStatsRequest = Message<"chatengine.v1.WatchLiveStatsRequest"> & {
+  /**
+   * IANA time zone that "today" is counted in; UTC when empty.
+   *
+   * @generated from field: string time_zone = 1;
+   */
+  timeZone: string;
+};
+
+/**
+ * Describes the message chatengine.v1.WatchLiveStatsRequest.
+ * Use `create(WatchLiveStatsRequestSchema)` to create a new message.
+ */
+export const WatchLiveStatsRequestSchema: GenMessage<WatchLiveStatsRequest> = /*@__PURE__*/
+  messageDesc(file_chatengine_v1_analytics, 1);
+
+/**
+ * An agent's live state.
+ *
+ * @generated from message chatengine.v1.LiveAgent
+ */
+export type LiveAgent = Message<"chatengine.v1.LiveAgent"> & {
+  /**
+   * Agent id.
+   *
+   * @generated from field: string agent_id = 1;
+   */
+  agentId: string;
+
+  /**
+   * Display name.
+   *
+   * @generated from field: string display_name = 2;
+   */
+  displayName: string;
+
+  /**
+   * Their own status.
+   *
+   * @generated from field: chatengine.v1.AgentStatus status = 3;
+   */
+  status: AgentStatus;
+
+  /**
+   * Whether they hold an open stream.
+   *
+   * @generated from field: bool online = 4;
+   */
+  online: boolean;
+
+  /**
+   * Open external chats assigned to them.
+   *
+   * @generated from field: uint32 open_chats = 5;
+   */
+  openChats: number;
+
+  /**
+   * Most concurrent external chats they take.
+   *
+   * @generated from field: uint32 capacity = 6;
+   */
+  capacity: number;
+};
+
+/**
+ * Describes the message chatengine.v1.LiveAgent.
+ * Use `create(LiveAgentSchema)` to create a new message.
+ */
+export const LiveAgentSchema: GenMessage<LiveAgent> = /*@__PURE__*/
+  messageDesc(file_chatengine_v1_analytics, 2);
+
+/**
  * Response of AnalyticsService.GetLiveStats.
  *
  * @generated from message chatengine.v1.GetLiveStatsResponse
  */
 export type GetLiveStatsResponse = Message<"chatengine.v1.GetLiveStatsResponse"> & {
   /**
-   * Chats waiting in the queue.
+   * The figures.
+   *
+   * @generated from field: chatengine.v1.LiveStats stats = 1;
+   */
+  stats?: LiveStats | undefined;
+};
+
+/**
+ * Describes the message chatengine.v1.GetLiveStatsResponse.
+ * Use `create(GetLiveStatsResponseSchema)` to create a new message.
+ */
+export const GetLiveStatsResponseSchema: GenMessage<GetLiveStatsResponse> = /*@__PURE__*/
+  messageDesc(file_chatengine_v1_analytics, 3);
+
+/**
+ * One message of AnalyticsService.WatchLiveStats.
+ *
+ * @generated from message chatengine.v1.WatchLiveStatsResponse
+ */
+export type WatchLiveStatsResponse = Message<"chatengine.v1.WatchLiveStatsResponse"> & {
+  /**
+   * The figures.
+   *
+   * @generated from field: chatengine.v1.LiveStats stats = 1;
+   */
+  stats?: LiveStats | undefined;
+};
+
+/**
+ * Describes the message chatengine.v1.WatchLiveStatsResponse.
+ * Use `create(WatchLiveStatsResponseSchema)` to create a new message.
+ */
+export const WatchLiveStatsResponseSchema: GenMessage<WatchLiveStatsResponse> = /*@__PURE__*/
+  messageDesc(file_chatengine_v1_analytics, 4);
+
+/**
+ * Live figures of a tenant (docs/analytics.md, "Live figures").
+ *
+ * @generated from message chatengine.v1.LiveStats
+ */
+export type LiveStats = Message<"chatengine.v1.LiveStats"> & {
+  /**
+   * Chats waiting in the queue for an agent.
    *
    * @generated from field: uint32 waiting_chats = 1;
    */
   waitingChats: number;
 
   /**
-   * Open, assigned external chats.
+   * Open external chats (assigned, not ended).
    *
    * @generated from field: uint32 active_chats = 2;
    */
   activeChats: number;
 
   /**
-   * Agents with an open stream and status available.
+   * Agents online with status available.
    *
    * @generated from field: uint32 agents_available = 3;
    */
@@ -66,19 +195,89 @@ export type GetLiveStatsResponse = Message<"chatengine.v1.GetLiveStatsResponse">
   agentsOnline: number;
 
   /**
-   * Longest current wait in seconds.
+   * Longest current wait in the queue, whole seconds (0 when nobody waits).
    *
    * @generated from field: uint32 longest_wait_seconds = 5;
    */
   longestWaitSeconds: number;
+
+  /**
+   * Chats offered to an agent who has not accepted yet.
+   *
+   * @generated from field: uint32 offered_chats = 6;
+   */
+  offeredChats: number;
+
+  /**
+   * Visitors seen (InitVisitor) since the local midnight of time_zone.
+   *
+   * @generated from field: uint32 unique_visitors_today = 7;
+   */
+  uniqueVisitorsToday: number;
+
+  /**
+   * External chats started since the local midnight of time_zone.
+   *
+   * @generated from field: uint32 chats_started_today = 8;
+   */
+  chatsStartedToday: number;
+
+  /**
+   * Agents by status: busy.
+   *
+   * @generated from field: uint32 agents_busy = 9;
+   */
+  agentsBusy: number;
+
+  /**
+   * Agents by status: away.
+   *
+   * @generated from field: uint32 agents_away = 10;
+   */
+  agentsAway: number;
+
+  /**
+   * Agents by status: offline.
+   *
+   * @generated from field: uint32 agents_offline = 11;
+   */
+  agentsOffline: number;
+
+  /**
+   * Open chats of all agents over their summed capacity (0 without capacity).
+   *
+   * @generated from field: double load = 12;
+   */
+  load: number;
+
+  /**
+   * Every active agent.
+   *
+   * @generated from field: repeated chatengine.v1.LiveAgent agents = 13;
+   */
+  agents: LiveAgent[];
+
+  /**
+   * When "today" started (local midnight of time_zone).
+   *
+   * @generated from field: google.protobuf.Timestamp day_start_time = 14;
+   */
+  dayStartTime?: Timestamp | undefined;
+
+  /**
+   * When these figures were read.
+   *
+   * @generated from field: google.protobuf.Timestamp read_time = 15;
+   */
+  readTime?: Timestamp | undefined;
 };
 
 /**
- * Describes the message chatengine.v1.GetLiveStatsResponse.
- * Use `create(GetLiveStatsResponseSchema)` to create a new message.
+ * Describes the message chatengine.v1.LiveStats.
+ * Use `create(LiveStatsSchema)` to create a new message.
  */
-export const GetLiveStatsResponseSchema: GenMessage<GetLiveStatsResponse> = /*@__PURE__*/
-  messageDesc(file_chatengine_v1_analytics, 1);
+export const LiveStatsSchema: GenMessage<LiveStats> = /*@__PURE__*/
+  messageDesc(file_chatengine_v1_analytics, 5);
 
 /**
  * Request of AnalyticsService.GetHistoricalStats.
@@ -87,14 +286,15 @@ export const GetLiveStatsResponseSchema: GenMessage<GetLiveStatsResponse> = /*@_
  */
 export type GetHistoricalStatsRequest = Message<"chatengine.v1.GetHistoricalStatsRequest"> & {
   /**
-   * Start of the range, inclusive.
+   * Start of the range, inclusive; extended down to the start of its bucket.
    *
    * @generated from field: google.protobuf.Timestamp start_time = 1;
    */
   startTime?: Timestamp | undefined;
 
   /**
-   * End of the range, exclusive; at most 93 days after start_time.
+   * End of the range, exclusive; extended up to the end of its bucket. At most 732 days
+   * after start_time, and at most 1500 buckets.
    *
    * @generated from field: google.protobuf.Timestamp end_time = 2;
    */
@@ -108,11 +308,25 @@ export type GetHistoricalStatsRequest = Message<"chatengine.v1.GetHistoricalStat
   bucketSize: BucketSize;
 
   /**
-   * IANA time zone for day buckets; UTC when empty.
+   * IANA time zone of the buckets (e.g. "America/New_York"); UTC when empty.
    *
    * @generated from field: string time_zone = 4;
    */
   timeZone: string;
+
+  /**
+   * Grouping. Agents must group by agent (their own series).
+   *
+   * @generated from field: chatengine.v1.StatsGroup group_by = 5;
+   */
+  groupBy: StatsGroup;
+
+  /**
+   * With STATS_GROUP_AGENT: only this agent. An agent's own id when they call.
+   *
+   * @generated from field: string agent_id = 6;
+   */
+  agentId: string;
 };
 
 /**
@@ -120,10 +334,12 @@ export type GetHistoricalStatsRequest = Message<"chatengine.v1.GetHistoricalStat
  * Use `create(GetHistoricalStatsRequestSchema)` to create a new message.
  */
 export const GetHistoricalStatsRequestSchema: GenMessage<GetHistoricalStatsRequest> = /*@__PURE__*/
-  messageDesc(file_chatengine_v1_analytics, 2);
+  messageDesc(file_chatengine_v1_analytics, 6);
 
 /**
- * Figures of one bucket.
+ * Figures of one bucket (or of a whole range). Durations in seconds; percentiles are the
+ * upper bound of the fixed histogram bucket holding the value (docs/analytics.md gives the
+ * bounds), 0 when nothing was measured.
  *
  * @generated from message chatengine.v1.StatsBucket
  */
@@ -143,35 +359,35 @@ export type StatsBucket = Message<"chatengine.v1.StatsBucket"> & {
   chatsStarted: number;
 
   /**
-   * Chats that got an agent.
+   * Chats answered (got their first agent).
    *
    * @generated from field: uint32 chats_answered = 3;
    */
   chatsAnswered: number;
 
   /**
-   * Chats closed without an agent.
+   * Chats missed: ended while waiting, never answered, not by the visitor.
    *
    * @generated from field: uint32 chats_missed = 4;
    */
   chatsMissed: number;
 
   /**
-   * Median wait before assignment, in seconds.
+   * Queue wait p50, seconds.
    *
    * @generated from field: uint32 median_wait_seconds = 5;
    */
   medianWaitSeconds: number;
 
   /**
-   * Median time to the first agent reply, in seconds.
+   * First response time p50, seconds.
    *
    * @generated from field: uint32 median_first_response_seconds = 6;
    */
   medianFirstResponseSeconds: number;
 
   /**
-   * Average rating, 0 when none.
+   * CSAT average (1 to 5), 0 without ratings.
    *
    * @generated from field: double average_rating = 7;
    */
@@ -183,6 +399,112 @@ export type StatsBucket = Message<"chatengine.v1.StatsBucket"> & {
    * @generated from field: uint32 ratings = 8;
    */
   ratings: number;
+
+  /**
+   * End of the bucket.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 9;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * Chats abandoned: the visitor ended them while waiting, never answered.
+   *
+   * @generated from field: uint32 chats_abandoned = 10;
+   */
+  chatsAbandoned: number;
+
+  /**
+   * First response time p90, seconds.
+   *
+   * @generated from field: uint32 p90_first_response_seconds = 11;
+   */
+  p90FirstResponseSeconds: number;
+
+  /**
+   * First response time mean, seconds.
+   *
+   * @generated from field: double mean_first_response_seconds = 12;
+   */
+  meanFirstResponseSeconds: number;
+
+  /**
+   * First responses measured.
+   *
+   * @generated from field: uint32 first_responses = 13;
+   */
+  firstResponses: number;
+
+  /**
+   * Average response time (each visitor message to the next agent reply), seconds.
+   *
+   * @generated from field: double mean_response_seconds = 14;
+   */
+  meanResponseSeconds: number;
+
+  /**
+   * Responses measured.
+   *
+   * @generated from field: uint32 responses = 15;
+   */
+  responses: number;
+
+  /**
+   * Queue wait p90, seconds.
+   *
+   * @generated from field: uint32 p90_wait_seconds = 16;
+   */
+  p90WaitSeconds: number;
+
+  /**
+   * Queue wait mean, seconds.
+   *
+   * @generated from field: double mean_wait_seconds = 17;
+   */
+  meanWaitSeconds: number;
+
+  /**
+   * Average chat duration (start to end, ended chats), seconds.
+   *
+   * @generated from field: double mean_duration_seconds = 18;
+   */
+  meanDurationSeconds: number;
+
+  /**
+   * Ratings per score: index 0 holds the count of 1s, index 4 of 5s.
+   *
+   * @generated from field: repeated uint32 rating_distribution = 19;
+   */
+  ratingDistribution: number[];
+
+  /**
+   * Agent utilisation: occupied seat time over available seat time (0 without available
+   * seat time; above 1 when agents hold chats outside status available).
+   *
+   * @generated from field: double utilisation = 20;
+   */
+  utilisation: number;
+
+  /**
+   * Occupied seat time, seconds.
+   *
+   * @generated from field: double occupied_seconds = 21;
+   */
+  occupiedSeconds: number;
+
+  /**
+   * Available seat time (capacity times time in status available), seconds.
+   *
+   * @generated from field: double available_seat_seconds = 22;
+   */
+  availableSeatSeconds: number;
+
+  /**
+   * Online time (any status but offline), seconds.
+   *
+   * @generated from field: double online_seconds = 23;
+   */
+  onlineSeconds: number;
 };
 
 /**
@@ -190,7 +512,49 @@ export type StatsBucket = Message<"chatengine.v1.StatsBucket"> & {
  * Use `create(StatsBucketSchema)` to create a new message.
  */
 export const StatsBucketSchema: GenMessage<StatsBucket> = /*@__PURE__*/
-  messageDesc(file_chatengine_v1_analytics, 3);
+  messageDesc(file_chatengine_v1_analytics, 7);
+
+/**
+ * One series of a report.
+ *
+ * @generated from message chatengine.v1.StatsSeries
+ */
+export type StatsSeries = Message<"chatengine.v1.StatsSeries"> & {
+  /**
+   * The agent (STATS_GROUP_AGENT); empty otherwise.
+   *
+   * @generated from field: string agent_id = 1;
+   */
+  agentId: string;
+
+  /**
+   * The workflow (STATS_GROUP_WORKFLOW); empty for the tenant and the built-in defaults.
+   *
+   * @generated from field: string workflow_id = 2;
+   */
+  workflowId: string;
+
+  /**
+   * Every bucket of the range in time order, empty ones included.
+   *
+   * @generated from field: repeated chatengine.v1.StatsBucket buckets = 3;
+   */
+  buckets: StatsBucket[];
+
+  /**
+   * The whole range (percentiles over all of it).
+   *
+   * @generated from field: chatengine.v1.StatsBucket total = 4;
+   */
+  total?: StatsBucket | undefined;
+};
+
+/**
+ * Describes the message chatengine.v1.StatsSeries.
+ * Use `create(StatsSeriesSchema)` to create a new message.
+ */
+export const StatsSeriesSchema: GenMessage<StatsSeries> = /*@__PURE__*/
+  messageDesc(file_chatengine_v1_analytics, 8);
 
 /**
  * Response of AnalyticsService.GetHistoricalStats.
@@ -199,11 +563,19 @@ export const StatsBucketSchema: GenMessage<StatsBucket> = /*@__PURE__*/
  */
 export type GetHistoricalStatsResponse = Message<"chatengine.v1.GetHistoricalStatsResponse"> & {
   /**
-   * Buckets in time order.
+   * The series, by agent or workflow id; exactly one for the tenant or one agent, and only
+   * agents or workflows with figures otherwise.
    *
-   * @generated from field: repeated chatengine.v1.StatsBucket buckets = 1;
+   * @generated from field: repeated chatengine.v1.StatsSeries series = 2;
    */
-  buckets: StatsBucket[];
+  series: StatsSeries[];
+
+  /**
+   * The zone the buckets are in.
+   *
+   * @generated from field: string time_zone = 3;
+   */
+  timeZone: string;
 };
 
 /**
@@ -211,7 +583,7 @@ export type GetHistoricalStatsResponse = Message<"chatengine.v1.GetHistoricalSta
  * Use `create(GetHistoricalStatsResponseSchema)` to create a new message.
  */
 export const GetHistoricalStatsResponseSchema: GenMessage<GetHistoricalStatsResponse> = /*@__PURE__*/
-  messageDesc(file_chatengine_v1_analytics, 4);
+  messageDesc(file_chatengine_v1_analytics, 9);
 
 /**
  * A satisfaction rating.
@@ -241,7 +613,7 @@ export type Rating = Message<"chatengine.v1.Rating"> & {
   comment: string;
 
   /**
-   * Agent who served the chat.
+   * Agent the rating is kept with (who served the chat when it ended).
    *
    * @generated from field: string agent_id = 4;
    */
@@ -260,7 +632,7 @@ export type Rating = Message<"chatengine.v1.Rating"> & {
  * Use `create(RatingSchema)` to create a new message.
  */
 export const RatingSchema: GenMessage<Rating> = /*@__PURE__*/
-  messageDesc(file_chatengine_v1_analytics, 5);
+  messageDesc(file_chatengine_v1_analytics, 10);
 
 /**
  * Request of AnalyticsService.ListRatings.
@@ -276,11 +648,46 @@ export type ListRatingsRequest = Message<"chatengine.v1.ListRatingsRequest"> & {
   pageSize: number;
 
   /**
-   * Token from a previous response's next_page_token.
+   * Token from a previous response's next_page_token (with the same filters).
    *
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
+
+  /**
+   * Only ratings kept with this agent; an agent's own id when they call.
+   *
+   * @generated from field: string agent_id = 3;
+   */
+  agentId: string;
+
+  /**
+   * Lowest score (1 to 5); 0 means 1.
+   *
+   * @generated from field: uint32 min_score = 4;
+   */
+  minScore: number;
+
+  /**
+   * Highest score (1 to 5); 0 means 5.
+   *
+   * @generated from field: uint32 max_score = 5;
+   */
+  maxScore: number;
+
+  /**
+   * Only ratings given at or after this.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 6;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Only ratings given before this.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 7;
+   */
+  endTime?: Timestamp | undefined;
 };
 
 /**
@@ -288,7 +695,7 @@ export type ListRatingsRequest = Message<"chatengine.v1.ListRatingsRequest"> & {
  * Use `create(ListRatingsRequestSchema)` to create a new message.
  */
 export const ListRatingsRequestSchema: GenMessage<ListRatingsRequest> = /*@__PURE__*/
-  messageDesc(file_chatengine_v1_analytics, 6);
+  messageDesc(file_chatengine_v1_analytics, 11);
 
 /**
  * Response of AnalyticsService.ListRatings.
@@ -316,7 +723,7 @@ export type ListRatingsResponse = Message<"chatengine.v1.ListRatingsResponse"> &
  * Use `create(ListRatingsResponseSchema)` to create a new message.
  */
 export const ListRatingsResponseSchema: GenMessage<ListRatingsResponse> = /*@__PURE__*/
-  messageDesc(file_chatengine_v1_analytics, 7);
+  messageDesc(file_chatengine_v1_analytics, 12);
 
 /**
  * Size of a historical bucket.
@@ -332,18 +739,25 @@ export enum BucketSize {
   UNSPECIFIED = 0,
 
   /**
-   * One hour.
+   * One local clock hour.
    *
    * @generated from enum value: BUCKET_SIZE_HOUR = 1;
    */
   HOUR = 1,
 
   /**
-   * One day.
+   * One local calendar day (23 or 25 hours on daylight-saving days).
    *
    * @generated from enum value: BUCKET_SIZE_DAY = 2;
    */
   DAY = 2,
+
+  /**
+   * One ISO week, Monday 00:00 local time.
+   *
+   * @generated from enum value: BUCKET_SIZE_WEEK = 3;
+   */
+  WEEK = 3,
 }
 
 /**
@@ -353,13 +767,57 @@ export const BucketSizeSchema: GenEnum<BucketSize> = /*@__PURE__*/
   enumDesc(file_chatengine_v1_analytics, 0);
 
 /**
- * Reports on a tenant's chats. Admin-only.
+ * What historical figures are grouped by.
+ *
+ * @generated from enum chatengine.v1.StatsGroup
+ */
+export enum StatsGroup {
+  /**
+   * Not set; treated as TENANT.
+   *
+   * @generated from enum value: STATS_GROUP_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The tenant as a whole (one series).
+   *
+   * @generated from enum value: STATS_GROUP_TENANT = 1;
+   */
+  TENANT = 1,
+
+  /**
+   * One series per agent (or only agent_id).
+   *
+   * @generated from enum value: STATS_GROUP_AGENT = 2;
+   */
+  AGENT = 2,
+
+  /**
+   * One series per workflow (an empty workflow_id: the built-in defaults).
+   *
+   * @generated from enum value: STATS_GROUP_WORKFLOW = 3;
+   */
+  WORKFLOW = 3,
+}
+
+/**
+ * Describes the enum chatengine.v1.StatsGroup.
+ */
+export const StatsGroupSchema: GenEnum<StatsGroup> = /*@__PURE__*/
+  enumDesc(file_chatengine_v1_analytics, 1);
+
+/**
+ * Reports on a tenant's chats. Admins see the tenant's figures; an agent sees only their own
+ * (historical figures grouped by agent, and their ratings); anything else is
+ * PERMISSION_DENIED.
  *
  * @generated from service chatengine.v1.AnalyticsService
  */
 export const AnalyticsService: GenService<{
   /**
-   * Figures of this moment: waiting, active chats, agents online.
+   * Figures of this moment: queue, active chats, agents by status and load, today's counts.
+   * Admins only.
    *
    * @generated from rpc chatengine.v1.AnalyticsService.GetLiveStats
    */
@@ -369,7 +827,20 @@ export const AnalyticsService: GenService<{
     output: typeof GetLiveStatsResponseSchema;
   },
   /**
-   * Figures over a time range, in buckets.
+   * The live figures at once and again whenever they change, at most about a second behind
+   * (read once a second per tenant and zone for all watchers on a node). Admins only. Ends
+   * with ABORTED when the server shuts down.
+   *
+   * @generated from rpc chatengine.v1.AnalyticsService.WatchLiveStats
+   */
+  watchLiveStats: {
+    methodKind: "server_streaming";
+    input: typeof WatchLiveStatsRequestSchema;
+    output: typeof WatchLiveStatsResponseSchema;
+  },
+  /**
+   * Figures over a time range in hour, day or week buckets of an IANA time zone, for the
+   * tenant, per agent or per workflow, from the incrementally kept aggregates.
    *
    * @generated from rpc chatengine.v1.AnalyticsService.GetHistoricalStats
    */
@@ -379,7 +850,7 @@ export const AnalyticsService: GenService<{
     output: typeof GetHistoricalStatsResponseSchema;
   },
   /**
-   * Lists satisfaction ratings, newest first.
+   * Lists satisfaction ratings, newest first, paged and filtered.
    *
    * @generated from rpc chatengine.v1.AnalyticsService.ListRatings
    */

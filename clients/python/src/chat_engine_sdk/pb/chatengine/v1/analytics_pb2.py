@@ -23,34 +23,47 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from chat_engine_sdk.pb.chatengine.v1 import common_pb2 as chatengine_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63hatengine/v1/analytics.proto\x12\rchatengine.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x15\n\x13GetLiveStatsRequest\"\x92\x01\n\x14GetLiveStatsResponse\x12\x15\n\rwaiting_chats\x18\x01 \x01(\r\x12\x14\n\x0c\x61\x63tive_chats\x18\x02 \x01(\r\x12\x18\n\x10\x61gents_available\x18\x03 \x01(\r\x12\x15\n\ragents_online\x18\x04 \x01(\r\x12\x1c\n\x14longest_wait_seconds\x18\x05 \x01(\r\"\xbc\x01\n\x19GetHistoricalStatsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0b\x62ucket_size\x18\x03 \x01(\x0e\x32\x19.chatengine.v1.BucketSize\x12\x11\n\ttime_zone\x18\x04 \x01(\t\"\xef\x01\n\x0bStatsBucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rchats_started\x18\x02 \x01(\r\x12\x16\n\x0e\x63hats_answered\x18\x03 \x01(\r\x12\x14\n\x0c\x63hats_missed\x18\x04 \x01(\r\x12\x1b\n\x13median_wait_seconds\x18\x05 \x01(\r\x12%\n\x1dmedian_first_response_seconds\x18\x06 \x01(\r\x12\x16\n\x0e\x61verage_rating\x18\x07 \x01(\x01\x12\x0f\n\x07ratings\x18\x08 \x01(\r\"I\n\x1aGetHistoricalStatsResponse\x12+\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x1a.chatengine.v1.StatsBucket\"\x84\x01\n\x06Rating\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\r\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x12ListRatingsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x13ListRatingsResponse\x12&\n\x07ratings\x18\x01 \x03(\x0b\x32\x15.chatengine.v1.Rating\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*T\n\nBucketSize\x12\x1b\n\x17\x42UCKET_SIZE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x42UCKET_SIZE_HOUR\x10\x01\x12\x13\n\x0f\x42UCKET_SIZE_DAY\x10\x02\x32\xac\x02\n\x10\x41nalyticsService\x12W\n\x0cGetLiveStats\x12\".chatengine.v1.GetLiveStatsRequest\x1a#.chatengine.v1.GetLiveStatsResponse\x12i\n\x12GetHistoricalStats\x12(.chatengine.v1.GetHistoricalStatsRequest\x1a).chatengine.v1.GetHistoricalStatsResponse\x12T\n\x0bListRatings\x12!.chatengine.v1.ListRatingsRequest\x1a\".chatengine.v1.ListRatingsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63hatengine/v1/analytics.proto\x12\rchatengine.v1\x1a\x1a\x63hatengine/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"(\n\x13GetLiveStatsRequest\x12\x11\n\ttime_zone\x18\x01 \x01(\t\"*\n\x15WatchLiveStatsRequest\x12\x11\n\ttime_zone\x18\x01 \x01(\t\"\x95\x01\n\tLiveAgent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.chatengine.v1.AgentStatus\x12\x0e\n\x06online\x18\x04 \x01(\x08\x12\x12\n\nopen_chats\x18\x05 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\r\"?\n\x14GetLiveStatsResponse\x12\'\n\x05stats\x18\x01 \x01(\x0b\x32\x18.chatengine.v1.LiveStats\"A\n\x16WatchLiveStatsResponse\x12\'\n\x05stats\x18\x01 \x01(\x0b\x32\x18.chatengine.v1.LiveStats\"\xb7\x03\n\tLiveStats\x12\x15\n\rwaiting_chats\x18\x01 \x01(\r\x12\x14\n\x0c\x61\x63tive_chats\x18\x02 \x01(\r\x12\x18\n\x10\x61gents_available\x18\x03 \x01(\r\x12\x15\n\ragents_online\x18\x04 \x01(\r\x12\x1c\n\x14longest_wait_seconds\x18\x05 \x01(\r\x12\x15\n\roffered_chats\x18\x06 \x01(\r\x12\x1d\n\x15unique_visitors_today\x18\x07 \x01(\r\x12\x1b\n\x13\x63hats_started_today\x18\x08 \x01(\r\x12\x13\n\x0b\x61gents_busy\x18\t \x01(\r\x12\x13\n\x0b\x61gents_away\x18\n \x01(\r\x12\x16\n\x0e\x61gents_offline\x18\x0b \x01(\r\x12\x0c\n\x04load\x18\x0c \x01(\x01\x12(\n\x06\x61gents\x18\r \x03(\x0b\x32\x18.chatengine.v1.LiveAgent\x12\x32\n\x0e\x64\x61y_start_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tread_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfb\x01\n\x19GetHistoricalStatsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0b\x62ucket_size\x18\x03 \x01(\x0e\x32\x19.chatengine.v1.BucketSize\x12\x11\n\ttime_zone\x18\x04 \x01(\t\x12+\n\x08group_by\x18\x05 \x01(\x0e\x32\x19.chatengine.v1.StatsGroup\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\"\xa2\x05\n\x0bStatsBucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rchats_started\x18\x02 \x01(\r\x12\x16\n\x0e\x63hats_answered\x18\x03 \x01(\r\x12\x14\n\x0c\x63hats_missed\x18\x04 \x01(\r\x12\x1b\n\x13median_wait_seconds\x18\x05 \x01(\r\x12%\n\x1dmedian_first_response_seconds\x18\x06 \x01(\r\x12\x16\n\x0e\x61verage_rating\x18\x07 \x01(\x01\x12\x0f\n\x07ratings\x18\x08 \x01(\r\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63hats_abandoned\x18\n \x01(\r\x12\"\n\x1ap90_first_response_seconds\x18\x0b \x01(\r\x12#\n\x1bmean_first_response_seconds\x18\x0c \x01(\x01\x12\x17\n\x0f\x66irst_responses\x18\r \x01(\r\x12\x1d\n\x15mean_response_seconds\x18\x0e \x01(\x01\x12\x11\n\tresponses\x18\x0f \x01(\r\x12\x18\n\x10p90_wait_seconds\x18\x10 \x01(\r\x12\x19\n\x11mean_wait_seconds\x18\x11 \x01(\x01\x12\x1d\n\x15mean_duration_seconds\x18\x12 \x01(\x01\x12\x1b\n\x13rating_distribution\x18\x13 \x03(\r\x12\x13\n\x0butilisation\x18\x14 \x01(\x01\x12\x18\n\x10occupied_seconds\x18\x15 \x01(\x01\x12\x1e\n\x16\x61vailable_seat_seconds\x18\x16 \x01(\x01\x12\x16\n\x0eonline_seconds\x18\x17 \x01(\x01\"\x8c\x01\n\x0bStatsSeries\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12+\n\x07\x62uckets\x18\x03 \x03(\x0b\x32\x1a.chatengine.v1.StatsBucket\x12)\n\x05total\x18\x04 \x01(\x0b\x32\x1a.chatengine.v1.StatsBucket\"a\n\x1aGetHistoricalStatsResponse\x12*\n\x06series\x18\x02 \x03(\x0b\x32\x1a.chatengine.v1.StatsSeries\x12\x11\n\ttime_zone\x18\x03 \x01(\tJ\x04\x08\x01\x10\x02\"\x84\x01\n\x06Rating\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\r\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd1\x01\n\x12ListRatingsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x11\n\tmin_score\x18\x04 \x01(\r\x12\x11\n\tmax_score\x18\x05 \x01(\r\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x13ListRatingsResponse\x12&\n\x07ratings\x18\x01 \x03(\x0b\x32\x15.chatengine.v1.Rating\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*j\n\nBucketSize\x12\x1b\n\x17\x42UCKET_SIZE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x42UCKET_SIZE_HOUR\x10\x01\x12\x13\n\x0f\x42UCKET_SIZE_DAY\x10\x02\x12\x14\n\x10\x42UCKET_SIZE_WEEK\x10\x03*r\n\nStatsGroup\x12\x1b\n\x17STATS_GROUP_UNSPECIFIED\x10\x00\x12\x16\n\x12STATS_GROUP_TENANT\x10\x01\x12\x15\n\x11STATS_GROUP_AGENT\x10\x02\x12\x18\n\x14STATS_GROUP_WORKFLOW\x10\x03\x32\x8d\x03\n\x10\x41nalyticsService\x12W\n\x0cGetLiveStats\x12\".chatengine.v1.GetLiveStatsRequest\x1a#.chatengine.v1.GetLiveStatsResponse\x12_\n\x0eWatchLiveStats\x12$.chatengine.v1.WatchLiveStatsRequest\x1a%.chatengine.v1.WatchLiveStatsResponse0\x01\x12i\n\x12GetHistoricalStats\x12(.chatengine.v1.GetHistoricalStatsRequest\x1a).chatengine.v1.GetHistoricalStatsResponse\x12T\n\x0bListRatings\x12!.chatengine.v1.ListRatingsRequest\x1a\".chatengine.v1.ListRatingsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatengine.v1.analytics_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BUCKETSIZE']._serialized_start=1045
-  _globals['_BUCKETSIZE']._serialized_end=1129
-  _globals['_GETLIVESTATSREQUEST']._serialized_start=81
-  _globals['_GETLIVESTATSREQUEST']._serialized_end=102
-  _globals['_GETLIVESTATSRESPONSE']._serialized_start=105
-  _globals['_GETLIVESTATSRESPONSE']._serialized_end=251
-  _globals['_GETHISTORICALSTATSREQUEST']._serialized_start=254
-  _globals['_GETHISTORICALSTATSREQUEST']._serialized_end=442
-  _globals['_STATSBUCKET']._serialized_start=445
-  _globals['_STATSBUCKET']._serialized_end=684
-  _globals['_GETHISTORICALSTATSRESPONSE']._serialized_start=686
-  _globals['_GETHISTORICALSTATSRESPONSE']._serialized_end=759
-  _globals['_RATING']._serialized_start=762
-  _globals['_RATING']._serialized_end=894
-  _globals['_LISTRATINGSREQUEST']._serialized_start=896
-  _globals['_LISTRATINGSREQUEST']._serialized_end=955
-  _globals['_LISTRATINGSRESPONSE']._serialized_start=957
-  _globals['_LISTRATINGSRESPONSE']._serialized_end=1043
-  _globals['_ANALYTICSSERVICE']._serialized_start=1132
-  _globals['_ANALYTICSSERVICE']._serialized_end=1432
+  _globals['_BUCKETSIZE']._serialized_start=2529
+  _globals['_BUCKETSIZE']._serialized_end=2635
+  _globals['_STATSGROUP']._serialized_start=2637
+  _globals['_STATSGROUP']._serialized_end=2751
+  _globals['_GETLIVESTATSREQUEST']._serialized_start=109
+  _globals['_GETLIVESTATSREQUEST']._serialized_end=149
+  _globals['_WATCHLIVESTATSREQUEST']._serialized_start=151
+  _globals['_WATCHLIVESTATSREQUEST']._serialized_end=193
+  _globals['_LIVEAGENT']._serialized_start=196
+  _globals['_LIVEAGENT']._serialized_end=345
+  _globals['_GETLIVESTATSRESPONSE']._serialized_start=347
+  _globals['_GETLIVESTATSRESPONSE']._serialized_end=410
+  _globals['_WATCHLIVESTATSRESPONSE']._serialized_start=412
+  _globals['_WATCHLIVESTATSRESPONSE']._serialized_end=477
+  _globals['_LIVESTATS']._serialized_start=480
+  _globals['_LIVESTATS']._serialized_end=919
+  _globals['_GETHISTORICALSTATSREQUEST']._serialized_start=922
+  _globals['_GETHISTORICALSTATSREQUEST']._serialized_end=1173
+  _globals['_STATSBUCKET']._serialized_start=1176
+  _globals['_STATSBUCKET']._serialized_end=1850
+  _globals['_STATSSERIES']._serialized_start=1853
+  _globals['_STATSSERIES']._serialized_end=1993
+  _globals['_GETHISTORICALSTATSRESPONSE']._serialized_start=1995
+  _globals['_GETHISTORICALSTATSRESPONSE']._serialized_end=2092
+  _globals['_RATING']._serialized_start=2095
+  _globals['_RATING']._serialized_end=2227
+  _globals['_LISTRATINGSREQUEST']._serialized_start=2230
+  _globals['_LISTRATINGSREQUEST']._serialized_end=2439
+  _globals['_LISTRATINGSRESPONSE']._serialized_start=2441
+  _globals['_LISTRATINGSRESPONSE']._serialized_end=2527
+  _globals['_ANALYTICSSERVICE']._serialized_start=2754
+  _globals['_ANALYTICSSERVICE']._serialized_end=3151
 # @@protoc_insertion_point(module_scope)

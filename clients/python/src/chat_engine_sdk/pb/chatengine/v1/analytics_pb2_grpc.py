@@ -27,7 +27,9 @@ if _version_not_supported:
 
 
 class AnalyticsServiceStub:
-    """Reports on a tenant's chats. Admin-only.
+    """Reports on a tenant's chats. Admins see the tenant's figures; an agent sees only their own
+    (historical figures grouped by agent, and their ratings); anything else is
+    PERMISSION_DENIED.
     """
 
     def __init__(self, channel):
@@ -40,6 +42,11 @@ class AnalyticsServiceStub:
                 '/chatengine.v1.AnalyticsService/GetLiveStats',
                 request_serializer=chatengine_dot_v1_dot_analytics__pb2.GetLiveStatsRequest.SerializeToString,
                 response_deserializer=chatengine_dot_v1_dot_analytics__pb2.GetLiveStatsResponse.FromString,
+                _registered_method=True)
+        self.WatchLiveStats = channel.unary_stream(
+                '/chatengine.v1.AnalyticsService/WatchLiveStats',
+                request_serializer=chatengine_dot_v1_dot_analytics__pb2.WatchLiveStatsRequest.SerializeToString,
+                response_deserializer=chatengine_dot_v1_dot_analytics__pb2.WatchLiveStatsResponse.FromString,
                 _registered_method=True)
         self.GetHistoricalStats = channel.unary_unary(
                 '/chatengine.v1.AnalyticsService/GetHistoricalStats',
@@ -54,25 +61,38 @@ class AnalyticsServiceStub:
 
 
 class AnalyticsServiceServicer:
-    """Reports on a tenant's chats. Admin-only.
+    """Reports on a tenant's chats. Admins see the tenant's figures; an agent sees only their own
+    (historical figures grouped by agent, and their ratings); anything else is
+    PERMISSION_DENIED.
     """
 
     def GetLiveStats(self, request, context):
-        """Figures of this moment: waiting, active chats, agents online.
+        """Figures of this moment: queue, active chats, agents by status and load, today's counts.
+        Admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchLiveStats(self, request, context):
+        """The live figures at once and again whenever they change, at most about a second behind
+        (read once a second per tenant and zone for all watchers on a node). Admins only. Ends
+        with ABORTED when the server shuts down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetHistoricalStats(self, request, context):
-        """Figures over a time range, in buckets.
+        """Figures over a time range in hour, day or week buckets of an IANA time zone, for the
+        tenant, per agent or per workflow, from the incrementally kept aggregates.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListRatings(self, request, context):
-        """Lists satisfaction ratings, newest first.
+        """Lists satisfaction ratings, newest first, paged and filtered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,6 +105,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.GetLiveStats,
                     request_deserializer=chatengine_dot_v1_dot_analytics__pb2.GetLiveStatsRequest.FromString,
                     response_serializer=chatengine_dot_v1_dot_analytics__pb2.GetLiveStatsResponse.SerializeToString,
+            ),
+            'WatchLiveStats': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchLiveStats,
+                    request_deserializer=chatengine_dot_v1_dot_analytics__pb2.WatchLiveStatsRequest.FromString,
+                    response_serializer=chatengine_dot_v1_dot_analytics__pb2.WatchLiveStatsResponse.SerializeToString,
             ),
             'GetHistoricalStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetHistoricalStats,
@@ -105,7 +130,9 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AnalyticsService:
-    """Reports on a tenant's chats. Admin-only.
+    """Reports on a tenant's chats. Admins see the tenant's figures; an agent sees only their own
+    (historical figures grouped by agent, and their ratings); anything else is
+    PERMISSION_DENIED.
     """
 
     @staticmethod
@@ -125,6 +152,33 @@ class AnalyticsService:
             '/chatengine.v1.AnalyticsService/GetLiveStats',
             chatengine_dot_v1_dot_analytics__pb2.GetLiveStatsRequest.SerializeToString,
             chatengine_dot_v1_dot_analytics__pb2.GetLiveStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchLiveStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatengine.v1.AnalyticsService/WatchLiveStats',
+            chatengine_dot_v1_dot_analytics__pb2.WatchLiveStatsRequest.SerializeToString,
+            chatengine_dot_v1_dot_analytics__pb2.WatchLiveStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

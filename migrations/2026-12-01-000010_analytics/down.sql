@@ -1,0 +1,10 @@
+DROP FUNCTION analytics_add(integer[], integer[]);
+DROP TABLE analytics_chats;
+DROP TABLE analytics_slots;
+DROP TABLE agent_state_log;
+DROP INDEX csat_ratings_by_agent_time;
+DROP INDEX csat_ratings_newest;
+DROP INDEX visitors_by_last_seen;
+DROP INDEX conversations_external_open;
+DROP INDEX conversations_external_by_time;
+ALTER TABLE conversations DROP COLUMN workflow_id;
