@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -37,27 +36,6 @@ impl AnalyticsApi {
             shutdown,
         }
     }
-}
-
-fn instant(
-    v: &mut Violations,
-    field: &str,
-    t: Option<prost_types::Timestamp>,
-    required: bool,
-) -> Option<DateTime<Utc>> {
-    let Some(t) = t else {
-        if required {
-            v.add(field, "is required");
-        }
-        return None;
-    };
-    let out = u32::try_from(t.nanos)
-        .ok()
-        .and_then(|n| DateTime::from_timestamp(t.seconds, n));
-    if out.is_none() {
-        v.add(field, "must be a valid timestamp");
-    }
-    out
 }
 
 fn count(n: i64) -> u32 {
@@ -155,8 +133,8 @@ fn agent_in(v: &mut Violations, raw: &str) -> Option<UserId> {
 /// A historical query from the wire.
 pub fn query_in(r: pb::GetHistoricalStatsRequest) -> Result<Query, AppError> {
     let mut v = Violations::new();
-    let start = instant(&mut v, "start_time", r.start_time, true);
-    let end = instant(&mut v, "end_time", r.end_time, true);
+    let start = convert::instant(&mut v, "start_time", r.start_time, true);
+    let end = convert::instant(&mut v, "end_time", r.end_time, true);
     let size = match pb::BucketSize::try_from(r.bucket_size) {
         Ok(pb::BucketSize::Hour) => BucketSize::Hour,
         Ok(pb::BucketSize::Unspecified | pb::BucketSize::Day) => BucketSize::Day,
@@ -295,8 +273,8 @@ impl AnalyticsService for AnalyticsApi {
         if min > max {
             v.add("max_score", "must not be below min_score");
         }
-        let from = instant(&mut v, "start_time", r.start_time, false);
-        let to = instant(&mut v, "end_time", r.end_time, false);
+        let from = convert::instant(&mut v, "start_time", r.start_time, false);
+        let to = convert::instant(&mut v, "end_time", r.end_time, false);
         if let (Some(f), Some(t)) = (from, to)
             && t <= f
         {

@@ -460,6 +460,29 @@ pub fn stream_item(item: crate::realtime::Item) -> pb::StreamItem {
     }
 }
 
+/// A timestamp of a request, or a violation of `field` (absent while `required`, or out of
+/// range); None when absent or bad.
+pub fn instant(
+    v: &mut Violations,
+    field: &str,
+    t: Option<prost_types::Timestamp>,
+    required: bool,
+) -> Option<DateTime<Utc>> {
+    let Some(t) = t else {
+        if required {
+            v.add(field, "is required");
+        }
+        return None;
+    };
+    let out = u32::try_from(t.nanos)
+        .ok()
+        .and_then(|n| DateTime::from_timestamp(t.seconds, n));
+    if out.is_none() {
+        v.add(field, "must be a valid timestamp");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 
 use super::{convert, scope};
@@ -34,24 +33,6 @@ impl WorkflowApi {
 fn workflow_id(v: &mut Violations, field: &str, raw: &str) -> WorkflowId {
     v.check(validate::id(field, raw, WorkflowId::parse))
         .unwrap_or_else(WorkflowId::new)
-}
-
-fn instant(
-    v: &mut Violations,
-    field: &str,
-    t: Option<prost_types::Timestamp>,
-) -> Option<DateTime<Utc>> {
-    let Some(t) = t else {
-        v.add(field, "is required");
-        return None;
-    };
-    let out = u32::try_from(t.nanos)
-        .ok()
-        .and_then(|n| DateTime::from_timestamp(t.seconds, n));
-    if out.is_none() {
-        v.add(field, "must be a valid timestamp");
-    }
-    out
 }
 
 fn list_ok(v: &mut Violations, field: &str, n: usize) -> bool {
@@ -92,8 +73,8 @@ fn calendar_in(v: &mut Violations, f: &str, h: pb::BusinessHours) -> Option<m::C
     if list_ok(v, &format!("{f}.closures"), h.closures.len()) {
         for (i, c) in h.closures.into_iter().enumerate() {
             let p = format!("{f}.closures[{i}]");
-            let s = instant(v, &format!("{p}.start_time"), c.start_time);
-            let e = instant(v, &format!("{p}.end_time"), c.end_time);
+            let s = convert::instant(v, &format!("{p}.start_time"), c.start_time, true);
+            let e = convert::instant(v, &format!("{p}.end_time"), c.end_time, true);
             if let (Some(s), Some(e)) = (s, e)
                 && let Some(c) = v.check(m::closure(s, e, &format!("{p}.end_time")))
             {
@@ -683,7 +664,7 @@ impl WorkflowService for WorkflowApi {
         let mut v = Violations::new();
         let visitor = visitor_in(&mut v, r.visitor);
         let at = match r.at_time {
-            Some(t) => instant(&mut v, "at_time", Some(t)),
+            Some(t) => convert::instant(&mut v, "at_time", Some(t), true),
             None => None,
         };
         v.finish()?;

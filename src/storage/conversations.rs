@@ -108,25 +108,12 @@ pub async fn add_members(
     users: &[UserId],
     now: DateTime<Utc>,
 ) -> AppResult<Vec<UserId>> {
-    let t = tx.tenant_id();
-    let rows: Vec<_> = users
-        .iter()
-        .map(|u| {
-            let row = MemberRow {
-                conversation_id: conv,
-                user_id: *u,
-                read_seq: 0,
-                joined_at: now,
-            };
-            (conversation_members::tenant_id.eq(t), row)
-        })
-        .collect();
-    Ok(diesel::insert_into(conversation_members::table)
-        .values(&rows)
-        .on_conflict_do_nothing()
-        .returning(conversation_members::user_id)
-        .get_results(tx.conn())
-        .await?)
+    let pairs: Vec<(ConversationId, UserId)> = users.iter().map(|u| (conv, *u)).collect();
+    Ok(add_member_pairs(tx, &pairs, now)
+        .await?
+        .into_iter()
+        .map(|(_, u)| u)
+        .collect())
 }
 
 /// Adds each (conversation, user) pair as a member (existing ones are left as they are);

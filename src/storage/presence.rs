@@ -25,27 +25,7 @@ pub async fn set_streams(
             .await?;
         return Ok(());
     }
-    diesel::insert_into(agent_presence::table)
-        .values((
-            agent_presence::tenant_id.eq(t),
-            agent_presence::user_id.eq(user),
-            agent_presence::node_id.eq(node),
-            agent_presence::streams.eq(streams),
-            agent_presence::heartbeat_at.eq(now),
-        ))
-        .on_conflict((
-            agent_presence::tenant_id,
-            agent_presence::user_id,
-            agent_presence::node_id,
-        ))
-        .do_update()
-        .set((
-            agent_presence::streams.eq(excluded(agent_presence::streams)),
-            agent_presence::heartbeat_at.eq(excluded(agent_presence::heartbeat_at)),
-        ))
-        .execute(tx.conn())
-        .await?;
-    Ok(())
+    heartbeat(tx, &[(user, streams)], node, now).await
 }
 
 /// Refreshes this node's rows for the given agents and their stream counts, writing them
