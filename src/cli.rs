@@ -83,6 +83,9 @@ pub enum TenantAction {
         /// Login handle: 3-63 of a-z, 0-9 and '-'.
         #[arg(long)]
         slug: String,
+        /// IANA time zone of the tenant ("today", daily figures).
+        #[arg(long, default_value = "UTC")]
+        time_zone: String,
     },
     /// Lists tenants.
     List,
@@ -145,8 +148,8 @@ pub enum AnalyticsAction {
         /// hour, day or week.
         #[arg(long, default_value = "day")]
         bucket: String,
-        /// IANA time zone of the buckets.
-        #[arg(long, default_value = "UTC")]
+        /// IANA time zone of the buckets; the tenant's own when not given.
+        #[arg(long, default_value = "")]
         zone: String,
         /// tenant, agent or workflow.
         #[arg(long, default_value = "tenant")]
@@ -231,12 +234,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let node = app::build(&cfg, &db).await?;
             let (engine, op) = (node.engine, OperatorScope::system(&node.system));
             match action {
-                TenantAction::Create { name, slug } => {
+                TenantAction::Create {
+                    name,
+                    slug,
+                    time_zone,
+                } => {
                     let name = validate::text("name", &name, 200)
                         .map_err(|v| anyhow::anyhow!("{}: {}", v.field, v.description))?;
                     let slug = validate::slug("slug", &slug)
                         .map_err(|v| anyhow::anyhow!("{}: {}", v.field, v.description))?;
-                    let t = tenants::create(&engine, &op, name, slug, Default::default()).await?;
+                    let zone = crate::domain::analytics::buckets::zone("time-zone", &time_zone)
+                        .map_err(|v| anyhow::anyhow!("{}: {}", v.field, v.description))?;
+                    let t =
+                        tenants::create(&engine, &op, name, slug, Default::default(), zone).await?;
                     println!("{}\t{}\t{}", t.id, t.slug, t.name);
                 }
                 TenantAction::Limit {
@@ -334,7 +344,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     by,
                     ..
                 } => {
-                    let zone = buckets::zone("zone", &zone).map_err(|e| field_errors(&[e]))?;
+                    let zone = if zone.is_empty() {
+                        tenants::get(&engine, &op, tenant_id).await?.time_zone
+                    } else {
+                        buckets::zone("zone", &zone).map_err(|e| field_errors(&[e]))?
+                    };
                     let size = match bucket.as_str() {
                         "hour" => buckets::BucketSize::Hour,
                         "day" => buckets::BucketSize::Day,
@@ -351,7 +365,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         start: instant_arg("from", &from, zone)?,
                         end: instant_arg("to", &to, zone)?,
                         size,
-                        zone,
+                        zone: Some(zone),
                         group,
                     };
                     let csv = match analytics::export_csv(&engine, &scope, &q).await {

@@ -87,9 +87,17 @@ pub async fn seed(e: &Engine, sys: &SystemCap, addr: SocketAddr) -> AppResult<De
                 greeting: "Hi! How can we help?".into(),
                 ..Default::default()
             };
-            tenants::create(e, &op, "Demo Company".into(), DEMO_SLUG.into(), widget)
-                .await?
-                .id
+            let zone = chrono_tz::Tz::UTC;
+            tenants::create(
+                e,
+                &op,
+                "Demo Company".into(),
+                DEMO_SLUG.into(),
+                widget,
+                zone,
+            )
+            .await?
+            .id
         }
     };
 

@@ -1,6 +1,7 @@
 //! Tenants and their widget API keys, managed by the platform operator.
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use super::paging::{Page, page_size, split_page};
@@ -53,10 +54,17 @@ pub struct Tenant {
     pub slug: String,
     /// Widget settings.
     pub widget: WidgetSettings,
+    /// The zone of the tenant's "today" and of its daily figures.
+    pub time_zone: Tz,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+}
+
+/// A stored zone name as a zone (names are validated on the way in).
+pub fn zone_of(name: &str) -> Tz {
+    name.parse().unwrap_or(Tz::UTC)
 }
 
 impl From<TenantRow> for Tenant {
@@ -67,6 +75,7 @@ impl From<TenantRow> for Tenant {
             slug: r.slug,
             // Stored settings were validated on the way in; unknown shapes fall back to defaults.
             widget: serde_json::from_value(r.widget).unwrap_or_default(),
+            time_zone: zone_of(&r.time_zone),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -114,9 +123,10 @@ pub async fn create_with_admin(
     name: String,
     slug: String,
     widget: WidgetSettings,
+    time_zone: Tz,
     admin: NewAgent,
 ) -> AppResult<(Tenant, crate::domain::agents::Agent)> {
-    let tenant = create(e, op, name, slug, widget).await?;
+    let tenant = create(e, op, name, slug, widget, time_zone).await?;
     let scope = TenantScope::operator(op, tenant.id);
     match crate::domain::agents::create(e, &scope, admin).await {
         Ok(a) => Ok((tenant, a)),
@@ -136,6 +146,7 @@ pub async fn create(
     name: String,
     slug: String,
     widget: WidgetSettings,
+    time_zone: Tz,
 ) -> AppResult<Tenant> {
     let now = e.now();
     let row = TenantRow {
@@ -145,6 +156,7 @@ pub async fn create(
         widget: serde_json::to_value(&widget).map_err(|err| AppError::Internal(err.to_string()))?,
         created_at: now,
         updated_at: now,
+        time_zone: time_zone.name().to_owned(),
     };
     let mut tx = e.db.operator_tx(op).await?;
     match store::insert(&mut tx, &row).await {
@@ -189,23 +201,36 @@ pub async fn list(
     })
 }
 
-/// Changes name and/or widget settings.
+/// Changes name, widget settings and/or time zone. A new zone re-sums the tenant's daily
+/// analytics aggregates in it before this returns.
 pub async fn update(
     e: &Engine,
     op: &OperatorScope,
     id: TenantId,
     name: Option<String>,
     widget: Option<WidgetSettings>,
+    time_zone: Option<Tz>,
 ) -> AppResult<Tenant> {
     let widget = widget
         .map(|w| serde_json::to_value(&w))
         .transpose()
         .map_err(|err| AppError::Internal(err.to_string()))?;
     let mut tx = e.db.operator_tx(op).await?;
-    let t = store::update(&mut tx, id, name.as_deref(), widget.as_ref(), e.now())
+    let before = store::get(&mut tx, id)
+        .await?
+        .ok_or(AppError::NotFound("tenant"))?;
+    let zone = time_zone.map(|z| z.name());
+    let t = store::update(&mut tx, id, name.as_deref(), widget.as_ref(), zone, e.now())
         .await?
         .ok_or(AppError::NotFound("tenant"))?;
     tx.commit().await?;
+    if t.time_zone != before.time_zone {
+        // After the commit: writers from here on sum into the new zone's days, and the
+        // exclusive aggregates lock waits for those that read the old one.
+        let mut tx = e.db.tenant_tx(&TenantScope::operator(op, id)).await?;
+        crate::storage::analytics::recompute_days(&mut tx).await?;
+        tx.commit().await?;
+    }
     Ok(t.into())
 }
 

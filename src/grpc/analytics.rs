@@ -118,9 +118,12 @@ fn bucket_out(r: &Report) -> pb::StatsBucket {
     }
 }
 
-fn zone_in(v: &mut Violations, raw: &str) -> chrono_tz::Tz {
+/// The requested zone; None (the tenant's own) when empty or invalid (then a violation).
+fn zone_in(v: &mut Violations, raw: &str) -> Option<chrono_tz::Tz> {
+    if raw.is_empty() {
+        return None;
+    }
     v.check(buckets::zone("time_zone", raw))
-        .unwrap_or(chrono_tz::Tz::UTC)
 }
 
 fn agent_in(v: &mut Violations, raw: &str) -> Option<UserId> {
@@ -158,7 +161,8 @@ pub fn query_in(r: pb::GetHistoricalStatsRequest) -> Result<Query, AppError> {
     if agent.is_some() && !matches!(group, GroupBy::Agent(_)) {
         v.add("agent_id", "only with group_by STATS_GROUP_AGENT");
     }
-    if let (Some(s), Some(e)) = (start, end)
+    // With the tenant's own zone the domain checks the range once it has read the zone.
+    if let (Some(s), Some(e), Some(zone)) = (start, end, zone)
         && let Err(bad) = buckets::bounds(s, e, size, zone)
     {
         v.add(&bad.field, bad.description);
@@ -227,7 +231,7 @@ impl AnalyticsService for AnalyticsApi {
     ) -> Result<Response<pb::GetHistoricalStatsResponse>, Status> {
         let s = scope::agent(&req)?;
         let q = query_in(req.into_inner())?;
-        let series = analytics::historical(&self.engine, &s, &q).await?;
+        let (zone, series) = analytics::historical(&self.engine, &s, &q).await?;
         Ok(Response::new(pb::GetHistoricalStatsResponse {
             series: series
                 .iter()
@@ -247,7 +251,7 @@ impl AnalyticsService for AnalyticsApi {
                     }
                 })
                 .collect(),
-            time_zone: q.zone.name().to_owned(),
+            time_zone: zone.name().to_owned(),
         }))
     }
 

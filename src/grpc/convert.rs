@@ -28,6 +28,7 @@ pub fn tenant(t: Tenant) -> pb::admin::Tenant {
         widget: Some(widget_out(t.widget)),
         create_time: Some(ts(t.created_at)),
         update_time: Some(ts(t.updated_at)),
+        time_zone: t.time_zone.name().to_owned(),
     }
 }
 

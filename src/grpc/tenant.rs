@@ -9,6 +9,7 @@ use super::convert;
 use super::scope;
 use crate::auth::Authenticator;
 use crate::domain::agents::NewAgent;
+use crate::domain::analytics::buckets;
 use crate::domain::{Engine, tenants, validate, visitors};
 use crate::error::{AppError, Violations};
 use crate::ids::{ApiKeyId, TenantId};
@@ -51,6 +52,9 @@ impl TenantService for TenantApi {
         let name = v.check(validate::text("name", &r.name, 200));
         let slug = v.check(validate::slug("slug", &r.slug));
         let widget = convert::widget_in(&mut v, "widget", r.widget.unwrap_or_default());
+        let zone = v
+            .check(buckets::zone("time_zone", &r.time_zone))
+            .unwrap_or(chrono_tz::Tz::UTC);
         let admin = r.initial_admin.unwrap_or_default();
         let email = v.check(validate::email("initial_admin.email", &admin.email));
         let display_name = v.check(validate::text(
@@ -77,7 +81,7 @@ impl TenantService for TenantApi {
             skills: Vec::new(),
         };
         let (t, a) =
-            tenants::create_with_admin(&self.engine, &op, name, slug, widget, admin).await?;
+            tenants::create_with_admin(&self.engine, &op, name, slug, widget, zone, admin).await?;
         Ok(Response::new(admin::CreateTenantResponse {
             tenant: Some(convert::tenant(t)),
             admin_agent_id: a.id.to_string(),
@@ -124,8 +128,12 @@ impl TenantService for TenantApi {
             .as_deref()
             .and_then(|n| v.check(validate::text("name", n, 200)));
         let widget = r.widget.map(|w| convert::widget_in(&mut v, "widget", w));
+        let zone = r
+            .time_zone
+            .as_deref()
+            .and_then(|z| v.check(buckets::zone("time_zone", z)));
         v.finish()?;
-        let t = tenants::update(&self.engine, &op, id, name, widget).await?;
+        let t = tenants::update(&self.engine, &op, id, name, widget, zone).await?;
         Ok(Response::new(admin::UpdateTenantResponse {
             tenant: Some(convert::tenant(t)),
         }))

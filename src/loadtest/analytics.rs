@@ -3,7 +3,8 @@
 //! aggregates rebuilt from it (`chat-engine analytics rebuild`'s code), then the historical
 //! queries timed as the service runs them (the domain call: the SQL over the aggregates and
 //! the buckets' assembly; the gRPC conversion on top is small): a 90-day report by day for
-//! the tenant, the same per agent (every agent's series), and for one agent.
+//! the tenant, the same per agent (every agent's series), and for one agent; each in the
+//! tenant's own zone (the daily aggregates) and in another zone (the 15-minute slots).
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,11 @@ use crate::domain::tenants;
 use crate::ids::UserId;
 use crate::storage::analytics as store;
 use crate::tenancy::{OperatorScope, TenantScope};
+
+/// The generated tenant's own zone.
+const OWN_ZONE: chrono_tz::Tz = chrono_tz::Tz::Europe__Berlin;
+/// A zone of other reports: its days are not the tenant's.
+const OTHER_ZONE: chrono_tz::Tz = chrono_tz::Tz::America__New_York;
 
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
@@ -51,6 +57,7 @@ pub(super) async fn run(
         "Analytics load".into(),
         slug.clone(),
         Default::default(),
+        OWN_ZONE,
     )
     .await
     .context("creating the tenant")?;
@@ -84,36 +91,43 @@ pub(super) async fn run(
         rebuilt.as_secs_f64()
     );
 
-    let zone: chrono_tz::Tz = "Europe/Berlin".parse().expect("a known zone");
-    let query = |group| Query {
+    let query = |group, zone| Query {
         start: end - chrono::Duration::days(90),
         end,
         size: BucketSize::Day,
         zone,
         group,
     };
-    let some_agent = analytics::historical(&engine, &scope, &query(GroupBy::Agent(None)))
+    let some_agent = analytics::historical(&engine, &scope, &query(GroupBy::Agent(None), None))
         .await?
+        .1
         .first()
         .and_then(|s| match s.dim {
             analytics::figures::Dim::Agent(a) => Some(a),
             _ => None,
         });
+    let one_agent = GroupBy::Agent(Some(some_agent.unwrap_or_else(UserId::new)));
+    // In the tenant's own zone (daily aggregates), then in another zone (15-minute slots).
+    let other = Some(OTHER_ZONE);
     let mut results = Vec::new();
-    for (name, group) in [
-        ("tenant_by_day_90d", GroupBy::Tenant),
-        ("per_agent_by_day_90d", GroupBy::Agent(None)),
+    for (name, group, zone) in [
+        ("tenant_by_day_90d", GroupBy::Tenant, None),
+        ("per_agent_by_day_90d", GroupBy::Agent(None), None),
+        ("one_agent_by_day_90d", one_agent, None),
+        ("tenant_by_day_90d_other_zone", GroupBy::Tenant, other),
         (
-            "one_agent_by_day_90d",
-            GroupBy::Agent(Some(some_agent.unwrap_or_else(UserId::new))),
+            "per_agent_by_day_90d_other_zone",
+            GroupBy::Agent(None),
+            other,
         ),
+        ("one_agent_by_day_90d_other_zone", one_agent, other),
     ] {
-        let q = query(group);
+        let q = query(group, zone);
         let mut times = Vec::with_capacity(args.queries);
         let mut series = 0;
         for _ in 0..args.queries {
             let t = Instant::now();
-            let s = analytics::historical(&engine, &scope, &q).await?;
+            let (_, s) = analytics::historical(&engine, &scope, &q).await?;
             times.push(t.elapsed());
             series = s.len();
         }

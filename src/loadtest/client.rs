@@ -139,6 +139,7 @@ pub(super) async fn setup(args: &Args, target: &Target) -> anyhow::Result<Fixtur
                     display_name: "Load test admin".into(),
                     password: password.clone(),
                 }),
+                time_zone: String::new(),
             },
             &op,
         ))

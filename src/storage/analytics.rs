@@ -8,7 +8,8 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{
-    Array, BigInt, Bool, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz, Uuid as SqlUuid,
+    Array, BigInt, Bool, Date, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz,
+    Uuid as SqlUuid,
 };
 use diesel_async::RunQueryDsl;
 
@@ -43,45 +44,119 @@ pub const MILLIS: [&str; 7] = [
 /// bounds; a test there checks the lengths agree).
 pub const HISTS: [(&str, usize); 3] = [("wait_h", 20), ("frt_h", 20), ("csat_h", 5)];
 
+/// `sum` of every count and millisecond column of the rows `x`, then the element-wise sums
+/// of their histograms, all int8, in [`figure_columns`] order (an aggregate's select list).
+fn summed(x: &str) -> Vec<String> {
+    let mut out: Vec<String> = COUNTS
+        .iter()
+        .chain(MILLIS.iter())
+        .map(|c| format!("coalesce(sum({x}.{c}), 0)::int8"))
+        .collect();
+    for (c, n) in HISTS {
+        let items: Vec<String> = (1..=n)
+            .map(|i| format!("coalesce(sum({x}.{c}[{i}]), 0)::int8"))
+            .collect();
+        out.push(format!("ARRAY[{}]", items.join(", ")));
+    }
+    out
+}
+
+/// The figure columns: counts, milliseconds, histograms.
+fn figure_columns() -> Vec<&'static str> {
+    COUNTS
+        .iter()
+        .chain(MILLIS.iter())
+        .copied()
+        .chain(HISTS.iter().map(|(c, _)| *c))
+        .collect()
+}
+
+/// `ON CONFLICT` assignments that add the excluded row's figures to the stored ones.
+fn additions() -> String {
+    let mut sets: Vec<String> = COUNTS
+        .iter()
+        .chain(MILLIS.iter())
+        .map(|c| format!("{c} = s.{c} + EXCLUDED.{c}"))
+        .collect();
+    for (c, _) in HISTS {
+        sets.push(format!("{c} = analytics_add(s.{c}, EXCLUDED.{c})"));
+    }
+    sets.join(", ")
+}
+
+/// The local day of row `d`'s slot in the tenant's zone (`z.tz`, read from `tenants`).
+const LOCAL_DAY: &str = "(d.slot AT TIME ZONE z.tz)::date";
+
 static UPSERT: LazyLock<String> = LazyLock::new(|| {
-    let mut cols = Vec::new();
     let mut defs = vec![
         "slot timestamptz".to_owned(),
         "dim int2".to_owned(),
         "dim_id uuid".to_owned(),
     ];
     let mut vals = Vec::new();
-    let mut sets = Vec::new();
     for c in COUNTS {
-        cols.push(c.to_owned());
         defs.push(format!("{c} int"));
         vals.push(format!("coalesce(d.{c}, 0)"));
-        sets.push(format!("{c} = s.{c} + EXCLUDED.{c}"));
     }
     for c in MILLIS {
-        cols.push(c.to_owned());
         defs.push(format!("{c} int8"));
         vals.push(format!("coalesce(d.{c}, 0)"));
-        sets.push(format!("{c} = s.{c} + EXCLUDED.{c}"));
     }
     for (c, _) in HISTS {
-        cols.push(c.to_owned());
         defs.push(format!("{c} int[]"));
         vals.push(format!("coalesce(d.{c}, '{{}}')"));
-        sets.push(format!("{c} = analytics_add(s.{c}, EXCLUDED.{c})"));
     }
+    let cols = figure_columns().join(", ");
+    // The slots and, in the same statement, the tenant's local days they fall in (grouped
+    // first: one statement may not touch a day row twice).
     format!(
-        "INSERT INTO analytics_slots AS s (tenant_id, dim, dim_id, slot, {cols})
-         SELECT $1, d.dim, d.dim_id, d.slot, {vals}
-           FROM jsonb_to_recordset($2) AS d({defs})
-          ORDER BY d.dim, d.dim_id, d.slot
-         ON CONFLICT (tenant_id, dim, dim_id, slot) DO UPDATE SET {sets}",
-        cols = cols.join(", "),
+        "WITH d AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($2) AS d({defs})),
+         slots AS (
+           INSERT INTO analytics_slots AS s (tenant_id, dim, dim_id, slot, {cols})
+           SELECT $1, d.dim, d.dim_id, d.slot, {vals} FROM d
+            ORDER BY d.dim, d.dim_id, d.slot
+           ON CONFLICT (tenant_id, dim, dim_id, slot) DO UPDATE SET {sets})
+         INSERT INTO analytics_days AS s (tenant_id, dim, dim_id, day, {cols})
+         SELECT $1, d.dim, d.dim_id, {LOCAL_DAY}, {sums}
+           FROM d, (SELECT time_zone AS tz FROM tenants WHERE tenant_id = $1) z
+          GROUP BY d.dim, d.dim_id, {LOCAL_DAY}
+          ORDER BY d.dim, d.dim_id, {LOCAL_DAY}
+         ON CONFLICT (tenant_id, dim, dim_id, day) DO UPDATE SET {sets}",
         vals = vals.join(", "),
         defs = defs.join(", "),
-        sets = sets.join(", "),
+        sets = additions(),
+        sums = summed("d").join(", "),
     )
 });
+
+static RECOMPUTE_DAYS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO analytics_days (tenant_id, dim, dim_id, day, {cols})
+         SELECT $1, d.dim, d.dim_id, {LOCAL_DAY}, {sums}
+           FROM analytics_slots d, (SELECT time_zone AS tz FROM tenants WHERE tenant_id = $1) z
+          WHERE d.tenant_id = $1
+          GROUP BY d.dim, d.dim_id, {LOCAL_DAY}",
+        cols = figure_columns().join(", "),
+        sums = summed("d").join(", "),
+    )
+});
+
+/// Recomputes the tenant's daily aggregates from its slots in its current time zone (after
+/// the zone changed). Takes the aggregates' lock exclusively.
+pub async fn recompute_days(tx: &mut TenantTx) -> AppResult<()> {
+    no_statement_timeout(tx).await?;
+    lock(tx, true).await?;
+    let t = tx.tenant_id();
+    sql::prepared("DELETE FROM analytics_days WHERE tenant_id = $1")
+        .bind::<SqlUuid, _>(t)
+        .execute(tx.conn())
+        .await?;
+    sql::prepared(RECOMPUTE_DAYS.as_str())
+        .bind::<SqlUuid, _>(t)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
 
 /// Adds rows of figures (a JSON list of objects with `slot`, `dim`, `dim_id` and any figure
 /// columns; histograms as arrays) to the aggregates, in key order so that concurrent writers
@@ -420,6 +495,7 @@ pub async fn clear(tx: &mut TenantTx) -> AppResult<()> {
     let t = tx.tenant_id();
     for text in [
         "DELETE FROM analytics_slots WHERE tenant_id = $1",
+        "DELETE FROM analytics_days WHERE tenant_id = $1",
         "DELETE FROM analytics_chats WHERE tenant_id = $1",
         "UPDATE agent_state_log SET counted = false WHERE tenant_id = $1 AND counted",
     ] {
@@ -497,51 +573,85 @@ pub struct BucketRow {
     pub csat_h: Vec<i64>,
 }
 
-static REPORT: LazyLock<String> = LazyLock::new(|| {
-    let sums: Vec<String> = COUNTS
-        .iter()
-        .chain(MILLIS.iter())
-        .map(|c| format!("coalesce(sum({c}), 0)::int8"))
-        .collect();
-    let hists: Vec<String> = HISTS
-        .iter()
-        .map(|(c, n)| {
-            let items: Vec<String> = (1..=*n)
-                .map(|i| format!("coalesce(sum({c}[{i}]), 0)::int8"))
-                .collect();
-            format!("ARRAY[{}] AS {c}", items.join(", "))
-        })
-        .collect();
+/// Which aggregates a report reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grain {
+    /// UTC 15-minute slots: any zone, any bucket size.
+    Slots,
+    /// Local days of the tenant's zone: day and week buckets in that zone.
+    Days,
+}
+
+/// The report statement over `grain` for one dimension, all its ids or (`one`) a single
+/// id, which then bounds the primary-key range.
+fn report_sql(grain: Grain, one: bool) -> String {
+    let (table, key, kind) = match grain {
+        Grain::Slots => ("analytics_slots", "slot", "timestamptz"),
+        Grain::Days => ("analytics_days", "day", "date"),
+    };
+    let mut sums = summed("a");
+    for (e, (c, _)) in sums[COUNTS.len() + MILLIS.len()..].iter_mut().zip(HISTS) {
+        e.push_str(&format!(" AS {c}"));
+    }
+    let (counts, hists) = sums.split_at(COUNTS.len() + MILLIS.len());
+    let which = if one { "AND dim_id = $6" } else { "" };
     format!(
-        "SELECT dim_id, width_bucket(slot, $3::timestamptz[]) AS b, ARRAY[{sums}] AS sums, {hists}
-           FROM analytics_slots
-          WHERE tenant_id = $1 AND dim = $2 AND slot >= $4 AND slot < $5
-            AND ($6::uuid IS NULL OR dim_id = $6)
+        "SELECT dim_id, width_bucket({key}, $3::{kind}[]) AS b, ARRAY[{counts}] AS sums,
+                {hists}
+           FROM {table} a
+          WHERE tenant_id = $1 AND dim = $2 {which} AND {key} >= $4 AND {key} < $5
           GROUP BY dim_id, b ORDER BY dim_id, b",
-        sums = sums.join(", "),
+        counts = counts.join(", "),
         hists = hists.join(", "),
     )
+}
+
+static REPORTS: LazyLock<[String; 4]> = LazyLock::new(|| {
+    [
+        report_sql(Grain::Slots, false),
+        report_sql(Grain::Slots, true),
+        report_sql(Grain::Days, false),
+        report_sql(Grain::Days, true),
+    ]
 });
 
 /// The aggregates of dimension `dim` (optionally one id) summed per bucket: `starts` are the
-/// buckets' starts, `end` the end of the last.
+/// buckets' starts, `end` the end of the last. With [`Grain::Days`] every bound must be a
+/// local midnight of the tenant's zone.
 pub async fn report(
     tx: &mut TenantTx,
+    grain: Grain,
     dim: i16,
     only: Option<uuid::Uuid>,
     starts: &[DateTime<Utc>],
     end: DateTime<Utc>,
+    zone: chrono_tz::Tz,
 ) -> AppResult<Vec<BucketRow>> {
     let first = starts.first().copied().unwrap_or(end);
-    Ok(sql::prepared(REPORT.as_str())
+    let index = match grain {
+        Grain::Slots => 0,
+        Grain::Days => 2,
+    } + usize::from(only.is_some());
+    let q = sql::prepared(REPORTS[index].as_str())
         .bind::<SqlUuid, _>(tx.tenant_id())
-        .bind::<SmallInt, _>(dim)
-        .bind::<Array<Timestamptz>, _>(starts.to_vec())
-        .bind::<Timestamptz, _>(first)
-        .bind::<Timestamptz, _>(end)
-        .bind::<Nullable<SqlUuid>, _>(only)
-        .load(tx.conn())
-        .await?)
+        .bind::<SmallInt, _>(dim);
+    let q = match grain {
+        Grain::Slots => q
+            .bind::<Array<Timestamptz>, _>(starts.to_vec())
+            .bind::<Timestamptz, _>(first)
+            .bind::<Timestamptz, _>(end),
+        Grain::Days => {
+            let day = |t: DateTime<Utc>| t.with_timezone(&zone).date_naive();
+            q.bind::<Array<Date>, _>(starts.iter().map(|t| day(*t)).collect::<Vec<_>>())
+                .bind::<Date, _>(day(first))
+                .bind::<Date, _>(day(end))
+        }
+    };
+    let q = match only {
+        Some(id) => q.bind::<SqlUuid, _>(id),
+        None => q,
+    };
+    Ok(q.load(tx.conn()).await?)
 }
 
 /// A stored rating.

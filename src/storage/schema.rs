@@ -9,6 +9,7 @@ diesel::table! {
         rate_limits -> Jsonb,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        time_zone -> Text,
     }
 }
 

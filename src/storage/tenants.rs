@@ -26,6 +26,8 @@ pub struct TenantRow {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// IANA time zone (validated on the way in).
+    pub time_zone: String,
 }
 
 /// Inserts a tenant.
@@ -83,12 +85,13 @@ pub async fn list(
     Ok(q.load(tx.conn()).await?)
 }
 
-/// Changes name and/or widget settings; None when the tenant does not exist.
+/// Changes name, widget settings and/or time zone; None when the tenant does not exist.
 pub async fn update(
     tx: &mut OperatorTx,
     id: TenantId,
     name: Option<&str>,
     widget: Option<&serde_json::Value>,
+    time_zone: Option<&str>,
     now: DateTime<Utc>,
 ) -> AppResult<Option<TenantRow>> {
     let current = match get(tx, id).await? {
@@ -99,6 +102,7 @@ pub async fn update(
         .set((
             tenants::name.eq(name.unwrap_or(&current.name)),
             tenants::widget.eq(widget.unwrap_or(&current.widget)),
+            tenants::time_zone.eq(time_zone.unwrap_or(&current.time_zone)),
             tenants::updated_at.eq(now),
         ))
         .returning(TenantRow::as_returning())
@@ -111,6 +115,18 @@ pub async fn update(
 pub async fn own(tx: &mut TenantTx) -> AppResult<Option<TenantRow>> {
     let id = tx.tenant_id();
     by_id(tx.conn(), id).await
+}
+
+/// The scope's own tenant's time zone (UTC when the tenant does not exist).
+pub async fn time_zone(tx: &mut TenantTx) -> AppResult<String> {
+    let id = tx.tenant_id();
+    Ok(tenants::table
+        .find(id)
+        .select(tenants::time_zone)
+        .first(tx.conn())
+        .await
+        .optional()?
+        .unwrap_or_else(|| "UTC".to_owned()))
 }
 
 /// Deletes a tenant and, by cascade, everything it owns.

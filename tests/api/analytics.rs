@@ -141,6 +141,40 @@ async fn stats(
         .series)
 }
 
+/// Sets the tenant's own time zone (the operator's UpdateTenant).
+async fn set_zone(app: &TestApp, t: &TenantFixture, zone: &str) {
+    let updated = app
+        .tenants()
+        .update_tenant(bearer(
+            pb::admin::UpdateTenantRequest {
+                tenant_id: t.tenant_id.clone(),
+                time_zone: Some(zone.into()),
+                ..Default::default()
+            },
+            &app.operator_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .tenant
+        .unwrap();
+    assert_eq!(updated.time_zone, zone);
+}
+
+/// The additive counts of a bucket (those that sum across buckets).
+fn counts(b: &pb::StatsBucket) -> [f64; 8] {
+    [
+        b.chats_started.into(),
+        b.chats_answered.into(),
+        b.chats_missed.into(),
+        b.chats_abandoned.into(),
+        b.ratings.into(),
+        b.first_responses.into(),
+        b.responses.into(),
+        (b.online_seconds * 1000.0).round(),
+    ]
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-6
 }
@@ -158,6 +192,8 @@ async fn a_scripted_evening_gives_every_figure_as_computed_by_hand() {
     })
     .await;
     let t = app.tenant("evening").await;
+    // A New York tenant: its "today" and its daily aggregates are New York's.
+    set_zone(&app, &t, ZONE).await;
     let (_, key) = widget_key(&app, &t, &[ORIGIN]).await;
     // "slow" first: visitors with tier=slow wait at most 10 minutes, then the chat closes.
     let slow = workflow(
@@ -284,13 +320,9 @@ async fn a_scripted_evening_gives_every_figure_as_computed_by_hand() {
         .id;
     // Live, at 20:30:30: C3 waits 30 s; three chats and three visitors today.
     clock.set(local(20, 30, 30));
+    // "Today" in the tenant's own zone, asked with no zone.
     let live = analytics_client(&app)
-        .get_live_stats(bearer(
-            pb::GetLiveStatsRequest {
-                time_zone: ZONE.into(),
-            },
-            &t.admin_token,
-        ))
+        .get_live_stats(bearer(pb::GetLiveStatsRequest::default(), &t.admin_token))
         .await
         .unwrap()
         .into_inner()
@@ -666,11 +698,66 @@ async fn a_scripted_evening_gives_every_figure_as_computed_by_hand() {
     for (q, b) in queries.iter().zip(&before) {
         assert_eq!(&stats(&app, &admin, q.clone()).await.unwrap(), b);
     }
+    // Day reports in the tenant's own zone read the daily aggregates; asked with no zone
+    // they are the same New York days.
+    let mut own = queries[0].clone();
+    own.time_zone.clear();
+    assert_eq!(stats(&app, &admin, own.clone()).await.unwrap(), before[0]);
+
+    // The tenant moves to UTC: New York days now come from the 15-minute slots and are the
+    // same figures, and the daily aggregates were summed again in UTC (each UTC day equals
+    // its 24 hours, which always come from the slots).
+    set_zone(&app, &t, "UTC").await;
+    for (q, b) in queries.iter().zip(&before) {
+        assert_eq!(&stats(&app, &admin, q.clone()).await.unwrap(), b);
+    }
+    for group in [pb::StatsGroup::Tenant, pb::StatsGroup::Agent] {
+        let mut days = day_query(group, "");
+        days.time_zone.clear();
+        days.end_time = Some(ts(local(12, 0, 0) + chrono::Duration::hours(40)));
+        let mut hours = days.clone();
+        hours.bucket_size = pb::BucketSize::Hour as i32;
+        let (days, hours) = (
+            stats(&app, &admin, days).await.unwrap(),
+            stats(&app, &admin, hours).await.unwrap(),
+        );
+        assert_eq!(days.len(), hours.len(), "{group:?}");
+        let (mut started, mut any) = (0.0, 0.0);
+        for (d, h) in days.iter().zip(&hours) {
+            assert_eq!(d.agent_id, h.agent_id);
+            assert!(d.buckets.len() >= 2, "{group:?}: {} days", d.buckets.len());
+            for day in &d.buckets {
+                let start = day.start_time.unwrap().seconds;
+                let end = day.end_time.unwrap().seconds;
+                assert_eq!(end - start, 86_400, "UTC days");
+                let mut sum = [0.0; 8];
+                for hour in h.buckets.iter().filter(|x| {
+                    let s = x.start_time.unwrap().seconds;
+                    s >= start && s < end
+                }) {
+                    for (acc, v) in sum.iter_mut().zip(counts(hour)) {
+                        *acc += v;
+                    }
+                }
+                assert_eq!(counts(day), sum, "{group:?} day at {start}");
+                started += counts(day)[0];
+                any += counts(day).iter().sum::<f64>();
+            }
+        }
+        assert!(any > 0.0, "{group:?}: figures to compare");
+        if group == pb::StatsGroup::Tenant {
+            assert_eq!(started, 5.0);
+        }
+    }
+    set_zone(&app, &t, ZONE).await;
+    for (q, b) in queries.iter().zip(&before) {
+        assert_eq!(&stats(&app, &admin, q.clone()).await.unwrap(), b);
+    }
     let q = analytics::Query {
         start: local(12, 0, 0) - chrono::Duration::hours(8),
         end: local(12, 0, 0) + chrono::Duration::hours(16),
         size: analytics::buckets::BucketSize::Day,
-        zone: ZONE.parse().unwrap(),
+        zone: Some(ZONE.parse().unwrap()),
         group: analytics::GroupBy::Tenant,
     };
     let csv = analytics::export_csv(&node.engine, &scope, &q)

@@ -334,6 +334,7 @@ async fn bare_tenant(app: &TestApp, slug: &str) {
     app.tenants()
         .create_tenant(bearer(
             pb::admin::CreateTenantRequest {
+                time_zone: Default::default(),
                 name: format!("Tenant {slug}"),
                 slug: slug.to_owned(),
                 widget: None,

@@ -131,6 +131,7 @@ async fn create_tenant(ch: &Channel, slug: &str) {
     pb::admin::tenant_service_client::TenantServiceClient::new(ch.clone())
         .create_tenant(bearer(
             pb::admin::CreateTenantRequest {
+                time_zone: Default::default(),
                 name: format!("Tenant {slug}"),
                 slug: slug.into(),
                 widget: None,

@@ -8,6 +8,7 @@ use crate::harness::{TestApp, bearer, violated_fields, with_key};
 
 fn create_req(slug: &str) -> pb::admin::CreateTenantRequest {
     pb::admin::CreateTenantRequest {
+        time_zone: Default::default(),
         name: format!("Company {slug}"),
         slug: slug.into(),
         widget: None,
@@ -73,6 +74,7 @@ async fn operator_creates_pages_and_updates_tenants() {
     let updated = c
         .update_tenant(bearer(
             pb::admin::UpdateTenantRequest {
+                time_zone: Default::default(),
                 tenant_id: id.clone(),
                 name: Some("Charlie Ltd".into()),
                 widget: Some(pb::WidgetSettings {
@@ -141,6 +143,7 @@ async fn create_tenant_reports_every_bad_field() {
         .tenants()
         .create_tenant(bearer(
             pb::admin::CreateTenantRequest {
+                time_zone: "Mars/Olympus_Mons".into(),
                 name: " ".into(),
                 slug: "No Spaces".into(),
                 widget: Some(pb::WidgetSettings {
@@ -170,6 +173,7 @@ async fn create_tenant_reports_every_bad_field() {
             "initial_admin.password",
             "name",
             "slug",
+            "time_zone",
             "widget.logo_url",
             "widget.primary_color",
             "widget.theme",
@@ -398,6 +402,7 @@ async fn update_tenant_changes_only_the_fields_it_names() {
     };
 
     let renamed = update(pb::admin::UpdateTenantRequest {
+        time_zone: Default::default(),
         tenant_id: created.id.clone(),
         name: Some("Partial GmbH".into()),
         widget: None,
@@ -406,8 +411,22 @@ async fn update_tenant_changes_only_the_fields_it_names() {
     assert_eq!(renamed.name, "Partial GmbH");
     assert_eq!(renamed.slug, created.slug);
     assert_eq!(renamed.widget, created.widget);
+    assert_eq!(renamed.time_zone, "UTC");
+
+    let moved = update(pb::admin::UpdateTenantRequest {
+        tenant_id: created.id.clone(),
+        time_zone: Some("Asia/Kathmandu".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        (moved.name.as_str(), moved.time_zone.as_str()),
+        ("Partial GmbH", "Asia/Kathmandu")
+    );
+    assert_eq!(moved.widget, created.widget);
 
     let restyled = update(pb::admin::UpdateTenantRequest {
+        time_zone: Default::default(),
         tenant_id: created.id.clone(),
         name: None,
         widget: Some(pb::WidgetSettings {
@@ -417,6 +436,7 @@ async fn update_tenant_changes_only_the_fields_it_names() {
     })
     .await;
     assert_eq!(restyled.name, "Partial GmbH");
+    assert_eq!(restyled.time_zone, "Asia/Kathmandu");
     let w = restyled.widget.unwrap();
     assert_eq!(w.primary_color, "#445566");
     // A present widget replaces the old one whole.

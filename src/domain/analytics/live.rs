@@ -72,10 +72,14 @@ fn count(n: i64) -> u32 {
     u32::try_from(n.max(0)).unwrap_or(u32::MAX)
 }
 
-async fn read(e: &Engine, scope: &TenantScope, zone: Tz) -> AppResult<LiveStats> {
+async fn read(e: &Engine, scope: &TenantScope, zone: Option<Tz>) -> AppResult<LiveStats> {
+    let mut tx = e.db.tenant_tx(scope).await?;
+    let zone = match zone {
+        Some(z) => z,
+        None => super::tenant_zone(&mut tx).await?,
+    };
     let now = e.now();
     let day_start = floor(now, BucketSize::Day, zone);
-    let mut tx = e.db.tenant_tx(scope).await?;
     let c = store::live_counts(&mut tx, day_start).await?;
     let agents = agent_snapshots(&mut tx, now).await?;
     tx.commit().await?;
@@ -102,13 +106,13 @@ async fn read(e: &Engine, scope: &TenantScope, zone: Tz) -> AppResult<LiveStats>
     })
 }
 
-/// The tenant's live figures now (admins only), "today" in `zone`.
-pub async fn get(e: &Engine, scope: &TenantScope, zone: Tz) -> AppResult<LiveStats> {
+/// The tenant's live figures now (admins only), "today" in `zone` (None: the tenant's own).
+pub async fn get(e: &Engine, scope: &TenantScope, zone: Option<Tz>) -> AppResult<LiveStats> {
     require_admin(scope)?;
     read(e, scope, zone).await
 }
 
-type Key = (TenantId, Tz);
+type Key = (TenantId, Option<Tz>);
 
 /// This node's watched tenants (see the module doc).
 pub struct LiveWatch {
@@ -134,7 +138,7 @@ impl LiveWatch {
     pub fn watch(
         self: &Arc<Self>,
         scope: &TenantScope,
-        zone: Tz,
+        zone: Option<Tz>,
     ) -> AppResult<watch::Receiver<Option<Arc<LiveStats>>>> {
         require_admin(scope)?;
         let key = (scope.tenant_id(), zone);

@@ -254,6 +254,7 @@ impl TestApp {
             .tenants()
             .create_tenant(bearer(
                 pb::admin::CreateTenantRequest {
+                    time_zone: Default::default(),
                     name: format!("Tenant {slug}"),
                     slug: slug.to_owned(),
                     widget: None,

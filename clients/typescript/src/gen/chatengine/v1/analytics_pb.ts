@@ -27,7 +27,8 @@ export const file_chatengine_v1_analytics: GenFile = /*@__PURE__*/
  */
 export type GetLiveStatsRequest = Message<"chatengine.v1.GetLiveStatsRequest"> & {
   /**
-   * IANA time zone that "today" is counted in (e.g. "Europe/Berlin"); UTC when empty.
+   * IANA time zone that "today" is counted in (e.g. "Europe/Berlin"); the tenant's own
+   * time zone when empty.
    *
    * @generated from field: string time_zone = 1;
    */
@@ -48,7 +49,7 @@ export const GetLiveStatsRequestSchema: GenMessage<GetLiveStatsRequest> = /*@__P
  */
 export type WatchLiveStatsRequest = Message<"chatengine.v1.WatchLiveStatsRequest"> & {
   /**
-   * IANA time zone that "today" is counted in; UTC when empty.
+   * IANA time zone that "today" is counted in; the tenant's own when empty.
    *
    * @generated from field: string time_zone = 1;
    */
@@ -308,7 +309,8 @@ export type GetHistoricalStatsRequest = Message<"chatengine.v1.GetHistoricalStat
   bucketSize: BucketSize;
 
   /**
-   * IANA time zone of the buckets (e.g. "America/New_York"); UTC when empty.
+   * IANA time zone of the buckets (e.g. "America/New_York"); the tenant's own when empty.
+   * Day and week buckets in the tenant's own zone read daily aggregates (fastest).
    *
    * @generated from field: string time_zone = 4;
    */

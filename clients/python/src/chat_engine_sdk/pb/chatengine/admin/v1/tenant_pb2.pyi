@@ -12,32 +12,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Tenant(_message.Message):
-    __slots__ = ("id", "name", "slug", "widget", "create_time", "update_time")
+    __slots__ = ("id", "name", "slug", "widget", "create_time", "update_time", "time_zone")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SLUG_FIELD_NUMBER: _ClassVar[int]
     WIDGET_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     slug: str
     widget: _common_pb2.WidgetSettings
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., slug: _Optional[str] = ..., widget: _Optional[_Union[_common_pb2.WidgetSettings, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    time_zone: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., slug: _Optional[str] = ..., widget: _Optional[_Union[_common_pb2.WidgetSettings, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., time_zone: _Optional[str] = ...) -> None: ...
 
 class CreateTenantRequest(_message.Message):
-    __slots__ = ("name", "slug", "widget", "initial_admin")
+    __slots__ = ("name", "slug", "widget", "initial_admin", "time_zone")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SLUG_FIELD_NUMBER: _ClassVar[int]
     WIDGET_FIELD_NUMBER: _ClassVar[int]
     INITIAL_ADMIN_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
     name: str
     slug: str
     widget: _common_pb2.WidgetSettings
     initial_admin: InitialAdmin
-    def __init__(self, name: _Optional[str] = ..., slug: _Optional[str] = ..., widget: _Optional[_Union[_common_pb2.WidgetSettings, _Mapping]] = ..., initial_admin: _Optional[_Union[InitialAdmin, _Mapping]] = ...) -> None: ...
+    time_zone: str
+    def __init__(self, name: _Optional[str] = ..., slug: _Optional[str] = ..., widget: _Optional[_Union[_common_pb2.WidgetSettings, _Mapping]] = ..., initial_admin: _Optional[_Union[InitialAdmin, _Mapping]] = ..., time_zone: _Optional[str] = ...) -> None: ...
 
 class InitialAdmin(_message.Message):
     __slots__ = ("email", "display_name", "password")
@@ -86,14 +90,16 @@ class ListTenantsResponse(_message.Message):
     def __init__(self, tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class UpdateTenantRequest(_message.Message):
-    __slots__ = ("tenant_id", "name", "widget")
+    __slots__ = ("tenant_id", "name", "widget", "time_zone")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     WIDGET_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     name: str
     widget: _common_pb2.WidgetSettings
-    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., widget: _Optional[_Union[_common_pb2.WidgetSettings, _Mapping]] = ...) -> None: ...
+    time_zone: str
+    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., widget: _Optional[_Union[_common_pb2.WidgetSettings, _Mapping]] = ..., time_zone: _Optional[str] = ...) -> None: ...
 
 class UpdateTenantResponse(_message.Message):
     __slots__ = ("tenant",)
