@@ -79,6 +79,8 @@ pub(super) struct Fixture {
     pub(super) run: String,
     pub(super) slug: String,
     pub(super) tenant_id: String,
+    /// The tenant's administrator's access token.
+    pub(super) admin: MetadataValue<Ascii>,
     pub(super) agents: Vec<AgentLogin>,
     /// Conversation ids with their last seq at creation.
     pub(super) conversations: Vec<(String, u32)>,
@@ -225,6 +227,7 @@ pub(super) async fn setup(args: &Args, target: &Target) -> anyhow::Result<Fixtur
         run,
         slug,
         tenant_id: tenant.id,
+        admin,
         agents,
         conversations,
     })

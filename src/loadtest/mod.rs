@@ -163,6 +163,11 @@ pub struct Args {
     /// Milliseconds an agent keeps a chat before closing it (routing mode).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub think_ms: u64,
+    /// Replies an agent sends into each chat it joins, spread over --think-ms, before it
+    /// closes the chat (routing mode); with replies the run also measures how far the
+    /// analytics aggregates trail them.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub replies: u32,
     /// Visitors to start at most (routing mode); arrivals also stop after --duration.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub visitors: u64,

@@ -9,7 +9,8 @@
 //! `--concurrency` arrivals in flight allow) until `--visitors` started or `--duration`
 //! passed: InitVisitor, StartChat, then a `SubscribeVisitor` stream held until the chat
 //! closes. An agent's stream shows a `joined` item for each chat the dispatcher gives them;
-//! `--think-ms` later the agent closes it with `QueueService.CloseChat`, which frees the seat.
+//! `--think-ms` later the agent closes it with `QueueService.CloseChat`, which frees the seat;
+//! with `--replies N` the agent first sends N replies (`SendMessage`) spread over that time.
 //! With `--queue-first` the agents become available only once arrivals end, so the run
 //! shows a full queue draining.
 //!
@@ -30,7 +31,13 @@
 //!   newer place is stale by the time since the oldest assignment it newly reflects; a
 //!   visitor whose place still misses an assignment when their own chat is assigned or the
 //!   run ends counts the time since that assignment too. Assignments are timed when an agent
-//!   stream shows them, so stream latency on both sides roughly cancels out.
+//!   stream shows them, so stream latency on both sides roughly cancels out;
+//! - with `--replies`, the analytics lag: twice a second the tenant's first responses as the
+//!   aggregates count them (GetHistoricalStats, as the tenant's admin) against the chats'
+//!   first replies answered so far; the lag is the age of the oldest answered first reply not
+//!   counted yet (each chat's later replies reach the aggregates through the same reactor, in
+//!   the same order, so they trail no less). After the run, the time until every first reply
+//!   is counted.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -52,6 +59,7 @@ use super::{Args, Mode};
 use chat_engine_client::pb;
 use chat_engine_client::pb::admin::tenant_service_client::TenantServiceClient;
 use chat_engine_client::pb::agent_service_client::AgentServiceClient;
+use chat_engine_client::pb::analytics_service_client::AnalyticsServiceClient;
 use chat_engine_client::pb::conversation_service_client::ConversationServiceClient;
 use chat_engine_client::pb::queue_service_client::QueueServiceClient;
 use chat_engine_client::pb::stream_item::Kind as Item;
@@ -102,6 +110,10 @@ struct Shared {
     start_errors: Mutex<ErrorLog>,
     close_errors: Mutex<ErrorLog>,
     stream_errors: Mutex<ErrorLog>,
+    /// With --replies: when each chat's first reply was answered, in that order.
+    first_replies: Mutex<Vec<Instant>>,
+    replies_ok: AtomicU64,
+    reply_errors: Mutex<ErrorLog>,
 }
 
 impl Shared {
@@ -206,7 +218,7 @@ async fn agent_stream(
     agent: usize,
     channel: Channel,
     auth: MetadataValue<Ascii>,
-    think: Duration,
+    handling: Handling,
     ready: oneshot::Sender<Result<(), String>>,
     cancel: CancellationToken,
 ) {
@@ -243,7 +255,7 @@ async fn agent_stream(
                             {
                                 continue;
                             }
-                            joined(&shared, agent, c.id, &channel, &auth, think, &cancel);
+                            joined(&shared, agent, c.id, &channel, &auth, handling, &cancel);
                         }
                         Item::CaughtUp(_) => {
                             if let Some(tx) = ready.take() {
@@ -282,14 +294,62 @@ async fn agent_stream(
     }
 }
 
-/// Records a join of `conversation` by `agent` and closes the chat `think` later.
+/// How an agent handles a chat it joins: `replies` replies spread evenly over `think`,
+/// then the close.
+#[derive(Clone, Copy)]
+struct Handling {
+    think: Duration,
+    replies: u32,
+}
+
+/// Sends `h.replies` replies into `conversation` as `auth`, one every `think / (replies +
+/// 1)`; false when the run was cancelled meanwhile.
+async fn reply(
+    shared: &Shared,
+    client: &mut ConversationServiceClient<Channel>,
+    conversation: &str,
+    auth: &MetadataValue<Ascii>,
+    h: Handling,
+    cancel: &CancellationToken,
+) -> bool {
+    let step = h.think / (h.replies + 1);
+    for i in 0..h.replies {
+        if !pause(cancel, step).await {
+            return false;
+        }
+        let r = client
+            .send_message(authorized(
+                pb::SendMessageRequest {
+                    conversation_id: conversation.to_owned(),
+                    text: format!("reply {i}"),
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                },
+                auth,
+            ))
+            .await;
+        match r {
+            Ok(_) => {
+                shared.replies_ok.fetch_add(1, Ordering::Relaxed);
+                if i == 0 {
+                    // Stamped under the lock, so the list stays in answer order.
+                    let mut first = lock(&shared.first_replies);
+                    first.push(Instant::now());
+                }
+            }
+            Err(s) => lock(&shared.reply_errors).push(format!("SendMessage: {}", status_text(&s))),
+        }
+    }
+    pause(cancel, step).await
+}
+
+/// Records a join of `conversation` by `agent`, replies, and closes the chat `think` later.
 fn joined(
     shared: &Arc<Shared>,
     agent: usize,
     conversation: String,
     channel: &Channel,
     auth: &MetadataValue<Ascii>,
-    think: Duration,
+    handling: Handling,
     cancel: &CancellationToken,
 ) {
     let seats = &shared.seats[agent];
@@ -316,7 +376,17 @@ fn joined(
         cancel.clone(),
     );
     tokio::spawn(async move {
-        if !pause(&cancel, think).await {
+        let mut client = ConversationServiceClient::new(channel.clone());
+        if !reply(
+            &shared,
+            &mut client,
+            &conversation,
+            &auth,
+            handling,
+            &cancel,
+        )
+        .await
+        {
             return;
         }
         let seats = &shared.seats[agent];
@@ -347,6 +417,86 @@ fn joined(
             }
         }
     });
+}
+
+/// How often the analytics lag is sampled (with --replies).
+const LAG_SAMPLE: Duration = Duration::from_millis(500);
+/// How long after the run the aggregates may take to count every reply before the run
+/// reports that they never caught up.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
+
+/// The first responses the tenant's analytics aggregates have counted so far (its UTC days
+/// around the run, as the admin sees them).
+async fn counted_first_responses(
+    client: &mut AnalyticsServiceClient<Channel>,
+    admin: &MetadataValue<Ascii>,
+) -> Result<u64, tonic::Status> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let at = |seconds| prost_types::Timestamp { seconds, nanos: 0 };
+    let r = client
+        .get_historical_stats(authorized(
+            pb::GetHistoricalStatsRequest {
+                start_time: Some(at(now - 86_400)),
+                end_time: Some(at(now + 3_600)),
+                bucket_size: pb::BucketSize::Day as i32,
+                time_zone: "UTC".into(),
+                ..Default::default()
+            },
+            admin,
+        ))
+        .await?
+        .into_inner();
+    Ok(r.series
+        .first()
+        .and_then(|s| s.total.as_ref())
+        .map_or(0, |t| u64::from(t.first_responses)))
+}
+
+/// One lag sample: when it was taken, and how long the oldest first reply that the
+/// aggregates had not counted yet had been answered (zero when they had counted all).
+#[derive(Clone, Copy)]
+struct Lag {
+    at: Instant,
+    behind: Duration,
+}
+
+/// How far the aggregates trail the answered first replies at `at`, given that they count
+/// `counted` of them: the answers are in order, so the uncounted ones are the newest.
+fn lag_at(first_replies: &[Instant], counted: u64, at: Instant) -> Duration {
+    let answered = first_replies.partition_point(|t| *t <= at);
+    usize::try_from(counted)
+        .ok()
+        .filter(|c| *c < answered)
+        .map_or(Duration::ZERO, |c| {
+            at.saturating_duration_since(first_replies[c])
+        })
+}
+
+/// Samples the analytics lag every [`LAG_SAMPLE`] until `stop`.
+async fn sample_lag(
+    shared: Arc<Shared>,
+    channel: Channel,
+    admin: MetadataValue<Ascii>,
+    stop: CancellationToken,
+) -> Vec<Lag> {
+    let mut client = AnalyticsServiceClient::new(channel);
+    let mut samples = Vec::new();
+    while pause(&stop, LAG_SAMPLE).await {
+        let at = Instant::now();
+        match counted_first_responses(&mut client, &admin).await {
+            Ok(counted) => samples.push(Lag {
+                at,
+                behind: lag_at(&lock(&shared.first_replies), counted, at),
+            }),
+            Err(s) => {
+                lock(&shared.reply_errors).push(format!("GetHistoricalStats: {}", status_text(&s)))
+            }
+        }
+    }
+    samples
 }
 
 /// Sets every agent AVAILABLE (they are online already).
@@ -549,10 +699,16 @@ pub(super) async fn run(
         start_errors: Mutex::new(ErrorLog::default()),
         close_errors: Mutex::new(ErrorLog::default()),
         stream_errors: Mutex::new(ErrorLog::default()),
+        first_replies: Mutex::new(Vec::new()),
+        replies_ok: AtomicU64::new(0),
+        reply_errors: Mutex::new(ErrorLog::default()),
     });
 
     // Agents: a stream each on its own connection (online), then available.
-    let think = Duration::from_millis(args.think_ms);
+    let handling = Handling {
+        think: Duration::from_millis(args.think_ms),
+        replies: args.replies,
+    };
     let mut readies = Vec::with_capacity(n);
     let mut agent_channels = Vec::with_capacity(n);
     for (i, a) in fx.agents.iter().enumerate() {
@@ -564,7 +720,7 @@ pub(super) async fn run(
             i,
             ch.clone(),
             a.auth.clone(),
-            think,
+            handling,
             tx,
             cancel.clone(),
         ));
@@ -608,6 +764,17 @@ pub(super) async fn run(
             }
         })
     };
+
+    // With replies, how far the analytics aggregates trail them, sampled as it runs.
+    let lag_stop = CancellationToken::new();
+    let lag = (args.replies > 0).then(|| {
+        tokio::spawn(sample_lag(
+            shared.clone(),
+            ctl.clone(),
+            fx.admin.clone(),
+            lag_stop.clone(),
+        ))
+    });
 
     let visitors_cancel = cancel.child_token();
     let pacer = Pacer::new(
@@ -673,6 +840,33 @@ pub(super) async fn run(
     tokio::time::sleep(Duration::from_millis(200)).await;
     cancel.cancel();
     let _ = sampler.await;
+    // The replies are all answered now: the time the aggregates take to count them all.
+    let catch_up = if lag.is_some() {
+        let mut client = AnalyticsServiceClient::new(ctl.clone());
+        let total = lock(&shared.first_replies).len() as u64;
+        let last = lock(&shared.first_replies).last().copied();
+        let mut caught = None;
+        while end.elapsed() < CATCH_UP_LIMIT {
+            match counted_first_responses(&mut client, &fx.admin).await {
+                Ok(c) if c >= total => {
+                    caught = last.map(|t| t.elapsed());
+                    break;
+                }
+                Ok(_) => {}
+                Err(s) => lock(&shared.reply_errors)
+                    .push(format!("GetHistoricalStats: {}", status_text(&s))),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        caught
+    } else {
+        None
+    };
+    lag_stop.cancel();
+    let lags = match lag {
+        Some(h) => h.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
 
     // Figures.
     let assigned = lock(&shared.departures).len() as u64;
@@ -713,12 +907,29 @@ pub(super) async fn run(
     let stream_errors = std::mem::take(&mut *lock(&shared.stream_errors));
     let started_per_s = per_second(started_ok, arrival_window);
     let routed_per_s = per_second(assigned, routed_window);
-    let errors = start_errors.count + close_errors.count + stream_errors.count;
+    let reply_errors = std::mem::take(&mut *lock(&shared.reply_errors));
+    let replies_ok = shared.replies_ok.load(Ordering::Relaxed);
+    let replies_per_s = per_second(replies_ok, end.duration_since(start));
+    let lag_all = percentiles(&mut lags.iter().map(|l| micros(l.behind)).collect::<Vec<_>>());
+    // Growth: the worst lag in the first and in the last quarter of the run's samples.
+    let in_run: Vec<&Lag> = lags.iter().filter(|l| l.at <= end).collect();
+    let quarter = in_run.len() / 4;
+    let worst = |part: &[&Lag]| {
+        part.iter()
+            .map(|l| l.behind.as_secs_f64() * 1000.0)
+            .fold(0.0, f64::max)
+    };
+    let (lag_first, lag_last) = (
+        worst(&in_run[..quarter]),
+        worst(&in_run[in_run.len() - quarter..]),
+    );
+    let errors = start_errors.count + close_errors.count + stream_errors.count + reply_errors.count;
     let shown: Vec<String> = start_errors
         .first
         .iter()
         .chain(&close_errors.first)
         .chain(&stream_errors.first)
+        .chain(&reply_errors.first)
         .cloned()
         .collect();
 
@@ -766,9 +977,30 @@ pub(super) async fn run(
         percentiles_text(staleness)
     );
     println!("  over capacity      {over}");
+    if args.replies > 0 {
+        println!(
+            "  replies            {replies_ok}: {replies_per_s:.1} /s ({} per chat)",
+            args.replies
+        );
+        println!(
+            "  analytics lag ms   {}  ({} samples; worst in the first quarter {lag_first:.0}, in the last {lag_last:.0})",
+            percentiles_text(lag_all),
+            lags.len()
+        );
+        println!(
+            "  analytics caught up {}",
+            match catch_up {
+                Some(d) => format!(
+                    "{:.2} s after the last first reply was answered",
+                    d.as_secs_f64()
+                ),
+                None => format!("never within {} s of the end", CATCH_UP_LIMIT.as_secs()),
+            }
+        );
+    }
     println!(
-        "  errors             {errors} (start {}, close {}, stream {})",
-        start_errors.count, close_errors.count, stream_errors.count
+        "  errors             {errors} (start {}, close {}, stream {}, replies {})",
+        start_errors.count, close_errors.count, stream_errors.count, reply_errors.count
     );
     for e in &shown {
         println!("  error: {e}");
@@ -803,6 +1035,15 @@ pub(super) async fn run(
         "start_errors": start_errors.count,
         "close_errors": close_errors.count,
         "stream_errors": stream_errors.count,
+        "replies": args.replies,
+        "replies_ok": replies_ok,
+        "replies_per_s": round(replies_per_s, 1),
+        "reply_errors": reply_errors.count,
+        "analytics_lag_ms": percentiles_json(lag_all),
+        "analytics_lag_samples": lags.len(),
+        "analytics_lag_first_quarter_max_ms": round(lag_first, 1),
+        "analytics_lag_last_quarter_max_ms": round(lag_last, 1),
+        "analytics_caught_up_s": catch_up.map(|d| round(d.as_secs_f64(), 3)),
         "errors": shown,
     }))
 }
@@ -825,7 +1066,25 @@ mod tests {
             start_errors: Mutex::new(ErrorLog::default()),
             close_errors: Mutex::new(ErrorLog::default()),
             stream_errors: Mutex::new(ErrorLog::default()),
+            first_replies: Mutex::new(Vec::new()),
+            replies_ok: AtomicU64::new(0),
+            reply_errors: Mutex::new(ErrorLog::default()),
         }
+    }
+
+    #[test]
+    fn the_lag_is_the_age_of_the_oldest_answered_reply_not_counted_yet() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let answered = [t0, t0 + ms(100), t0 + ms(300)];
+        // All answered by 400 ms are counted: no lag.
+        assert_eq!(lag_at(&answered, 3, t0 + ms(400)), Duration::ZERO);
+        // One counted: the second, answered at 100 ms, is 300 ms behind.
+        assert_eq!(lag_at(&answered, 1, t0 + ms(400)), ms(300));
+        // At 200 ms only two were answered and both are counted; the third is in the future.
+        assert_eq!(lag_at(&answered, 2, t0 + ms(200)), Duration::ZERO);
+        // Counted beyond what this process saw answered (an answer still on its way).
+        assert_eq!(lag_at(&answered, 5, t0 + ms(50)), Duration::ZERO);
     }
 
     #[test]

@@ -174,7 +174,9 @@ fn routing_mode_routes_every_chat_within_capacity() {
         "--capacity",
         "2",
         "--think-ms",
-        "20",
+        "30",
+        "--replies",
+        "2",
         "--visitors",
         "20",
         "--concurrency",
@@ -196,9 +198,14 @@ fn routing_mode_routes_every_chat_within_capacity() {
     assert_eq!(r["closed"], 20, "{r}");
     assert_eq!(r["waiting_at_end"], 0, "{r}");
     assert_eq!(r["over_capacity"], 0, "{r}");
-    for e in ["start_errors", "close_errors", "stream_errors"] {
+    for e in ["start_errors", "close_errors", "stream_errors", "reply_errors"] {
         assert_eq!(r[e], 0, "{e}: {r}");
     }
+    // Two replies in each chat, and the analytics aggregates counted every chat's first
+    // reply once the run was over.
+    assert_eq!(r["replies_ok"], 40, "{r}");
+    assert!(number(&r, "analytics_caught_up_s") >= 0.0, "{r}");
+    assert!(r["analytics_lag_ms"].is_object(), "{r}");
     assert!(number(&r, "started_per_s") > 0.0, "{r}");
     assert!(number(&r, "routed_per_s") > 0.0, "{r}");
     let lat = &r["assign_latency_ms"];
@@ -231,6 +238,9 @@ fn analytics_mode_generates_rebuilds_and_times_the_reports() {
     assert_eq!(r["messages"], 470 * 11 + 30);
     assert_eq!(r["tenant_by_day_90d"]["series"], 1);
     assert_eq!(r["per_agent_by_day_90d"]["series"], 5);
+    // The same reports in another zone than the tenant's (the slots, not the days).
+    assert_eq!(r["tenant_by_day_90d_other_zone"]["series"], 1);
+    assert_eq!(r["per_agent_by_day_90d_other_zone"]["series"], 5);
     let p = &r["per_agent_by_day_90d"];
     assert!(number(p, "p50_ms") <= number(p, "p99_ms"), "{p}");
 }
