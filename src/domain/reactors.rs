@@ -38,7 +38,8 @@ use crate::storage::listen::Notice as Heard;
 use crate::storage::{Db, spine as store};
 use crate::tenancy::{SystemCap, TenantScope};
 
-/// Spine entries read per round trip.
+/// Spine entries read per round trip, unless a reactor asks for more
+/// ([`Reactor::batch_size`]).
 const BATCH: i64 = 100;
 /// A share another node held is tried again after this.
 const RETRY_HELD: Duration = Duration::from_millis(500);
@@ -106,6 +107,12 @@ pub trait Reactor: Send + Sync + 'static {
     /// per batch, and nothing is read back for it.
     fn wants_post_notices(&self) -> bool {
         false
+    }
+    /// Spine entries per batch. One whose cost grows with the distinct conversations of a
+    /// batch rather than its entries (the same open chats post in entry after entry) keeps
+    /// up better with bigger batches.
+    fn batch_size(&self) -> i64 {
+        BATCH
     }
     /// Handles a batch of one share, in order. An error leaves the cursor where it was, so
     /// the batch comes again.
@@ -248,12 +255,13 @@ async fn drain(
         let Some(pos) = store::claim_cursor(&mut tx, r.name(), shard).await? else {
             return Ok(false);
         };
-        let entries = store::entries_after(&mut tx, shard, pos, BATCH).await?;
+        let size = r.batch_size();
+        let entries = store::entries_after(&mut tx, shard, pos, size).await?;
         let Some(last) = entries.last().map(|e| e.pos) else {
             tx.commit().await?;
             return Ok(true);
         };
-        let full = entries.len() as i64 == BATCH;
+        let full = entries.len() as i64 == size;
         let mut batch = Vec::new();
         for entry in entries {
             let recorded: Vec<SpineEvent> = serde_json::from_value(entry.events)

@@ -36,8 +36,8 @@
 //!   aggregates count them (GetHistoricalStats, as the tenant's admin) against the chats'
 //!   first replies answered so far; the lag is the age of the oldest answered first reply not
 //!   counted yet (each chat's later replies reach the aggregates through the same reactor, in
-//!   the same order, so they trail no less). After the run, the time until every first reply
-//!   is counted.
+//!   the same order, so they trail no less). After the run, the time from its end until
+//!   every first reply is counted.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -844,12 +844,11 @@ pub(super) async fn run(
     let catch_up = if lag.is_some() {
         let mut client = AnalyticsServiceClient::new(ctl.clone());
         let total = lock(&shared.first_replies).len() as u64;
-        let last = lock(&shared.first_replies).last().copied();
         let mut caught = None;
         while end.elapsed() < CATCH_UP_LIMIT {
             match counted_first_responses(&mut client, &fx.admin).await {
                 Ok(c) if c >= total => {
-                    caught = last.map(|t| t.elapsed());
+                    caught = Some(end.elapsed());
                     break;
                 }
                 Ok(_) => {}

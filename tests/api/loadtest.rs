@@ -198,7 +198,12 @@ fn routing_mode_routes_every_chat_within_capacity() {
     assert_eq!(r["closed"], 20, "{r}");
     assert_eq!(r["waiting_at_end"], 0, "{r}");
     assert_eq!(r["over_capacity"], 0, "{r}");
-    for e in ["start_errors", "close_errors", "stream_errors", "reply_errors"] {
+    for e in [
+        "start_errors",
+        "close_errors",
+        "stream_errors",
+        "reply_errors",
+    ] {
         assert_eq!(r[e], 0, "{e}: {r}");
     }
     // Two replies in each chat, and the analytics aggregates counted every chat's first

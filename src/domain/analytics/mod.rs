@@ -43,6 +43,8 @@ use crate::tenancy::{Actor, Role, SystemCap, TenantScope};
 
 /// Chats whose contributions are recomputed per round trip.
 const CHUNK: usize = 500;
+/// Spine entries the reactor takes at once.
+const ANALYTICS_BATCH: i64 = 2000;
 
 /// One stored row of figures, as JSON (the aggregates' upsert input and a chat's stored
 /// contributions).
@@ -320,6 +322,13 @@ impl Reactor for Analytics {
 
     fn wants_post_notices(&self) -> bool {
         true
+    }
+
+    // Each chat of a batch is recomputed once, however many of its entries hold posts: with
+    // a thousand open chats replying every second, 100 entries a batch read every chat's
+    // timeline again several times a second and fell behind (BENCHMARKS.md, issue 10).
+    fn batch_size(&self) -> i64 {
+        ANALYTICS_BATCH
     }
 
     fn handle<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, AppResult<()>> {
