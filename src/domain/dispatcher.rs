@@ -78,6 +78,7 @@ impl Reactor for Dispatcher {
             let Some(d) = batch.iter().find(|d| wakes(&d.event)) else {
                 return Ok(());
             };
+            let began = std::time::Instant::now();
             let scope = TenantScope::system(&self.system, d.tenant);
             // An agent who went offline gets a grace period for the chats they hold.
             for d in batch {
@@ -86,9 +87,13 @@ impl Reactor for Dispatcher {
                 }
             }
             let n = assignment::dispatch(&self.engine, &scope).await?;
-            if n > 0 {
-                tracing::debug!(tenant.id = %d.tenant, assigned = n, "dispatched");
-            }
+            tracing::debug!(
+                tenant.id = %d.tenant,
+                entries = batch.len(),
+                assigned = n,
+                ms = began.elapsed().as_millis() as u64,
+                "dispatched"
+            );
             Ok(())
         })
     }

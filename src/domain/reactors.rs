@@ -11,15 +11,16 @@
 //! batch was handled but whose cursor was not stored is seen again, and nothing else is.
 //!
 //! Work is woken by spine notices (every node gets them); at start and after the listening
-//! connection was lost, every tenant's shares are checked once. When no reactor wants posted
-//! messages, a notice of posts only marks its share for the next [`LAZY`] tick instead: the
-//! send path commits many batches a second, and each wake-up costs a cursor transaction. A share held by another
-//! node is tried again a moment later, so work that node did not pick up is not left behind.
+//! connection was lost, every tenant's shares are checked once. Each reactor runs on its own
+//! task. For a reactor that does not want posted messages, a notice of posts only marks its
+//! share for the next [`LAZY`] tick instead: the send path commits many batches a second,
+//! and each wake-up costs a cursor transaction. A share held by another node is tried again
+//! a moment later, so work that node did not pick up is not left behind.
 //!
 //! Kept small and hand-written: the outbox and job crates for PostgreSQL bring sqlx or
 //! tokio-postgres as a second driver beside diesel-async.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Clock;
-use super::conversations::stored_events;
+use super::conversations::stored_events_in;
 use super::events::ConversationEvent;
 use super::spine::{Notice, SHARDS, SpineEvent};
 use crate::error::{AppError, AppResult};
@@ -43,8 +44,8 @@ use crate::tenancy::{SystemCap, TenantScope};
 const BATCH: i64 = 100;
 /// A share another node held is tried again after this.
 const RETRY_HELD: Duration = Duration::from_millis(500);
-/// Shares that only saw posts are caught up this often when no reactor wants posts (their
-/// cursors move past the posts; nothing in them is for those reactors).
+/// Shares that only saw posts are caught up this often for a reactor that does not want
+/// posts (its cursor moves past them; nothing in them is for it but post notices).
 const LAZY: Duration = Duration::from_secs(1);
 /// A share that failed (database trouble, a reactor error) is tried again after this.
 const RETRY_FAILED: Duration = Duration::from_secs(2);
@@ -120,7 +121,9 @@ pub trait Reactor: Send + Sync + 'static {
 }
 
 /// Runs `reactors` until `shutdown`, woken by the spine notices in `heard`; `sys` reads
-/// every tenant's spine.
+/// every tenant's spine. Each reactor runs on its own task with its own copy of the
+/// notices, so a slow one (a dispatcher pass under load) never holds back another (the
+/// analytics aggregates fell a minute behind while sharing one loop with the dispatcher).
 pub fn start(
     db: Db,
     clock: Arc<dyn Clock>,
@@ -129,10 +132,40 @@ pub fn start(
     sys: SystemCap,
     shutdown: CancellationToken,
 ) {
-    if reactors.is_empty() {
-        return;
+    let mut outs = Vec::new();
+    for r in reactors {
+        let (tx, rx) = mpsc::channel(NOTICES);
+        outs.push(tx);
+        tokio::spawn(run(db.clone(), clock.clone(), r, rx, sys, shutdown.clone()));
     }
-    tokio::spawn(run(db, clock, reactors, heard, sys, shutdown));
+    if !outs.is_empty() {
+        tokio::spawn(fan_out(heard, outs));
+    }
+}
+
+/// Notices buffered per reactor.
+const NOTICES: usize = 4096;
+
+/// Copies every notice to each reactor without waiting for any: a reactor whose buffer is
+/// full misses notices, and is told to look at every share again once it has room (what a
+/// lost listening connection gets too), so no work is left behind.
+async fn fan_out(mut heard: mpsc::Receiver<Heard>, outs: Vec<mpsc::Sender<Heard>>) {
+    let mut overflowed = vec![false; outs.len()];
+    while let Some(h) = heard.recv().await {
+        for (out, over) in outs.iter().zip(overflowed.iter_mut()) {
+            if *over {
+                if out.try_send(Heard::Reconnected).is_err() {
+                    continue;
+                }
+                *over = false;
+            }
+            match out.try_send(h.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => *over = true,
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
 }
 
 type Share = (TenantId, i16);
@@ -140,7 +173,7 @@ type Share = (TenantId, i16);
 async fn run(
     db: Db,
     clock: Arc<dyn Clock>,
-    reactors: Vec<Arc<dyn Reactor>>,
+    r: Arc<dyn Reactor>,
     mut heard: mpsc::Receiver<Heard>,
     sys: SystemCap,
     shutdown: CancellationToken,
@@ -148,25 +181,33 @@ async fn run(
     let mut dirty: BTreeSet<Share> = BTreeSet::new();
     let mut later: HashSet<Share> = HashSet::new();
     let mut lazy: HashSet<Share> = HashSet::new();
-    let posts_wanted = reactors.iter().any(|r| r.wants_posts());
+    let posts_wanted = r.wants_posts();
     let mut rescan = true;
     let mut retry = tokio::time::interval(RETRY_HELD);
     let mut lazy_tick = tokio::time::interval(LAZY);
     loop {
         if rescan {
-            match all_behind(&db, &sys, &reactors).await {
+            match all_behind(&db, &sys, r.as_ref()).await {
                 Ok(shares) => {
                     dirty.extend(shares);
                     rescan = false;
                 }
-                Err(e) => tracing::warn!(error = %e, "reactors could not scan the spine"),
+                Err(e) => {
+                    tracing::warn!(reactor = r.name(), error = %e, "a reactor could not scan the spine")
+                }
             }
         }
-        while let Some(share) = dirty.pop_first() {
-            for r in &reactors {
+        // Rounds: every share that was dirty when a round began gets one batch before any
+        // gets a second, so a share that is always busy cannot starve the others (taking the
+        // lowest share each time left three of four shares unread for seconds under load).
+        while !dirty.is_empty() {
+            for share in std::mem::take(&mut dirty) {
                 match drain(&db, &sys, clock.as_ref(), r.as_ref(), share).await {
-                    Ok(true) => {}
-                    Ok(false) => {
+                    Ok(Drained::AtHead) => {}
+                    Ok(Drained::More) => {
+                        dirty.insert(share);
+                    }
+                    Ok(Drained::Held) => {
                         later.insert(share);
                     }
                     Err(e) => {
@@ -178,10 +219,9 @@ async fn run(
                         }
                     }
                 }
-            }
-            // New notices are taken in between shares, so a busy share does not starve.
-            while let Ok(h) = heard.try_recv() {
-                note(h, &mut dirty, &mut lazy, posts_wanted, &mut rescan);
+                while let Ok(h) = heard.try_recv() {
+                    note(h, &mut dirty, &mut lazy, posts_wanted, &mut rescan);
+                }
             }
         }
         tokio::select! {
@@ -197,8 +237,8 @@ async fn run(
     }
 }
 
-/// Marks a notice's share for work now, or, when it holds posts only and no reactor wants
-/// posts, for the next [`LAZY`] tick (a busy send path then wakes no reactor per batch).
+/// Marks a notice's share for work now, or, when it holds posts only and the reactor does not
+/// want posts, for the next [`LAZY`] tick (a busy send path then wakes no reactor per batch).
 fn note(
     h: Heard,
     dirty: &mut BTreeSet<Share>,
@@ -221,93 +261,165 @@ fn note(
     }
 }
 
-/// Every share that some reactor has not consumed to its head.
-async fn all_behind(
-    db: &Db,
-    sys: &SystemCap,
-    reactors: &[Arc<dyn Reactor>],
-) -> AppResult<Vec<Share>> {
+/// Every share that `r` has not consumed to its head.
+async fn all_behind(db: &Db, sys: &SystemCap, r: &dyn Reactor) -> AppResult<Vec<Share>> {
     let mut out = Vec::new();
     for tenant in super::tenants::all_ids(db, sys).await? {
         let mut tx = db.tenant_tx(&TenantScope::system(sys, tenant)).await?;
-        for r in reactors {
-            for shard in store::shards_behind(&mut tx, r.name()).await? {
-                out.push((tenant, shard));
-            }
+        for shard in store::shards_behind(&mut tx, r.name()).await? {
+            out.push((tenant, shard));
         }
         tx.commit().await?;
     }
     Ok(out)
 }
 
-/// Feeds one share to one reactor until it is at the head. False when another node holds
-/// the share right now.
+/// What one [`drain`] left.
+enum Drained {
+    /// The share is consumed to its head.
+    AtHead,
+    /// A full batch was handled; more may follow.
+    More,
+    /// Another node holds the share right now.
+    Held,
+}
+
+/// Feeds one batch of one share to one reactor.
 async fn drain(
     db: &Db,
     sys: &SystemCap,
     clock: &dyn Clock,
     r: &dyn Reactor,
     (tenant, shard): Share,
-) -> AppResult<bool> {
+) -> AppResult<Drained> {
     debug_assert!((0..SHARDS).contains(&shard));
-    loop {
-        let mut tx = db.tenant_tx(&TenantScope::system(sys, tenant)).await?;
-        let Some(pos) = store::claim_cursor(&mut tx, r.name(), shard).await? else {
-            return Ok(false);
-        };
-        let size = r.batch_size();
-        let entries = store::entries_after(&mut tx, shard, pos, size).await?;
-        let Some(last) = entries.last().map(|e| e.pos) else {
-            tx.commit().await?;
-            return Ok(true);
-        };
-        let full = entries.len() as i64 == size;
-        let mut batch = Vec::new();
-        for entry in entries {
-            let recorded: Vec<SpineEvent> = serde_json::from_value(entry.events)
+    let mut tx = db.tenant_tx(&TenantScope::system(sys, tenant)).await?;
+    let Some(pos) = store::claim_cursor(&mut tx, r.name(), shard).await? else {
+        return Ok(Drained::Held);
+    };
+    let began = std::time::Instant::now();
+    let size = r.batch_size();
+    let entries = store::entries_after(&mut tx, shard, pos, size).await?;
+    let Some(last) = entries.last().map(|e| e.pos) else {
+        tx.commit().await?;
+        return Ok(Drained::AtHead);
+    };
+    let full = entries.len() as i64 == size;
+    let recorded = entries
+        .into_iter()
+        .map(|entry| {
+            let events: Vec<SpineEvent> = serde_json::from_value(entry.events)
                 .map_err(|e| AppError::Internal(format!("spine entry {}: {e}", entry.pos)))?;
-            for ev in recorded {
-                let at = entry.created_at;
-                let delivery = |event| Delivery {
-                    tenant,
-                    shard,
-                    pos: entry.pos,
-                    at,
-                    event,
-                };
-                match ev {
-                    SpineEvent::Conversation { c, posts: true, .. } if !r.wants_posts() => {
-                        if r.wants_post_notices() {
-                            batch.push(delivery(DomainEvent::Posted { conversation: c }));
+            Ok((entry.pos, entry.created_at, events))
+        })
+        .collect::<AppResult<Vec<_>>>()?;
+    // The conversation events the reactor reads back, in one go.
+    let wanted = |ev: &SpineEvent| match ev {
+        SpineEvent::Conversation { posts, .. } => !posts || r.wants_posts(),
+        _ => false,
+    };
+    let ranges: Vec<(ConversationId, i64, i64)> = recorded
+        .iter()
+        .flat_map(|(.., events)| events)
+        .filter(|ev| wanted(ev))
+        .filter_map(|ev| match ev {
+            SpineEvent::Conversation { c, from, to, .. } => Some((*c, from - 1, *to)),
+            _ => None,
+        })
+        .collect();
+    let mut read: HashMap<ConversationId, VecDeque<ConversationEvent>> = HashMap::new();
+    for ev in stored_events_in(&mut tx, &ranges).await? {
+        read.entry(ev.conversation_id).or_default().push_back(ev);
+    }
+    let mut batch = Vec::new();
+    for (pos, at, events) in recorded {
+        for ev in events {
+            let delivery = |event| Delivery {
+                tenant,
+                shard,
+                pos,
+                at,
+                event,
+            };
+            match ev {
+                SpineEvent::Conversation { c, posts: true, .. } if !r.wants_posts() => {
+                    if r.wants_post_notices() {
+                        batch.push(delivery(DomainEvent::Posted { conversation: c }));
+                    }
+                }
+                SpineEvent::Conversation { c, to, .. } => {
+                    // This range's events are the conversation's next ones read.
+                    let queue = read.entry(c).or_default();
+                    while queue.front().is_some_and(|e| e.seq <= to) {
+                        if let Some(e) = queue.pop_front() {
+                            batch.push(delivery(DomainEvent::Conversation(e)));
                         }
                     }
-                    SpineEvent::Conversation { c, from, to, .. } => {
-                        let events = stored_events(&mut tx, c, from - 1, to, to - from + 1).await?;
-                        batch.extend(
-                            events
-                                .into_iter()
-                                .map(|e| delivery(DomainEvent::Conversation(e))),
-                        );
-                    }
-                    SpineEvent::AgentChanged { agent } => {
-                        batch.push(delivery(DomainEvent::AgentChanged { agent }));
-                    }
-                    SpineEvent::QueueChanged { c } => {
-                        batch.push(delivery(DomainEvent::QueueChanged { conversation: c }));
-                    }
-                    SpineEvent::Rated { c } => {
-                        batch.push(delivery(DomainEvent::Rated { conversation: c }));
-                    }
-                    // The event that made them a member is in its conversation's range.
-                    SpineEvent::Joined { .. } => {}
                 }
+                SpineEvent::AgentChanged { agent } => {
+                    batch.push(delivery(DomainEvent::AgentChanged { agent }));
+                }
+                SpineEvent::QueueChanged { c } => {
+                    batch.push(delivery(DomainEvent::QueueChanged { conversation: c }));
+                }
+                SpineEvent::Rated { c } => {
+                    batch.push(delivery(DomainEvent::Rated { conversation: c }));
+                }
+                // The event that made them a member is in its conversation's range.
+                SpineEvent::Joined { .. } => {}
             }
         }
-        r.handle(&batch).await?;
-        store::store_cursor(&mut tx, r.name(), shard, last, clock.now()).await?;
-        tx.commit().await?;
-        if !full {
-            return Ok(true);
+    }
+    let read_ms = began.elapsed().as_millis() as u64;
+    r.handle(&batch).await?;
+    store::store_cursor(&mut tx, r.name(), shard, last, clock.now()).await?;
+    tx.commit().await?;
+    tracing::debug!(
+        reactor = r.name(),
+        %tenant,
+        shard,
+        deliveries = batch.len(),
+        read_ms,
+        ms = began.elapsed().as_millis() as u64,
+        "reactor batch done"
+    );
+    Ok(if full { Drained::More } else { Drained::AtHead })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(n: u32) -> Heard {
+        Heard::Payload(n.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_reactor_whose_buffer_filled_is_told_to_look_again_and_the_others_miss_nothing() {
+        let (tx, heard) = mpsc::channel(16);
+        let (fast, mut fast_rx) = mpsc::channel(16);
+        let (slow, mut slow_rx) = mpsc::channel(1);
+        let fan = tokio::spawn(fan_out(heard, vec![fast, slow]));
+        for n in 0..3 {
+            tx.send(payload(n)).await.unwrap();
         }
+        // The slow reactor took nothing yet: its buffer holds the first notice only.
+        while fast_rx.len() < 3 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(slow_rx.recv().await, Some(payload(0)));
+        // Once it has room, the next notice it gets says that some were lost.
+        tx.send(payload(3)).await.unwrap();
+        assert_eq!(slow_rx.recv().await, Some(Heard::Reconnected));
+        drop(tx);
+        fan.await.unwrap();
+        let mut got = Vec::new();
+        while let Some(h) = fast_rx.recv().await {
+            got.push(h);
+        }
+        assert_eq!(got, (0..4).map(payload).collect::<Vec<_>>());
+        // Notice 3 found the buffer full again behind that word: lost too, and covered by the
+        // same look at every share.
+        assert_eq!(slow_rx.recv().await, None);
     }
 }

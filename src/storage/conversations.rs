@@ -56,7 +56,7 @@ pub struct MemberRow {
 
 /// A stored conversation event other than a posted message (a message row is its own
 /// `message_posted` event); its tenant is the transaction's.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = conversation_events)]
 pub struct EventRow {
     /// Conversation.
@@ -354,6 +354,49 @@ pub async fn events_between(
         .limit(limit)
         .load(tx.conn())
         .await?)
+}
+
+/// Events in each of `ranges` (a conversation's `after < seq <= up_to`), in one statement
+/// (a reactor's batch names many ranges; a round trip each fell behind under load).
+pub async fn events_in(
+    tx: &mut TenantTx,
+    ranges: &[(ConversationId, i64, i64)],
+) -> AppResult<Vec<EventRow>> {
+    let (convs, afters, up_tos) = columns(ranges);
+    let t = tx.tenant_id();
+    Ok(sql::prepared(
+        // One index range per conversation range.
+        "SELECT e.conversation_id, e.seq, e.kind, e.message_id, e.actor_id, e.payload,
+                e.created_at
+           FROM unnest($2::uuid[], $3::bigint[], $4::bigint[]) AS r(c, after, up_to)
+           CROSS JOIN LATERAL (
+             SELECT x.* FROM conversation_events x
+              WHERE x.tenant_id = $1 AND x.conversation_id = r.c
+                AND x.seq > r.after AND x.seq <= r.up_to
+             OFFSET 0
+           ) e",
+    )
+    .bind::<SqlUuid, _>(t)
+    .bind::<Array<SqlUuid>, _>(convs)
+    .bind::<Array<BigInt>, _>(afters)
+    .bind::<Array<BigInt>, _>(up_tos)
+    .load(tx.conn())
+    .await?)
+}
+
+/// `ranges` as the three arrays a statement over them binds.
+pub fn columns(ranges: &[(ConversationId, i64, i64)]) -> (Vec<ConversationId>, Vec<i64>, Vec<i64>) {
+    let mut out = (
+        Vec::with_capacity(ranges.len()),
+        Vec::with_capacity(ranges.len()),
+        Vec::with_capacity(ranges.len()),
+    );
+    for (c, after, up_to) in ranges {
+        out.0.push(*c);
+        out.1.push(*after);
+        out.2.push(*up_to);
+    }
+    out
 }
 
 /// Moves a member's read position forward (never back, never past `last_seq`); returns the

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
 use super::schema::messages;
@@ -200,6 +200,31 @@ pub async fn posted_between(
         .limit(limit)
         .load(tx.conn())
         .await?)
+}
+
+/// Messages in each of `ranges` (a conversation's `after < seq <= up_to`), in one
+/// statement.
+pub async fn posted_in(
+    tx: &mut TenantTx,
+    ranges: &[(ConversationId, i64, i64)],
+) -> AppResult<Vec<MessageRow>> {
+    let (convs, afters, up_tos) = super::conversations::columns(ranges);
+    let t = tx.tenant_id();
+    Ok(sql::prepared(
+        "SELECT m.* FROM unnest($2::uuid[], $3::bigint[], $4::bigint[]) AS r(c, after, up_to)
+           CROSS JOIN LATERAL (
+             SELECT x.* FROM messages x
+              WHERE x.tenant_id = $1 AND x.conversation_id = r.c
+                AND x.seq > r.after AND x.seq <= r.up_to
+             OFFSET 0
+           ) m",
+    )
+    .bind::<SqlUuid, _>(t)
+    .bind::<Array<SqlUuid>, _>(convs)
+    .bind::<Array<BigInt>, _>(afters)
+    .bind::<Array<BigInt>, _>(up_tos)
+    .load(tx.conn())
+    .await?)
 }
 
 /// Whether the engine posted `text` into `conv` at or after `since`: how a timer that posts

@@ -287,6 +287,7 @@ impl Analytics {
         if convs.is_empty() && agents.is_empty() {
             return Ok(());
         }
+        let began = std::time::Instant::now();
         let scope = TenantScope::system(&self.system, first.tenant);
         let mut tx = self.engine.db.tenant_tx(&scope).await?;
         store::lock(&mut tx, false).await?;
@@ -305,7 +306,17 @@ impl Analytics {
         recompute_chats(&mut tx, &external, &mut delta).await?;
         count_states(&mut tx, &agents, &mut delta).await?;
         write(&mut tx, &delta).await?;
-        tx.commit().await
+        tx.commit().await?;
+        tracing::debug!(
+            tenant.id = %first.tenant,
+            entries = batch.len(),
+            chats = external.len(),
+            agents = agents.len(),
+            rows = delta.len(),
+            ms = began.elapsed().as_millis() as u64,
+            "analytics batch counted"
+        );
+        Ok(())
     }
 }
 

@@ -182,7 +182,7 @@ pub async fn events_between(
 
 /// Stored events of a conversation with `after < seq <= up_to`, oldest first, at most
 /// `limit`, whoever asks: callers check membership first, or are the engine itself.
-pub(crate) async fn stored_events(
+async fn stored_events(
     tx: &mut TenantTx,
     conv: ConversationId,
     after: i64,
@@ -191,8 +191,43 @@ pub(crate) async fn stored_events(
 ) -> AppResult<Vec<ConversationEvent>> {
     let rows = store::events_between(tx, conv, after, up_to, limit).await?;
     let posted = messages::posted_between(tx, conv, after, up_to, limit).await?;
+    let mut out = assemble(tx, rows, posted).await?;
+    // Seqs are gapless over both tables, so the first `limit` of the merge are exactly the
+    // events that follow `after`.
+    out.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok(out)
+}
+
+/// Stored events of each of `ranges` (a conversation's `after < seq <= up_to`), with a
+/// fixed number of statements whatever their number, ordered by conversation, then seq.
+pub(crate) async fn stored_events_in(
+    tx: &mut TenantTx,
+    ranges: &[(ConversationId, i64, i64)],
+) -> AppResult<Vec<ConversationEvent>> {
+    if ranges.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = store::events_in(tx, ranges).await?;
+    let posted = messages::posted_in(tx, ranges).await?;
+    let mut out = assemble(tx, rows, posted).await?;
+    out.sort_by_key(|e| (e.conversation_id, e.seq));
+    // Ranges that overlap name an event once.
+    out.dedup_by_key(|e| (e.conversation_id, e.seq));
+    Ok(out)
+}
+
+/// Conversation events from their rows and the posted messages, in seq order.
+async fn assemble(
+    tx: &mut TenantTx,
+    rows: Vec<store::EventRow>,
+    posted: Vec<messages::MessageRow>,
+) -> AppResult<Vec<ConversationEvent>> {
     let ids: Vec<MessageId> = rows.iter().filter_map(|r| r.message_id).collect();
-    let msgs = messages::by_ids(tx, &ids).await?;
+    let msgs = if ids.is_empty() {
+        Vec::new()
+    } else {
+        messages::by_ids(tx, &ids).await?
+    };
     let mut out = Vec::with_capacity(rows.len() + posted.len());
     for r in rows {
         let msg = || {
@@ -250,9 +285,6 @@ pub(crate) async fn stored_events(
             kind: EventKind::MessagePosted(message(m)?),
         });
     }
-    // Seqs are gapless over both tables, so the first `limit` of the merge are exactly the
-    // events that follow `after`.
     out.sort_by_key(|e| e.seq);
-    out.truncate(usize::try_from(limit).unwrap_or(0));
     Ok(out)
 }
