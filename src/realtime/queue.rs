@@ -287,8 +287,8 @@ impl Tenant {
             .is_none_or(|(at, _)| now.duration_since(at) >= HANDLING_REFRESH)
     }
 
-    /// Takes a read in and tells every stream whose places changed.
-    fn apply(&mut self, read: QueueRead, measured: bool, now: Instant) {
+    /// Takes a read in and tells every stream whose places changed; returns how many.
+    fn apply(&mut self, read: QueueRead, measured: bool, now: Instant) -> usize {
         if measured {
             self.handling = Some((now, read.handling_seconds));
         }
@@ -304,16 +304,18 @@ impl Tenant {
             }
         }
         self.waiting_here = !mine.is_empty();
+        let mut told = 0usize;
         for (visitor, tx) in self.feeds.values() {
             let new = mine.get(visitor).cloned().unwrap_or_default();
-            tx.send_if_modified(|current| {
+            told += usize::from(tx.send_if_modified(|current| {
                 let changed = *current != new;
                 if changed {
                     *current = new;
                 }
                 changed
-            });
+            }));
         }
+        told
     }
 }
 
@@ -498,7 +500,19 @@ impl QueueWatch {
             let places_read = matches!(places, Some(Ok(_)));
             if let Some(t) = s.tenants.get_mut(&tenant) {
                 match places {
-                    Some(Ok((read, measured))) => t.apply(read, measured, started),
+                    Some(Ok((read, measured))) => {
+                        let waiting = read.waiting.len();
+                        let read_ms = started.elapsed().as_millis() as u64;
+                        let told = t.apply(read, measured, started);
+                        tracing::debug!(
+                            tenant.id = %tenant,
+                            waiting,
+                            told,
+                            read_ms,
+                            ms = started.elapsed().as_millis() as u64,
+                            "queue read"
+                        );
+                    }
                     Some(Err(error)) => {
                         tracing::warn!(tenant.id = %tenant, %error, "reading the queue failed");
                         failed = true;
