@@ -80,11 +80,19 @@ impl Reactor for Dispatcher {
             };
             let began = std::time::Instant::now();
             let scope = TenantScope::system(&self.system, d.tenant);
-            // An agent who went offline gets a grace period for the chats they hold.
-            for d in batch {
-                if let DomainEvent::AgentChanged { agent } = d.event {
-                    assignment::on_agent_changed(&self.engine, &scope, agent).await?;
-                }
+            // An agent who went offline gets a grace period for the chats they hold; an agent
+            // who changed several times in the batch is looked at once, as they are now.
+            let mut changed: Vec<_> = batch
+                .iter()
+                .filter_map(|d| match d.event {
+                    DomainEvent::AgentChanged { agent } => Some(agent),
+                    _ => None,
+                })
+                .collect();
+            changed.sort();
+            changed.dedup();
+            for agent in changed {
+                assignment::on_agent_changed(&self.engine, &scope, agent).await?;
             }
             let n = assignment::dispatch(&self.engine, &scope).await?;
             tracing::debug!(
