@@ -122,8 +122,7 @@ pub trait Reactor: Send + Sync + 'static {
 
 /// Runs `reactors` until `shutdown`, woken by the spine notices in `heard`; `sys` reads
 /// every tenant's spine. Each reactor runs on its own task with its own copy of the
-/// notices, so a slow one (a dispatcher pass under load) never holds back another (the
-/// analytics aggregates fell a minute behind while sharing one loop with the dispatcher).
+/// notices, so a slow one (a dispatcher pass under load) never holds back another.
 pub fn start(
     db: Db,
     clock: Arc<dyn Clock>,
