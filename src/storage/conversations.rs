@@ -527,10 +527,11 @@ pub struct LockedRow {
 /// learns visitor ownership without a statement of its own. Missing ones are left out.
 pub async fn lock(tx: &TenantTx, convs: &[ConversationId]) -> AppResult<Vec<LockedRow>> {
     let t = tx.tenant_id();
+    // NO KEY UPDATE: inserts that only reference these rows need not wait for the batch.
     Ok(sql::prepared(
         "SELECT tenant_id, conversation_id, kind, visitor_id FROM conversations
           WHERE tenant_id = $1 AND conversation_id = ANY($2)
-          ORDER BY conversation_id FOR UPDATE",
+          ORDER BY conversation_id FOR NO KEY UPDATE",
     )
     .bind::<SqlUuid, _>(t)
     .bind::<Array<SqlUuid>, _>(convs)

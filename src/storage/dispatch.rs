@@ -16,13 +16,18 @@ use crate::ids::{AssignmentId, ConversationId, UserId, WorkflowId};
 
 /// Locks every active agent row of the tenant, in id order (so concurrent lockers never
 /// deadlock). Whoever changes an agent's open chats holds these locks until commit.
+///
+/// `FOR NO KEY UPDATE`, here and on chat rows: lockers still wait for each other, but the
+/// foreign-key checks of rows that reference the locked ones (`FOR KEY SHARE`) do not. With
+/// `FOR UPDATE`, every chat close waited for the whole dispatcher pass in progress (8 ms a
+/// close at 136 closes/s): its status update checks its assignee's row.
 pub async fn lock_agents(tx: &mut TenantTx) -> AppResult<()> {
     let t = tx.tenant_id();
     let _: Vec<UserId> = users::table
         .filter(users::tenant_id.eq(t).and(users::active.eq(true)))
         .select(users::user_id)
         .order(users::user_id)
-        .for_update()
+        .for_no_key_update()
         .load(tx.conn())
         .await?;
     Ok(())
@@ -39,7 +44,7 @@ pub async fn lock_agent(tx: &mut TenantTx, agent: UserId) -> AppResult<Option<Us
                 .and(users::active.eq(true)),
         )
         .select(users::user_id)
-        .for_update()
+        .for_no_key_update()
         .first(tx.conn())
         .await
         .optional()?)
@@ -163,7 +168,7 @@ pub async fn lock_chats(
         )
         .select(ConversationRow::as_select())
         .order(conversations::conversation_id)
-        .for_update()
+        .for_no_key_update()
         .load(tx.conn())
         .await?)
 }

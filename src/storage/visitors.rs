@@ -344,7 +344,7 @@ pub async fn open_chat(
         )
         .select(ConversationRow::as_select())
         .order(conversations::created_at.desc())
-        .for_update()
+        .for_no_key_update()
         .first(tx.conn())
         .await
         .optional()?)
@@ -359,7 +359,7 @@ pub async fn lock_chat(
     Ok(conversations::table
         .find((t, conv))
         .select(ConversationRow::as_select())
-        .for_update()
+        .for_no_key_update()
         .first(tx.conn())
         .await
         .optional()?)
