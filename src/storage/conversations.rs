@@ -362,10 +362,8 @@ pub async fn events_in(
     tx: &mut TenantTx,
     ranges: &[(ConversationId, i64, i64)],
 ) -> AppResult<Vec<EventRow>> {
-    let (convs, afters, up_tos) = columns(ranges);
-    let t = tx.tenant_id();
-    Ok(sql::prepared(
-        // One index range per conversation range.
+    // One index range per conversation range.
+    Ok(over_ranges(
         "SELECT e.conversation_id, e.seq, e.kind, e.message_id, e.actor_id, e.payload,
                 e.created_at
            FROM unnest($2::uuid[], $3::bigint[], $4::bigint[]) AS r(c, after, up_to)
@@ -375,28 +373,28 @@ pub async fn events_in(
                 AND x.seq > r.after AND x.seq <= r.up_to
              OFFSET 0
            ) e",
+        tx.tenant_id(),
+        ranges,
     )
-    .bind::<SqlUuid, _>(t)
-    .bind::<Array<SqlUuid>, _>(convs)
-    .bind::<Array<BigInt>, _>(afters)
-    .bind::<Array<BigInt>, _>(up_tos)
     .load(tx.conn())
     .await?)
 }
 
-/// `ranges` as the three arrays a statement over them binds.
-pub fn columns(ranges: &[(ConversationId, i64, i64)]) -> (Vec<ConversationId>, Vec<i64>, Vec<i64>) {
-    let mut out = (
-        Vec::with_capacity(ranges.len()),
-        Vec::with_capacity(ranges.len()),
-        Vec::with_capacity(ranges.len()),
-    );
-    for (c, after, up_to) in ranges {
-        out.0.push(*c);
-        out.1.push(*after);
-        out.2.push(*up_to);
-    }
-    out
+/// A statement over `ranges` (a conversation's `after < seq <= up_to` each): `$1` is the
+/// tenant, and `$2`, `$3`, `$4` the ranges' conversations, `after`s and `up_to`s as arrays.
+pub fn over_ranges(
+    text: &'static str,
+    tenant: TenantId,
+    ranges: &[(ConversationId, i64, i64)],
+) -> sql::Sql<'static> {
+    let convs: Vec<ConversationId> = ranges.iter().map(|r| r.0).collect();
+    let afters: Vec<i64> = ranges.iter().map(|r| r.1).collect();
+    let up_tos: Vec<i64> = ranges.iter().map(|r| r.2).collect();
+    sql::prepared(text)
+        .bind::<SqlUuid, _>(tenant)
+        .bind::<Array<SqlUuid>, _>(convs)
+        .bind::<Array<BigInt>, _>(afters)
+        .bind::<Array<BigInt>, _>(up_tos)
 }
 
 /// Moves a member's read position forward (never back, never past `last_seq`); returns the

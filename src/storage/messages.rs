@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Uuid as SqlUuid};
+use diesel::sql_types::{Array, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
 use super::schema::messages;
@@ -208,9 +208,7 @@ pub async fn posted_in(
     tx: &mut TenantTx,
     ranges: &[(ConversationId, i64, i64)],
 ) -> AppResult<Vec<MessageRow>> {
-    let (convs, afters, up_tos) = super::conversations::columns(ranges);
-    let t = tx.tenant_id();
-    Ok(sql::prepared(
+    Ok(super::conversations::over_ranges(
         "SELECT m.* FROM unnest($2::uuid[], $3::bigint[], $4::bigint[]) AS r(c, after, up_to)
            CROSS JOIN LATERAL (
              SELECT x.* FROM messages x
@@ -218,11 +216,9 @@ pub async fn posted_in(
                 AND x.seq > r.after AND x.seq <= r.up_to
              OFFSET 0
            ) m",
+        tx.tenant_id(),
+        ranges,
     )
-    .bind::<SqlUuid, _>(t)
-    .bind::<Array<SqlUuid>, _>(convs)
-    .bind::<Array<BigInt>, _>(afters)
-    .bind::<Array<BigInt>, _>(up_tos)
     .load(tx.conn())
     .await?)
 }
