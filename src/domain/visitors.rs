@@ -33,9 +33,9 @@ use crate::ids::{ApiKeyId, ConversationId, TenantId, UserId, VisitorId};
 use crate::storage::conversations as conv_store;
 use crate::storage::dispatch as dispatch_store;
 use crate::storage::visitors::{
-    self as store, IdentityRow, NewQueueEntry, QueueRow, VisitorFields, VisitorRow,
+    self as store, IdentityRow, NewQueueEntry, VisitorFields, VisitorRow,
 };
-use crate::storage::{TenantTx, tenants as tenant_store, users};
+use crate::storage::{TenantTx, tenants as tenant_store};
 use crate::tenancy::{Actor, OperatorScope, TenantScope};
 
 /// How long a visitor token lives; the widget calls InitVisitor again for a new one.
@@ -431,16 +431,6 @@ pub struct QueueEntry {
     pub enqueued_at: DateTime<Utc>,
 }
 
-impl From<QueueRow> for QueueEntry {
-    fn from(r: QueueRow) -> Self {
-        Self {
-            conversation: r.conversation_id,
-            priority: r.priority,
-            enqueued_at: r.enqueued_at,
-        }
-    }
-}
-
 /// Whether `a` is served before `b`: higher priority first, then longer waiting, then (for
 /// the same instant) the older chat id, so that the order is total.
 pub fn served_before(a: &QueueEntry, b: &QueueEntry) -> bool {
@@ -613,30 +603,21 @@ async fn recent_chats(tx: &mut TenantTx, v: VisitorId) -> AppResult<Vec<Conversa
 
 async fn status_of(tx: &mut TenantTx, row: &conv_store::ConversationRow) -> AppResult<QueueStatus> {
     let status = Status::parse(&row.status)?;
-    let entry = store::queue_entry(tx, row.conversation_id).await?;
-    let length = store::queue_length(tx).await?;
-    let (position, enqueued_at) = match entry {
-        Some(q) => {
-            // Counted in the database (the same order as `served_before`): a long queue is
-            // not read row by row for every chat start.
-            let ahead =
-                dispatch_store::served_before(tx, (q.priority, q.enqueued_at, q.conversation_id))
-                    .await?;
-            let place = u32::try_from(ahead).unwrap_or(u32::MAX - 1) + 1;
-            (Some(place), Some(q.enqueued_at))
-        }
-        None => (None, None),
-    };
-    let assigned_name = users::display_name(tx, row.assigned_agent_id).await?;
+    // Counted in the database (the same order as `served_before`): a long queue is not read
+    // row by row for every chat start.
+    let s = store::standing(tx, row.conversation_id, row.assigned_agent_id).await?;
+    let position = s
+        .enqueued_at
+        .map(|_| u32::try_from(s.ahead).unwrap_or(u32::MAX - 1) + 1);
     Ok(QueueStatus {
         conversation_id: row.conversation_id,
         status,
         position,
         estimated_wait_seconds: 0,
-        queue_length: u32::try_from(length).unwrap_or(u32::MAX),
-        enqueued_at,
+        queue_length: u32::try_from(s.length).unwrap_or(u32::MAX),
+        enqueued_at: s.enqueued_at,
         assigned: row.assigned_agent_id,
-        assigned_name,
+        assigned_name: s.assigned_name,
     })
 }
 

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use diesel::sql_types::Text;
+use diesel::sql_types::{BigInt, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 
 use super::conversations::ConversationRow;
 use super::schema::{
@@ -396,18 +396,6 @@ pub async fn set_chat_state(
         .await?)
 }
 
-/// A chat's place in the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Queryable, Selectable)]
-#[diesel(table_name = queue_entries)]
-pub struct QueueRow {
-    /// The waiting chat.
-    pub conversation_id: ConversationId,
-    /// Higher is served first.
-    pub priority: i32,
-    /// When it started waiting.
-    pub enqueued_at: DateTime<Utc>,
-}
-
 /// A chat entering the queue; the tenant comes from the transaction.
 #[derive(Debug, Clone)]
 pub struct NewQueueEntry {
@@ -455,15 +443,54 @@ pub async fn dequeue(tx: &mut TenantTx, conv: ConversationId) -> AppResult<bool>
     Ok(n == 1)
 }
 
-/// A chat's queue entry.
-pub async fn queue_entry(tx: &mut TenantTx, conv: ConversationId) -> AppResult<Option<QueueRow>> {
-    let t = tx.tenant_id();
-    Ok(queue_entries::table
-        .find((t, conv))
-        .select(QueueRow::as_select())
-        .first(tx.conn())
-        .await
-        .optional()?)
+/// Where a chat stands, read in one statement: its queue entry and the chats served before
+/// it (the order of `dispatch::served_before`), the queue's length, and the display name of
+/// `assigned`. Asked on every chat start and status call, so one round trip, not four.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Standing {
+    /// Its queue priority, while it waits.
+    #[diesel(sql_type = Nullable<Int4>)]
+    pub priority: Option<i32>,
+    /// Since when it waits.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub enqueued_at: Option<DateTime<Utc>>,
+    /// Chats served before it (0 when it does not wait).
+    #[diesel(sql_type = BigInt)]
+    pub ahead: i64,
+    /// Chats waiting in the tenant's queue.
+    #[diesel(sql_type = BigInt)]
+    pub length: i64,
+    /// The assigned agent's display name.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub assigned_name: Option<String>,
+}
+
+/// Reads a chat's [`Standing`], with the name of `assigned` when there is one.
+pub async fn standing(
+    tx: &mut TenantTx,
+    conv: ConversationId,
+    assigned: Option<UserId>,
+) -> AppResult<Standing> {
+    Ok(sql::prepared(
+        "SELECT q.priority, q.enqueued_at,
+                (SELECT count(*) FROM queue_entries a
+                  WHERE a.tenant_id = $1
+                    AND (a.priority > q.priority
+                         OR (a.priority = q.priority
+                             AND (a.enqueued_at < q.enqueued_at
+                                  OR (a.enqueued_at = q.enqueued_at
+                                      AND a.conversation_id < q.conversation_id))))) AS ahead,
+                (SELECT count(*) FROM queue_entries a WHERE a.tenant_id = $1) AS length,
+                u.display_name AS assigned_name
+           FROM (SELECT 1) AS one
+           LEFT JOIN queue_entries q ON q.tenant_id = $1 AND q.conversation_id = $2
+           LEFT JOIN users u ON u.tenant_id = $1 AND u.user_id = $3",
+    )
+    .bind::<SqlUuid, _>(tx.tenant_id())
+    .bind::<SqlUuid, _>(conv)
+    .bind::<Nullable<SqlUuid>, _>(assigned)
+    .get_result(tx.conn())
+    .await?)
 }
 
 /// How many chats wait in the tenant's queue.
