@@ -180,7 +180,6 @@ async fn write_batch(
     jobs: &[SendJob],
 ) -> AppResult<BatchResult> {
     let mut answers: Vec<Option<AppResult<Sent>>> = (0..jobs.len()).map(|_| None).collect();
-    let mut tx = db.tenant_tx(scope).await?;
 
     // The engine's sends have no sender id to key a retry by: refused rather than written
     // without the promise a request id makes.
@@ -191,9 +190,6 @@ async fn write_batch(
             )));
         }
     }
-    // Three independent questions, pipelined in one round trip: which request ids were
-    // stored before, which agents who send are members, and the locks on the conversations
-    // (which say whose each one is: its tenant, kind and visitor).
     let keyed: Vec<(usize, uuid::Uuid, uuid::Uuid)> = jobs
         .iter()
         .enumerate()
@@ -208,13 +204,32 @@ async fn write_batch(
     let mut all_convs: Vec<ConversationId> = jobs.iter().map(|j| j.conv).collect();
     all_convs.sort();
     all_convs.dedup();
-    let (stored, members, locked) = {
+    // Seqs are taken in the first round trip for every send not refused yet, as if each
+    // will be written: almost all are. What a refused send took is given back before commit
+    // (the rows stay locked until then, so nobody sees it).
+    let mut taken: HashMap<ConversationId, i64> = HashMap::new();
+    for (i, j) in jobs.iter().enumerate() {
+        if answers[i].is_none() {
+            *taken.entry(j.conv).or_default() += 1;
+        }
+    }
+    let mut convs: Vec<ConversationId> = taken.keys().copied().collect();
+    convs.sort();
+    let ks: Vec<i64> = convs.iter().map(|c| taken[c]).collect();
+    let now = clock.now();
+
+    // One round trip: the BEGIN, which request ids were stored before, which agents who
+    // send are members, the locks on the conversations (which say whose each one is: its
+    // tenant, kind and visitor), and the seqs, taken under those locks.
+    let tx = db.tenant_tx_pipelined(scope).await?;
+    let (stored, members, locked, reserved) = {
         let senders: Vec<uuid::Uuid> = keyed.iter().map(|k| k.1).collect();
         let rids: Vec<uuid::Uuid> = keyed.iter().map(|k| k.2).collect();
         let (member_convs, member_users): (Vec<ConversationId>, Vec<UserId>) =
             pairs.into_iter().unzip();
         let tx = &tx;
-        futures_util::try_join!(
+        let ((), stored, members, locked, reserved) = futures_util::try_join!(
+            tx.begin(),
             async {
                 if rids.is_empty() {
                     return Ok(Vec::new());
@@ -228,22 +243,29 @@ async fn write_batch(
                 store::memberships_among(tx, &member_convs, &member_users).await
             },
             store::lock(tx, &all_convs),
-        )?
+            async {
+                if convs.is_empty() {
+                    return Ok(Vec::new());
+                }
+                store::reserve_seqs(tx, &convs, &ks, now).await
+            },
+        )?;
+        (stored, members, locked, reserved)
     };
     // Agents found to be members, per conversation.
     let mut agents: HashMap<ConversationId, Vec<UserId>> = HashMap::new();
     for (c, u) in members {
         agents.entry(c).or_default().push(u);
     }
-    let owners: HashMap<ConversationId, (TenantId, Kind, Option<VisitorId>)> = locked
-        .into_iter()
-        .map(|r| {
-            Ok((
-                r.conversation_id,
-                (r.tenant_id, Kind::parse(&r.kind)?, r.visitor_id),
-            ))
-        })
-        .collect::<AppResult<_>>()?;
+    let mut active_before: HashMap<ConversationId, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    let mut owners: HashMap<ConversationId, (TenantId, Kind, Option<VisitorId>)> = HashMap::new();
+    for r in locked {
+        active_before.insert(r.conversation_id, r.last_activity_at);
+        owners.insert(
+            r.conversation_id,
+            (r.tenant_id, Kind::parse(&r.kind)?, r.visitor_id),
+        );
+    }
 
     // Retries: a request id seen before (or earlier in this batch) gets the first answer.
     let mut first_in_batch: HashMap<(uuid::Uuid, uuid::Uuid), usize> = HashMap::new();
@@ -298,33 +320,18 @@ async fn write_batch(
         }
     }
 
-    // Seqs: one reservation per conversation for all of its sends in this batch.
-    let writing: Vec<usize> = (0..jobs.len())
-        .filter(|i| answers[*i].is_none() && !following.contains(i))
-        .collect();
-    let mut counts: HashMap<ConversationId, i64> = HashMap::new();
-    for i in &writing {
-        *counts.entry(jobs[*i].conv).or_default() += 1;
-    }
-    let mut convs: Vec<ConversationId> = counts.keys().copied().collect();
-    convs.sort();
-    let ks: Vec<i64> = convs.iter().map(|c| counts[c]).collect();
-    let now = clock.now();
-    let reserved: HashMap<ConversationId, i64> = if convs.is_empty() {
-        HashMap::new()
-    } else {
-        store::reserve_seqs(&mut tx, &convs, &ks, now)
-            .await?
-            .into_iter()
-            .collect()
-    };
+    // Each conversation's seqs start after its last seq before this batch; a closed one took
+    // none.
     let mut next: HashMap<ConversationId, i64> = reserved
         .iter()
-        .map(|(c, last)| (*c, last - counts[c] + 1))
+        .map(|(c, last)| (*c, last - taken[c] + 1))
         .collect();
-
     let (mut rows, mut events) = (Vec::new(), Vec::new());
-    for i in writing {
+    let mut written: HashMap<ConversationId, i64> = HashMap::new();
+    for i in 0..jobs.len() {
+        if answers[i].is_some() || following.contains(&i) {
+            continue;
+        }
         let j = &jobs[i];
         let Some(seq) = next.get_mut(&j.conv) else {
             answers[i] = Some(Err(AppError::FailedPrecondition(
@@ -343,6 +350,7 @@ async fn write_batch(
             deleted: false,
         };
         *seq += 1;
+        *written.entry(j.conv).or_default() += 1;
         let mut row = message_row(tenant, &m);
         if let Some((rid, hash)) = &j.request {
             row.request_id = Some(*rid);
@@ -361,20 +369,54 @@ async fn write_batch(
             kind: EventKind::MessagePosted(m),
         });
     }
-    if !rows.is_empty() {
-        let committed: Vec<SpineEvent> = reserved
-            .iter()
-            .map(|(c, last)| SpineEvent::Conversation {
+    // Seqs taken for sends that were refused go back; a conversation nothing was written to
+    // keeps its activity time.
+    let mut back: (Vec<ConversationId>, Vec<i64>, Vec<_>) = Default::default();
+    for (c, _) in &reserved {
+        let wrote = written.get(c).copied().unwrap_or(0);
+        if wrote < taken[c] {
+            back.0.push(*c);
+            back.1.push(taken[c] - wrote);
+            back.2.push(match wrote {
+                0 => active_before.get(c).copied().unwrap_or(now),
+                _ => now,
+            });
+        }
+    }
+    let committed: Vec<SpineEvent> = reserved
+        .iter()
+        .filter_map(|(c, last)| {
+            let wrote = written.get(c).copied().unwrap_or(0);
+            let from = last - taken[c] + 1;
+            (wrote > 0).then_some(SpineEvent::Conversation {
                 c: *c,
-                from: last - counts[c] + 1,
-                to: *last,
+                from,
+                to: from + wrote - 1,
                 posts: true,
             })
-            .collect();
+        })
+        .collect();
+    {
         let tx = &tx;
         futures_util::try_join!(
-            messages::insert_posted(tx, &rows),
-            spine::record(tx, &committed, now),
+            async {
+                if back.0.is_empty() {
+                    return Ok(());
+                }
+                store::give_back_seqs(tx, &back.0, &back.1, &back.2).await
+            },
+            async {
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                messages::insert_posted(tx, &rows).await
+            },
+            async {
+                if committed.is_empty() {
+                    return Ok(());
+                }
+                spine::record(tx, &committed, now).await
+            },
         )?;
     }
     spine::announce_again(&tx, &found);

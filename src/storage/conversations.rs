@@ -517,6 +517,9 @@ pub struct LockedRow {
     /// Visitor of an external conversation.
     #[diesel(sql_type = diesel::sql_types::Nullable<SqlUuid>)]
     pub visitor_id: Option<VisitorId>,
+    /// Its last activity before this transaction.
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub last_activity_at: DateTime<Utc>,
 }
 
 /// Locks the conversations' rows until commit, in id order, so that batches which share
@@ -527,7 +530,7 @@ pub async fn lock(tx: &TenantTx, convs: &[ConversationId]) -> AppResult<Vec<Lock
     let t = tx.tenant_id();
     // NO KEY UPDATE: inserts that only reference these rows need not wait for the batch.
     Ok(sql::prepared(
-        "SELECT tenant_id, conversation_id, kind, visitor_id FROM conversations
+        "SELECT tenant_id, conversation_id, kind, visitor_id, last_activity_at FROM conversations
           WHERE tenant_id = $1 AND conversation_id = ANY($2)
           ORDER BY conversation_id FOR NO KEY UPDATE",
     )
@@ -538,10 +541,10 @@ pub async fn lock(tx: &TenantTx, convs: &[ConversationId]) -> AppResult<Vec<Lock
 }
 
 /// Takes `count` consecutive seqs from each open conversation (lock them first with
-/// [`lock`]) and marks the activity time. Returns each conversation's new `last_seq`;
-/// closed or missing conversations are left out.
+/// [`lock`], in this transaction or pipelined ahead of this) and marks the activity time.
+/// Returns each conversation's new `last_seq`; closed or missing conversations are left out.
 pub async fn reserve_seqs(
-    tx: &mut TenantTx,
+    tx: &TenantTx,
     convs: &[ConversationId],
     counts: &[i64],
     at: DateTime<Utc>,
@@ -566,10 +569,34 @@ pub async fn reserve_seqs(
     .bind::<Array<SqlUuid>, _>(convs)
     .bind::<Array<BigInt>, _>(counts)
     .bind::<diesel::sql_types::Timestamptz, _>(at)
-    .load(tx.conn())
+    .load(&mut tx.shared())
     .await?;
     Ok(rows
         .into_iter()
         .map(|r| (r.conversation_id, r.last_seq))
         .collect())
+}
+
+/// Gives back the last `back` seqs a [`reserve_seqs`] of this transaction took from each
+/// conversation and sets its activity time to `at` (the rows are still locked, so nobody saw
+/// the seqs): for sends reserved for that were then refused.
+pub async fn give_back_seqs(
+    tx: &TenantTx,
+    convs: &[ConversationId],
+    back: &[i64],
+    at: &[DateTime<Utc>],
+) -> AppResult<()> {
+    sql::prepared(
+        "UPDATE conversations c
+            SET last_seq = c.last_seq - v.back, last_activity_at = v.at
+           FROM unnest($2::uuid[], $3::bigint[], $4::timestamptz[]) AS v(conversation_id, back, at)
+          WHERE c.tenant_id = $1 AND c.conversation_id = v.conversation_id",
+    )
+    .bind::<SqlUuid, _>(tx.tenant_id())
+    .bind::<Array<SqlUuid>, _>(convs)
+    .bind::<Array<BigInt>, _>(back)
+    .bind::<Array<diesel::sql_types::Timestamptz>, _>(at)
+    .execute(&mut tx.shared())
+    .await?;
+    Ok(())
 }

@@ -471,6 +471,91 @@ async fn a_retried_send_is_stored_once_and_a_reused_id_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_sends_batched_with_accepted_ones_take_no_seq_and_touch_nothing() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("mixed").await;
+    let (ann, _) = app.agent(&t, "ann").await;
+    let (_, eve_tok) = app.agent(&t, "eve").await;
+    let bob_tok = t.admin_token.clone();
+    let x = group(&app, &bob_tok, &[&ann]).await;
+    let y = group(&app, &bob_tok, &[&ann]).await;
+    send(&app, &bob_tok, &y, "before").await.unwrap();
+    let get = |conv: String| {
+        let mut c = app.conversations();
+        let tok = bob_tok.clone();
+        async move {
+            c.get_conversation(bearer(
+                pb::GetConversationRequest {
+                    conversation_id: conv,
+                },
+                &tok,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .conversation
+            .unwrap()
+            .conversation
+            .unwrap()
+        }
+    };
+    let (x_before, y_before) = (get(x.clone()).await, get(y.clone()).await);
+
+    // One burst, so that the writer's batches mix them: Bob's sends into X, Eve's (not a
+    // member of either) into X and Y, and retries of Bob's first sends.
+    let rids: Vec<String> = (0..30).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let call = |tok: &str, conv: &str, text: String, rid: String| {
+        let mut c = app.conversations();
+        let r = bearer(
+            pb::SendMessageRequest {
+                conversation_id: conv.to_owned(),
+                text,
+                request_id: rid,
+            },
+            tok,
+        );
+        async move { c.send_message(r).await.map(|r| r.into_inner()) }
+    };
+    let mut calls = Vec::new();
+    for (i, rid) in rids.iter().enumerate() {
+        calls.push(call(&bob_tok, &x, format!("bob {i}"), rid.clone()));
+        calls.push(call(&eve_tok, &x, format!("eve {i}"), String::new()));
+        calls.push(call(&eve_tok, &y, format!("eve {i}"), String::new()));
+        if i < 10 {
+            calls.push(call(&bob_tok, &x, format!("bob {i}"), rid.clone()));
+        }
+    }
+    let answers = futures_util::future::join_all(calls).await;
+    let (mut bob, mut eve) = (Vec::new(), 0);
+    for a in answers {
+        match a {
+            Ok(sent) => bob.push(sent),
+            Err(e) => {
+                assert_eq!(e.code(), Code::NotFound, "{e:?}");
+                eve += 1;
+            }
+        }
+    }
+    assert_eq!(eve, 60);
+    assert_eq!(bob.len(), 40);
+    bob.sort_by_key(|s| s.seq);
+    bob.dedup();
+    // Thirty messages, the retries answered with them, on the thirty seqs after X's last.
+    let seqs: Vec<u32> = bob.iter().map(|s| s.seq).collect();
+    let expected: Vec<u32> = (x_before.last_seq + 1..=x_before.last_seq + 30).collect();
+    assert_eq!(seqs, expected);
+    assert_eq!(get(x.clone()).await.last_seq, x_before.last_seq + 30);
+    // Y took no seq and no activity from the refused sends.
+    let y_after = get(y.clone()).await;
+    assert_eq!(
+        (y_after.last_seq, y_after.last_activity_time),
+        (y_before.last_seq, y_before.last_activity_time)
+    );
+    let (_, next) = send(&app, &bob_tok, &x, "after").await.unwrap();
+    assert_eq!(next, x_before.last_seq + 31);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tenants_conversations_are_not_found_by_any_rpc_or_stream() {
     let app = TestApp::spawn().await;
     let a = app.tenant("conv-a").await;
