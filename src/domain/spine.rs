@@ -129,11 +129,19 @@ pub async fn record(tx: &TenantTx, events: &[SpineEvent], at: DateTime<Utc>) -> 
     // Head rows are locked in shard order, so two transactions never wait on each other.
     by_shard.sort_by_key(|(s, _)| *s);
     let tenant = tx.tenant_id();
-    for (shard, list) in by_shard {
-        let json = serde_json::to_value(&list)
-            .map_err(|e| crate::error::AppError::Internal(e.to_string()))?;
-        let pos = store::append(tx, shard, json, at).await?;
-        let notice = Notice::of_entry(tenant, shard, pos, &list);
+    // All sent at once, in that order: the server takes them one after the other, and a
+    // COMMIT joined after this (`TenantTx::commit_pipelined`) reaches it after all of them.
+    let appends = by_shard
+        .iter()
+        .map(|(shard, list)| {
+            let json = serde_json::to_value(list)
+                .map_err(|e| crate::error::AppError::Internal(e.to_string()))?;
+            Ok(store::append(tx, *shard, json, at))
+        })
+        .collect::<AppResult<Vec<_>>>()?;
+    let positions = futures_util::future::try_join_all(appends).await?;
+    for ((shard, list), pos) in by_shard.iter().zip(positions) {
+        let notice = Notice::of_entry(tenant, *shard, pos, list);
         tx.announce(CHANNEL, notice.encode());
     }
     Ok(())

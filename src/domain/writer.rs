@@ -396,6 +396,8 @@ async fn write_batch(
             })
         })
         .collect();
+    spine::announce_again(&tx, &found);
+    // The last round trip: seqs given back, the messages, the spine entry and the COMMIT.
     {
         let tx = &tx;
         futures_util::try_join!(
@@ -417,10 +419,10 @@ async fn write_batch(
                 }
                 spine::record(tx, &committed, now).await
             },
+            tx.commit_pipelined(),
         )?;
     }
-    spine::announce_again(&tx, &found);
-    tx.commit().await?;
+    tx.committed();
     for (f, lead) in followers {
         let same =
             jobs[f].request.as_ref().map(|r| &r.1) == jobs[lead].request.as_ref().map(|r| &r.1);

@@ -259,6 +259,31 @@ impl TenantTx {
         Ok(())
     }
 
+    /// The `COMMIT` of a transaction from [`Db::tenant_tx_pipelined`], to be joined last
+    /// behind its final statements (`try_join!(a(&tx), b(&tx), tx.commit_pipelined())`, then
+    /// [`TenantTx::committed`]), so that it shares their round trip. It must reach the server
+    /// after them, and it does: the join polls in order, and the COMMIT goes through the
+    /// connection's statement cache like them, whose lock is first come, first served and
+    /// is released by each statement in the same poll that writes its execution. A
+    /// statement before it that fails fails the join, and the transaction is thrown away
+    /// with its connection.
+    pub(crate) async fn commit_pipelined(&self) -> AppResult<()> {
+        debug_assert!(
+            self.by_hand,
+            "commit_pipelined() outside a pipelined transaction"
+        );
+        sql::prepared("COMMIT").execute(&mut self.shared()).await?;
+        Ok(())
+    }
+
+    /// Ends a transaction whose [`TenantTx::commit_pipelined`] was answered: its connection
+    /// goes back to the pool and its notices to this node's announcer.
+    pub(crate) fn committed(mut self) {
+        drop(self.conn.take());
+        let notices = std::mem::take(self.notices.get_mut().unwrap_or_else(|e| e.into_inner()));
+        self.announcer.send(notices);
+    }
+
     /// Commits, then queues its notices to this node's announcer.
     pub async fn commit(mut self) -> AppResult<()> {
         if self.by_hand {
