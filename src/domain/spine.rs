@@ -7,9 +7,9 @@
 //! touched (a gapless position per tenant and shard, see the migration) and queues
 //! `NOTIFY chatengine_spine` with a compact [`Notice`] naming the conversations and seqs that
 //! committed, which this node's announcer sends right after the commit (never if the
-//! transaction rolls back; `storage::announce` says why not inside it). What committed is
-//! acknowledged only once its notice is sent, so an acknowledged event reaches every
-//! listening node even when this node dies right after the acknowledgement.
+//! transaction rolls back; `storage::announce` says why not inside it). Acknowledgements do
+//! not wait for the notice: when this node dies between a commit and its notice, the other
+//! nodes' followers (`domain::follower`) find the entry they never heard of in the spine.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -1,9 +1,15 @@
 //! Group commit for sends. Concurrent sends queue here; one loop takes everything queued,
-//! writes each tenant's share in one transaction (idempotency, agent memberships and row locks,
-//! which also say whose each conversation is, in one pipelined round trip; one seq
-//! reservation per conversation; one insert for the messages, which are their own
-//! `message_posted` events) and answers every send after that commit. Every sender, whatever
-//! kind of participant, is checked by the one rule, [`admits`].
+//! writes each tenant's share in one transaction and answers every send after that commit.
+//! Every sender, whatever kind of participant, is checked by the one rule, [`admits`].
+//! A batch is two round trips, since on a busy machine each one costs about as much as the
+//! statements in it:
+//! 1. the `BEGIN`, then idempotency (request ids stored before), agent memberships, the row
+//!    locks (which also say whose each conversation is) and the seqs of every send not
+//!    refused yet, taken under those locks as if all will be written;
+//! 2. the seqs of sends refused after all given back (the rows are still locked, so nobody
+//!    saw them), one insert for the messages (which are their own `message_posted` events),
+//!    the spine entry, and the `COMMIT`.
+//!
 //! A lone send goes through at once; under load, one commit carries many messages, which is
 //! what lifts throughput past one-fsync-per-message. A batch that fails as a whole is written
 //! again one send at a time (a batch of one each), so one bad send never fails its
