@@ -119,6 +119,10 @@ pub struct Queued {
     pub workflow_id: Option<WorkflowId>,
     /// Its actions.
     pub actions: Actions,
+    /// Agents it is never given to again (they declined it, let its offer lapse, or had it
+    /// taken back); kept across every return to the queue.
+    #[serde(default)]
+    pub excluded: Vec<UserId>,
 }
 
 impl Queued {
@@ -129,6 +133,7 @@ impl Queued {
             enqueued_at: row.enqueued_at,
             workflow_id: row.workflow_id,
             actions: actions_of(row)?,
+            excluded: row.excluded.clone(),
         })
     }
 
@@ -535,6 +540,7 @@ async fn queued_of(tx: &mut TenantTx, row: &ConversationRow) -> AppResult<Queued
         enqueued_at: row.created_at,
         workflow_id: None,
         actions: Actions::default(),
+        excluded: Vec::new(),
     }))
 }
 
@@ -627,6 +633,32 @@ pub async fn accept(
     conversation(row, members)
 }
 
+/// The calling agent declines a chat offered to them: it goes back to the queue at its
+/// place, is never offered to them again, and the dispatcher (woken by its return) offers it
+/// to the next agent. The offer's lapse timer then finds it no longer theirs and does
+/// nothing. FAILED_PRECONDITION when no offer of that chat to them is pending.
+pub async fn decline(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+) -> AppResult<Conversation> {
+    let (me, _) = require_agent(scope)?;
+    let now = e.now();
+    let mut tx = e.db.tenant_tx(scope).await?;
+    let row = lock_external(&mut tx, conv).await?;
+    if row.status != Status::Queued.as_str() || row.assigned_agent_id != Some(me) {
+        return Err(AppError::FailedPrecondition(
+            "the chat is not offered to you",
+        ));
+    }
+    let queued = queued_of(&mut tx, &row).await?;
+    let (row, events) =
+        return_to_queue(&mut tx, &row, &queued, &[me], Participant::Agent(me), now).await?;
+    let members = load_members(&mut tx, conv).await?;
+    commit_events(e, scope, tx, events).await?;
+    conversation(row, members)
+}
+
 /// Where a transfer sends a chat.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TransferTarget {
@@ -704,8 +736,9 @@ pub async fn transfer(
     conversation(row, members)
 }
 
-/// Puts an open chat back in the queue at its original place with `queued`'s needs, never
-/// again for the `excluded` agents; its agent leaves it. The caller holds the chat's lock.
+/// Puts an open (or offered) chat back in the queue at its original place with `queued`'s
+/// needs, never again for the `excluded` agents nor for those `queued` already excludes; its
+/// agent leaves it. The caller holds the chat's lock.
 pub(crate) async fn return_to_queue(
     tx: &mut TenantTx,
     row: &ConversationRow,
@@ -727,7 +760,14 @@ pub(crate) async fn return_to_queue(
             enqueued_at: queued.enqueued_at,
             // Its max wait was spent the first time.
             max_wait_at: None,
-            excluded: excluded.to_vec(),
+            excluded: queued
+                .excluded
+                .iter()
+                .chain(excluded)
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         },
     )
     .await?;

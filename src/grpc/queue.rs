@@ -175,6 +175,20 @@ impl QueueService for QueueApi {
         }))
     }
 
+    async fn decline_chat(
+        &self,
+        req: Request<pb::DeclineChatRequest>,
+    ) -> Result<Response<pb::DeclineChatResponse>, Status> {
+        let s = scope::agent(&req)?;
+        let mut v = Violations::new();
+        let id = conv_id(&mut v, "conversation_id", &req.get_ref().conversation_id);
+        v.finish()?;
+        let c = assignment::decline(&self.engine, &s, id).await?;
+        Ok(Response::new(pb::DeclineChatResponse {
+            conversation: Some(convert::conversation(c)),
+        }))
+    }
+
     async fn transfer_chat(
         &self,
         req: Request<pb::TransferChatRequest>,

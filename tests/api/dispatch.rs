@@ -997,6 +997,96 @@ async fn an_offer_not_accepted_in_time_goes_to_the_next_agent_who_accepts_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_offer_goes_to_the_next_agent_at_once_and_never_back() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("declines").await;
+    let (_, key) = widget_key(&app, &t, &[ORIGIN]).await;
+    // Offers that would lapse only after the test has ended: what moves the chat is the decline.
+    workflow_with(
+        &app,
+        &t,
+        pb::WorkflowActions {
+            auto_assign: true,
+            offer_timeout_seconds: 600,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (ann, ann_tok) = agent(&app, &t, "ann", 1, &[]).await;
+    let (bob, bob_tok) = agent(&app, &t, "bob", 1, &[]).await;
+    let mut ann_ev = online(&app.channel, std::slice::from_ref(&ann_tok))
+        .await
+        .remove(0);
+    let mut bob_ev = online(&app.channel, std::slice::from_ref(&bob_tok))
+        .await
+        .remove(0);
+    set_status(&app.channel, &ann_tok, pb::AgentStatus::Available).await;
+    let mut w = Widget::new(&key);
+    w.init(&app, init_req(&session("decline"), "Dora"))
+        .await
+        .unwrap();
+    let conv = w.start(&app, "hi").await.unwrap().conversation.unwrap().id;
+    let (c, _) = joined(&mut ann_ev).await;
+    assert_eq!(
+        (c.id.as_str(), c.assigned_agent_id.as_str()),
+        (conv.as_str(), ann.as_str())
+    );
+    set_status(&app.channel, &bob_tok, pb::AgentStatus::Available).await;
+    let decline = |tok: &str| {
+        let mut q = queue(&app.channel);
+        let r = bearer(
+            pb::DeclineChatRequest {
+                conversation_id: conv.clone(),
+            },
+            tok,
+        );
+        async move { q.decline_chat(r).await.map(|r| r.into_inner()) }
+    };
+    // Bob cannot decline what was offered to Ann.
+    assert_eq!(
+        decline(&bob_tok).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+
+    // Ann declines: the chat is back in the queue, without her, and Bob is offered it at once.
+    let back = decline(&ann_tok).await.unwrap().conversation.unwrap();
+    assert_eq!(back.status, pb::ConversationStatus::Queued as i32);
+    assert!(back.member_agent_ids.is_empty(), "{back:?}");
+    let (c, v) = joined(&mut bob_ev).await;
+    assert_eq!((c.id.as_str(), v.name.as_str()), (conv.as_str(), "Dora"));
+    assert_eq!(c.assigned_agent_id, bob);
+    let q = w.status(&app, &conv).await.unwrap();
+    assert_eq!(q.status, pb::ConversationStatus::Queued as i32);
+    // Her decline is spent, and her seat is free.
+    assert_eq!(
+        decline(&ann_tok).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    let s = agent_states(&app, &t.admin_token).await;
+    assert_eq!((s[&ann].open_chats, s[&bob].open_chats), (0, 1));
+
+    // Bob declines too: nobody else may have it, so it waits. Ann, free and available, is
+    // not offered it again: the next chat, though younger, is the one offered to her.
+    decline(&bob_tok).await.unwrap();
+    let mut w2 = Widget::new(&key);
+    w2.init(&app, init_req(&session("decline-2"), "Emil"))
+        .await
+        .unwrap();
+    let second = w2
+        .start(&app, "hello")
+        .await
+        .unwrap()
+        .conversation
+        .unwrap()
+        .id;
+    let (c, _) = joined(&mut ann_ev).await;
+    assert_eq!(c.id, second);
+    let queued = waiting(&app, &t.admin_token).await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].conversation.as_ref().unwrap().id, conv);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_a_visitor_waits_an_agent_comes_and_is_assigned_they_talk_hand_over_and_close() {
     let app = TestApp::spawn().await;
     let t = app.tenant("e2e").await;

@@ -424,6 +424,15 @@ export class ChatEngineAgent {
     return conversationOf(required(r.conversation));
   }
 
+  /**
+   * Declines a chat offered to the agent: it goes back to the queue at its place, is never
+   * offered to them again, and is offered to the next agent.
+   */
+  async decline(conversationId: string): Promise<ConversationInfo> {
+    const r = await this.call((o) => this.queue.declineChat({ conversationId }, o));
+    return conversationOf(required(r.conversation));
+  }
+
   /** Hands a chat to another agent, or back to the queue for agents with a skill. */
   async transfer(conversationId: string, to: { agentId: string } | { skill: string }): Promise<ConversationInfo> {
     const target =

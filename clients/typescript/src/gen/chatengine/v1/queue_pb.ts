@@ -21,7 +21,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatengine/v1/queue.proto.
  */
 export const file_chatengine_v1_queue: GenFile = /*@__PURE__*/
-  fileDesc("ChljaGF0ZW5naW5lL3YxL3F1ZXVlLnByb3RvEg1jaGF0ZW5naW5lLnYxIu8BCgtXYWl0aW5nQ2hhdBIxCgxjb252ZXJzYXRpb24YASABKAsyGy5jaGF0ZW5naW5lLnYxLkNvbnZlcnNhdGlvbhIQCghwb3NpdGlvbhgCIAEoDRIQCghwcmlvcml0eRgDIAEoBRIwCgxlbnF1ZXVlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3dvcmtmbG93X2lkGAUgASgJEhcKD3JlcXVpcmVkX3NraWxscxgGIAMoCRITCgthdXRvX2Fzc2lnbhgHIAEoCBIUCgx2aXNpdG9yX25hbWUYCCABKAkiQAoXTGlzdFdhaXRpbmdDaGF0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkibQoYTGlzdFdhaXRpbmdDaGF0c1Jlc3BvbnNlEikKBWNoYXRzGAEgAygLMhouY2hhdGVuZ2luZS52MS5XYWl0aW5nQ2hhdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSDQoFdG90YWwYAyABKA0izAEKCkFnZW50U3RhdGUSEAoIYWdlbnRfaWQYASABKAkSFAoMZGlzcGxheV9uYW1lGAIgASgJEioKBnN0YXR1cxgDIAEoDjIaLmNoYXRlbmdpbmUudjEuQWdlbnRTdGF0dXMSDgoGb25saW5lGAQgASgIEhIKCm9wZW5fY2hhdHMYBSABKA0SEAoIY2FwYWNpdHkYBiABKA0SNAoQbGFzdF9hc3NpZ25fdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiGAoWTGlzdEFnZW50U3RhdGVzUmVxdWVzdCJEChdMaXN0QWdlbnRTdGF0ZXNSZXNwb25zZRIpCgZhZ2VudHMYASADKAsyGS5jaGF0ZW5naW5lLnYxLkFnZW50U3RhdGUiEwoRV2F0Y2hRdWV1ZVJlcXVlc3QieQoSV2F0Y2hRdWV1ZVJlc3BvbnNlEikKBWNoYXRzGAEgAygLMhouY2hhdGVuZ2luZS52MS5XYWl0aW5nQ2hhdBINCgV0b3RhbBgCIAEoDRIpCgZhZ2VudHMYAyADKAsyGS5jaGF0ZW5naW5lLnYxLkFnZW50U3RhdGUiLAoRQWNjZXB0Q2hhdFJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIkcKEkFjY2VwdENoYXRSZXNwb25zZRIxCgxjb252ZXJzYXRpb24YASABKAsyGy5jaGF0ZW5naW5lLnYxLkNvbnZlcnNhdGlvbiJdChNUcmFuc2ZlckNoYXRSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRISCghhZ2VudF9pZBgCIAEoCUgAEg8KBXNraWxsGAMgASgJSABCCAoGdGFyZ2V0IkkKFFRyYW5zZmVyQ2hhdFJlc3BvbnNlEjEKDGNvbnZlcnNhdGlvbhgBIAEoCzIbLmNoYXRlbmdpbmUudjEuQ29udmVyc2F0aW9uIisKEENsb3NlQ2hhdFJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIkYKEUNsb3NlQ2hhdFJlc3BvbnNlEjEKDGNvbnZlcnNhdGlvbhgBIAEoCzIbLmNoYXRlbmdpbmUudjEuQ29udmVyc2F0aW9uIjMKGEV4cGxhaW5Bc3NpZ25tZW50UmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkimgIKCkFzc2lnbm1lbnQSEAoIYWdlbnRfaWQYASABKAkSEwoLd29ya2Zsb3dfaWQYAiABKAkSKQoDdmlhGAMgASgOMhwuY2hhdGVuZ2luZS52MS5Bc3NpZ25tZW50VmlhEhAKCHN0cmF0ZWd5GAQgASgJEjEKCmNhbmRpZGF0ZXMYBSADKAsyHS5jaGF0ZW5naW5lLnYxLkFnZW50Q2FuZGlkYXRlEhYKDnJlbGF4ZWRfc2tpbGxzGAYgAygJEi8KC2Fzc2lnbl90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSwoZRXhwbGFpbkFzc2lnbm1lbnRSZXNwb25zZRIuCgthc3NpZ25tZW50cxgBIAMoCzIZLmNoYXRlbmdpbmUudjEuQXNzaWdubWVudCq+AQoNQXNzaWdubWVudFZpYRIeChpBU1NJR05NRU5UX1ZJQV9VTlNQRUNJRklFRBAAEh0KGUFTU0lHTk1FTlRfVklBX0RJU1BBVENIRVIQARIbChdBU1NJR05NRU5UX1ZJQV9BQ0NFUFRFRBACEhsKF0FTU0lHTk1FTlRfVklBX1RSQU5TRkVSEAMSGAoUQVNTSUdOTUVOVF9WSUFfQURNSU4QBBIaChZBU1NJR05NRU5UX1ZJQV9PRkZFUkVEEAUyjgUKDFF1ZXVlU2VydmljZRJjChBMaXN0V2FpdGluZ0NoYXRzEiYuY2hhdGVuZ2luZS52MS5MaXN0V2FpdGluZ0NoYXRzUmVxdWVzdBonLmNoYXRlbmdpbmUudjEuTGlzdFdhaXRpbmdDaGF0c1Jlc3BvbnNlEmAKD0xpc3RBZ2VudFN0YXRlcxIlLmNoYXRlbmdpbmUudjEuTGlzdEFnZW50U3RhdGVzUmVxdWVzdBomLmNoYXRlbmdpbmUudjEuTGlzdEFnZW50U3RhdGVzUmVzcG9uc2USUwoKV2F0Y2hRdWV1ZRIgLmNoYXRlbmdpbmUudjEuV2F0Y2hRdWV1ZVJlcXVlc3QaIS5jaGF0ZW5naW5lLnYxLldhdGNoUXVldWVSZXNwb25zZTABElEKCkFjY2VwdENoYXQSIC5jaGF0ZW5naW5lLnYxLkFjY2VwdENoYXRSZXF1ZXN0GiEuY2hhdGVuZ2luZS52MS5BY2NlcHRDaGF0UmVzcG9uc2USVwoMVHJhbnNmZXJDaGF0EiIuY2hhdGVuZ2luZS52MS5UcmFuc2ZlckNoYXRSZXF1ZXN0GiMuY2hhdGVuZ2luZS52MS5UcmFuc2ZlckNoYXRSZXNwb25zZRJOCglDbG9zZUNoYXQSHy5jaGF0ZW5naW5lLnYxLkNsb3NlQ2hhdFJlcXVlc3QaIC5jaGF0ZW5naW5lLnYxLkNsb3NlQ2hhdFJlc3BvbnNlEmYKEUV4cGxhaW5Bc3NpZ25tZW50EicuY2hhdGVuZ2luZS52MS5FeHBsYWluQXNzaWdubWVudFJlcXVlc3QaKC5jaGF0ZW5naW5lLnYxLkV4cGxhaW5Bc3NpZ25tZW50UmVzcG9uc2ViBnByb3RvMw", [file_chatengine_v1_common, file_chatengine_v1_conversation, file_chatengine_v1_workflow, file_google_protobuf_timestamp]);
+  fileDesc("ChljaGF0ZW5naW5lL3YxL3F1ZXVlLnByb3RvEg1jaGF0ZW5naW5lLnYxIu8BCgtXYWl0aW5nQ2hhdBIxCgxjb252ZXJzYXRpb24YASABKAsyGy5jaGF0ZW5naW5lLnYxLkNvbnZlcnNhdGlvbhIQCghwb3NpdGlvbhgCIAEoDRIQCghwcmlvcml0eRgDIAEoBRIwCgxlbnF1ZXVlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3dvcmtmbG93X2lkGAUgASgJEhcKD3JlcXVpcmVkX3NraWxscxgGIAMoCRITCgthdXRvX2Fzc2lnbhgHIAEoCBIUCgx2aXNpdG9yX25hbWUYCCABKAkiQAoXTGlzdFdhaXRpbmdDaGF0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkibQoYTGlzdFdhaXRpbmdDaGF0c1Jlc3BvbnNlEikKBWNoYXRzGAEgAygLMhouY2hhdGVuZ2luZS52MS5XYWl0aW5nQ2hhdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSDQoFdG90YWwYAyABKA0izAEKCkFnZW50U3RhdGUSEAoIYWdlbnRfaWQYASABKAkSFAoMZGlzcGxheV9uYW1lGAIgASgJEioKBnN0YXR1cxgDIAEoDjIaLmNoYXRlbmdpbmUudjEuQWdlbnRTdGF0dXMSDgoGb25saW5lGAQgASgIEhIKCm9wZW5fY2hhdHMYBSABKA0SEAoIY2FwYWNpdHkYBiABKA0SNAoQbGFzdF9hc3NpZ25fdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiGAoWTGlzdEFnZW50U3RhdGVzUmVxdWVzdCJEChdMaXN0QWdlbnRTdGF0ZXNSZXNwb25zZRIpCgZhZ2VudHMYASADKAsyGS5jaGF0ZW5naW5lLnYxLkFnZW50U3RhdGUiEwoRV2F0Y2hRdWV1ZVJlcXVlc3QieQoSV2F0Y2hRdWV1ZVJlc3BvbnNlEikKBWNoYXRzGAEgAygLMhouY2hhdGVuZ2luZS52MS5XYWl0aW5nQ2hhdBINCgV0b3RhbBgCIAEoDRIpCgZhZ2VudHMYAyADKAsyGS5jaGF0ZW5naW5lLnYxLkFnZW50U3RhdGUiLAoRQWNjZXB0Q2hhdFJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIkcKEkFjY2VwdENoYXRSZXNwb25zZRIxCgxjb252ZXJzYXRpb24YASABKAsyGy5jaGF0ZW5naW5lLnYxLkNvbnZlcnNhdGlvbiItChJEZWNsaW5lQ2hhdFJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIkgKE0RlY2xpbmVDaGF0UmVzcG9uc2USMQoMY29udmVyc2F0aW9uGAEgASgLMhsuY2hhdGVuZ2luZS52MS5Db252ZXJzYXRpb24iXQoTVHJhbnNmZXJDaGF0UmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEgoIYWdlbnRfaWQYAiABKAlIABIPCgVza2lsbBgDIAEoCUgAQggKBnRhcmdldCJJChRUcmFuc2ZlckNoYXRSZXNwb25zZRIxCgxjb252ZXJzYXRpb24YASABKAsyGy5jaGF0ZW5naW5lLnYxLkNvbnZlcnNhdGlvbiIrChBDbG9zZUNoYXRSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSJGChFDbG9zZUNoYXRSZXNwb25zZRIxCgxjb252ZXJzYXRpb24YASABKAsyGy5jaGF0ZW5naW5lLnYxLkNvbnZlcnNhdGlvbiIzChhFeHBsYWluQXNzaWdubWVudFJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIpoCCgpBc3NpZ25tZW50EhAKCGFnZW50X2lkGAEgASgJEhMKC3dvcmtmbG93X2lkGAIgASgJEikKA3ZpYRgDIAEoDjIcLmNoYXRlbmdpbmUudjEuQXNzaWdubWVudFZpYRIQCghzdHJhdGVneRgEIAEoCRIxCgpjYW5kaWRhdGVzGAUgAygLMh0uY2hhdGVuZ2luZS52MS5BZ2VudENhbmRpZGF0ZRIWCg5yZWxheGVkX3NraWxscxgGIAMoCRIvCgthc3NpZ25fdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIksKGUV4cGxhaW5Bc3NpZ25tZW50UmVzcG9uc2USLgoLYXNzaWdubWVudHMYASADKAsyGS5jaGF0ZW5naW5lLnYxLkFzc2lnbm1lbnQqvgEKDUFzc2lnbm1lbnRWaWESHgoaQVNTSUdOTUVOVF9WSUFfVU5TUEVDSUZJRUQQABIdChlBU1NJR05NRU5UX1ZJQV9ESVNQQVRDSEVSEAESGwoXQVNTSUdOTUVOVF9WSUFfQUNDRVBURUQQAhIbChdBU1NJR05NRU5UX1ZJQV9UUkFOU0ZFUhADEhgKFEFTU0lHTk1FTlRfVklBX0FETUlOEAQSGgoWQVNTSUdOTUVOVF9WSUFfT0ZGRVJFRBAFMuQFCgxRdWV1ZVNlcnZpY2USYwoQTGlzdFdhaXRpbmdDaGF0cxImLmNoYXRlbmdpbmUudjEuTGlzdFdhaXRpbmdDaGF0c1JlcXVlc3QaJy5jaGF0ZW5naW5lLnYxLkxpc3RXYWl0aW5nQ2hhdHNSZXNwb25zZRJgCg9MaXN0QWdlbnRTdGF0ZXMSJS5jaGF0ZW5naW5lLnYxLkxpc3RBZ2VudFN0YXRlc1JlcXVlc3QaJi5jaGF0ZW5naW5lLnYxLkxpc3RBZ2VudFN0YXRlc1Jlc3BvbnNlElMKCldhdGNoUXVldWUSIC5jaGF0ZW5naW5lLnYxLldhdGNoUXVldWVSZXF1ZXN0GiEuY2hhdGVuZ2luZS52MS5XYXRjaFF1ZXVlUmVzcG9uc2UwARJRCgpBY2NlcHRDaGF0EiAuY2hhdGVuZ2luZS52MS5BY2NlcHRDaGF0UmVxdWVzdBohLmNoYXRlbmdpbmUudjEuQWNjZXB0Q2hhdFJlc3BvbnNlElQKC0RlY2xpbmVDaGF0EiEuY2hhdGVuZ2luZS52MS5EZWNsaW5lQ2hhdFJlcXVlc3QaIi5jaGF0ZW5naW5lLnYxLkRlY2xpbmVDaGF0UmVzcG9uc2USVwoMVHJhbnNmZXJDaGF0EiIuY2hhdGVuZ2luZS52MS5UcmFuc2ZlckNoYXRSZXF1ZXN0GiMuY2hhdGVuZ2luZS52MS5UcmFuc2ZlckNoYXRSZXNwb25zZRJOCglDbG9zZUNoYXQSHy5jaGF0ZW5naW5lLnYxLkNsb3NlQ2hhdFJlcXVlc3QaIC5jaGF0ZW5naW5lLnYxLkNsb3NlQ2hhdFJlc3BvbnNlEmYKEUV4cGxhaW5Bc3NpZ25tZW50EicuY2hhdGVuZ2luZS52MS5FeHBsYWluQXNzaWdubWVudFJlcXVlc3QaKC5jaGF0ZW5naW5lLnYxLkV4cGxhaW5Bc3NpZ25tZW50UmVzcG9uc2ViBnByb3RvMw", [file_chatengine_v1_common, file_chatengine_v1_conversation, file_chatengine_v1_workflow, file_google_protobuf_timestamp]);
 
 /**
  * A chat waiting in the queue.
@@ -348,6 +348,48 @@ export const AcceptChatResponseSchema: GenMessage<AcceptChatResponse> = /*@__PUR
   messageDesc(file_chatengine_v1_queue, 9);
 
 /**
+ * Request of QueueService.DeclineChat.
+ *
+ * @generated from message chatengine.v1.DeclineChatRequest
+ */
+export type DeclineChatRequest = Message<"chatengine.v1.DeclineChatRequest"> & {
+  /**
+   * Conversation id (UUID) of the offered chat.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+};
+
+/**
+ * Describes the message chatengine.v1.DeclineChatRequest.
+ * Use `create(DeclineChatRequestSchema)` to create a new message.
+ */
+export const DeclineChatRequestSchema: GenMessage<DeclineChatRequest> = /*@__PURE__*/
+  messageDesc(file_chatengine_v1_queue, 10);
+
+/**
+ * Response of QueueService.DeclineChat.
+ *
+ * @generated from message chatengine.v1.DeclineChatResponse
+ */
+export type DeclineChatResponse = Message<"chatengine.v1.DeclineChatResponse"> & {
+  /**
+   * The conversation, back in the queue.
+   *
+   * @generated from field: chatengine.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+};
+
+/**
+ * Describes the message chatengine.v1.DeclineChatResponse.
+ * Use `create(DeclineChatResponseSchema)` to create a new message.
+ */
+export const DeclineChatResponseSchema: GenMessage<DeclineChatResponse> = /*@__PURE__*/
+  messageDesc(file_chatengine_v1_queue, 11);
+
+/**
  * Request of QueueService.TransferChat.
  *
  * @generated from message chatengine.v1.TransferChatRequest
@@ -389,7 +431,7 @@ export type TransferChatRequest = Message<"chatengine.v1.TransferChatRequest"> &
  * Use `create(TransferChatRequestSchema)` to create a new message.
  */
 export const TransferChatRequestSchema: GenMessage<TransferChatRequest> = /*@__PURE__*/
-  messageDesc(file_chatengine_v1_queue, 10);
+  messageDesc(file_chatengine_v1_queue, 12);
 
 /**
  * Response of QueueService.TransferChat.
@@ -410,7 +452,7 @@ export type TransferChatResponse = Message<"chatengine.v1.TransferChatResponse">
  * Use `create(TransferChatResponseSchema)` to create a new message.
  */
 export const TransferChatResponseSchema: GenMessage<TransferChatResponse> = /*@__PURE__*/
-  messageDesc(file_chatengine_v1_queue, 11);
+  messageDesc(file_chatengine_v1_queue, 13);
 
 /**
  * Request of QueueService.CloseChat.
@@ -431,7 +473,7 @@ export type CloseChatRequest = Message<"chatengine.v1.CloseChatRequest"> & {
  * Use `create(CloseChatRequestSchema)` to create a new message.
  */
 export const CloseChatRequestSchema: GenMessage<CloseChatRequest> = /*@__PURE__*/
-  messageDesc(file_chatengine_v1_queue, 12);
+  messageDesc(file_chatengine_v1_queue, 14);
 
 /**
  * Response of QueueService.CloseChat.
@@ -452,7 +494,7 @@ export type CloseChatResponse = Message<"chatengine.v1.CloseChatResponse"> & {
  * Use `create(CloseChatResponseSchema)` to create a new message.
  */
 export const CloseChatResponseSchema: GenMessage<CloseChatResponse> = /*@__PURE__*/
-  messageDesc(file_chatengine_v1_queue, 13);
+  messageDesc(file_chatengine_v1_queue, 15);
 
 /**
  * Request of QueueService.ExplainAssignment.
@@ -473,7 +515,7 @@ export type ExplainAssignmentRequest = Message<"chatengine.v1.ExplainAssignmentR
  * Use `create(ExplainAssignmentRequestSchema)` to create a new message.
  */
 export const ExplainAssignmentRequestSchema: GenMessage<ExplainAssignmentRequest> = /*@__PURE__*/
-  messageDesc(file_chatengine_v1_queue, 14);
+  messageDesc(file_chatengine_v1_queue, 16);
 
 /**
  * One assignment of a chat.
@@ -543,7 +585,7 @@ export type Assignment = Message<"chatengine.v1.Assignment"> & {
  * Use `create(AssignmentSchema)` to create a new message.
  */
 export const AssignmentSchema: GenMessage<Assignment> = /*@__PURE__*/
-  messageDesc(file_chatengine_v1_queue, 15);
+  messageDesc(file_chatengine_v1_queue, 17);
 
 /**
  * Response of QueueService.ExplainAssignment.
@@ -564,7 +606,7 @@ export type ExplainAssignmentResponse = Message<"chatengine.v1.ExplainAssignment
  * Use `create(ExplainAssignmentResponseSchema)` to create a new message.
  */
 export const ExplainAssignmentResponseSchema: GenMessage<ExplainAssignmentResponse> = /*@__PURE__*/
-  messageDesc(file_chatengine_v1_queue, 16);
+  messageDesc(file_chatengine_v1_queue, 18);
 
 /**
  * How an assignment came about.
@@ -677,6 +719,18 @@ export const QueueService: GenService<{
     methodKind: "unary";
     input: typeof AcceptChatRequestSchema;
     output: typeof AcceptChatResponseSchema;
+  },
+  /**
+   * Declines a chat offered to the caller: it goes back to the queue at its place, is never
+   * offered to them again, and is offered to the next agent at once. FAILED_PRECONDITION when
+   * no offer of that chat to the caller is pending (it lapsed, was accepted, or is not theirs).
+   *
+   * @generated from rpc chatengine.v1.QueueService.DeclineChat
+   */
+  declineChat: {
+    methodKind: "unary";
+    input: typeof DeclineChatRequestSchema;
+    output: typeof DeclineChatResponseSchema;
   },
   /**
    * Hands an open chat to another agent, or back to the queue for agents with a skill (it

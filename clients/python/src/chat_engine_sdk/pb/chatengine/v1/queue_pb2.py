@@ -29,15 +29,15 @@ from chat_engine_sdk.pb.chatengine.v1 import workflow_pb2 as chatengine_dot_v1_d
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63hatengine/v1/queue.proto\x12\rchatengine.v1\x1a\x1a\x63hatengine/v1/common.proto\x1a chatengine/v1/conversation.proto\x1a\x1c\x63hatengine/v1/workflow.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x01\n\x0bWaitingChat\x12\x31\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1b.chatengine.v1.Conversation\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x30\n\x0c\x65nqueue_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bworkflow_id\x18\x05 \x01(\t\x12\x17\n\x0frequired_skills\x18\x06 \x03(\t\x12\x13\n\x0b\x61uto_assign\x18\x07 \x01(\x08\x12\x14\n\x0cvisitor_name\x18\x08 \x01(\t\"@\n\x17ListWaitingChatsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"m\n\x18ListWaitingChatsResponse\x12)\n\x05\x63hats\x18\x01 \x03(\x0b\x32\x1a.chatengine.v1.WaitingChat\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\r\"\xcc\x01\n\nAgentState\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.chatengine.v1.AgentStatus\x12\x0e\n\x06online\x18\x04 \x01(\x08\x12\x12\n\nopen_chats\x18\x05 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\r\x12\x34\n\x10last_assign_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x18\n\x16ListAgentStatesRequest\"D\n\x17ListAgentStatesResponse\x12)\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x19.chatengine.v1.AgentState\"\x13\n\x11WatchQueueRequest\"y\n\x12WatchQueueResponse\x12)\n\x05\x63hats\x18\x01 \x03(\x0b\x32\x1a.chatengine.v1.WaitingChat\x12\r\n\x05total\x18\x02 \x01(\r\x12)\n\x06\x61gents\x18\x03 \x03(\x0b\x32\x19.chatengine.v1.AgentState\",\n\x11\x41\x63\x63\x65ptChatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"G\n\x12\x41\x63\x63\x65ptChatResponse\x12\x31\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1b.chatengine.v1.Conversation\"]\n\x13TransferChatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x12\n\x08\x61gent_id\x18\x02 \x01(\tH\x00\x12\x0f\n\x05skill\x18\x03 \x01(\tH\x00\x42\x08\n\x06target\"I\n\x14TransferChatResponse\x12\x31\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1b.chatengine.v1.Conversation\"+\n\x10\x43loseChatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"F\n\x11\x43loseChatResponse\x12\x31\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1b.chatengine.v1.Conversation\"3\n\x18\x45xplainAssignmentRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"\x9a\x02\n\nAssignment\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12)\n\x03via\x18\x03 \x01(\x0e\x32\x1c.chatengine.v1.AssignmentVia\x12\x10\n\x08strategy\x18\x04 \x01(\t\x12\x31\n\ncandidates\x18\x05 \x03(\x0b\x32\x1d.chatengine.v1.AgentCandidate\x12\x16\n\x0erelaxed_skills\x18\x06 \x03(\t\x12/\n\x0b\x61ssign_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x19\x45xplainAssignmentResponse\x12.\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x19.chatengine.v1.Assignment*\xbe\x01\n\rAssignmentVia\x12\x1e\n\x1a\x41SSIGNMENT_VIA_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41SSIGNMENT_VIA_DISPATCHER\x10\x01\x12\x1b\n\x17\x41SSIGNMENT_VIA_ACCEPTED\x10\x02\x12\x1b\n\x17\x41SSIGNMENT_VIA_TRANSFER\x10\x03\x12\x18\n\x14\x41SSIGNMENT_VIA_ADMIN\x10\x04\x12\x1a\n\x16\x41SSIGNMENT_VIA_OFFERED\x10\x05\x32\x8e\x05\n\x0cQueueService\x12\x63\n\x10ListWaitingChats\x12&.chatengine.v1.ListWaitingChatsRequest\x1a\'.chatengine.v1.ListWaitingChatsResponse\x12`\n\x0fListAgentStates\x12%.chatengine.v1.ListAgentStatesRequest\x1a&.chatengine.v1.ListAgentStatesResponse\x12S\n\nWatchQueue\x12 .chatengine.v1.WatchQueueRequest\x1a!.chatengine.v1.WatchQueueResponse0\x01\x12Q\n\nAcceptChat\x12 .chatengine.v1.AcceptChatRequest\x1a!.chatengine.v1.AcceptChatResponse\x12W\n\x0cTransferChat\x12\".chatengine.v1.TransferChatRequest\x1a#.chatengine.v1.TransferChatResponse\x12N\n\tCloseChat\x12\x1f.chatengine.v1.CloseChatRequest\x1a .chatengine.v1.CloseChatResponse\x12\x66\n\x11\x45xplainAssignment\x12\'.chatengine.v1.ExplainAssignmentRequest\x1a(.chatengine.v1.ExplainAssignmentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63hatengine/v1/queue.proto\x12\rchatengine.v1\x1a\x1a\x63hatengine/v1/common.proto\x1a chatengine/v1/conversation.proto\x1a\x1c\x63hatengine/v1/workflow.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x01\n\x0bWaitingChat\x12\x31\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1b.chatengine.v1.Conversation\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x30\n\x0c\x65nqueue_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bworkflow_id\x18\x05 \x01(\t\x12\x17\n\x0frequired_skills\x18\x06 \x03(\t\x12\x13\n\x0b\x61uto_assign\x18\x07 \x01(\x08\x12\x14\n\x0cvisitor_name\x18\x08 \x01(\t\"@\n\x17ListWaitingChatsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"m\n\x18ListWaitingChatsResponse\x12)\n\x05\x63hats\x18\x01 \x03(\x0b\x32\x1a.chatengine.v1.WaitingChat\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\r\"\xcc\x01\n\nAgentState\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.chatengine.v1.AgentStatus\x12\x0e\n\x06online\x18\x04 \x01(\x08\x12\x12\n\nopen_chats\x18\x05 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x06 \x01(\r\x12\x34\n\x10last_assign_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x18\n\x16ListAgentStatesRequest\"D\n\x17ListAgentStatesResponse\x12)\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x19.chatengine.v1.AgentState\"\x13\n\x11WatchQueueRequest\"y\n\x12WatchQueueResponse\x12)\n\x05\x63hats\x18\x01 \x03(\x0b\x32\x1a.chatengine.v1.WaitingChat\x12\r\n\x05total\x18\x02 \x01(\r\x12)\n\x06\x61gents\x18\x03 \x03(\x0b\x32\x19.chatengine.v1.AgentState\",\n\x11\x41\x63\x63\x65ptChatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"G\n\x12\x41\x63\x63\x65ptChatResponse\x12\x31\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1b.chatengine.v1.Conversation\"-\n\x12\x44\x65\x63lineChatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"H\n\x13\x44\x65\x63lineChatResponse\x12\x31\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1b.chatengine.v1.Conversation\"]\n\x13TransferChatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x12\n\x08\x61gent_id\x18\x02 \x01(\tH\x00\x12\x0f\n\x05skill\x18\x03 \x01(\tH\x00\x42\x08\n\x06target\"I\n\x14TransferChatResponse\x12\x31\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1b.chatengine.v1.Conversation\"+\n\x10\x43loseChatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"F\n\x11\x43loseChatResponse\x12\x31\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1b.chatengine.v1.Conversation\"3\n\x18\x45xplainAssignmentRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"\x9a\x02\n\nAssignment\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12)\n\x03via\x18\x03 \x01(\x0e\x32\x1c.chatengine.v1.AssignmentVia\x12\x10\n\x08strategy\x18\x04 \x01(\t\x12\x31\n\ncandidates\x18\x05 \x03(\x0b\x32\x1d.chatengine.v1.AgentCandidate\x12\x16\n\x0erelaxed_skills\x18\x06 \x03(\t\x12/\n\x0b\x61ssign_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x19\x45xplainAssignmentResponse\x12.\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x19.chatengine.v1.Assignment*\xbe\x01\n\rAssignmentVia\x12\x1e\n\x1a\x41SSIGNMENT_VIA_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41SSIGNMENT_VIA_DISPATCHER\x10\x01\x12\x1b\n\x17\x41SSIGNMENT_VIA_ACCEPTED\x10\x02\x12\x1b\n\x17\x41SSIGNMENT_VIA_TRANSFER\x10\x03\x12\x18\n\x14\x41SSIGNMENT_VIA_ADMIN\x10\x04\x12\x1a\n\x16\x41SSIGNMENT_VIA_OFFERED\x10\x05\x32\xe4\x05\n\x0cQueueService\x12\x63\n\x10ListWaitingChats\x12&.chatengine.v1.ListWaitingChatsRequest\x1a\'.chatengine.v1.ListWaitingChatsResponse\x12`\n\x0fListAgentStates\x12%.chatengine.v1.ListAgentStatesRequest\x1a&.chatengine.v1.ListAgentStatesResponse\x12S\n\nWatchQueue\x12 .chatengine.v1.WatchQueueRequest\x1a!.chatengine.v1.WatchQueueResponse0\x01\x12Q\n\nAcceptChat\x12 .chatengine.v1.AcceptChatRequest\x1a!.chatengine.v1.AcceptChatResponse\x12T\n\x0b\x44\x65\x63lineChat\x12!.chatengine.v1.DeclineChatRequest\x1a\".chatengine.v1.DeclineChatResponse\x12W\n\x0cTransferChat\x12\".chatengine.v1.TransferChatRequest\x1a#.chatengine.v1.TransferChatResponse\x12N\n\tCloseChat\x12\x1f.chatengine.v1.CloseChatRequest\x1a .chatengine.v1.CloseChatResponse\x12\x66\n\x11\x45xplainAssignment\x12\'.chatengine.v1.ExplainAssignmentRequest\x1a(.chatengine.v1.ExplainAssignmentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatengine.v1.queue_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ASSIGNMENTVIA']._serialized_start=1857
-  _globals['_ASSIGNMENTVIA']._serialized_end=2047
+  _globals['_ASSIGNMENTVIA']._serialized_start=1978
+  _globals['_ASSIGNMENTVIA']._serialized_end=2168
   _globals['_WAITINGCHAT']._serialized_start=170
   _globals['_WAITINGCHAT']._serialized_end=409
   _globals['_LISTWAITINGCHATSREQUEST']._serialized_start=411
@@ -58,20 +58,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACCEPTCHATREQUEST']._serialized_end=1079
   _globals['_ACCEPTCHATRESPONSE']._serialized_start=1081
   _globals['_ACCEPTCHATRESPONSE']._serialized_end=1152
-  _globals['_TRANSFERCHATREQUEST']._serialized_start=1154
-  _globals['_TRANSFERCHATREQUEST']._serialized_end=1247
-  _globals['_TRANSFERCHATRESPONSE']._serialized_start=1249
-  _globals['_TRANSFERCHATRESPONSE']._serialized_end=1322
-  _globals['_CLOSECHATREQUEST']._serialized_start=1324
-  _globals['_CLOSECHATREQUEST']._serialized_end=1367
-  _globals['_CLOSECHATRESPONSE']._serialized_start=1369
-  _globals['_CLOSECHATRESPONSE']._serialized_end=1439
-  _globals['_EXPLAINASSIGNMENTREQUEST']._serialized_start=1441
-  _globals['_EXPLAINASSIGNMENTREQUEST']._serialized_end=1492
-  _globals['_ASSIGNMENT']._serialized_start=1495
-  _globals['_ASSIGNMENT']._serialized_end=1777
-  _globals['_EXPLAINASSIGNMENTRESPONSE']._serialized_start=1779
-  _globals['_EXPLAINASSIGNMENTRESPONSE']._serialized_end=1854
-  _globals['_QUEUESERVICE']._serialized_start=2050
-  _globals['_QUEUESERVICE']._serialized_end=2704
+  _globals['_DECLINECHATREQUEST']._serialized_start=1154
+  _globals['_DECLINECHATREQUEST']._serialized_end=1199
+  _globals['_DECLINECHATRESPONSE']._serialized_start=1201
+  _globals['_DECLINECHATRESPONSE']._serialized_end=1273
+  _globals['_TRANSFERCHATREQUEST']._serialized_start=1275
+  _globals['_TRANSFERCHATREQUEST']._serialized_end=1368
+  _globals['_TRANSFERCHATRESPONSE']._serialized_start=1370
+  _globals['_TRANSFERCHATRESPONSE']._serialized_end=1443
+  _globals['_CLOSECHATREQUEST']._serialized_start=1445
+  _globals['_CLOSECHATREQUEST']._serialized_end=1488
+  _globals['_CLOSECHATRESPONSE']._serialized_start=1490
+  _globals['_CLOSECHATRESPONSE']._serialized_end=1560
+  _globals['_EXPLAINASSIGNMENTREQUEST']._serialized_start=1562
+  _globals['_EXPLAINASSIGNMENTREQUEST']._serialized_end=1613
+  _globals['_ASSIGNMENT']._serialized_start=1616
+  _globals['_ASSIGNMENT']._serialized_end=1898
+  _globals['_EXPLAINASSIGNMENTRESPONSE']._serialized_start=1900
+  _globals['_EXPLAINASSIGNMENTRESPONSE']._serialized_end=1975
+  _globals['_QUEUESERVICE']._serialized_start=2171
+  _globals['_QUEUESERVICE']._serialized_end=2911
 # @@protoc_insertion_point(module_scope)

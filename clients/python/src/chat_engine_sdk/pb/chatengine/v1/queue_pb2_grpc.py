@@ -58,6 +58,11 @@ class QueueServiceStub:
                 request_serializer=chatengine_dot_v1_dot_queue__pb2.AcceptChatRequest.SerializeToString,
                 response_deserializer=chatengine_dot_v1_dot_queue__pb2.AcceptChatResponse.FromString,
                 _registered_method=True)
+        self.DeclineChat = channel.unary_unary(
+                '/chatengine.v1.QueueService/DeclineChat',
+                request_serializer=chatengine_dot_v1_dot_queue__pb2.DeclineChatRequest.SerializeToString,
+                response_deserializer=chatengine_dot_v1_dot_queue__pb2.DeclineChatResponse.FromString,
+                _registered_method=True)
         self.TransferChat = channel.unary_unary(
                 '/chatengine.v1.QueueService/TransferChat',
                 request_serializer=chatengine_dot_v1_dot_queue__pb2.TransferChatRequest.SerializeToString,
@@ -117,6 +122,15 @@ class QueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeclineChat(self, request, context):
+        """Declines a chat offered to the caller: it goes back to the queue at its place, is never
+        offered to them again, and is offered to the next agent at once. FAILED_PRECONDITION when
+        no offer of that chat to the caller is pending (it lapsed, was accepted, or is not theirs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def TransferChat(self, request, context):
         """Hands an open chat to another agent, or back to the queue for agents with a skill (it
         keeps its place). The chat's agent or an admin may; the previous agent leaves the chat.
@@ -161,6 +175,11 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.AcceptChat,
                     request_deserializer=chatengine_dot_v1_dot_queue__pb2.AcceptChatRequest.FromString,
                     response_serializer=chatengine_dot_v1_dot_queue__pb2.AcceptChatResponse.SerializeToString,
+            ),
+            'DeclineChat': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclineChat,
+                    request_deserializer=chatengine_dot_v1_dot_queue__pb2.DeclineChatRequest.FromString,
+                    response_serializer=chatengine_dot_v1_dot_queue__pb2.DeclineChatResponse.SerializeToString,
             ),
             'TransferChat': grpc.unary_unary_rpc_method_handler(
                     servicer.TransferChat,
@@ -289,6 +308,33 @@ class QueueService:
             '/chatengine.v1.QueueService/AcceptChat',
             chatengine_dot_v1_dot_queue__pb2.AcceptChatRequest.SerializeToString,
             chatengine_dot_v1_dot_queue__pb2.AcceptChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclineChat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatengine.v1.QueueService/DeclineChat',
+            chatengine_dot_v1_dot_queue__pb2.DeclineChatRequest.SerializeToString,
+            chatengine_dot_v1_dot_queue__pb2.DeclineChatResponse.FromString,
             options,
             channel_credentials,
             insecure,
