@@ -896,35 +896,76 @@ async fn the_chats_of_an_agent_whose_node_dies_go_back_to_the_queue_after_the_gr
     drop(ann_stream);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_offer_not_accepted_in_time_goes_to_the_next_agent_who_accepts_it() {
-    let app = TestApp::spawn().await;
-    let t = app.tenant("offers").await;
-    let (_, key) = widget_key(&app, &t, &[ORIGIN]).await;
+/// A tenant whose chats are offered (lapsing after a given time) to Ann or Bob, one seat each,
+/// both on their streams, Ann alone available, and a visitor's chat that was just started.
+struct Offered {
+    t: TenantFixture,
+    key: String,
+    ann: String,
+    ann_tok: String,
+    bob: String,
+    bob_tok: String,
+    ann_ev: Events,
+    bob_ev: Events,
+    w: Widget,
+    conv: String,
+}
+
+async fn offered_to_ann(app: &TestApp, tenant: &str, lapse_seconds: u32, visitor: &str) -> Offered {
+    let t = app.tenant(tenant).await;
+    let (_, key) = widget_key(app, &t, &[ORIGIN]).await;
     workflow_with(
-        &app,
+        app,
         &t,
         pb::WorkflowActions {
             auto_assign: true,
-            offer_timeout_seconds: 1,
+            offer_timeout_seconds: lapse_seconds,
             ..Default::default()
         },
     )
     .await;
-    let (ann, ann_tok) = agent(&app, &t, "ann", 1, &[]).await;
-    let (bob, bob_tok) = agent(&app, &t, "bob", 1, &[]).await;
-    let mut ann_ev = online(&app.channel, std::slice::from_ref(&ann_tok))
+    let (ann, ann_tok) = agent(app, &t, "ann", 1, &[]).await;
+    let (bob, bob_tok) = agent(app, &t, "bob", 1, &[]).await;
+    let ann_ev = online(&app.channel, std::slice::from_ref(&ann_tok))
         .await
         .remove(0);
-    let mut bob_ev = online(&app.channel, std::slice::from_ref(&bob_tok))
+    let bob_ev = online(&app.channel, std::slice::from_ref(&bob_tok))
         .await
         .remove(0);
     set_status(&app.channel, &ann_tok, pb::AgentStatus::Available).await;
     let mut w = Widget::new(&key);
-    w.init(&app, init_req(&session("offer"), "Olga"))
+    w.init(app, init_req(&session(tenant), visitor))
         .await
         .unwrap();
-    let conv = w.start(&app, "hi").await.unwrap().conversation.unwrap().id;
+    let conv = w.start(app, "hi").await.unwrap().conversation.unwrap().id;
+    Offered {
+        t,
+        key,
+        ann,
+        ann_tok,
+        bob,
+        bob_tok,
+        ann_ev,
+        bob_ev,
+        w,
+        conv,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_not_accepted_in_time_goes_to_the_next_agent_who_accepts_it() {
+    let app = TestApp::spawn().await;
+    let Offered {
+        t,
+        ann,
+        bob,
+        bob_tok,
+        mut ann_ev,
+        mut bob_ev,
+        w,
+        conv,
+        ..
+    } = offered_to_ann(&app, "offers", 1, "Olga").await;
     // Offered to Ann (the only one available): it shows on her stream, holds her seat, and
     // is no longer in the queue; the visitor still waits.
     let (c, v) = joined(&mut ann_ev).await;
@@ -999,33 +1040,19 @@ async fn an_offer_not_accepted_in_time_goes_to_the_next_agent_who_accepts_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_offer_goes_to_the_next_agent_at_once_and_never_back() {
     let app = TestApp::spawn().await;
-    let t = app.tenant("declines").await;
-    let (_, key) = widget_key(&app, &t, &[ORIGIN]).await;
     // Offers that would lapse only after the test has ended: what moves the chat is the decline.
-    workflow_with(
-        &app,
-        &t,
-        pb::WorkflowActions {
-            auto_assign: true,
-            offer_timeout_seconds: 600,
-            ..Default::default()
-        },
-    )
-    .await;
-    let (ann, ann_tok) = agent(&app, &t, "ann", 1, &[]).await;
-    let (bob, bob_tok) = agent(&app, &t, "bob", 1, &[]).await;
-    let mut ann_ev = online(&app.channel, std::slice::from_ref(&ann_tok))
-        .await
-        .remove(0);
-    let mut bob_ev = online(&app.channel, std::slice::from_ref(&bob_tok))
-        .await
-        .remove(0);
-    set_status(&app.channel, &ann_tok, pb::AgentStatus::Available).await;
-    let mut w = Widget::new(&key);
-    w.init(&app, init_req(&session("decline"), "Dora"))
-        .await
-        .unwrap();
-    let conv = w.start(&app, "hi").await.unwrap().conversation.unwrap().id;
+    let Offered {
+        t,
+        key,
+        ann,
+        ann_tok,
+        bob,
+        bob_tok,
+        mut ann_ev,
+        mut bob_ev,
+        w,
+        conv,
+    } = offered_to_ann(&app, "declines", 600, "Dora").await;
     let (c, _) = joined(&mut ann_ev).await;
     assert_eq!(
         (c.id.as_str(), c.assigned_agent_id.as_str()),
