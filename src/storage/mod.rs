@@ -286,19 +286,13 @@ impl TenantTx {
 
     /// Commits, then queues its notices to this node's announcer.
     pub async fn commit(mut self) -> AppResult<()> {
+        // A failed COMMIT drops `self` unfinished: its connection is thrown away.
         if self.by_hand {
-            let conn = self.conn.take().expect("transaction committed twice");
-            // A statement that failed ended the caller before this, so the transaction
-            // commits whole; a failed COMMIT leaves the connection unusable: thrown away.
-            if let Err(e) = SimpleAsyncConnection::batch_execute(&mut &*conn, "COMMIT").await {
-                drop(Object::take(conn));
-                return Err(e.into());
-            }
+            self.commit_pipelined().await?;
         } else {
             self.commit_conn().await?;
         }
-        let notices = std::mem::take(self.notices.get_mut().unwrap_or_else(|e| e.into_inner()));
-        self.announcer.send(notices);
+        self.committed();
         Ok(())
     }
 }
