@@ -264,9 +264,10 @@ impl TenantTx {
     /// [`TenantTx::committed`]), so that it shares their round trip. It must reach the server
     /// after them, and it does: the join polls in order, and the COMMIT goes through the
     /// connection's statement cache like them, whose lock is first come, first served and
-    /// is released by each statement in the same poll that writes its execution. A
-    /// statement before it that fails fails the join, and the transaction is thrown away
-    /// with its connection.
+    /// is released by each statement in the same poll that writes its execution (how
+    /// diesel-async 0.9 works: check both again before upgrading it, since a COMMIT that
+    /// overtook the insert would leave the batch's seqs as a gap). A statement before it
+    /// that fails fails the join, and the transaction is thrown away with its connection.
     pub(crate) async fn commit_pipelined(&self) -> AppResult<()> {
         debug_assert!(
             self.by_hand,
