@@ -232,6 +232,11 @@ async fn lock_external(tx: &mut TenantTx, conv: ConversationId) -> AppResult<Con
         .ok_or(AppError::NotFound("conversation"))
 }
 
+/// Whether a chat is offered to `agent`: still queued, with them holding its seat.
+fn offered_to(row: &ConversationRow, agent: UserId) -> bool {
+    row.status == Status::Queued.as_str() && row.assigned_agent_id == Some(agent)
+}
+
 /// Whether a locked chat still waits for an agent.
 fn still_waiting(row: &ConversationRow) -> bool {
     row.status == Status::Queued.as_str() && row.assigned_agent_id.is_none()
@@ -611,15 +616,12 @@ pub async fn accept(
     let now = e.now();
     let mut tx = e.db.tenant_tx(scope).await?;
     // A chat offered to the caller holds its seat already; locks go agents, then the chat.
-    let offered_to_me = |r: &ConversationRow| {
-        r.status == Status::Queued.as_str() && r.assigned_agent_id == Some(me)
-    };
     let peek = visitor_store::chat(&mut tx, conv).await?;
-    if !peek.as_ref().is_some_and(offered_to_me) {
+    if !peek.as_ref().is_some_and(|r| offered_to(r, me)) {
         require_seat(&mut tx, me, now).await?;
     }
     let row = lock_external(&mut tx, conv).await?;
-    if !still_waiting(&row) && !offered_to_me(&row) {
+    if !still_waiting(&row) && !offered_to(&row, me) {
         return Err(AppError::FailedPrecondition(
             "the chat is no longer waiting",
         ));
@@ -646,7 +648,7 @@ pub async fn decline(
     let now = e.now();
     let mut tx = e.db.tenant_tx(scope).await?;
     let row = lock_external(&mut tx, conv).await?;
-    if row.status != Status::Queued.as_str() || row.assigned_agent_id != Some(me) {
+    if !offered_to(&row, me) {
         return Err(AppError::FailedPrecondition(
             "the chat is not offered to you",
         ));
