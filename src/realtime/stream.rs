@@ -1,5 +1,5 @@
-//! One subscriber's stream: register with the hub first, replay from PostgreSQL what the
-//! client missed since its cursors, then forward live events, skipping what was already sent
+//! One subscriber's stream: register with the hub and follow the conversations first, replay
+//! from PostgreSQL what the client missed since its cursors, then forward live events, skipping what was already sent
 //! and fetching any gap from PostgreSQL, so the client sees every seq once and in order.
 //! The subscriber is a participant: an agent (their conversations, and the tenant's agent
 //! presence) or a visitor (their own external chats only); the same code serves both.
@@ -193,11 +193,13 @@ pub fn subscribe(
             None => None,
         };
 
-        // Registered before reading positions: nothing committed from here on can be missed.
+        // Registered before reading memberships: a conversation joined from here on comes as
+        // a join. But its events reach this stream only once it follows the conversation, so
+        // the positions are read again after following: what committed before the follow is
+        // in that read, what commits after it comes live.
         let memberships = Box::pin(conversations::memberships(&e, &scope)).await?;
-        let last: HashMap<ConversationId, i64> = memberships.iter().copied().collect();
         for (c, _) in &cursors {
-            if !last.contains_key(c) {
+            if !memberships.iter().any(|(m, _)| m == c) {
                 Err(AppError::NotFound("conversation"))?;
             }
         }
@@ -206,6 +208,15 @@ pub fn subscribe(
             ctx.hub.follow(&sub, *c);
             d.delivered.insert(*c, *seq);
         }
+        if !memberships.is_empty() {
+            // A conversation joined since the first read stays to its join.
+            for (c, seq) in Box::pin(conversations::memberships(&e, &scope)).await? {
+                if let Some(at) = d.delivered.get_mut(&c) {
+                    *at = (*at).max(seq);
+                }
+            }
+        }
+        let last = d.delivered.clone();
         if agent.is_some() {
             for state in Box::pin(ctx.presence.snapshot(&e, &scope)).await? {
                 yield Item::Presence(state);

@@ -163,6 +163,47 @@ async fn a_stream_resumes_across_a_server_restart() {
     assert_eq!(replay.first().unwrap().seq, cursor + 1);
 }
 
+/// A stream opening while messages commit: a message that commits after the stream read its
+/// conversations' positions but before it followed them must still arrive, not wait for a
+/// later event to expose the gap (seen: lost while another stream on the node followed the
+/// conversation, so the spine's notice looked delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_opening_while_messages_commit_gets_each_of_them() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("opening").await;
+    let (ann, ann_tok) = app.agent(&t, "ann").await;
+    let mut convs = Vec::new();
+    for _ in 0..12 {
+        convs.push(group(&app, &t.admin_token, &[&ann]).await);
+    }
+    // The sender's own stream follows every conversation on this node.
+    let mut admin_ev = Events::open(&app, &t.admin_token, &[]).await.unwrap();
+    admin_ev.caught_up().await;
+    for round in 0..20u32 {
+        // Each conversation gets one message this round, at seq round + 2, one after the
+        // other while Ann's stream opens from the seq before.
+        let cursors: Vec<(&str, u32)> = convs.iter().map(|c| (c.as_str(), round + 1)).collect();
+        let sends = async {
+            for c in &convs {
+                send(&app, &t.admin_token, c, &format!("round {round}"))
+                    .await
+                    .unwrap();
+            }
+        };
+        let (ev, ()) = tokio::join!(Events::open(&app, &ann_tok, &cursors), sends);
+        let mut ev = ev.unwrap();
+        let mut got: Vec<(String, u32)> = Vec::new();
+        while got.len() < convs.len() {
+            let e = ev.event().await;
+            got.push((e.conversation_id.clone(), e.seq));
+        }
+        got.sort();
+        let mut want: Vec<(String, u32)> = convs.iter().map(|c| (c.clone(), round + 2)).collect();
+        want.sort();
+        assert_eq!(got, want, "round {round}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_conversations_receipts_typing_and_presence_reach_open_streams() {
     let app = TestApp::spawn().await;
