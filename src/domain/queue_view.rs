@@ -162,14 +162,18 @@ pub async fn read(
     now: DateTime<Utc>,
     handling: bool,
 ) -> AppResult<QueueRead> {
+    let started = std::time::Instant::now();
     let mut tx = e.db.tenant_tx(scope).await?;
+    let begun = started.elapsed();
     let waiting = store::waiting(&mut tx).await?;
+    let listed = started.elapsed();
     // Nobody waits: no estimate to make, so no agents to read.
     let seats = if waiting.is_empty() {
         Seats::default()
     } else {
         seats(&agent_snapshots(&mut tx, now).await?)
     };
+    let counted = started.elapsed();
     let handling_seconds = if handling {
         let from = ConversationId::from_uuid(v7_floor(now - HANDLING_MAX_AGE));
         store::handling_time(&mut tx, now - HANDLING_WINDOW, from)
@@ -178,7 +182,18 @@ pub async fn read(
     } else {
         None
     };
+    let measured = started.elapsed();
     tx.commit().await?;
+    // Where a slow read spent its time (a pool connection, which statement, the commit).
+    tracing::debug!(
+        waiting = waiting.len(),
+        begin_ms = begun.as_millis() as u64,
+        waiting_ms = (listed - begun).as_millis() as u64,
+        agents_ms = (counted - listed).as_millis() as u64,
+        handling_ms = (measured - counted).as_millis() as u64,
+        commit_ms = (started.elapsed() - measured).as_millis() as u64,
+        "queue read steps"
+    );
     Ok(QueueRead {
         waiting,
         seats,
