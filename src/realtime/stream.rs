@@ -1,6 +1,7 @@
 //! One subscriber's stream: register with the hub and follow the conversations first, replay
-//! from PostgreSQL what the client missed since its cursors, then forward live events, skipping what was already sent
-//! and fetching any gap from PostgreSQL, so the client sees every seq once and in order.
+//! from PostgreSQL what the client missed since its cursors, then forward live events,
+//! skipping what was already sent and fetching any gap from PostgreSQL, so the client sees
+//! every seq once and in order.
 //! The subscriber is a participant: an agent (their conversations, and the tenant's agent
 //! presence) or a visitor (their own external chats only); the same code serves both.
 //! A visitor's stream also carries the places of their waiting chats (from
@@ -198,15 +199,15 @@ pub fn subscribe(
         // the positions are read again after following: what committed before the follow is
         // in that read, what commits after it comes live.
         let memberships = Box::pin(conversations::memberships(&e, &scope)).await?;
-        for (c, _) in &cursors {
-            if !memberships.iter().any(|(m, _)| m == c) {
-                Err(AppError::NotFound("conversation"))?;
-            }
-        }
         let mut d = Delivery::new(me);
         for (c, seq) in &memberships {
             ctx.hub.follow(&sub, *c);
             d.delivered.insert(*c, *seq);
+        }
+        for (c, _) in &cursors {
+            if !d.delivered.contains_key(c) {
+                Err(AppError::NotFound("conversation"))?;
+            }
         }
         if !memberships.is_empty() {
             // A conversation joined since the first read stays to its join.
