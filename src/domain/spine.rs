@@ -118,33 +118,67 @@ impl SpineEvent {
 /// Records `events` in the spine of the transaction's tenant, to become visible with its
 /// commit. Call it once per transaction, after the rows it names were written.
 pub async fn record(tx: &TenantTx, events: &[SpineEvent], at: DateTime<Utc>) -> AppResult<()> {
-    let mut by_shard: Vec<(i16, Vec<SpineEvent>)> = Vec::new();
-    for ev in events {
-        let s = ev.shard();
-        match by_shard.iter_mut().find(|(shard, _)| *shard == s) {
-            Some((_, list)) => list.push(ev.clone()),
-            None => by_shard.push((s, vec![ev.clone()])),
-        }
-    }
-    // Head rows are locked in shard order, so two transactions never wait on each other.
-    by_shard.sort_by_key(|(s, _)| *s);
-    let tenant = tx.tenant_id();
+    record_entries(tx, &Entry::by_shard(events), at).await
+}
+
+/// Records entries made with [`Entry::by_shard`] (or what is left of them after the caller
+/// wrote one in a statement of its own, see [`Entry::announce`]).
+pub async fn record_entries(tx: &TenantTx, entries: &[Entry], at: DateTime<Utc>) -> AppResult<()> {
     // All sent at once, in that order: the server takes them one after the other, and a
     // COMMIT joined after this (`TenantTx::commit_pipelined`) reaches it after all of them.
-    let appends = by_shard
+    let appends = entries
         .iter()
-        .map(|(shard, list)| {
-            let json = serde_json::to_value(list)
-                .map_err(|e| crate::error::AppError::Internal(e.to_string()))?;
-            Ok(store::append(tx, *shard, json, at))
-        })
+        .map(|e| Ok(store::append(tx, e.shard, e.json()?, at)))
         .collect::<AppResult<Vec<_>>>()?;
     let positions = futures_util::future::try_join_all(appends).await?;
-    for ((shard, list), pos) in by_shard.iter().zip(positions) {
-        let notice = Notice::of_entry(tenant, *shard, pos, list);
-        tx.announce(CHANNEL, notice.encode());
+    for (e, pos) in entries.iter().zip(positions) {
+        e.announce(tx, pos);
     }
     Ok(())
+}
+
+/// A transaction's events of one shard: what one spine entry holds.
+pub struct Entry {
+    shard: i16,
+    events: Vec<SpineEvent>,
+}
+
+impl Entry {
+    /// `events` grouped by shard, in shard order: head rows are locked in that order, so two
+    /// transactions never wait on each other.
+    pub fn by_shard(events: &[SpineEvent]) -> Vec<Self> {
+        let mut entries: Vec<Self> = Vec::new();
+        for ev in events {
+            let s = ev.shard();
+            match entries.iter_mut().find(|e| e.shard == s) {
+                Some(e) => e.events.push(ev.clone()),
+                None => entries.push(Self {
+                    shard: s,
+                    events: vec![ev.clone()],
+                }),
+            }
+        }
+        entries.sort_by_key(|e| e.shard);
+        entries
+    }
+
+    /// Its shard.
+    pub fn shard(&self) -> i16 {
+        self.shard
+    }
+
+    /// Its events as stored.
+    pub fn json(&self) -> AppResult<serde_json::Value> {
+        serde_json::to_value(&self.events)
+            .map_err(|e| crate::error::AppError::Internal(e.to_string()))
+    }
+
+    /// Queues the notice of this entry, stored at `pos` by this transaction, to be sent
+    /// after its commit.
+    pub fn announce(&self, tx: &TenantTx, pos: i64) {
+        let notice = Notice::of_entry(tx.tenant_id(), self.shard, pos, &self.events);
+        tx.announce(CHANNEL, notice.encode());
+    }
 }
 
 /// Queues notices of seqs that committed earlier (`(conversation, seq)`), to be sent again

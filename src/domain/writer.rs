@@ -3,12 +3,12 @@
 //! Every sender, whatever kind of participant, is checked by the one rule, [`admits`].
 //! A batch is two round trips, since on a busy machine each one costs about as much as the
 //! statements in it:
-//! 1. the `BEGIN`, then idempotency (request ids stored before), agent memberships, the row
-//!    locks (which also say whose each conversation is) and the seqs of every send not
-//!    refused yet, taken under those locks as if all will be written;
+//! 1. the `BEGIN`, then idempotency (request ids stored before), agent memberships, and one
+//!    statement for the row locks (which also say whose each conversation is) and the seqs
+//!    of every send not refused yet, taken under those locks as if all will be written;
 //! 2. the seqs of sends refused after all given back (the rows are still locked, so nobody
-//!    saw them), one insert for the messages (which are their own `message_posted` events),
-//!    the spine entry, and the `COMMIT`.
+//!    saw them), one statement for the messages (which are their own `message_posted`
+//!    events) and the spine entry, and the `COMMIT`.
 //!
 //! A lone send goes through at once; under load, one commit carries many messages, which is
 //! what lifts throughput past one-fsync-per-message. A batch that fails as a whole is written
@@ -207,13 +207,10 @@ async fn write_batch(
         .iter()
         .filter_map(|j| Some((j.conv, j.sender.agent()?)))
         .collect();
-    let mut all_convs: Vec<ConversationId> = jobs.iter().map(|j| j.conv).collect();
-    all_convs.sort();
-    all_convs.dedup();
     // Seqs are taken in the first round trip for every send not refused yet, as if each
     // will be written: almost all are. What a refused send took is given back before commit
     // (the rows stay locked until then, so nobody sees it).
-    let mut taken: HashMap<ConversationId, i64> = HashMap::new();
+    let mut taken: HashMap<ConversationId, i64> = jobs.iter().map(|j| (j.conv, 0)).collect();
     for (i, j) in jobs.iter().enumerate() {
         if answers[i].is_none() {
             *taken.entry(j.conv).or_default() += 1;
@@ -225,16 +222,16 @@ async fn write_batch(
     let now = clock.now();
 
     // One round trip: the BEGIN, which request ids were stored before, which agents who
-    // send are members, the locks on the conversations (which say whose each one is: its
-    // tenant, kind and visitor), and the seqs, taken under those locks.
+    // send are members, and the locks on the conversations (which say whose each one is:
+    // its tenant, kind and visitor) with the seqs taken under them.
     let tx = db.tenant_tx_pipelined(scope).await?;
-    let (stored, members, locked, reserved) = {
+    let (stored, members, locked) = {
         let senders: Vec<uuid::Uuid> = keyed.iter().map(|k| k.1).collect();
         let rids: Vec<uuid::Uuid> = keyed.iter().map(|k| k.2).collect();
         let (member_convs, member_users): (Vec<ConversationId>, Vec<UserId>) =
             pairs.into_iter().unzip();
         let tx = &tx;
-        let ((), stored, members, locked, reserved) = futures_util::try_join!(
+        let ((), stored, members, locked) = futures_util::try_join!(
             tx.begin(),
             async {
                 if rids.is_empty() {
@@ -248,15 +245,9 @@ async fn write_batch(
                 }
                 store::memberships_among(tx, &member_convs, &member_users).await
             },
-            store::lock(tx, &all_convs),
-            async {
-                if convs.is_empty() {
-                    return Ok(Vec::new());
-                }
-                store::reserve_seqs(tx, &convs, &ks, now).await
-            },
+            store::lock_and_reserve(tx, &convs, &ks, now),
         )?;
-        (stored, members, locked, reserved)
+        (stored, members, locked)
     };
     // Agents found to be members, per conversation.
     let mut agents: HashMap<ConversationId, Vec<UserId>> = HashMap::new();
@@ -265,12 +256,14 @@ async fn write_batch(
     }
     let mut active_before: HashMap<ConversationId, chrono::DateTime<chrono::Utc>> = HashMap::new();
     let mut owners: HashMap<ConversationId, (TenantId, Kind, Option<VisitorId>)> = HashMap::new();
+    let mut reserved: Vec<(ConversationId, i64)> = Vec::new();
     for r in locked {
         active_before.insert(r.conversation_id, r.last_activity_at);
         owners.insert(
             r.conversation_id,
             (r.tenant_id, Kind::parse(&r.kind)?, r.visitor_id),
         );
+        reserved.extend(r.reserved.map(|last| (r.conversation_id, last)));
     }
 
     // Retries: a request id seen before (or earlier in this batch) gets the first answer.
@@ -403,7 +396,12 @@ async fn write_batch(
         })
         .collect();
     spine::announce_again(&tx, &found);
-    // The last round trip: seqs given back, the messages, the spine entry and the COMMIT.
+    // A batch's conversations share one shard (its partition), so its entry is written by
+    // the messages' insert; any other shard would get an entry of its own.
+    let mut entries = spine::Entry::by_shard(&committed);
+    let entry = (!entries.is_empty()).then(|| entries.remove(0));
+    // The last round trip: seqs given back, the messages with the spine entry, and the
+    // COMMIT.
     {
         let tx = &tx;
         futures_util::try_join!(
@@ -414,16 +412,18 @@ async fn write_batch(
                 store::give_back_seqs(tx, &back.0, &back.1, &back.2).await
             },
             async {
-                if rows.is_empty() {
+                let Some(entry) = &entry else {
                     return Ok(());
-                }
-                messages::insert_posted(tx, &rows).await
+                };
+                let pos = messages::insert_posted(tx, &rows, entry.shard(), entry.json()?).await?;
+                entry.announce(tx, pos);
+                Ok(())
             },
             async {
-                if committed.is_empty() {
+                if entries.is_empty() {
                     return Ok(());
                 }
-                spine::record(tx, &committed, now).await
+                spine::record_entries(tx, &entries, now).await
             },
             tx.commit_pipelined(),
         )?;

@@ -502,7 +502,7 @@ pub async fn memberships_among(
         .collect())
 }
 
-/// What a send needs to know about a conversation it locked: whose it is.
+/// What a send batch learns about a conversation it locked: whose it is, and the seqs it took.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct LockedRow {
     /// Tenant.
@@ -520,28 +520,57 @@ pub struct LockedRow {
     /// Its last activity before this transaction.
     #[diesel(sql_type = diesel::sql_types::Timestamptz)]
     pub last_activity_at: DateTime<Utc>,
+    /// Its new `last_seq` after the seqs asked for were taken; None when it is closed or
+    /// none were asked for.
+    #[diesel(sql_type = diesel::sql_types::Nullable<BigInt>)]
+    pub reserved: Option<i64>,
 }
 
-/// Locks the conversations' rows until commit, in id order, so that batches which share
-/// conversations (on other nodes, say) wait for each other instead of deadlocking. Answers
-/// with who the locked conversations belong to, which the lock reads anyway: the send path
-/// learns visitor ownership without a statement of its own. Missing ones are left out.
-pub async fn lock(tx: &TenantTx, convs: &[ConversationId]) -> AppResult<Vec<LockedRow>> {
+/// Locks the conversations' rows until commit and takes `counts[i]` consecutive seqs from
+/// `convs[i]` when it is open (a count may be 0), marking its activity time; one statement,
+/// since a send batch always needs both. Rows are locked in id order (`convs` must be
+/// sorted), so that batches which share conversations (on other nodes, say) wait for each
+/// other instead of deadlocking; a seq is only taken from a row already locked. The answer
+/// says whose each conversation is, which the lock reads anyway: the send path learns
+/// visitor ownership without a statement of its own. Missing ones are left out.
+pub async fn lock_and_reserve(
+    tx: &TenantTx,
+    convs: &[ConversationId],
+    counts: &[i64],
+    at: DateTime<Utc>,
+) -> AppResult<Vec<LockedRow>> {
     let t = tx.tenant_id();
     // NO KEY UPDATE: inserts that only reference these rows need not wait for the batch.
+    // The update's EXISTS reads `locked` up to the row it updates, so the rows are locked
+    // in the lock's order whatever plan the update gets.
     Ok(sql::prepared(
-        "SELECT tenant_id, conversation_id, kind, visitor_id, last_activity_at FROM conversations
-          WHERE tenant_id = $1 AND conversation_id = ANY($2)
-          ORDER BY conversation_id FOR NO KEY UPDATE",
+        "WITH locked AS (
+           SELECT tenant_id, conversation_id, kind, visitor_id, last_activity_at
+             FROM conversations
+            WHERE tenant_id = $1 AND conversation_id = ANY($2)
+            ORDER BY conversation_id FOR NO KEY UPDATE
+         ), moved AS (
+           UPDATE conversations c
+              SET last_seq = c.last_seq + v.k, last_activity_at = $4
+             FROM unnest($2::uuid[], $3::bigint[]) AS v(conversation_id, k)
+            WHERE c.tenant_id = $1 AND c.conversation_id = v.conversation_id AND v.k > 0
+              AND c.status <> 'closed'
+              AND EXISTS (SELECT FROM locked l WHERE l.conversation_id = c.conversation_id)
+        RETURNING c.conversation_id, c.last_seq
+         )
+         SELECT l.*, m.last_seq AS reserved
+           FROM locked l LEFT JOIN moved m ON m.conversation_id = l.conversation_id",
     )
     .bind::<SqlUuid, _>(t)
     .bind::<Array<SqlUuid>, _>(convs)
+    .bind::<Array<BigInt>, _>(counts)
+    .bind::<diesel::sql_types::Timestamptz, _>(at)
     .load(&mut tx.shared())
     .await?)
 }
 
-/// Takes `count` consecutive seqs from each open conversation (lock them first with
-/// [`lock`], in this transaction or pipelined ahead of this) and marks the activity time.
+/// Takes `count` consecutive seqs from each open conversation (lock them first, in this
+/// transaction or pipelined ahead of this) and marks the activity time.
 /// Returns each conversation's new `last_seq`; closed or missing conversations are left out.
 pub async fn reserve_seqs(
     tx: &TenantTx,
@@ -577,7 +606,7 @@ pub async fn reserve_seqs(
         .collect())
 }
 
-/// Gives back the last `back` seqs a [`reserve_seqs`] of this transaction took from each
+/// Gives back the last `back` seqs a [`lock_and_reserve`] of this transaction took from each
 /// conversation and sets its activity time to `at` (the rows are still locked, so nobody saw
 /// the seqs): for sends reserved for that were then refused.
 pub async fn give_back_seqs(

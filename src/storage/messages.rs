@@ -7,7 +7,7 @@ use diesel::sql_types::{Array, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
 use super::schema::messages;
-use super::{TenantTx, sql};
+use super::{TenantTx, spine, sql};
 use crate::error::AppResult;
 use crate::ids::{ConversationId, MessageId, TenantId};
 
@@ -141,20 +141,33 @@ pub async fn delete(tx: &mut TenantTx, id: MessageId, at: DateTime<Utc>) -> AppR
         .await?)
 }
 
-/// Stores posted messages in one statement. The rows travel as arrays, so the statement
-/// text is the same for any batch size and stays prepared.
-pub async fn insert_posted(tx: &TenantTx, rows: &[MessageRow]) -> AppResult<()> {
-    use diesel::sql_types::{BigInt, Bytea, Nullable, Text, Timestamptz};
+/// Stores posted messages, and the spine entry `events` that records them in `shard`, in one
+/// statement; returns the entry's position. The rows travel as arrays, so the statement text
+/// is the same for any batch size and stays prepared.
+pub async fn insert_posted(
+    tx: &TenantTx,
+    rows: &[MessageRow],
+    shard: i16,
+    events: serde_json::Value,
+) -> AppResult<i64> {
+    use diesel::sql_types::{BigInt, Bytea, Jsonb, Nullable, SmallInt, Text, Timestamptz};
     let t = tx.tenant_id();
     let at = rows.first().map(|r| r.created_at).unwrap_or_default();
-    sql::prepared(
-        "INSERT INTO messages (tenant_id, message_id, conversation_id, seq, sender_type,
-                               sender_id, body, request_id, request_hash, created_at)
-         SELECT $1, x.*, $10
-           FROM unnest($2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::uuid[],
-                       $7::text[], $8::uuid[], $9::bytea[]) AS x",
-    )
+    let entry: spine::Pos = sql::prepared(concat!(
+        spine::with_entry!(),
+        ", posted AS (
+           INSERT INTO messages (tenant_id, message_id, conversation_id, seq, sender_type,
+                                 sender_id, body, request_id, request_hash, created_at)
+           SELECT $1, x.*, $3
+             FROM unnest($5::uuid[], $6::uuid[], $7::bigint[], $8::text[], $9::uuid[],
+                         $10::text[], $11::uuid[], $12::bytea[]) AS x
+         )
+         SELECT pos FROM entry"
+    ))
     .bind::<SqlUuid, _>(t)
+    .bind::<SmallInt, _>(shard)
+    .bind::<Timestamptz, _>(at)
+    .bind::<Jsonb, _>(events)
     .bind::<Array<SqlUuid>, _>(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
     .bind::<Array<SqlUuid>, _>(rows.iter().map(|r| r.conversation_id).collect::<Vec<_>>())
     .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
@@ -171,10 +184,9 @@ pub async fn insert_posted(tx: &TenantTx, rows: &[MessageRow]) -> AppResult<()> 
             .map(|r| r.request_hash.as_deref())
             .collect::<Vec<_>>(),
     )
-    .bind::<Timestamptz, _>(at)
-    .execute(&mut tx.shared())
+    .get_result(&mut tx.shared())
     .await?;
-    Ok(())
+    Ok(entry.pos)
 }
 
 /// Messages posted with `after < seq <= up_to`, oldest first, at most `limit`: the

@@ -11,18 +11,14 @@ use super::{FollowerTx, TenantTx, sql};
 use crate::error::AppResult;
 use crate::ids::TenantId;
 
-/// Takes the shard's next position and stores an entry there, to become visible at commit;
-/// returns the position.
-/// One round trip. The head row exists after a shard's first entry, so the plain update
-/// almost always does it; the insert is for that first entry (and a concurrent first one,
-/// which the conflict clause turns into an update).
-pub async fn append(
-    tx: &TenantTx,
-    shard: i16,
-    events: serde_json::Value,
-    at: DateTime<Utc>,
-) -> AppResult<i64> {
-    Ok(sql::prepared(
+/// The statement head that takes a shard's next position and stores an entry there, as a
+/// CTE named `entry` returning `pos` (binds: `$1` tenant, `$2` shard, `$3` time, `$4` the
+/// events); a statement that writes other rows too puts its own CTEs after it, so the entry
+/// costs no statement of its own. The head row exists after a shard's first entry, so the
+/// plain update almost always does it; the insert is for that first entry (and a concurrent
+/// first one, which the conflict clause turns into an update).
+macro_rules! with_entry {
+    () => {
         "WITH moved AS (
            UPDATE spine_heads SET last_pos = last_pos + 1
             WHERE tenant_id = $1 AND shard = $2
@@ -32,24 +28,40 @@ pub async fn append(
            SELECT $1, $2, 1 WHERE NOT EXISTS (SELECT FROM moved)
            ON CONFLICT (tenant_id, shard) DO UPDATE SET last_pos = spine_heads.last_pos + 1
            RETURNING last_pos
-         )
-         INSERT INTO spine_entries (tenant_id, shard, pos, created_at, events)
-         SELECT $1, $2, last_pos, $3, $4 FROM (TABLE moved UNION ALL TABLE first) head
-         RETURNING pos",
+         ), entry AS (
+           INSERT INTO spine_entries (tenant_id, shard, pos, created_at, events)
+           SELECT $1, $2, last_pos, $3, $4 FROM (TABLE moved UNION ALL TABLE first) head
+           RETURNING pos
+         )"
+    };
+}
+pub(crate) use with_entry;
+
+/// Takes the shard's next position and stores an entry there, to become visible at commit;
+/// returns the position. One round trip.
+pub async fn append(
+    tx: &TenantTx,
+    shard: i16,
+    events: serde_json::Value,
+    at: DateTime<Utc>,
+) -> AppResult<i64> {
+    Ok(
+        sql::prepared(concat!(with_entry!(), " SELECT pos FROM entry"))
+            .bind::<SqlUuid, _>(tx.tenant_id())
+            .bind::<SmallInt, _>(shard)
+            .bind::<Timestamptz, _>(at)
+            .bind::<Jsonb, _>(events)
+            .get_result::<Pos>(&mut tx.shared())
+            .await
+            .map(|r| r.pos)?,
     )
-    .bind::<SqlUuid, _>(tx.tenant_id())
-    .bind::<SmallInt, _>(shard)
-    .bind::<Timestamptz, _>(at)
-    .bind::<Jsonb, _>(events)
-    .get_result::<Pos>(&mut tx.shared())
-    .await
-    .map(|r| r.pos)?)
 }
 
+/// A position, as a statement answers it.
 #[derive(QueryableByName)]
-struct Pos {
+pub(crate) struct Pos {
     #[diesel(sql_type = BigInt)]
-    pos: i64,
+    pub(crate) pos: i64,
 }
 
 /// A stored spine entry.
