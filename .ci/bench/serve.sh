@@ -1,0 +1,10 @@
+#!/bin/bash
+# serve.sh BIN PORT DATADIR : starts a server in the background, prints its pid
+BIN=$1; PORT=$2; D=$3
+mkdir -p $D
+CHAT_ENGINE_OPERATOR_TOKEN=benchtok CHAT_ENGINE_DATA_DIR=$D \
+CHAT_ENGINE_RATE_LIMITS__VISITOR_PER_KEY__PER_MINUTE=0 \
+CHAT_ENGINE_RATE_LIMITS__VISITOR_PER_IP__PER_MINUTE=0 \
+CHAT_ENGINE_RATE_LIMITS__VISITOR_PER_VISITOR__PER_MINUTE=0 \
+RUST_LOG=${RUST_LOG:-warn} $BIN serve --listen 127.0.0.1:$PORT > $D/server.log 2>&1 &
+echo $!
