@@ -212,10 +212,12 @@ export class ChatEngineSDK {
     this.options.storage?.setItem(this.key("chat"), conv.id);
     const history = r.initialMessage ? [messageOf(r.initialMessage)] : [];
     // A new chat is followed from its first event, so the welcome and queue messages that
-    // the server posts with it arrive on the stream.
+    // the server posts with it arrive on the stream; so does its assignment, also when an
+    // available agent took it before this answer: that agent is told to onAgentJoined
+    // when the stream replays it, not taken from the answer (which would silence it).
     return new Chat(this, conv.id, {
       status: chatStatusOf(conv.status),
-      assignedAgentId: conv.assignedAgentId || undefined,
+      assignedAgentId: undefined,
       assignedAgentName: undefined,
       history,
       cursor: 0,

@@ -185,6 +185,47 @@ describe("SDK against a real server", () => {
     );
   });
 
+  it("a chat already served when StartChat answers still tells the visitor who joined", async () => {
+    // Auto-assignment with an agent available and online: the dispatcher may assign a chat
+    // before StartChat has answered. Starting again while the chat is open answers the same
+    // chat, always already served: the same case, every time.
+    const quick = await createTenant(server, "quick", { autoAssign: true, welcome: "Hi from Quick!" });
+    const b = await createAgent(server, quick, "Bo Agent");
+    const bo = await ChatEngineAgent.login({
+      baseUrl: server.baseUrl,
+      tenantSlug: "quick",
+      email: b.email,
+      password: AGENT_PASSWORD,
+      backoff: FAST,
+    });
+    const sub = bo.subscribe({ onItem: () => undefined });
+    const chats: Chat[] = [];
+    try {
+      await until(() => sub.status === "connected", "the agent's stream");
+      await bo.setStatus("available");
+      const sdk = visitorSdk(quick);
+      const visitor = await sdk.initVisitor({ name: "Cy" });
+      const first = await sdk.startChat({ visitorId: visitor.id, initialMessage: "Quick question" });
+      chats.push(first);
+      await until(() => first.assignedAgentId === bo.me.id, "the chat served");
+      first.disconnect();
+
+      const again = await sdk.startChat({ visitorId: visitor.id });
+      chats.push(again);
+      assert.equal(again.id, first.id, "the open chat, not a new one");
+      const joined: { agentId: string; name?: string }[] = [];
+      again.onAgentJoined((a) => joined.push(a));
+      await until(() => joined.length > 0, "the visitor is told who joined");
+      assert.deepEqual(joined, [{ agentId: bo.me.id, name: "Bo Agent" }]);
+      assert.equal(again.assignedAgentName, "Bo Agent");
+      assert.equal(again.status, "open");
+    } finally {
+      for (const c of chats) c.disconnect();
+      sub.unsubscribe();
+      await bo.logout().catch(() => undefined);
+    }
+  });
+
   it("a reload resumes the same visitor and chat: history back, no duplicate, live again", async () => {
     chat.disconnect();
     const sdk = visitorSdk(acme, storage);
