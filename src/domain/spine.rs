@@ -387,6 +387,37 @@ mod tests {
     }
 
     #[test]
+    fn entries_group_a_transactions_events_by_shard_in_shard_order() {
+        // Conversations of every shard, named in an order that is not the shards'.
+        let mut convs: Vec<ConversationId> = Vec::new();
+        while (0..SHARDS).any(|s| !convs.iter().any(|c| shard_of_conversation(*c) == s)) {
+            convs.push(ConversationId::new());
+        }
+        convs.sort_by_key(|c| std::cmp::Reverse(shard_of_conversation(*c)));
+        let events: Vec<SpineEvent> = convs
+            .iter()
+            .flat_map(|&c| [SpineEvent::QueueChanged { c }, SpineEvent::Rated { c }])
+            .collect();
+        let entries = Entry::by_shard(&events);
+        let shards: Vec<i16> = entries.iter().map(Entry::shard).collect();
+        assert_eq!(shards, (0..SHARDS).collect::<Vec<_>>());
+        let mut seen = 0;
+        for e in &entries {
+            assert!(e.events.iter().all(|ev| ev.shard() == e.shard));
+            // Within an entry, the transaction's order is kept.
+            let order: Vec<usize> = e
+                .events
+                .iter()
+                .map(|ev| events.iter().position(|x| x == ev).unwrap())
+                .collect();
+            assert!(order.windows(2).all(|w| w[0] < w[1]));
+            seen += e.events.len();
+        }
+        assert_eq!(seen, events.len());
+        assert!(Entry::by_shard(&[]).is_empty());
+    }
+
+    #[test]
     fn a_conversation_always_maps_to_the_same_shard_in_range() {
         for _ in 0..100 {
             let c = ConversationId::new();
