@@ -20,12 +20,14 @@ use crate::auth::jwt::JwtKeys;
 use crate::auth::key_cache::KeyCache;
 use crate::config::{Config, Secret};
 use crate::domain::analytics::Analytics;
+use crate::domain::closer::Closer;
 use crate::domain::dispatcher::{Dispatcher, MaxWait, Relax, TakeBackTimer};
 use crate::domain::events::Publisher;
 use crate::domain::limits::Limiter;
 use crate::domain::paging::PageTokens;
 use crate::domain::participants::Participant;
 use crate::domain::reactors::{self, Reactor};
+use crate::domain::starter::Starter;
 use crate::domain::timers::{self, TimerHandler};
 use crate::domain::writer::Writer;
 use crate::domain::{Engine, SystemClock, TokenPolicy};
@@ -205,6 +207,8 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         .clone()
         .unwrap_or_else(|| Arc::new(SystemClock));
     let writer = Writer::start(pool.clone(), publisher.clone(), clock.clone());
+    let closer = Closer::start(pool.clone(), publisher.clone(), clock.clone());
+    let starter = Starter::start(pool.clone(), publisher.clone(), clock.clone());
     let engine = Arc::new(Engine {
         db: pool.clone(),
         jwt: jwt.clone(),
@@ -216,6 +220,8 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         },
         publisher,
         writer,
+        closer,
+        starter,
     });
     let directory = Directory::new(pool.clone(), engine.tokens.access_ttl, system);
     let keys = KeyCache::new(pool.clone(), system);

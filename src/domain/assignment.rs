@@ -750,7 +750,7 @@ pub(crate) async fn return_to_queue(
     now: DateTime<Utc>,
 ) -> AppResult<(ConversationRow, Vec<ConversationEvent>)> {
     let conv = row.conversation_id;
-    store::end_assignment(tx, conv, now).await?;
+    store::end_assignments(tx, &[conv], now).await?;
     visitor_store::enqueue(
         tx,
         visitor_store::NewQueueEntry {

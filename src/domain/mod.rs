@@ -5,6 +5,8 @@
 pub mod agents;
 pub mod analytics;
 pub mod assignment;
+pub mod batch;
+pub mod closer;
 pub mod conversations;
 pub mod dispatch;
 pub mod dispatcher;
@@ -18,6 +20,7 @@ pub mod reactors;
 pub mod routing;
 pub mod sessions;
 pub mod spine;
+pub mod starter;
 pub mod tenants;
 pub mod timers;
 pub mod validate;
@@ -76,6 +79,10 @@ pub struct Engine {
     pub publisher: Arc<dyn events::Publisher>,
     /// Batches concurrent sends into shared commits.
     pub writer: writer::Writer,
+    /// Batches concurrent chat ends into shared commits.
+    pub closer: closer::Closer,
+    /// Batches concurrent chat starts into shared commits.
+    pub starter: starter::Starter,
 }
 
 impl Engine {

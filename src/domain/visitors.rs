@@ -18,20 +18,15 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::Engine;
-use super::conversations::{
-    self, Conversation, Kind, Status, append, commit_events, conversation, load_members,
-    require_admitted,
-};
-use super::events::{EventKind, Message};
+use super::conversations::{self, Conversation, Status, conversation, require_admitted};
+use super::events::Message;
 use super::participants::Participant;
 use super::spine::{self, SpineEvent};
-use super::timers;
-use super::workflows::{self, Selection, VisitorContext, select::select};
+use super::workflows::{Selection, VisitorContext};
 use crate::auth::jwt::{Claims, VISITOR_AUDIENCE};
 use crate::error::{AppError, AppResult, FieldViolation};
 use crate::ids::{ApiKeyId, ConversationId, TenantId, UserId, VisitorId};
 use crate::storage::conversations as conv_store;
-use crate::storage::dispatch as dispatch_store;
 use crate::storage::visitors::{
     self as store, IdentityRow, NewQueueEntry, VisitorFields, VisitorRow,
 };
@@ -118,7 +113,8 @@ pub struct Visitor {
     pub last_seen_at: DateTime<Utc>,
 }
 
-fn visitor(row: VisitorRow) -> AppResult<Visitor> {
+/// A stored visitor as the API shows them.
+pub(crate) fn visitor(row: VisitorRow) -> AppResult<Visitor> {
     let attributes = serde_json::from_value(row.attributes)
         .map_err(|e| AppError::Internal(format!("stored visitor attributes: {e}")))?;
     Ok(Visitor {
@@ -633,63 +629,14 @@ pub async fn start_chat(
     initial: Option<(String, Option<uuid::Uuid>)>,
 ) -> AppResult<Started> {
     let me = require_visitor(scope)?;
-    let now = e.now();
-    let mut tx = e.db.tenant_tx(scope).await?;
-    // Locked, so that two concurrent starts of one visitor make one chat.
-    let v = store::lock(&mut tx, me)
-        .await?
-        .ok_or(AppError::NotFound("visitor"))?;
-    let (row, resumed, events, said) = match store::open_chat(&mut tx, me).await? {
-        Some(row) => (row, true, Vec::new(), None),
-        None => {
-            let workflows = workflows::ordered_in(&mut tx).await?;
-            let selection = select(&workflows, &routing_context(&visitor(v)?), now);
-            let row = store::insert_chat(
-                &mut tx,
-                ConversationId::new(),
-                me,
-                selection.applied.workflow_id(),
-                Status::Queued.as_str(),
-                now,
-            )
-            .await?;
-            let conv = row.conversation_id;
-            let entry = queue_entry(conv, &selection, now)?;
-            if let Some(due) = entry.max_wait_at {
-                timers::schedule(&mut tx, MAX_WAIT, due, wait_payload(conv)).await?;
-            }
-            for due in relax_times(&selection, now) {
-                timers::schedule(&mut tx, RELAX, due, wait_payload(conv)).await?;
-            }
-            store::enqueue(&mut tx, entry).await?;
-            let ev = append(
-                &mut tx,
-                conv,
-                EventKind::StatusChanged {
-                    status: Status::Queued,
-                    assigned: None,
-                    assigned_name: None,
-                    visitor: Some(me),
-                },
-                Participant::Visitor(me),
-                now,
-            )
-            .await?;
-            let row = conv_store::ConversationRow {
-                last_seq: ev.seq,
-                ..row
-            };
-            let a = selection.actions;
-            (
-                row,
-                false,
-                vec![ev],
-                Some((a.welcome_message, a.queue_message)),
-            )
-        }
-    };
-    let members = load_members(&mut tx, row.conversation_id).await?;
-    commit_events(e, scope, tx, events).await?;
+    // Group-committed with other starts; locks the visitor, so that two concurrent starts
+    // of theirs make one chat.
+    let super::starter::Begun {
+        row,
+        members,
+        resumed,
+        said,
+    } = e.starter.begin(*scope, me).await?;
     let id = row.conversation_id;
     let (welcome, queued) = said.unwrap_or_default();
     // Queued one after the other, they take seqs in this order and share one group commit.
@@ -817,46 +764,12 @@ pub async fn end_chat(
     conv: ConversationId,
 ) -> AppResult<Conversation> {
     let who = Participant::of(scope)?;
-    let now = e.now();
-    let mut tx = e.db.tenant_tx(scope).await?;
-    let (row, _) = require_admitted(&mut tx, conv, who).await?;
-    if Kind::parse(&row.kind)? != Kind::External {
-        return Err(AppError::FailedPrecondition("only external chats end"));
-    }
-    let row = store::lock_chat(&mut tx, conv)
-        .await?
-        .ok_or(AppError::NotFound("conversation"))?;
-    if Status::parse(&row.status)? == Status::Closed {
-        let members = load_members(&mut tx, conv).await?;
-        tx.commit().await?;
-        return conversation(row, members);
-    }
-    store::dequeue(&mut tx, conv).await?;
-    dispatch_store::end_assignment(&mut tx, conv, now).await?;
-    let ev = append(
-        &mut tx,
+    let job = super::closer::CloseJob {
+        scope: *scope,
         conv,
-        EventKind::StatusChanged {
-            status: Status::Closed,
-            assigned: row.assigned_agent_id,
-            assigned_name: None,
-            visitor: None,
-        },
         who,
-        now,
-    )
-    .await?;
-    let row = store::set_chat_state(
-        &mut tx,
-        conv,
-        Status::Closed.as_str(),
-        row.assigned_agent_id,
-        Some(now),
-    )
-    .await?;
-    let members = load_members(&mut tx, conv).await?;
-    commit_events(e, scope, tx, vec![ev]).await?;
-    conversation(row, members)
+    };
+    e.closer.close(job).await
 }
 
 /// Rates one of the calling visitor's ended chats, once; the rating is kept with the agent

@@ -20,9 +20,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::Clock;
+use super::batch::{Batcher, by_tenant};
 use super::conversations::{Kind, Sent, message_row};
 use super::events::{ConversationEvent, Event, EventKind, Message, Publisher};
 use super::participants::{ConversationAccess, Participant, admits};
@@ -60,20 +61,26 @@ type Reply = oneshot::Sender<AppResult<Sent>>;
 
 /// The queues in front of the batching loops, one per partition of conversations.
 pub struct Writer {
-    queues: Vec<mpsc::Sender<(SendJob, Reply)>>,
+    loops: Batcher<(SendJob, Reply)>,
 }
 
 impl Writer {
     /// Starts one loop per partition.
     pub fn start(db: Db, publisher: Arc<dyn Publisher>, clock: Arc<dyn Clock>) -> Self {
-        let queues = (0..PARTITIONS)
-            .map(|_| {
-                let (queue, rx) = mpsc::channel(MAX_BATCH * 4);
-                tokio::spawn(run(rx, db.clone(), publisher.clone(), clock.clone()));
-                queue
-            })
-            .collect();
-        Self { queues }
+        let loops = Batcher::start(
+            PARTITIONS,
+            MAX_BATCH,
+            move |_, batch: Vec<(SendJob, Reply)>| {
+                let (db, publisher, clock) = (db.clone(), publisher.clone(), clock.clone());
+                async move {
+                    let groups = by_tenant(batch, |(j, _)| j.scope.tenant_id())
+                        .into_iter()
+                        .map(|jobs| write_group(&db, publisher.as_ref(), clock.as_ref(), jobs));
+                    futures_util::future::join_all(groups).await;
+                }
+            },
+        );
+        Self { loops }
     }
 
     /// Queues a send behind those queued before it: sends of one conversation take seqs in
@@ -82,10 +89,12 @@ impl Writer {
     pub async fn enqueue(&self, job: SendJob) -> Option<Queued> {
         // A conversation always lands in the same partition: its sends are batched together
         // and no two partitions ever wait for each other's row locks.
-        let partition = spine::shard_of_conversation(job.conv) as usize % self.queues.len();
+        let partition = spine::shard_of_conversation(job.conv) as usize;
         let (tx, rx) = oneshot::channel();
-        self.queues[partition].send((job, tx)).await.ok()?;
-        Some(Queued(rx))
+        self.loops
+            .push(partition, (job, tx))
+            .await
+            .then_some(Queued(rx))
     }
 }
 
@@ -98,34 +107,6 @@ impl Queued {
         self.0
             .await
             .unwrap_or_else(|_| Err(AppError::Unavailable("the writer stopped".into())))
-    }
-}
-
-async fn run(
-    mut rx: mpsc::Receiver<(SendJob, Reply)>,
-    db: Db,
-    publisher: Arc<dyn Publisher>,
-    clock: Arc<dyn Clock>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let mut by_tenant: HashMap<TenantId, Vec<(SendJob, Reply)>> = HashMap::new();
-        for job in batch {
-            by_tenant
-                .entry(job.0.scope.tenant_id())
-                .or_default()
-                .push(job);
-        }
-        let groups = by_tenant
-            .into_values()
-            .map(|jobs| write_group(&db, publisher.as_ref(), clock.as_ref(), jobs));
-        futures_util::future::join_all(groups).await;
     }
 }
 

@@ -304,10 +304,10 @@ pub async fn record_assignments(tx: &mut TenantTx, news: Vec<NewAssignment>) -> 
     Ok(())
 }
 
-/// Ends the chat's current assignment, if any.
-pub async fn end_assignment(
+/// Ends the chats' current assignments, if any.
+pub async fn end_assignments(
     tx: &mut TenantTx,
-    conv: ConversationId,
+    convs: &[ConversationId],
     at: DateTime<Utc>,
 ) -> AppResult<()> {
     let t = tx.tenant_id();
@@ -315,7 +315,7 @@ pub async fn end_assignment(
         assignments::table.filter(
             assignments::tenant_id
                 .eq(t)
-                .and(assignments::conversation_id.eq(conv))
+                .and(assignments::conversation_id.eq_any(convs))
                 .and(assignments::ended_at.is_null()),
         ),
     )

@@ -130,16 +130,21 @@ pub async fn get(tx: &mut TenantTx, id: VisitorId) -> AppResult<Option<VisitorRo
         .optional()?)
 }
 
-/// One visitor, locked until commit (their chats start one at a time).
-pub async fn lock(tx: &mut TenantTx, id: VisitorId) -> AppResult<Option<VisitorRow>> {
+/// The visitors, locked until commit in id order (their chats start one at a time); missing
+/// ones are left out.
+pub async fn lock_many(tx: &mut TenantTx, ids: &[VisitorId]) -> AppResult<Vec<VisitorRow>> {
     let t = tx.tenant_id();
     Ok(visitors::table
-        .find((t, id))
+        .filter(
+            visitors::tenant_id
+                .eq(t)
+                .and(visitors::visitor_id.eq_any(ids)),
+        )
         .select(VisitorRow::as_select())
+        .order(visitors::visitor_id)
         .for_update()
-        .first(tx.conn())
-        .await
-        .optional()?)
+        .load(tx.conn())
+        .await?)
 }
 
 /// Stores a new visitor.
@@ -276,31 +281,67 @@ pub async fn set_identity(
     })
 }
 
-/// A new external chat, queued for its visitor.
-pub async fn insert_chat(
+/// A new external chat, queued for its visitor, with its first event (seq 1) taken.
+#[derive(Debug, Clone)]
+pub struct NewChat {
+    /// Id.
+    pub id: ConversationId,
+    /// Its visitor.
+    pub visitor: VisitorId,
+    /// The workflow that routed it.
+    pub workflow: Option<WorkflowId>,
+}
+
+/// Stores new queued chats, each with its first seq taken by the caller's event.
+pub async fn insert_queued_chats(
     tx: &mut TenantTx,
-    id: ConversationId,
-    visitor: VisitorId,
-    workflow: Option<WorkflowId>,
-    status: &str,
+    chats: &[NewChat],
     now: DateTime<Utc>,
-) -> AppResult<ConversationRow> {
+) -> AppResult<Vec<ConversationRow>> {
     let t = tx.tenant_id();
+    let rows: Vec<_> = chats
+        .iter()
+        .map(|c| {
+            (
+                conversations::tenant_id.eq(t),
+                conversations::conversation_id.eq(c.id),
+                conversations::kind.eq("external"),
+                conversations::status.eq("queued"),
+                conversations::title.eq(""),
+                conversations::visitor_id.eq(c.visitor),
+                conversations::workflow_id.eq(c.workflow),
+                conversations::last_seq.eq(1_i64),
+                conversations::created_at.eq(now),
+                conversations::last_activity_at.eq(now),
+            )
+        })
+        .collect();
     Ok(diesel::insert_into(conversations::table)
-        .values((
-            conversations::tenant_id.eq(t),
-            conversations::conversation_id.eq(id),
-            conversations::kind.eq("external"),
-            conversations::status.eq(status),
-            conversations::title.eq(""),
-            conversations::visitor_id.eq(visitor),
-            conversations::workflow_id.eq(workflow),
-            conversations::last_seq.eq(0_i64),
-            conversations::created_at.eq(now),
-            conversations::last_activity_at.eq(now),
-        ))
+        .values(rows)
         .returning(ConversationRow::as_returning())
-        .get_result(tx.conn())
+        .get_results(tx.conn())
+        .await?)
+}
+
+/// The visitors' chats that are not closed yet (a visitor has one at most), locked until
+/// commit in id order, as every other path locks conversations.
+pub async fn open_chats(
+    tx: &mut TenantTx,
+    visitors: &[VisitorId],
+) -> AppResult<Vec<ConversationRow>> {
+    let t = tx.tenant_id();
+    Ok(conversations::table
+        .filter(
+            conversations::tenant_id
+                .eq(t)
+                .and(conversations::visitor_id.eq_any(visitors))
+                .and(conversations::kind.eq("external"))
+                .and(conversations::status.ne("closed")),
+        )
+        .select(ConversationRow::as_select())
+        .order(conversations::conversation_id)
+        .for_no_key_update()
+        .load(tx.conn())
         .await?)
 }
 
@@ -326,28 +367,6 @@ pub async fn chats(
         .limit(limit)
         .load(tx.conn())
         .await?)
-}
-
-/// The visitor's chat that is not closed yet, locked until commit.
-pub async fn open_chat(
-    tx: &mut TenantTx,
-    visitor: VisitorId,
-) -> AppResult<Option<ConversationRow>> {
-    let t = tx.tenant_id();
-    Ok(conversations::table
-        .filter(
-            conversations::tenant_id
-                .eq(t)
-                .and(conversations::visitor_id.eq(visitor))
-                .and(conversations::kind.eq("external"))
-                .and(conversations::status.ne("closed")),
-        )
-        .select(ConversationRow::as_select())
-        .order(conversations::created_at.desc())
-        .for_no_key_update()
-        .first(tx.conn())
-        .await
-        .optional()?)
 }
 
 /// One conversation, locked until commit.
@@ -396,6 +415,32 @@ pub async fn set_chat_state(
         .await?)
 }
 
+/// Closes the chats that are not closed yet, keeping their assignees, and takes the seq of
+/// each one's closing event (lock them first); returns the closed rows.
+pub async fn close_chats(
+    tx: &mut TenantTx,
+    convs: &[ConversationId],
+    at: DateTime<Utc>,
+) -> AppResult<Vec<ConversationRow>> {
+    let t = tx.tenant_id();
+    Ok(diesel::update(
+        conversations::table.filter(
+            conversations::tenant_id
+                .eq(t)
+                .and(conversations::conversation_id.eq_any(convs))
+                .and(conversations::status.ne("closed")),
+        ),
+    )
+    .set((
+        conversations::last_seq.eq(conversations::last_seq + 1),
+        conversations::status.eq("closed"),
+        conversations::closed_at.eq(at),
+    ))
+    .returning(ConversationRow::as_returning())
+    .load(tx.conn())
+    .await?)
+}
+
 /// A chat entering the queue; the tenant comes from the transaction.
 #[derive(Debug, Clone)]
 pub struct NewQueueEntry {
@@ -417,18 +462,29 @@ pub struct NewQueueEntry {
 
 /// Puts a chat in the queue.
 pub async fn enqueue(tx: &mut TenantTx, e: NewQueueEntry) -> AppResult<()> {
+    enqueue_many(tx, vec![e]).await
+}
+
+/// Puts chats in the queue.
+pub async fn enqueue_many(tx: &mut TenantTx, entries: Vec<NewQueueEntry>) -> AppResult<()> {
     let t = tx.tenant_id();
+    let rows: Vec<_> = entries
+        .into_iter()
+        .map(|e| {
+            (
+                queue_entries::tenant_id.eq(t),
+                queue_entries::conversation_id.eq(e.conversation_id),
+                queue_entries::workflow_id.eq(e.workflow_id),
+                queue_entries::priority.eq(e.priority),
+                queue_entries::actions.eq(e.actions),
+                queue_entries::enqueued_at.eq(e.enqueued_at),
+                queue_entries::max_wait_at.eq(e.max_wait_at),
+                queue_entries::excluded.eq(e.excluded),
+            )
+        })
+        .collect();
     diesel::insert_into(queue_entries::table)
-        .values((
-            queue_entries::tenant_id.eq(t),
-            queue_entries::conversation_id.eq(e.conversation_id),
-            queue_entries::workflow_id.eq(e.workflow_id),
-            queue_entries::priority.eq(e.priority),
-            queue_entries::actions.eq(e.actions),
-            queue_entries::enqueued_at.eq(e.enqueued_at),
-            queue_entries::max_wait_at.eq(e.max_wait_at),
-            queue_entries::excluded.eq(e.excluded),
-        ))
+        .values(rows)
         .execute(tx.conn())
         .await?;
     Ok(())

@@ -646,6 +646,122 @@ async fn queue_positions_follow_arrivals_and_departures() {
     assert_eq!(q.queue_length, 2);
 }
 
+/// `n` visitors, each initialized on their own session.
+async fn visitors_on(app: &TestApp, key: &str, n: usize) -> Vec<Widget> {
+    let mut widgets = Vec::new();
+    for i in 0..n {
+        let name = format!("v{i}");
+        let mut w = Widget::new(key);
+        w.init(app, init_req(&session(&name), &name)).await.unwrap();
+        widgets.push(w);
+    }
+    widgets
+}
+
+/// Starts arriving together share commits: a visitor who starts twice at once gets one
+/// chat, every other visitor their own, each queued once behind those before it, each with
+/// its initial message and one `queued` event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chats_started_all_at_once_make_one_chat_per_visitor() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("starts").await;
+    let (_, key) = widget_key(&app, &t, &[ORIGIN]).await;
+    let widgets = visitors_on(&app, &key, 16).await;
+    let starts = widgets.iter().map(|w| {
+        let app = &app;
+        async move {
+            let (a, b) = tokio::join!(w.start(app, "hello"), w.start(app, "hello"));
+            (a.unwrap(), b.unwrap())
+        }
+    });
+    let mut chats = Vec::new();
+    for (w, (a, b)) in widgets
+        .iter()
+        .zip(futures_util::future::join_all(starts).await)
+    {
+        let (ca, cb) = (a.conversation.unwrap(), b.conversation.unwrap());
+        assert_eq!(ca.id, cb.id, "two starts of one visitor make one chat");
+        assert_eq!(ca.visitor_id, w.visitor_id());
+        assert!(
+            a.resumed != b.resumed,
+            "one start makes it, the other resumes it"
+        );
+        assert!(!chats.contains(&ca.id));
+        chats.push(ca.id);
+    }
+    let mut positions = Vec::new();
+    for (w, c) in widgets.iter().zip(&chats) {
+        let mut replay = w.subscribe(&app, &[(c.as_str(), 0)]).await.unwrap();
+        let events = replay.caught_up().await;
+        let queued = events
+            .iter()
+            .filter_map(|e| status_changed(&Item::Event(e.clone())))
+            .filter(|s| s.status == pb::ConversationStatus::Queued as i32)
+            .count();
+        let hellos = events
+            .iter()
+            .filter_map(|e| posted(&Item::Event(e.clone())))
+            .filter(|m| m.text == "hello")
+            .count();
+        assert_eq!(
+            (queued, hellos),
+            (1, 2),
+            "one queued event; each start's message"
+        );
+        positions.push(w.status(&app, c).await.unwrap().position);
+    }
+    positions.sort();
+    assert_eq!(positions, (1..=16).collect::<Vec<u32>>());
+}
+
+/// Ends arriving together share commits: each chat still ends exactly once, with one
+/// closing event its visitor sees, a repeated end answers the ended chat, and a visitor who
+/// names another's chat in the same moment is refused without harming anybody's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chats_ended_all_at_once_each_end_once_and_strangers_are_refused() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("ends").await;
+    let (_, key) = widget_key(&app, &t, &[ORIGIN]).await;
+    let mut chats = Vec::new();
+    for w in visitors_on(&app, &key, 16).await {
+        let s = w.start(&app, "").await.unwrap();
+        chats.push((w, s.conversation.unwrap().id));
+    }
+    // Every visitor ends their chat twice at once, and also names the next visitor's chat.
+    let ends = chats.iter().enumerate().map(|(i, (w, c))| {
+        let app = &app;
+        let (_, next) = &chats[(i + 1) % chats.len()];
+        async move {
+            let (a, b, stranger) = tokio::join!(w.end(app, c), w.end(app, c), w.end(app, next));
+            (a, b, stranger)
+        }
+    });
+    for (a, b, stranger) in futures_util::future::join_all(ends).await {
+        for answer in [a, b] {
+            assert_eq!(
+                answer.unwrap().status,
+                pb::ConversationStatus::Closed as i32
+            );
+        }
+        assert_eq!(stranger.unwrap_err().code(), Code::NotFound);
+    }
+    for (w, c) in &chats {
+        let mut replay = w.subscribe(&app, &[(c.as_str(), 0)]).await.unwrap();
+        let closes = replay
+            .caught_up()
+            .await
+            .into_iter()
+            .filter_map(|e| status_changed(&Item::Event(e)))
+            .filter(|s| s.status == pb::ConversationStatus::Closed as i32)
+            .count();
+        assert_eq!(closes, 1, "closing events of {c}");
+        assert_eq!(
+            w.status(&app, c).await.unwrap().status,
+            pb::ConversationStatus::Closed as i32
+        );
+    }
+}
+
 /// Whether `check` holds at some try before `WITHIN` has passed since `since`.
 async fn holds_within<F, Fut>(since: Instant, mut check: F) -> bool
 where
