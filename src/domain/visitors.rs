@@ -555,12 +555,17 @@ pub async fn init(
         page_url: input.page_url,
         referrer: input.referrer,
     };
+    let existing_id = existing.as_ref().map(|v| v.visitor_id);
     let row = match existing {
         Some(v) => store::update(&mut tx, v.visitor_id, &fields, external.as_deref()).await?,
         None => store::insert(&mut tx, VisitorId::new(), &fields, external.as_deref(), now).await?,
     };
     store::add_session(&mut tx, &input.session_id, row.visitor_id, now).await?;
-    let chats = recent_chats(&mut tx, row.visitor_id).await?;
+    // A visitor made just now has no chats to look up.
+    let chats = match existing_id {
+        Some(v) => recent_chats(&mut tx, v).await?,
+        None => Vec::new(),
+    };
     tx.commit().await?;
     let token_expires_at = now + TOKEN_TTL;
     let token = e.jwt.sign(&Claims {
@@ -711,20 +716,6 @@ pub fn wait_conversation(payload: &serde_json::Value) -> AppResult<ConversationI
         .and_then(|v| v.as_str())
         .and_then(ConversationId::parse)
         .ok_or_else(|| AppError::Internal(format!("waiting timer payload {payload}")))
-}
-
-/// The visitor of an external chat, for the agents of its tenant (their stream shows who
-/// they serve); None when there is no such visitor.
-pub async fn for_agents(
-    e: &Engine,
-    scope: &TenantScope,
-    id: VisitorId,
-) -> AppResult<Option<Visitor>> {
-    super::require_agent(scope)?;
-    let mut tx = e.db.tenant_tx(scope).await?;
-    let row = store::get(&mut tx, id).await?;
-    tx.commit().await?;
-    row.map(visitor).transpose()
 }
 
 /// Where one of the caller's chats stands.

@@ -22,10 +22,10 @@ use crate::domain::conversations::{self, Conversation, Status};
 use crate::domain::events::{ConversationEvent, Event, EventKind, PresenceState};
 use crate::domain::participants::Participant;
 use crate::domain::queue_view::Place;
-use crate::domain::visitors::{self, Visitor};
+use crate::domain::visitors::Visitor;
 use crate::error::{AppError, AppResult};
 use crate::ids::{ConversationId, UserId};
-use crate::tenancy::{Actor, TenantScope};
+use crate::tenancy::TenantScope;
 
 /// Events fetched from PostgreSQL per round trip while replaying.
 const REPLAY_PAGE: i64 = 500;
@@ -312,20 +312,20 @@ async fn join(
     from_seq: i64,
 ) -> AppResult<Vec<Item>> {
     ctx.hub.follow(sub, conv);
-    let Some(c) = conversations::get_conversation(&ctx.engine, scope, conv).await? else {
+    let opened = conversations::opening(&ctx.engine, scope, conv, from_seq - 1, REPLAY_PAGE);
+    let Some(o) = opened.await? else {
         ctx.hub.unfollow(sub, conv);
         return Ok(Vec::new());
     };
-    let committed = c.last_seq;
-    let visitor = match (c.visitor_id, scope.actor()) {
-        (Some(v), Actor::Agent { .. }) => visitors::for_agents(&ctx.engine, scope, v)
-            .await?
-            .map(Box::new),
-        _ => None,
-    };
-    let mut out = vec![Item::Joined(c, visitor)];
+    let committed = o.conversation.last_seq;
+    let full = o.events.len() as i64 >= REPLAY_PAGE;
+    let mut out = vec![Item::Joined(o.conversation, o.visitor.map(Box::new))];
     d.delivered.insert(conv, from_seq - 1);
-    for ev in fetch(&ctx.engine, scope, conv, from_seq - 1, committed).await? {
+    let mut events = o.events;
+    if full && let Some(last) = events.last().map(|ev| ev.seq) {
+        events.extend(fetch(&ctx.engine, scope, conv, last, committed).await?);
+    }
+    for ev in events {
         d.delivered.insert(conv, ev.seq);
         out.push(Item::Event(ev));
     }

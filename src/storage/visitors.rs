@@ -324,18 +324,29 @@ pub async fn insert_queued_chats(
 }
 
 /// The visitors' chats that are not closed yet (a visitor has one at most), locked until
-/// commit in id order, as every other path locks conversations.
+/// commit in id order, as every other path locks conversations. Found through the visitor
+/// index first: ordered by id alone, the planner may walk every chat of the tenant instead.
 pub async fn open_chats(
     tx: &mut TenantTx,
     visitors: &[VisitorId],
 ) -> AppResult<Vec<ConversationRow>> {
     let t = tx.tenant_id();
+    let mine = diesel::alias!(conversations as mine);
+    let theirs = mine
+        .filter(
+            mine.field(conversations::tenant_id)
+                .eq(t)
+                .and(mine.field(conversations::visitor_id).eq_any(visitors))
+                .and(mine.field(conversations::kind).eq("external"))
+                .and(mine.field(conversations::status).ne("closed")),
+        )
+        .select(mine.field(conversations::conversation_id));
     Ok(conversations::table
         .filter(
             conversations::tenant_id
                 .eq(t)
-                .and(conversations::visitor_id.eq_any(visitors))
-                .and(conversations::kind.eq("external"))
+                .and(conversations::conversation_id.eq_any(theirs))
+                // Checked again on the locked row: a chat closed meanwhile is not resumed.
                 .and(conversations::status.ne("closed")),
         )
         .select(ConversationRow::as_select())

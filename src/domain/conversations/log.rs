@@ -180,6 +180,52 @@ pub async fn events_between(
     Ok(Some(out))
 }
 
+/// What a stream shows when it starts following a conversation, read in one transaction:
+/// the conversation, for an agent its visitor (an external chat), and the first `limit`
+/// stored events after `after`, up to the last seq committed when read.
+pub struct Opening {
+    /// The conversation.
+    pub conversation: Conversation,
+    /// Its visitor, for an agent.
+    pub visitor: Option<crate::domain::visitors::Visitor>,
+    /// Stored events after `after`, oldest first.
+    pub events: Vec<ConversationEvent>,
+}
+
+/// [`Opening`] of a conversation the caller takes part in; None when they may not see it.
+pub async fn opening(
+    e: &Engine,
+    scope: &TenantScope,
+    conv: ConversationId,
+    after: i64,
+    limit: i64,
+) -> AppResult<Option<Opening>> {
+    let who = Participant::of(scope)?;
+    let mut tx = e.db.tenant_tx(scope).await?;
+    let Some((row, _)) = admitted(&mut tx, conv, who).await? else {
+        tx.commit().await?;
+        return Ok(None);
+    };
+    let members = load_members(&mut tx, conv).await?;
+    let visitor = match (row.visitor_id, who) {
+        (Some(v), Participant::Agent(_)) => crate::storage::visitors::get(&mut tx, v)
+            .await?
+            .map(crate::domain::visitors::visitor)
+            .transpose()?,
+        _ => None,
+    };
+    let events = match after < row.last_seq {
+        true => stored_events(&mut tx, conv, after, row.last_seq, limit).await?,
+        false => Vec::new(),
+    };
+    tx.commit().await?;
+    Ok(Some(Opening {
+        conversation: conversation(row, members)?,
+        visitor,
+        events,
+    }))
+}
+
 /// Stored events of a conversation with `after < seq <= up_to`, oldest first, at most
 /// `limit`, whoever asks: callers check membership first, or are the engine itself.
 async fn stored_events(

@@ -8,7 +8,7 @@
 mod log;
 mod messaging;
 
-pub use log::events_between;
+pub use log::{Opening, events_between, opening};
 pub(crate) use log::stored_events_in;
 pub(crate) use log::{append, commit_events, event_row, record_events};
 pub(crate) use messaging::submit_as_engine;
@@ -552,23 +552,6 @@ pub async fn memberships(e: &Engine, scope: &TenantScope) -> AppResult<Vec<(Conv
     };
     tx.commit().await?;
     Ok(m)
-}
-
-/// One conversation by id, if the caller takes part in it.
-pub async fn get_conversation(
-    e: &Engine,
-    scope: &TenantScope,
-    id: ConversationId,
-) -> AppResult<Option<Conversation>> {
-    let who = Participant::of(scope)?;
-    let mut tx = e.db.tenant_tx(scope).await?;
-    let Some((row, _)) = admitted(&mut tx, id, who).await? else {
-        tx.commit().await?;
-        return Ok(None);
-    };
-    let members = load_members(&mut tx, id).await?;
-    tx.commit().await?;
-    Ok(Some(conversation(row, members)?))
 }
 
 #[cfg(test)]
