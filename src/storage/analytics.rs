@@ -473,7 +473,7 @@ pub async fn mark_counted(tx: &mut TenantTx, states: &[(UserId, DateTime<Utc>)])
     sql::prepared(
         "UPDATE agent_state_log l SET counted = true
            FROM unnest($2::uuid[], $3::timestamptz[]) AS t(u, at)
-          WHERE l.tenant_id = $1 AND l.user_id = t.u AND l.at = t.at",
+          WHERE l.tenant_id = $1 AND l.user_id = ANY($2) AND l.user_id = t.u AND l.at = t.at",
     )
     .bind::<SqlUuid, _>(tx.tenant_id())
     .bind::<Array<SqlUuid>, _>(agents)

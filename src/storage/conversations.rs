@@ -553,7 +553,7 @@ pub async fn lock_and_reserve(
            UPDATE conversations c
               SET last_seq = c.last_seq + v.k, last_activity_at = $4
              FROM unnest($2::uuid[], $3::bigint[]) AS v(conversation_id, k)
-            WHERE c.tenant_id = $1 AND c.conversation_id = v.conversation_id AND v.k > 0
+            WHERE c.tenant_id = $1 AND c.conversation_id = ANY($2) AND c.conversation_id = v.conversation_id AND v.k > 0
               AND c.status <> 'closed'
               AND EXISTS (SELECT FROM locked l WHERE l.conversation_id = c.conversation_id)
         RETURNING c.conversation_id, c.last_seq
@@ -590,7 +590,7 @@ pub async fn reserve_seqs(
         "UPDATE conversations c
             SET last_seq = c.last_seq + v.k, last_activity_at = $4
            FROM unnest($2::uuid[], $3::bigint[]) AS v(conversation_id, k)
-          WHERE c.tenant_id = $1 AND c.conversation_id = v.conversation_id
+          WHERE c.tenant_id = $1 AND c.conversation_id = ANY($2) AND c.conversation_id = v.conversation_id
             AND c.status <> 'closed'
       RETURNING c.conversation_id, c.last_seq",
     )
@@ -619,7 +619,7 @@ pub async fn give_back_seqs(
         "UPDATE conversations c
             SET last_seq = c.last_seq - v.back, last_activity_at = v.at
            FROM unnest($2::uuid[], $3::bigint[], $4::timestamptz[]) AS v(conversation_id, back, at)
-          WHERE c.tenant_id = $1 AND c.conversation_id = v.conversation_id",
+          WHERE c.tenant_id = $1 AND c.conversation_id = ANY($2) AND c.conversation_id = v.conversation_id",
     )
     .bind::<SqlUuid, _>(tx.tenant_id())
     .bind::<Array<SqlUuid>, _>(convs)

@@ -143,7 +143,7 @@ pub async fn set_last_assigned_many(
     sql::prepared(
         "UPDATE users u SET last_assigned_at = v.at
            FROM unnest($2::uuid[], $3::timestamptz[]) AS v(user_id, at)
-          WHERE u.tenant_id = $1 AND u.user_id = v.user_id",
+          WHERE u.tenant_id = $1 AND u.user_id = ANY($2) AND u.user_id = v.user_id",
     )
     .bind::<SqlUuid, _>(tx.tenant_id())
     .bind::<Array<SqlUuid>, _>(agents)
@@ -199,7 +199,7 @@ pub async fn set_chat_states(
         "UPDATE conversations c
             SET status = v.status, assigned_agent_id = v.agent, closed_at = NULL
            FROM unnest($2::uuid[], $3::text[], $4::uuid[]) AS v(conversation_id, status, agent)
-          WHERE c.tenant_id = $1 AND c.conversation_id = v.conversation_id",
+          WHERE c.tenant_id = $1 AND c.conversation_id = ANY($2) AND c.conversation_id = v.conversation_id",
     )
     .bind::<SqlUuid, _>(tx.tenant_id())
     .bind::<Array<SqlUuid>, _>(convs)

@@ -2,6 +2,10 @@
 //! open. A [`TenantTx`] is the only handle tenant-owned queries accept; it is opened from a
 //! [`TenantScope`] and sets `app.tenant_id` for its transaction only (`set_config(.., true)`),
 //! so row-level security backs every query and nothing leaks into a pooled connection.
+//!
+//! A set-based update joined to `unnest(ids, values)` also filters its key with
+//! `= ANY(ids)`: joined to the unnest alone, the cached generic plan hash-joins against every
+//! row of the tenant, so each batch would cost as much as the tenant's whole table.
 
 pub mod analytics;
 pub mod announce;
