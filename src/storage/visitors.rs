@@ -324,36 +324,42 @@ pub async fn insert_queued_chats(
 }
 
 /// The visitors' chats that are not closed yet (a visitor has one at most), locked until
-/// commit in id order, as every other path locks conversations. Found through the visitor
-/// index first: ordered by id alone, the planner may walk every chat of the tenant instead.
+/// commit in id order, as every other path locks conversations. Found first without a lock
+/// through the visitor index (usually nothing: most starts are a visitor's first), then
+/// locked by id and checked again: a chat closed meanwhile is not resumed. One statement
+/// that orders by id, or filters on the kind, gets a generic plan that walks every chat of
+/// the tenant instead.
 pub async fn open_chats(
     tx: &mut TenantTx,
     visitors: &[VisitorId],
 ) -> AppResult<Vec<ConversationRow>> {
     let t = tx.tenant_id();
-    let mine = diesel::alias!(conversations as mine);
-    let theirs = mine
-        .filter(
-            mine.field(conversations::tenant_id)
-                .eq(t)
-                .and(mine.field(conversations::visitor_id).eq_any(visitors))
-                .and(mine.field(conversations::kind).eq("external"))
-                .and(mine.field(conversations::status).ne("closed")),
-        )
-        .select(mine.field(conversations::conversation_id));
-    Ok(conversations::table
+    let found: Vec<ConversationId> = conversations::table
         .filter(
             conversations::tenant_id
                 .eq(t)
-                .and(conversations::conversation_id.eq_any(theirs))
-                // Checked again on the locked row: a chat closed meanwhile is not resumed.
+                .and(conversations::visitor_id.eq_any(visitors))
+                .and(conversations::status.ne("closed")),
+        )
+        .select(conversations::conversation_id)
+        .load(tx.conn())
+        .await?;
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let locked: Vec<ConversationRow> = conversations::table
+        .filter(
+            conversations::tenant_id
+                .eq(t)
+                .and(conversations::conversation_id.eq_any(&found))
                 .and(conversations::status.ne("closed")),
         )
         .select(ConversationRow::as_select())
         .order(conversations::conversation_id)
         .for_no_key_update()
         .load(tx.conn())
-        .await?)
+        .await?;
+    Ok(locked.into_iter().filter(|r| r.kind == "external").collect())
 }
 
 /// The visitor's chats, newest first, at most `limit`.
