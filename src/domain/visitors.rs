@@ -520,16 +520,37 @@ pub async fn init(
 ) -> AppResult<Initialized> {
     require_widget(scope)?;
     let now = e.now();
-    let mut tx = e.db.tenant_tx(scope).await?;
-    let setting = store::identity(&mut tx).await?;
+    // Everything read before deciding goes in one round trip, under the locks taken first in
+    // it (in the order a pipeline keeps). The claimed external id is locked and looked up
+    // before its proof is checked: nothing read is used unless the proof holds.
+    let claimed = input.identity.as_ref().map(|c| c.external_user_id.as_str());
+    let mut tx = e.db.tenant_tx_pipelined(scope).await?;
+    let (setting, by_session, by_claimed) = {
+        let tx = &tx;
+        let session = input.session_id.as_str();
+        let ((), setting, (), (), by_session, by_claimed) = futures_util::try_join!(
+            tx.begin(),
+            store::identity(tx),
+            store::lock_identity_key(tx, "session", session),
+            async {
+                match claimed {
+                    Some(ext) => store::lock_identity_key(tx, "external", ext).await,
+                    None => Ok(()),
+                }
+            },
+            store::by_session(tx, session),
+            async {
+                match claimed {
+                    Some(ext) => store::by_external_user(tx, ext).await,
+                    None => Ok(None),
+                }
+            },
+        )?;
+        (setting, by_session, by_claimed)
+    };
     let external = verify_identity(setting.as_ref(), input.identity.as_ref())?;
-    store::lock_identity_key(&mut tx, "session", &input.session_id).await?;
-    if let Some(ext) = &external {
-        store::lock_identity_key(&mut tx, "external", ext).await?;
-    }
-    let by_session = store::by_session(&mut tx, &input.session_id).await?;
     let existing = match &external {
-        Some(ext) => match store::by_external_user(&mut tx, ext).await? {
+        Some(_) => match by_claimed {
             Some(v) => Some(v),
             // The anonymous visitor of this device logged in on the site: they become the
             // identified visitor, chats and all.
@@ -556,17 +577,32 @@ pub async fn init(
         referrer: input.referrer,
     };
     let existing_id = existing.as_ref().map(|v| v.visitor_id);
-    let row = match existing {
-        Some(v) => store::update(&mut tx, v.visitor_id, &fields, external.as_deref()).await?,
-        None => store::insert(&mut tx, VisitorId::new(), &fields, external.as_deref(), now).await?,
+    let id = existing_id.unwrap_or_else(VisitorId::new);
+    let (row, chats) = {
+        let written = async {
+            match existing_id {
+                Some(_) => store::update(&tx, id, &fields, external.as_deref()).await,
+                None => store::insert(&tx, id, &fields, external.as_deref(), now).await,
+            }
+        };
+        let session = store::add_session(&tx, &input.session_id, id, now);
+        match existing_id {
+            // A visitor made just now has no chats to look up: the writes and the COMMIT
+            // share one round trip.
+            None => {
+                let (row, (), ()) =
+                    futures_util::try_join!(written, session, tx.commit_pipelined())?;
+                tx.committed();
+                (row, Vec::new())
+            }
+            Some(v) => {
+                let (row, ()) = futures_util::try_join!(written, session)?;
+                let chats = recent_chats(&mut tx, v).await?;
+                tx.commit().await?;
+                (row, chats)
+            }
+        }
     };
-    store::add_session(&mut tx, &input.session_id, row.visitor_id, now).await?;
-    // A visitor made just now has no chats to look up.
-    let chats = match existing_id {
-        Some(v) => recent_chats(&mut tx, v).await?,
-        None => Vec::new(),
-    };
-    tx.commit().await?;
     let token_expires_at = now + TOKEN_TTL;
     let token = e.jwt.sign(&Claims {
         iss: e.jwt.issuer().to_owned(),
@@ -823,7 +859,7 @@ pub async fn set_identity_verification(
     });
     let has_secret = match &new_secret {
         Some(_) => true,
-        None => store::identity(&mut tx)
+        None => store::identity(&tx)
             .await?
             .is_some_and(|s| s.secret.is_some()),
     };

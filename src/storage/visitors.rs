@@ -75,17 +75,17 @@ pub struct VisitorFields {
 /// Serialises, until commit, the transactions that resolve the same widget session or
 /// external user id of the transaction's tenant, so two concurrent InitVisitor calls of one
 /// visitor never create two. Take session locks before external-user locks.
-pub async fn lock_identity_key(tx: &mut TenantTx, kind: &str, value: &str) -> AppResult<()> {
+pub async fn lock_identity_key(tx: &TenantTx, kind: &str, value: &str) -> AppResult<()> {
     let key = format!("{}|{kind}|{value}", tx.tenant_id());
     sql::prepared("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind::<Text, _>(key)
-        .execute(tx.conn())
+        .execute(&mut tx.shared())
         .await?;
     Ok(())
 }
 
 /// The visitor a widget session belongs to.
-pub async fn by_session(tx: &mut TenantTx, session: &str) -> AppResult<Option<VisitorRow>> {
+pub async fn by_session(tx: &TenantTx, session: &str) -> AppResult<Option<VisitorRow>> {
     let t = tx.tenant_id();
     Ok(visitor_sessions::table
         .inner_join(
@@ -99,13 +99,13 @@ pub async fn by_session(tx: &mut TenantTx, session: &str) -> AppResult<Option<Vi
                 .and(visitor_sessions::session_id.eq(session)),
         )
         .select(VisitorRow::as_select())
-        .first(tx.conn())
+        .first(&mut tx.shared())
         .await
         .optional()?)
 }
 
 /// The visitor verified as the tenant's user `external`.
-pub async fn by_external_user(tx: &mut TenantTx, external: &str) -> AppResult<Option<VisitorRow>> {
+pub async fn by_external_user(tx: &TenantTx, external: &str) -> AppResult<Option<VisitorRow>> {
     let t = tx.tenant_id();
     Ok(visitors::table
         .filter(
@@ -114,7 +114,7 @@ pub async fn by_external_user(tx: &mut TenantTx, external: &str) -> AppResult<Op
                 .and(visitors::external_user_id.eq(external)),
         )
         .select(VisitorRow::as_select())
-        .first(tx.conn())
+        .first(&mut tx.shared())
         .await
         .optional()?)
 }
@@ -149,7 +149,7 @@ pub async fn lock_many(tx: &mut TenantTx, ids: &[VisitorId]) -> AppResult<Vec<Vi
 
 /// Stores a new visitor.
 pub async fn insert(
-    tx: &mut TenantTx,
+    tx: &TenantTx,
     id: VisitorId,
     fields: &VisitorFields,
     external_user_id: Option<&str>,
@@ -165,13 +165,13 @@ pub async fn insert(
             visitors::created_at.eq(now),
         ))
         .returning(VisitorRow::as_returning())
-        .get_result(tx.conn())
+        .get_result(&mut tx.shared())
         .await?)
 }
 
 /// Overwrites what the widget reported; sets the external user id when one is given.
 pub async fn update(
-    tx: &mut TenantTx,
+    tx: &TenantTx,
     id: VisitorId,
     fields: &VisitorFields,
     external_user_id: Option<&str>,
@@ -183,13 +183,13 @@ pub async fn update(
         Some(ext) => {
             q.set((fields, visitors::external_user_id.eq(ext)))
                 .returning(VisitorRow::as_returning())
-                .get_result(tx.conn())
+                .get_result(&mut tx.shared())
                 .await?
         }
         None => {
             q.set(fields)
                 .returning(VisitorRow::as_returning())
-                .get_result(tx.conn())
+                .get_result(&mut tx.shared())
                 .await?
         }
     })
@@ -197,7 +197,7 @@ pub async fn update(
 
 /// Ties a widget session to a visitor (a session tied to another visitor moves to this one).
 pub async fn add_session(
-    tx: &mut TenantTx,
+    tx: &TenantTx,
     session: &str,
     visitor: VisitorId,
     now: DateTime<Utc>,
@@ -213,7 +213,7 @@ pub async fn add_session(
         .on_conflict((visitor_sessions::tenant_id, visitor_sessions::session_id))
         .do_update()
         .set(visitor_sessions::visitor_id.eq(visitor))
-        .execute(tx.conn())
+        .execute(&mut tx.shared())
         .await?;
     Ok(())
 }
@@ -231,12 +231,12 @@ pub struct IdentityRow {
 }
 
 /// The tenant's identity setting; None when never set.
-pub async fn identity(tx: &mut TenantTx) -> AppResult<Option<IdentityRow>> {
+pub async fn identity(tx: &TenantTx) -> AppResult<Option<IdentityRow>> {
     let t = tx.tenant_id();
     Ok(identity_settings::table
         .find(t)
         .select(IdentityRow::as_select())
-        .first(tx.conn())
+        .first(&mut tx.shared())
         .await
         .optional()?)
 }
@@ -359,7 +359,10 @@ pub async fn open_chats(
         .for_no_key_update()
         .load(tx.conn())
         .await?;
-    Ok(locked.into_iter().filter(|r| r.kind == "external").collect())
+    Ok(locked
+        .into_iter()
+        .filter(|r| r.kind == "external")
+        .collect())
 }
 
 /// The visitor's chats, newest first, at most `limit`.
