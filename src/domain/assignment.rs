@@ -750,11 +750,15 @@ pub(crate) async fn return_to_queue(
     now: DateTime<Utc>,
 ) -> AppResult<(ConversationRow, Vec<ConversationEvent>)> {
     let conv = row.conversation_id;
+    let visitor = row.visitor_id.ok_or(AppError::FailedPrecondition(
+        "only a visitor's chat can wait",
+    ))?;
     store::end_assignments(tx, &[conv], now).await?;
     visitor_store::enqueue(
         tx,
         visitor_store::NewQueueEntry {
             conversation_id: conv,
+            visitor_id: visitor,
             workflow_id: queued.workflow_id,
             priority: queued.priority,
             actions: serde_json::to_value(&queued.actions)

@@ -111,13 +111,13 @@ pub struct Place {
 pub fn places(waiting: &[WaitingRow], handling: Duration, seats: Seats) -> Vec<Place> {
     let mut order: Vec<(QueueEntry, VisitorId)> = waiting
         .iter()
-        .filter_map(|w| {
+        .map(|w| {
             let entry = QueueEntry {
                 conversation: w.conversation_id,
                 priority: w.priority,
                 enqueued_at: w.enqueued_at,
             };
-            w.visitor_id.map(|v| (entry, v))
+            (entry, w.visitor_id)
         })
         .collect();
     // The storage order is only a head start; the queue's order is `served_before`.
@@ -321,7 +321,7 @@ mod tests {
     fn row(priority: i32, secs: i64) -> WaitingRow {
         WaitingRow {
             conversation_id: ConversationId::new(),
-            visitor_id: Some(VisitorId::new()),
+            visitor_id: VisitorId::new(),
             priority,
             enqueued_at: Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap(),
         }
@@ -341,18 +341,9 @@ mod tests {
                 (new.conversation_id, 3)
             ]
         );
-        assert_eq!(p[0].visitor, urgent.visitor_id.unwrap());
+        assert_eq!(p[0].visitor, urgent.visitor_id);
         let waits: Vec<_> = p.iter().map(|p| p.estimated_wait_seconds).collect();
         assert_eq!(waits, vec![30, 60, 90]);
-        // A row without a visitor (not a visitor's chat) takes no place.
-        let orphan = WaitingRow {
-            visitor_id: None,
-            ..row(9, 0)
-        };
-        assert_eq!(
-            places(&[orphan, old], DEFAULT_HANDLING, seats)[0].position,
-            1
-        );
     }
 
     #[test]

@@ -198,7 +198,7 @@ async fn start_batch(
                     visitor: j.visitor,
                     workflow: selection.applied.workflow_id(),
                 });
-                let entry = queue_entry(conv, &selection, now)?;
+                let entry = queue_entry(conv, j.visitor, &selection, now)?;
                 if let Some(due) = entry.max_wait_at {
                     timers_due.push((MAX_WAIT, due, conv));
                 }

@@ -446,17 +446,19 @@ pub fn routing_context(v: &Visitor) -> VisitorContext {
     }
 }
 
-/// The queue entry of a chat routed by `selection` at `now`: its priority, its workflow's
-/// actions (kept with the entry, so a workflow edited later does not change a waiting chat)
-/// and when its max wait passes.
+/// The queue entry of `visitor`'s chat routed by `selection` at `now`: its priority, its
+/// workflow's actions (kept with the entry, so a workflow edited later does not change a
+/// waiting chat) and when its max wait passes.
 pub fn queue_entry(
     conv: ConversationId,
+    visitor: VisitorId,
     selection: &Selection,
     now: DateTime<Utc>,
 ) -> AppResult<NewQueueEntry> {
     let a = &selection.actions;
     Ok(NewQueueEntry {
         conversation_id: conv,
+        visitor_id: visitor,
         workflow_id: selection.applied.workflow_id(),
         priority: a.priority,
         actions: serde_json::to_value(a).map_err(|e| AppError::Internal(e.to_string()))?,

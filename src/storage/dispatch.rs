@@ -3,6 +3,8 @@
 //! the waiting chats with the actions that routed them, agents' last-assignment times, and the
 //! assignment records with their reasons.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Text, Timestamptz, Uuid as SqlUuid};
@@ -12,7 +14,7 @@ use super::conversations::ConversationRow;
 use super::schema::{assignments, conversations, messages, queue_entries, users, visitors};
 use super::{TenantTx, sql};
 use crate::error::AppResult;
-use crate::ids::{AssignmentId, ConversationId, UserId, WorkflowId};
+use crate::ids::{AssignmentId, ConversationId, UserId, VisitorId, WorkflowId};
 
 /// Locks every active agent row of the tenant, in id order (so concurrent lockers never
 /// deadlock). Whoever changes an agent's open chats holds these locks until commit.
@@ -348,6 +350,11 @@ pub type QueueKey = (i32, DateTime<Utc>, ConversationId);
 
 /// Up to `limit` waiting chats in serving order after `after`, each with its conversation
 /// row and its visitor's name.
+///
+/// Three reads of one table each, by index: a page of the queue, then its chats and their
+/// visitors by primary key. As one join its plan was the planner's choice, and a generic
+/// plan prepared while the tables were small filters every row pair (see the
+/// `queue_visitor` migration).
 pub async fn waiting_page(
     tx: &mut TenantTx,
     after: Option<QueueKey>,
@@ -355,16 +362,6 @@ pub async fn waiting_page(
 ) -> AppResult<Vec<(WaitingRow, ConversationRow, String)>> {
     let t = tx.tenant_id();
     let mut q = queue_entries::table
-        .inner_join(
-            conversations::table.on(conversations::tenant_id
-                .eq(queue_entries::tenant_id)
-                .and(conversations::conversation_id.eq(queue_entries::conversation_id))),
-        )
-        .inner_join(
-            visitors::table.on(visitors::tenant_id
-                .eq(conversations::tenant_id)
-                .and(conversations::visitor_id.eq(visitors::visitor_id.nullable()))),
-        )
         .filter(queue_entries::tenant_id.eq(t))
         .into_boxed();
     if let Some((p, at, c)) = after {
@@ -380,19 +377,53 @@ pub async fn waiting_page(
                 )),
         );
     }
-    Ok(q.order((
-        queue_entries::priority.desc(),
-        queue_entries::enqueued_at,
-        queue_entries::conversation_id,
-    ))
-    .limit(limit)
-    .select((
-        WaitingRow::as_select(),
-        ConversationRow::as_select(),
-        visitors::name,
-    ))
-    .load(tx.conn())
-    .await?)
+    let page: Vec<(WaitingRow, VisitorId)> = q
+        .order((
+            queue_entries::priority.desc(),
+            queue_entries::enqueued_at,
+            queue_entries::conversation_id,
+        ))
+        .limit(limit)
+        .select((WaitingRow::as_select(), queue_entries::visitor_id))
+        .load(tx.conn())
+        .await?;
+    if page.is_empty() {
+        return Ok(Vec::new());
+    }
+    let convs: Vec<ConversationId> = page.iter().map(|(w, _)| w.conversation_id).collect();
+    let ids: Vec<VisitorId> = page.iter().map(|(_, v)| *v).collect();
+    let rows: HashMap<ConversationId, ConversationRow> = conversations::table
+        .filter(
+            conversations::tenant_id
+                .eq(t)
+                .and(conversations::conversation_id.eq_any(&convs)),
+        )
+        .select(ConversationRow::as_select())
+        .load::<ConversationRow>(tx.conn())
+        .await?
+        .into_iter()
+        .map(|r| (r.conversation_id, r))
+        .collect();
+    let names: HashMap<VisitorId, String> = visitors::table
+        .filter(
+            visitors::tenant_id
+                .eq(t)
+                .and(visitors::visitor_id.eq_any(&ids)),
+        )
+        .select((visitors::visitor_id, visitors::name))
+        .load(tx.conn())
+        .await?
+        .into_iter()
+        .collect();
+    Ok(page
+        .into_iter()
+        .filter_map(|(w, v)| {
+            // Both exist while the entry does (it references the chat, the chat its visitor).
+            let row = rows.get(&w.conversation_id)?.clone();
+            let name = names.get(&v)?.clone();
+            Some((w, row, name))
+        })
+        .collect())
 }
 
 /// How many waiting chats are served before the one with `key`.

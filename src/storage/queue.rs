@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Nullable, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
-use super::schema::{conversations, queue_entries};
+use super::schema::queue_entries;
 use super::{TenantTx, sql};
 use crate::error::AppResult;
 use crate::ids::{ConversationId, VisitorId};
@@ -17,8 +17,8 @@ use crate::ids::{ConversationId, VisitorId};
 pub struct WaitingRow {
     /// The chat.
     pub conversation_id: ConversationId,
-    /// Its visitor (external chats always have one).
-    pub visitor_id: Option<VisitorId>,
+    /// Its visitor.
+    pub visitor_id: VisitorId,
     /// Higher is served first.
     pub priority: i32,
     /// When it started waiting.
@@ -29,15 +29,10 @@ pub struct WaitingRow {
 pub async fn waiting(tx: &mut TenantTx) -> AppResult<Vec<WaitingRow>> {
     let t = tx.tenant_id();
     Ok(queue_entries::table
-        .inner_join(
-            conversations::table.on(conversations::tenant_id
-                .eq(queue_entries::tenant_id)
-                .and(conversations::conversation_id.eq(queue_entries::conversation_id))),
-        )
         .filter(queue_entries::tenant_id.eq(t))
         .select((
             queue_entries::conversation_id,
-            conversations::visitor_id,
+            queue_entries::visitor_id,
             queue_entries::priority,
             queue_entries::enqueued_at,
         ))

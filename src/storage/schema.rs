@@ -197,6 +197,7 @@ diesel::table! {
         actions -> Jsonb,
         max_wait_fired -> Bool,
         excluded -> Array<Uuid>,
+        visitor_id -> Uuid,
     }
 }
 

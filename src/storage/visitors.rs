@@ -466,6 +466,8 @@ pub async fn close_chats(
 pub struct NewQueueEntry {
     /// The chat.
     pub conversation_id: ConversationId,
+    /// Its visitor.
+    pub visitor_id: VisitorId,
     /// The workflow that routed it.
     pub workflow_id: Option<WorkflowId>,
     /// Higher is served first.
@@ -494,6 +496,7 @@ pub async fn enqueue_many(tx: &mut TenantTx, entries: Vec<NewQueueEntry>) -> App
             (
                 queue_entries::tenant_id.eq(t),
                 queue_entries::conversation_id.eq(e.conversation_id),
+                queue_entries::visitor_id.eq(e.visitor_id),
                 queue_entries::workflow_id.eq(e.workflow_id),
                 queue_entries::priority.eq(e.priority),
                 queue_entries::actions.eq(e.actions),
