@@ -130,8 +130,8 @@ pub(super) fn postgres_command(
         // A new database's tables grow from nothing; until they are analyzed, every pooled
         // connection keeps the generic plans it prepared while they were tiny (sequential
         // scans for key lookups, joins that filter every row pair), and an ANALYZE is what
-        // makes it plan again. The default naptime left a new tenant's first minute at half
-        // speed (BENCHMARKS, session 14); one database's check every 5 s costs nothing.
+        // makes it plan again. The default naptime (1 min) left a new database's first minute
+        // at about two thirds of the speed (BENCHMARKS, session 14).
         .args(["-c", "autovacuum_naptime=5s"])
         .stdout(log.try_clone().context("duplicating the log handle")?)
         .stderr(log)

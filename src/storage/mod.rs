@@ -6,6 +6,11 @@
 //! A set-based update joined to `unnest(ids, values)` also filters its key with
 //! `= ANY(ids)`: joined to the unnest alone, the cached generic plan hash-joins against every
 //! row of the tenant, so each batch would cost as much as the tenant's whole table.
+//!
+//! A read that may return many rows of one tenant (the whole queue, a page of it) reads one
+//! table per statement and fetches related rows by primary key: a join's generic plan is
+//! made for the table sizes of the moment it was prepared, and one prepared while the
+//! tables were small joined a 10,000-entry queue by filtering every pair.
 
 pub mod analytics;
 pub mod announce;
