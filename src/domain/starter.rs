@@ -4,8 +4,9 @@
 //! A batch is a fixed handful of statements whatever it starts: the visitors locked in id
 //! order (so two starts of one visitor make one chat), their chats not ended yet, the
 //! tenant's workflows, then the new chats with their first event's seq already taken, their
-//! queue entries, their `queued` events and one spine entry. New chats are drawn in the
-//! loop's own shard, so a batch touches one spine shard.
+//! queue entries, their `queued` events, the queue counted once by priority (each new
+//! chat's place, so that StartChat needs no read of its own) and one spine entry. New chats
+//! are drawn in the loop's own shard, so a batch touches one spine shard.
 //!
 //! What a start makes is [`plan`], a pure function: a visitor's chat that has not ended is
 //! resumed, otherwise the tenant's workflows route a new one. A batch that fails as a whole
@@ -25,7 +26,8 @@ use super::participants::Participant;
 use super::spine::{SHARDS, new_conversation_in};
 use super::timers;
 use super::visitors::{
-    self, MAX_WAIT, RELAX, queue_entry, relax_times, routing_context, wait_payload,
+    self, MAX_WAIT, QueueEntry, QueueStatus, RELAX, places_on_joining, queue_entry, relax_times,
+    routing_context, wait_payload,
 };
 use super::workflows::{self, Selection, Workflow, select::select};
 use crate::error::{AppError, AppResult};
@@ -49,6 +51,8 @@ pub struct Begun {
     pub resumed: bool,
     /// For a new chat, its workflow's welcome and queue messages (empty: none).
     pub said: Option<(String, String)>,
+    /// For a new chat, where it stood in the queue as the batch committed.
+    pub status: Option<QueueStatus>,
 }
 
 #[derive(Clone, Copy)]
@@ -227,7 +231,16 @@ async fn start_batch(
     let mut rows: HashMap<ConversationId, ConversationRow> =
         open.into_values().map(|r| (r.conversation_id, r)).collect();
     let resumed: Vec<ConversationId> = rows.keys().copied().collect();
+    let mut places = HashMap::new();
     if !new_chats.is_empty() {
+        let joined: Vec<QueueEntry> = entries
+            .iter()
+            .map(|e| QueueEntry {
+                conversation: e.conversation_id,
+                priority: e.priority,
+                enqueued_at: e.enqueued_at,
+            })
+            .collect();
         for row in store::insert_queued_chats(&mut tx, &new_chats, now).await? {
             rows.insert(row.conversation_id, row);
         }
@@ -236,6 +249,12 @@ async fn start_batch(
         }
         store::enqueue_many(&mut tx, entries).await?;
         conv_store::insert_events(&mut tx, &event_rows).await?;
+        // Counted here rather than per start afterwards: one pass of the queue for the batch.
+        let counts = store::counts_by_priority(&mut tx, now).await?;
+        places = places_on_joining(&counts, &joined)
+            .into_iter()
+            .map(|(c, position, length)| (c, (position, length)))
+            .collect();
     }
     let mut members: HashMap<ConversationId, Vec<UserId>> = HashMap::new();
     if !resumed.is_empty() {
@@ -257,11 +276,25 @@ async fn start_batch(
                 .cloned()
                 .ok_or(AppError::NotFound("conversation"))?;
             let fresh = said.contains_key(&conv) && answered_new.insert(conv);
+            let status = places
+                .get(&conv)
+                .filter(|_| fresh)
+                .map(|&(position, queue_length)| QueueStatus {
+                    conversation_id: conv,
+                    status: Status::Queued,
+                    position: Some(position),
+                    estimated_wait_seconds: 0,
+                    queue_length,
+                    enqueued_at: Some(now),
+                    assigned: None,
+                    assigned_name: None,
+                });
             Ok(Begun {
                 row,
                 members: members.get(&conv).cloned().unwrap_or_default(),
                 resumed: !fresh,
                 said: fresh.then(|| said[&conv].clone()),
+                status,
             })
         })
         .collect();

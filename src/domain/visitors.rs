@@ -434,6 +434,41 @@ pub fn served_before(a: &QueueEntry, b: &QueueEntry) -> bool {
         < (std::cmp::Reverse(b.priority), b.enqueued_at, b.conversation)
 }
 
+/// Where chats that joined the queue together stand: `joined` entered at one instant, and
+/// `counts` is the queue counted by priority right after (their own entries included, none
+/// of them waiting from before that instant). Gives each joined chat its 1-based position
+/// and the queue's length, in the order of [`served_before`]; entries of another node made
+/// at the very same instant are not placed among them.
+pub fn places_on_joining(
+    counts: &[store::PriorityCount],
+    joined: &[QueueEntry],
+) -> Vec<(ConversationId, u32, u32)> {
+    let length: i64 = counts.iter().map(|c| c.total).sum();
+    joined
+        .iter()
+        .map(|e| {
+            let earlier: i64 = counts
+                .iter()
+                .map(|c| match c.priority.cmp(&e.priority) {
+                    std::cmp::Ordering::Greater => c.total,
+                    std::cmp::Ordering::Equal => c.before,
+                    std::cmp::Ordering::Less => 0,
+                })
+                .sum();
+            let alongside = joined
+                .iter()
+                .filter(|o| o.priority == e.priority && served_before(o, e))
+                .count() as i64;
+            let position = u32::try_from(earlier + alongside + 1).unwrap_or(u32::MAX);
+            (
+                e.conversation,
+                position,
+                u32::try_from(length).unwrap_or(u32::MAX),
+            )
+        })
+        .collect()
+}
+
 // ---- routing (pure) ----
 
 /// What routing knows of a visitor.
@@ -679,6 +714,7 @@ pub async fn start_chat(
         members,
         resumed,
         said,
+        status: placed,
     } = e.starter.begin(*scope, me).await?;
     let id = row.conversation_id;
     let (welcome, queued) = said.unwrap_or_default();
@@ -698,12 +734,20 @@ pub async fn start_chat(
         true => None,
         false => Some(conversations::submit_as_engine(e, scope, id, queued).await),
     };
+    // The newest message this start wrote: the chat as answered runs up to it.
+    let mut newest: Option<(i64, DateTime<Utc>)> = None;
+    let mut wrote = |sent: &conversations::Sent| {
+        if newest.is_none_or(|(seq, _)| seq < sent.seq) {
+            newest = Some((sent.seq, sent.created_at));
+        }
+    };
     if let Some(w) = welcome {
-        w.await?;
+        wrote(&w.await?);
     }
     let initial = match initial {
         Some((text, sent)) => {
             let sent = sent.await?;
+            wrote(&sent);
             Some(Message {
                 id: sent.id,
                 conversation_id: id,
@@ -718,15 +762,30 @@ pub async fn start_chat(
         None => None,
     };
     if let Some(q) = queued {
-        q.await?;
+        wrote(&q.await?);
     }
-    // A plain read: the dispatcher may hold the chat's row while it assigns it.
-    let mut tx = e.db.tenant_tx(scope).await?;
-    let row = store::chat(&mut tx, id)
-        .await?
-        .ok_or(AppError::NotFound("conversation"))?;
-    let status = status_of(&mut tx, &row).await?;
-    tx.commit().await?;
+    let (row, status) = match placed {
+        // A new chat is answered as its start left it: what happened since (an assignment,
+        // a new place) comes on the visitor's stream from the chat's `last_seq` on.
+        Some(status) => {
+            let mut row = row;
+            if let Some((seq, at)) = newest {
+                row.last_seq = row.last_seq.max(seq);
+                row.last_activity_at = row.last_activity_at.max(at);
+            }
+            (row, status)
+        }
+        None => {
+            // A plain read: the dispatcher may hold the chat's row while it assigns it.
+            let mut tx = e.db.tenant_tx(scope).await?;
+            let row = store::chat(&mut tx, id)
+                .await?
+                .ok_or(AppError::NotFound("conversation"))?;
+            let status = status_of(&mut tx, &row).await?;
+            tx.commit().await?;
+            (row, status)
+        }
+    };
     // No estimate here: it reads the tenant's whole queue, too much for every chat start;
     // the visitor's stream carries it right after it catches up, and GetQueueStatus.
     Ok(Started {
@@ -974,6 +1033,42 @@ mod tests {
         // The same instant: the order is still total, so exactly one comes first.
         let (a, b) = (entry(0, 50), entry(0, 50));
         assert!(served_before(&a, &b) != served_before(&b, &a));
+    }
+
+    #[test]
+    fn chats_joining_together_are_placed_after_everyone_waiting_and_by_priority() {
+        let at = Utc.timestamp_opt(1_800_000_100, 0).unwrap();
+        let joining = |priority| QueueEntry {
+            conversation: ConversationId::new(),
+            priority,
+            enqueued_at: at,
+        };
+        let (low_a, low_b, high) = (joining(0), joining(0), joining(5));
+        let joined = [low_a, low_b, high];
+        // Before them: 2 high chats and 3 low ones waiting, 1 low one queued back at `at`'s
+        // instant by another node (not placed among them); then theirs.
+        let counts = [
+            store::PriorityCount {
+                priority: 5,
+                before: 2,
+                total: 3,
+            },
+            store::PriorityCount {
+                priority: 0,
+                before: 3,
+                total: 6,
+            },
+        ];
+        let places = places_on_joining(&counts, &joined);
+        let at_of = |c: ConversationId| places.iter().find(|p| p.0 == c).unwrap();
+        assert_eq!(at_of(high.conversation).1, 3);
+        let (first, second) = match served_before(&low_a, &low_b) {
+            true => (low_a, low_b),
+            false => (low_b, low_a),
+        };
+        assert_eq!(at_of(first.conversation).1, 7);
+        assert_eq!(at_of(second.conversation).1, 8);
+        assert!(places.iter().all(|p| p.2 == 9));
     }
 
     #[test]

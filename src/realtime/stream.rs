@@ -195,21 +195,31 @@ pub fn subscribe(
         };
 
         // Registered before reading memberships: a conversation joined from here on comes as
-        // a join. But its events reach this stream only once it follows the conversation, so
-        // the positions are read again after following: what committed before the follow is
-        // in that read, what commits after it comes live.
+        // a join. But its events reach this stream only once it follows the conversation:
+        // the cursors' conversations are followed before the read, so what committed before
+        // the follow is in that read and what commits after it comes live. Any other
+        // membership is followed after the read, and the positions are read again then.
+        let asked: HashSet<ConversationId> =
+            cursors.iter().map(|(c, _)| *c).collect();
+        for c in &asked {
+            ctx.hub.follow(&sub, *c);
+        }
         let memberships = Box::pin(conversations::memberships(&e, &scope)).await?;
         let mut d = Delivery::new(me);
+        let mut unfollowed = false;
         for (c, seq) in &memberships {
-            ctx.hub.follow(&sub, *c);
+            if !asked.contains(c) {
+                ctx.hub.follow(&sub, *c);
+                unfollowed = true;
+            }
             d.delivered.insert(*c, *seq);
         }
-        for (c, _) in &cursors {
+        for c in &asked {
             if !d.delivered.contains_key(c) {
                 Err(AppError::NotFound("conversation"))?;
             }
         }
-        if !memberships.is_empty() {
+        if unfollowed {
             // A conversation joined since the first read stays to its join.
             for (c, seq) in Box::pin(conversations::memberships(&e, &scope)).await? {
                 if let Some(at) = d.delivered.get_mut(&c) {

@@ -575,6 +575,38 @@ pub async fn standing(
     .await?)
 }
 
+/// One priority's share of the tenant's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
+pub struct PriorityCount {
+    /// The priority.
+    #[diesel(sql_type = Int4)]
+    pub priority: i32,
+    /// Chats of it that have waited since before the moment asked about.
+    #[diesel(sql_type = BigInt)]
+    pub before: i64,
+    /// Chats of it waiting.
+    #[diesel(sql_type = BigInt)]
+    pub total: i64,
+}
+
+/// The tenant's queue counted by priority, with how many of each have waited since before
+/// `at`: one pass of the queue's index, whatever a batch of starts needs placed.
+pub async fn counts_by_priority(
+    tx: &mut TenantTx,
+    at: DateTime<Utc>,
+) -> AppResult<Vec<PriorityCount>> {
+    Ok(sql::prepared(
+        "SELECT priority, count(*) FILTER (WHERE enqueued_at < $2) AS before, count(*) AS total
+           FROM queue_entries
+          WHERE tenant_id = $1
+          GROUP BY priority",
+    )
+    .bind::<SqlUuid, _>(tx.tenant_id())
+    .bind::<Timestamptz, _>(at)
+    .load(tx.conn())
+    .await?)
+}
+
 /// How many chats wait in the tenant's queue.
 pub async fn queue_length(tx: &mut TenantTx) -> AppResult<i64> {
     let t = tx.tenant_id();
