@@ -20,6 +20,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::auth::key_cache::KeyCache;
 use crate::config::{Config, Secret};
 use crate::domain::analytics::Analytics;
+use crate::domain::arrivals::Arrivals;
 use crate::domain::closer::Closer;
 use crate::domain::dispatcher::{Dispatcher, MaxWait, Relax, TakeBackTimer};
 use crate::domain::events::Publisher;
@@ -209,6 +210,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
     let writer = Writer::start(pool.clone(), publisher.clone(), clock.clone());
     let closer = Closer::start(pool.clone(), publisher.clone(), clock.clone());
     let starter = Starter::start(pool.clone(), publisher.clone(), clock.clone());
+    let arrivals = Arrivals::start(pool.clone(), publisher.clone(), clock.clone());
     let engine = Arc::new(Engine {
         db: pool.clone(),
         jwt: jwt.clone(),
@@ -222,6 +224,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         writer,
         closer,
         starter,
+        arrivals,
     });
     let directory = Directory::new(pool.clone(), engine.tokens.access_ttl, system);
     let keys = KeyCache::new(pool.clone(), system);

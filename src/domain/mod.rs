@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod analytics;
+pub mod arrivals;
 pub mod assignment;
 pub mod batch;
 pub mod closer;
@@ -83,6 +84,8 @@ pub struct Engine {
     pub closer: closer::Closer,
     /// Batches concurrent chat starts into shared commits.
     pub starter: starter::Starter,
+    /// Batches concurrent InitVisitor calls into shared commits.
+    pub arrivals: arrivals::Arrivals,
 }
 
 impl Engine {

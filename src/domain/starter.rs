@@ -154,12 +154,15 @@ async fn start_batch(
     jobs: Vec<StartJob>,
 ) -> AppResult<Outcome<Begun>> {
     let scope = jobs[0].scope;
-    let now = clock.now();
     let mut ids: Vec<VisitorId> = jobs.iter().map(|j| j.visitor).collect();
     ids.sort();
     ids.dedup();
 
     let mut tx = db.tenant_tx(&scope).await?;
+    // The tenant's batches join the queue one at a time, each at a `now` taken once it may:
+    // a batch's count of the queue then holds every chat enqueued before its own.
+    store::lock_queue_joins(&mut tx).await?;
+    let now = clock.now();
     let visitors: HashMap<VisitorId, VisitorRow> = store::lock_many(&mut tx, &ids)
         .await?
         .into_iter()

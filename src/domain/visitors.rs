@@ -557,6 +557,117 @@ pub async fn init(
 ) -> AppResult<Initialized> {
     require_widget(scope)?;
     let now = e.now();
+    let (row, chats) = match input.identity {
+        // Most arrivals claim no identity: they are group-committed.
+        None => {
+            let a = e.arrivals.arrive(*scope, input).await?;
+            (a.row, a.chats)
+        }
+        Some(_) => init_claimed(e, scope, input, now).await?,
+    };
+    let token_expires_at = now + TOKEN_TTL;
+    let token = e.jwt.sign(&Claims {
+        iss: e.jwt.issuer().to_owned(),
+        aud: VISITOR_AUDIENCE.to_owned(),
+        sub: row.visitor_id.to_string(),
+        tid: scope.tenant_id().to_string(),
+        ctx: api_key.to_string(),
+        sid: None,
+        iat: now.timestamp(),
+        exp: token_expires_at.timestamp(),
+    })?;
+    Ok(Initialized {
+        visitor: visitor(row)?,
+        token,
+        token_expires_at,
+        chats,
+    })
+}
+
+/// A visitor already known, as InitVisitor's decision needs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Known {
+    /// Their id.
+    pub id: VisitorId,
+    /// Whether they are verified as one of the tenant's users.
+    pub identified: bool,
+}
+
+impl From<&VisitorRow> for Known {
+    fn from(v: &VisitorRow) -> Self {
+        Self {
+            id: v.visitor_id,
+            identified: v.external_user_id.is_some(),
+        }
+    }
+}
+
+/// What one InitVisitor writes.
+#[derive(Debug)]
+pub struct Arrival {
+    /// The widget session, tied to the visitor.
+    pub session_id: String,
+    /// The visitor it resumes; None: a new one.
+    pub existing: Option<VisitorId>,
+    /// The visitor's id (new or resumed).
+    pub id: VisitorId,
+    /// What is written of them.
+    pub fields: VisitorFields,
+    /// The external user id they proved now.
+    pub external: Option<String>,
+}
+
+/// What an InitVisitor writes, given the tenant's identity setting, the visitor its session
+/// belongs to and the one its claimed identity names (each if any), at `now`. A verified
+/// identity finds its visitor again (or the session's anonymous visitor becomes it); a
+/// session of an identified visitor does not resume them without the proof.
+pub fn arrival(
+    setting: Option<&IdentityRow>,
+    input: VisitorInput,
+    by_session: Option<Known>,
+    by_claimed: Option<Known>,
+    now: DateTime<Utc>,
+) -> AppResult<Arrival> {
+    let external = verify_identity(setting, input.identity.as_ref())?;
+    let anonymous = by_session.filter(|v| !v.identified);
+    let existing = match &external {
+        // The anonymous visitor of this device logged in on the site: they become the
+        // identified visitor, chats and all.
+        Some(_) => by_claimed.or(anonymous),
+        None => anonymous,
+    };
+    let identified = external.is_some() || existing.is_some_and(|v| v.identified);
+    let fields = VisitorFields {
+        name: input.name,
+        email: input.email,
+        country: input.country,
+        language: input.language,
+        visitor_type: visitor_type(identified, existing.is_some(), input.returning)
+            .as_str()
+            .to_owned(),
+        attributes: serde_json::to_value(&input.attributes)
+            .map_err(|err| AppError::Internal(err.to_string()))?,
+        last_seen_at: now,
+        page_url: input.page_url,
+        referrer: input.referrer,
+    };
+    let existing = existing.map(|v| v.id);
+    Ok(Arrival {
+        session_id: input.session_id,
+        existing,
+        id: existing.unwrap_or_else(VisitorId::new),
+        fields,
+        external,
+    })
+}
+
+/// InitVisitor with an identity claim, in a transaction of its own.
+async fn init_claimed(
+    e: &Engine,
+    scope: &TenantScope,
+    input: VisitorInput,
+    now: DateTime<Utc>,
+) -> AppResult<(VisitorRow, Vec<Conversation>)> {
     // Everything read before deciding goes in one round trip, under the locks taken first in
     // it (in the order a pipeline keeps). The claimed external id is locked and looked up
     // before its proof is checked: nothing read is used unless the proof holds.
@@ -585,81 +696,39 @@ pub async fn init(
         )?;
         (setting, by_session, by_claimed)
     };
-    let external = verify_identity(setting.as_ref(), input.identity.as_ref())?;
-    let existing = match &external {
-        Some(_) => match by_claimed {
-            Some(v) => Some(v),
-            // The anonymous visitor of this device logged in on the site: they become the
-            // identified visitor, chats and all.
-            None => by_session.filter(|v| v.external_user_id.is_none()),
-        },
-        None => by_session.filter(|v| v.external_user_id.is_none()),
-    };
-    let identified = external.is_some()
-        || existing
-            .as_ref()
-            .is_some_and(|v| v.external_user_id.is_some());
-    let fields = VisitorFields {
-        name: input.name,
-        email: input.email,
-        country: input.country,
-        language: input.language,
-        visitor_type: visitor_type(identified, existing.is_some(), input.returning)
-            .as_str()
-            .to_owned(),
-        attributes: serde_json::to_value(&input.attributes)
-            .map_err(|err| AppError::Internal(err.to_string()))?,
-        last_seen_at: now,
-        page_url: input.page_url,
-        referrer: input.referrer,
-    };
-    let existing_id = existing.as_ref().map(|v| v.visitor_id);
-    let id = existing_id.unwrap_or_else(VisitorId::new);
-    let (row, chats) = {
-        let written = async {
-            match existing_id {
-                Some(_) => store::update(&tx, id, &fields, external.as_deref()).await,
-                None => store::insert(&tx, id, &fields, external.as_deref(), now).await,
-            }
-        };
-        let session = store::add_session(&tx, &input.session_id, id, now);
-        match existing_id {
-            // A visitor made just now has no chats to look up: the writes and the COMMIT
-            // share one round trip.
-            None => {
-                let (row, (), ()) =
-                    futures_util::try_join!(written, session, tx.commit_pipelined())?;
-                tx.committed();
-                (row, Vec::new())
-            }
-            Some(v) => {
-                let (row, ()) = futures_util::try_join!(written, session)?;
-                let chats = recent_chats(&mut tx, v).await?;
-                tx.commit().await?;
-                (row, chats)
-            }
+    let a = arrival(
+        setting.as_ref(),
+        input,
+        by_session.as_ref().map(Known::from),
+        by_claimed.as_ref().map(Known::from),
+        now,
+    )?;
+    let written = async {
+        match a.existing {
+            Some(_) => store::update(&tx, a.id, &a.fields, a.external.as_deref()).await,
+            None => store::insert(&tx, a.id, &a.fields, a.external.as_deref(), now).await,
         }
     };
-    let token_expires_at = now + TOKEN_TTL;
-    let token = e.jwt.sign(&Claims {
-        iss: e.jwt.issuer().to_owned(),
-        aud: VISITOR_AUDIENCE.to_owned(),
-        sub: row.visitor_id.to_string(),
-        tid: scope.tenant_id().to_string(),
-        ctx: api_key.to_string(),
-        sid: None,
-        iat: now.timestamp(),
-        exp: token_expires_at.timestamp(),
-    })?;
-    Ok(Initialized {
-        visitor: visitor(row)?,
-        token,
-        token_expires_at,
-        chats,
+    let session = store::add_session(&tx, &a.session_id, a.id, now);
+    Ok(match a.existing {
+        // A visitor made just now has no chats to look up: the writes and the COMMIT share
+        // one round trip.
+        None => {
+            let (row, (), ()) = futures_util::try_join!(written, session, tx.commit_pipelined())?;
+            tx.committed();
+            (row, Vec::new())
+        }
+        Some(v) => {
+            let (row, ()) = futures_util::try_join!(written, session)?;
+            let chats = recent_chats(&mut tx, v).await?;
+            tx.commit().await?;
+            (row, chats)
+        }
     })
 }
 
-async fn recent_chats(tx: &mut TenantTx, v: VisitorId) -> AppResult<Vec<Conversation>> {
+/// The visitor's most recent chats, with their members.
+pub(crate) async fn recent_chats(tx: &mut TenantTx, v: VisitorId) -> AppResult<Vec<Conversation>> {
     let rows = store::chats(tx, v, RECENT_CHATS).await?;
     let ids: Vec<ConversationId> = rows.iter().map(|r| r.conversation_id).collect();
     let members = conv_store::members_of(tx, &ids).await?;

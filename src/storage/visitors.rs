@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use diesel::sql_types::{BigInt, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 
 use super::conversations::ConversationRow;
 use super::schema::{
@@ -76,12 +76,73 @@ pub struct VisitorFields {
 /// external user id of the transaction's tenant, so two concurrent InitVisitor calls of one
 /// visitor never create two. Take session locks before external-user locks.
 pub async fn lock_identity_key(tx: &TenantTx, kind: &str, value: &str) -> AppResult<()> {
-    let key = format!("{}|{kind}|{value}", tx.tenant_id());
     sql::prepared("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind::<Text, _>(key)
+        .bind::<Text, _>(lock_key(tx.tenant_id(), kind, value))
         .execute(&mut tx.shared())
         .await?;
     Ok(())
+}
+
+/// The lock of [`lock_identity_key`] for each of the widget sessions, in one statement,
+/// taken in the order of the sessions' keys (so two batches sharing sessions never wait for
+/// each other in a circle).
+pub async fn lock_sessions(tx: &mut TenantTx, sessions: &[&str]) -> AppResult<()> {
+    let mut keys: Vec<String> = sessions
+        .iter()
+        .map(|s| lock_key(tx.tenant_id(), "session", s))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    // A function scan yields the array in order, and each row's lock is taken as it comes.
+    sql::prepared(
+        "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::text[]) AS k",
+    )
+    .bind::<Array<Text>, _>(keys)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+fn lock_key(tenant: TenantId, kind: &str, value: &str) -> String {
+    format!("{tenant}|{kind}|{value}")
+}
+
+/// The visitors the widget sessions belong to, by session: the sessions first, then their
+/// visitors by key.
+pub async fn by_sessions(
+    tx: &mut TenantTx,
+    sessions: &[&str],
+) -> AppResult<Vec<(String, VisitorRow)>> {
+    let t = tx.tenant_id();
+    let tied: Vec<(String, VisitorId)> = visitor_sessions::table
+        .filter(
+            visitor_sessions::tenant_id
+                .eq(t)
+                .and(visitor_sessions::session_id.eq_any(sessions)),
+        )
+        .select((visitor_sessions::session_id, visitor_sessions::visitor_id))
+        .load(tx.conn())
+        .await?;
+    if tied.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<VisitorId> = tied.iter().map(|(_, v)| *v).collect();
+    let rows: std::collections::HashMap<VisitorId, VisitorRow> = visitors::table
+        .filter(
+            visitors::tenant_id
+                .eq(t)
+                .and(visitors::visitor_id.eq_any(&ids)),
+        )
+        .select(VisitorRow::as_select())
+        .load::<VisitorRow>(tx.conn())
+        .await?
+        .into_iter()
+        .map(|v| (v.visitor_id, v))
+        .collect();
+    Ok(tied
+        .into_iter()
+        .filter_map(|(s, v)| rows.get(&v).map(|row| (s, row.clone())))
+        .collect())
 }
 
 /// The visitor a widget session belongs to.
@@ -193,6 +254,61 @@ pub async fn update(
                 .await?
         }
     })
+}
+
+/// Stores new visitors (none verified yet), in one statement.
+pub async fn insert_many(
+    tx: &mut TenantTx,
+    new: &[(VisitorId, &VisitorFields)],
+    now: DateTime<Utc>,
+) -> AppResult<Vec<VisitorRow>> {
+    let t = tx.tenant_id();
+    let rows: Vec<_> = new
+        .iter()
+        .map(|(id, fields)| {
+            (
+                visitors::tenant_id.eq(t),
+                visitors::visitor_id.eq(*id),
+                *fields,
+                visitors::created_at.eq(now),
+            )
+        })
+        .collect();
+    Ok(diesel::insert_into(visitors::table)
+        .values(rows)
+        .returning(VisitorRow::as_returning())
+        .get_results(tx.conn())
+        .await?)
+}
+
+/// [`add_session`] for many distinct sessions, in one statement.
+pub async fn add_sessions(
+    tx: &mut TenantTx,
+    sessions: &[(&str, VisitorId)],
+    now: DateTime<Utc>,
+) -> AppResult<()> {
+    let t = tx.tenant_id();
+    let rows: Vec<_> = sessions
+        .iter()
+        .map(|(s, v)| {
+            (
+                visitor_sessions::tenant_id.eq(t),
+                visitor_sessions::session_id.eq(*s),
+                visitor_sessions::visitor_id.eq(*v),
+                visitor_sessions::created_at.eq(now),
+            )
+        })
+        .collect();
+    diesel::insert_into(visitor_sessions::table)
+        .values(rows)
+        .on_conflict((visitor_sessions::tenant_id, visitor_sessions::session_id))
+        .do_update()
+        .set(
+            visitor_sessions::visitor_id.eq(diesel::upsert::excluded(visitor_sessions::visitor_id)),
+        )
+        .execute(tx.conn())
+        .await?;
+    Ok(())
 }
 
 /// Ties a widget session to a visitor (a session tied to another visitor moves to this one).
@@ -573,6 +689,16 @@ pub async fn standing(
     .bind::<Nullable<SqlUuid>, _>(assigned)
     .get_result(tx.conn())
     .await?)
+}
+
+/// Serialises, until commit, the transactions that put the tenant's new chats in the queue
+/// and count it (chat starts), so that each count holds every start committed before it.
+pub async fn lock_queue_joins(tx: &mut TenantTx) -> AppResult<()> {
+    sql::prepared("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind::<Text, _>(lock_key(tx.tenant_id(), "queue", "joins"))
+        .execute(tx.conn())
+        .await?;
+    Ok(())
 }
 
 /// One priority's share of the tenant's queue.

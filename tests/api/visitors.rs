@@ -675,10 +675,13 @@ async fn chats_started_all_at_once_make_one_chat_per_visitor() {
         }
     });
     let mut chats = Vec::new();
+    let mut answered = Vec::new();
     for (w, (a, b)) in widgets
         .iter()
         .zip(futures_util::future::join_all(starts).await)
     {
+        let made = if a.resumed { &b } else { &a };
+        answered.push(made.queue_status.clone().unwrap().position);
         let (ca, cb) = (a.conversation.unwrap(), b.conversation.unwrap());
         assert_eq!(ca.id, cb.id, "two starts of one visitor make one chat");
         assert_eq!(ca.visitor_id, w.visitor_id());
@@ -712,6 +715,60 @@ async fn chats_started_all_at_once_make_one_chat_per_visitor() {
     }
     positions.sort();
     assert_eq!(positions, (1..=16).collect::<Vec<u32>>());
+    // StartChat's own answer places each new chat too, batches or not: no place twice.
+    answered.sort();
+    assert_eq!(answered, positions, "the places StartChat answered");
+}
+
+/// InitVisitor calls arriving together share commits: the calls of one session at once
+/// resume one visitor (one call makes them, the others find them), and every other session
+/// gets a visitor of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitors_arriving_all_at_once_make_one_visitor_per_session() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("arrivals").await;
+    let (_, key) = widget_key(&app, &t, &[ORIGIN]).await;
+    let shared = session("shared");
+    let calls = (0..24).map(|i| {
+        let (app, key) = (&app, key.clone());
+        let sid = match i % 3 {
+            0 => shared.clone(),
+            _ => session(&format!("own-{i}")),
+        };
+        async move {
+            let mut w = Widget::new(&key);
+            let r = w
+                .init(app, init_req(&sid, &format!("V {i}")))
+                .await
+                .unwrap();
+            (sid, r.visitor.unwrap())
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let (same, own): (Vec<_>, Vec<_>) = answers.into_iter().partition(|(s, _)| *s == shared);
+    assert_eq!(same.len(), 8);
+    assert!(
+        same.iter().all(|(_, v)| v.id == same[0].1.id),
+        "one session, one visitor"
+    );
+    let made = same
+        .iter()
+        .filter(|(_, v)| v.visitor_type == pb::VisitorType::New as i32)
+        .count();
+    assert_eq!(made, 1, "one call made them; the others resumed them");
+    let mut ids: Vec<&str> = own.iter().map(|(_, v)| v.id.as_str()).collect();
+    ids.push(same[0].1.id.as_str());
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        17,
+        "every other session has a visitor of its own"
+    );
+    assert!(
+        own.iter()
+            .all(|(_, v)| v.visitor_type == pb::VisitorType::New as i32)
+    );
 }
 
 /// Ends arriving together share commits: each chat still ends exactly once, with one
