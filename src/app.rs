@@ -25,6 +25,7 @@ use crate::domain::closer::Closer;
 use crate::domain::dispatcher::{Dispatcher, MaxWait, Relax, TakeBackTimer};
 use crate::domain::events::Publisher;
 use crate::domain::limits::Limiter;
+use crate::domain::openings::Openings;
 use crate::domain::paging::PageTokens;
 use crate::domain::participants::Participant;
 use crate::domain::reactors::{self, Reactor};
@@ -211,6 +212,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
     let closer = Closer::start(pool.clone(), publisher.clone(), clock.clone());
     let starter = Starter::start(pool.clone(), publisher.clone(), clock.clone());
     let arrivals = Arrivals::start(pool.clone(), publisher.clone(), clock.clone());
+    let openings = Openings::start(pool.clone(), publisher.clone());
     let engine = Arc::new(Engine {
         db: pool.clone(),
         jwt: jwt.clone(),
@@ -225,6 +227,7 @@ pub async fn build_with(cfg: &Config, db: &Database, consumers: Consumers) -> an
         closer,
         starter,
         arrivals,
+        openings,
     });
     let directory = Directory::new(pool.clone(), engine.tokens.access_ttl, system);
     let keys = KeyCache::new(pool.clone(), system);

@@ -14,6 +14,7 @@ pub mod dispatcher;
 pub mod events;
 pub mod follower;
 pub mod limits;
+pub mod openings;
 pub mod paging;
 pub mod participants;
 pub mod queue_view;
@@ -86,6 +87,8 @@ pub struct Engine {
     pub starter: starter::Starter,
     /// Batches concurrent InitVisitor calls into shared commits.
     pub arrivals: arrivals::Arrivals,
+    /// Batches the reads of streams joining conversations at the same moment.
+    pub openings: openings::Openings,
 }
 
 impl Engine {

@@ -322,7 +322,10 @@ async fn join(
     from_seq: i64,
 ) -> AppResult<Vec<Item>> {
     ctx.hub.follow(sub, conv);
-    let opened = conversations::opening(&ctx.engine, scope, conv, from_seq - 1, REPLAY_PAGE);
+    let opened = ctx
+        .engine
+        .openings
+        .open(*scope, conv, from_seq - 1, REPLAY_PAGE);
     let Some(o) = opened.await? else {
         ctx.hub.unfollow(sub, conv);
         return Ok(Vec::new());

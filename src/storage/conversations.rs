@@ -160,6 +160,23 @@ pub async fn remove_member(
     Ok(n == 1)
 }
 
+/// The conversations with these ids; missing ones are left out.
+pub async fn get_many(
+    tx: &mut TenantTx,
+    ids: &[ConversationId],
+) -> AppResult<Vec<ConversationRow>> {
+    let t = tx.tenant_id();
+    Ok(conversations::table
+        .filter(
+            conversations::tenant_id
+                .eq(t)
+                .and(conversations::conversation_id.eq_any(ids)),
+        )
+        .select(ConversationRow::as_select())
+        .load(tx.conn())
+        .await?)
+}
+
 /// The direct conversation with this key.
 pub async fn find_direct(tx: &mut TenantTx, key: &str) -> AppResult<Option<ConversationRow>> {
     let t = tx.tenant_id();

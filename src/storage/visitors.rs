@@ -127,14 +127,7 @@ pub async fn by_sessions(
         return Ok(Vec::new());
     }
     let ids: Vec<VisitorId> = tied.iter().map(|(_, v)| *v).collect();
-    let rows: std::collections::HashMap<VisitorId, VisitorRow> = visitors::table
-        .filter(
-            visitors::tenant_id
-                .eq(t)
-                .and(visitors::visitor_id.eq_any(&ids)),
-        )
-        .select(VisitorRow::as_select())
-        .load::<VisitorRow>(tx.conn())
+    let rows: std::collections::HashMap<VisitorId, VisitorRow> = get_many(tx, &ids)
         .await?
         .into_iter()
         .map(|v| (v.visitor_id, v))
@@ -189,6 +182,20 @@ pub async fn get(tx: &mut TenantTx, id: VisitorId) -> AppResult<Option<VisitorRo
         .first(tx.conn())
         .await
         .optional()?)
+}
+
+/// The visitors with these ids; missing ones are left out.
+pub async fn get_many(tx: &mut TenantTx, ids: &[VisitorId]) -> AppResult<Vec<VisitorRow>> {
+    let t = tx.tenant_id();
+    Ok(visitors::table
+        .filter(
+            visitors::tenant_id
+                .eq(t)
+                .and(visitors::visitor_id.eq_any(ids)),
+        )
+        .select(VisitorRow::as_select())
+        .load(tx.conn())
+        .await?)
 }
 
 /// The visitors, locked until commit in id order (their chats start one at a time); missing

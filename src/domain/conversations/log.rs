@@ -4,6 +4,7 @@
 //! conversation_events).
 
 use super::*;
+use std::collections::HashMap;
 
 #[derive(Serialize, Deserialize)]
 struct MembersPayload {
@@ -192,38 +193,98 @@ pub struct Opening {
     pub events: Vec<ConversationEvent>,
 }
 
-/// [`Opening`] of a conversation the caller takes part in; None when they may not see it.
-pub async fn opening(
-    e: &Engine,
-    scope: &TenantScope,
-    conv: ConversationId,
-    after: i64,
-    limit: i64,
-) -> AppResult<Option<Opening>> {
-    let who = Participant::of(scope)?;
-    let mut tx = e.db.tenant_tx(scope).await?;
-    let Some((row, _)) = admitted(&mut tx, conv, who).await? else {
-        tx.commit().await?;
-        return Ok(None);
-    };
-    let members = load_members(&mut tx, conv).await?;
-    let visitor = match (row.visitor_id, who) {
-        (Some(v), Participant::Agent(_)) => crate::storage::visitors::get(&mut tx, v)
-            .await?
-            .map(crate::domain::visitors::visitor)
-            .transpose()?,
-        _ => None,
-    };
-    let events = match after < row.last_seq {
-        true => stored_events(&mut tx, conv, after, row.last_seq, limit).await?,
-        false => Vec::new(),
-    };
-    tx.commit().await?;
-    Ok(Some(Opening {
-        conversation: conversation(row, members)?,
-        visitor,
-        events,
-    }))
+/// One stream's ask for an [`Opening`]: who, of which conversation, the events after which
+/// seq, and at most how many.
+pub(crate) type OpeningAsk = (Participant, ConversationId, i64, i64);
+
+/// The [`Opening`] of each ask, in order (None where its caller may not see the
+/// conversation), read in the transaction's tenant with a fixed number of statements
+/// whatever their number: the streams of a dispatcher pass's agents join their chats at the
+/// same moment.
+pub(crate) async fn openings_in(
+    tx: &mut TenantTx,
+    asks: &[OpeningAsk],
+) -> AppResult<Vec<Option<Opening>>> {
+    let tenant = tx.tenant_id();
+    let mut ids: Vec<ConversationId> = asks.iter().map(|a| a.1).collect();
+    ids.sort();
+    ids.dedup();
+    let rows: HashMap<ConversationId, ConversationRow> = store::get_many(tx, &ids)
+        .await?
+        .into_iter()
+        .map(|r| (r.conversation_id, r))
+        .collect();
+    let mut members: HashMap<ConversationId, Vec<UserId>> = HashMap::new();
+    for (c, u) in store::members_of(tx, &ids).await? {
+        members.entry(c).or_default().push(u);
+    }
+    let mut admitted: Vec<Option<&ConversationRow>> = Vec::with_capacity(asks.len());
+    for (who, c, _, _) in asks {
+        let row = match rows.get(c) {
+            Some(row) => {
+                let access = ConversationAccess {
+                    tenant,
+                    kind: Kind::parse(&row.kind)?,
+                    visitor: row.visitor_id,
+                    agents: members.get(c).map(Vec::as_slice).unwrap_or_default(),
+                };
+                admits(tenant, who, &access).then_some(row)
+            }
+            None => None,
+        };
+        admitted.push(row);
+    }
+    // An agent sees the visitor of an external chat.
+    let mut visitor_ids: Vec<VisitorId> = asks
+        .iter()
+        .zip(&admitted)
+        .filter_map(|((who, ..), row)| match who {
+            Participant::Agent(_) => row.and_then(|r| r.visitor_id),
+            _ => None,
+        })
+        .collect();
+    visitor_ids.sort();
+    visitor_ids.dedup();
+    let mut visitors = HashMap::new();
+    if !visitor_ids.is_empty() {
+        for v in crate::storage::visitors::get_many(tx, &visitor_ids).await? {
+            visitors.insert(v.visitor_id, crate::domain::visitors::visitor(v)?);
+        }
+    }
+    // Seqs are gapless, so the first `limit` events after `after` end at `after + limit`.
+    let ranges: Vec<(ConversationId, i64, i64)> = asks
+        .iter()
+        .zip(&admitted)
+        .filter_map(|((_, c, after, limit), row)| {
+            let up_to = (*row)?.last_seq.min(after.saturating_add(*limit));
+            (*after < up_to).then_some((*c, *after, up_to))
+        })
+        .collect();
+    let events = stored_events_in(tx, &ranges).await?;
+    asks.iter()
+        .zip(admitted)
+        .map(|((who, c, after, limit), row)| {
+            let Some(row) = row else { return Ok(None) };
+            let up_to = row.last_seq.min(after.saturating_add(*limit));
+            let visitor = match who {
+                Participant::Agent(_) => row.visitor_id.and_then(|v| visitors.get(&v).cloned()),
+                _ => None,
+            };
+            let mine = events
+                .iter()
+                .filter(|ev| ev.conversation_id == *c && ev.seq > *after && ev.seq <= up_to)
+                .cloned()
+                .collect();
+            Ok(Some(Opening {
+                conversation: conversation(
+                    row.clone(),
+                    members.get(c).cloned().unwrap_or_default(),
+                )?,
+                visitor,
+                events: mine,
+            }))
+        })
+        .collect()
 }
 
 /// Stored events of a conversation with `after < seq <= up_to`, oldest first, at most

@@ -8,8 +8,8 @@
 mod log;
 mod messaging;
 
-pub(crate) use log::stored_events_in;
-pub use log::{Opening, events_between, opening};
+pub use log::{Opening, events_between};
+pub(crate) use log::{OpeningAsk, openings_in, stored_events_in};
 pub(crate) use log::{append, commit_events, event_row, record_events};
 pub(crate) use messaging::submit_as_engine;
 pub use messaging::{change_message, list_messages, mark_read, set_typing, submit};
