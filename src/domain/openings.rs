@@ -1,10 +1,13 @@
-//! Batched reads for streams that start following a conversation (a join): the streams of a
-//! dispatcher pass's agents, and of the visitors whose chats it assigned, all join at the
-//! same moment. Concurrent asks queue here; one loop per partition takes everything queued
-//! and reads each tenant's share in one transaction with a fixed number of statements
-//! (`conversations::openings_in`), then answers every stream. A batch that fails as a whole
-//! is read again one ask at a time.
+//! Batched reads for streams: what a stream reads when it opens (its participant's
+//! conversations, with their last seq) and when it starts following a conversation (a join).
+//! Both come in bursts: a StartChat batch answers many visitors who then subscribe, a
+//! dispatcher pass's agents and visitors join their chats at the same moment, a restarted
+//! node's clients reconnect together. Concurrent asks queue here; one loop per partition
+//! takes everything queued and reads each tenant's share in one transaction with a fixed
+//! number of statements, then answers every stream. A batch that fails as a whole is read
+//! again one ask at a time.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
@@ -14,26 +17,46 @@ use super::conversations::{Opening, OpeningAsk, openings_in};
 use super::events::Publisher;
 use super::participants::Participant;
 use crate::error::{AppError, AppResult};
-use crate::ids::ConversationId;
+use crate::ids::{ConversationId, UserId, VisitorId};
 use crate::storage::Db;
+use crate::storage::conversations as store;
 use crate::tenancy::TenantScope;
 
 /// Most asks in one transaction.
 const MAX_BATCH: usize = 256;
-/// Loops; a conversation's asks always go to the same one.
+/// Loops; a participant's asks always go to the same one.
 const PARTITIONS: usize = 2;
 
 #[derive(Clone, Copy)]
-struct Ask {
-    scope: TenantScope,
-    conv: ConversationId,
-    after: i64,
-    limit: i64,
+enum Ask {
+    /// The caller's conversations.
+    Memberships(TenantScope),
+    /// One conversation's opening.
+    Open {
+        scope: TenantScope,
+        conv: ConversationId,
+        after: i64,
+        limit: i64,
+    },
 }
 
-type Reply = oneshot::Sender<AppResult<Option<Opening>>>;
+impl Ask {
+    fn scope(&self) -> TenantScope {
+        match self {
+            Ask::Memberships(scope) | Ask::Open { scope, .. } => *scope,
+        }
+    }
+}
 
-/// The queues in front of the opening loops.
+/// What one ask reads.
+enum Read {
+    Memberships(Vec<(ConversationId, i64)>),
+    Opened(Option<Box<Opening>>),
+}
+
+type Reply = oneshot::Sender<AppResult<Read>>;
+
+/// The queues in front of the stream reads' loops.
 pub struct Openings {
     loops: Batcher<(Ask, Reply)>,
 }
@@ -45,18 +68,34 @@ impl Openings {
         let loops = Batcher::start(PARTITIONS, MAX_BATCH, move |_, batch: Vec<(Ask, Reply)>| {
             let (db, publisher) = (db.clone(), publisher.clone());
             async move {
-                let groups = by_tenant(batch, |(a, _)| a.scope.tenant_id())
+                let groups = by_tenant(batch, |(a, _)| a.scope().tenant_id())
                     .into_iter()
                     .map(|asks| {
-                        let tenant = asks[0].0.scope.tenant_id();
+                        let tenant = asks[0].0.scope().tenant_id();
                         answer_each(tenant, publisher.as_ref(), asks, |asks| {
-                            open_batch(&db, asks)
+                            read_batch(&db, asks)
                         })
                     });
                 futures_util::future::join_all(groups).await;
             }
         });
         Self { loops }
+    }
+
+    /// The caller's conversations (an agent's memberships, a visitor's chats), each with its
+    /// current last seq.
+    pub async fn memberships(&self, scope: TenantScope) -> AppResult<Vec<(ConversationId, i64)>> {
+        let key = match Participant::of(&scope)? {
+            Participant::Agent(u) => u.as_uuid().as_u128(),
+            Participant::Visitor(v) => v.as_uuid().as_u128(),
+            Participant::System => {
+                return Err(AppError::PermissionDenied("the engine holds no stream"));
+            }
+        };
+        match self.ask(key, Ask::Memberships(scope)).await? {
+            Read::Memberships(m) => Ok(m),
+            Read::Opened(_) => Err(mismatched()),
+        }
     }
 
     /// The [`Opening`] of `conv` for the caller of `scope`: the conversation, its visitor for
@@ -68,14 +107,21 @@ impl Openings {
         after: i64,
         limit: i64,
     ) -> AppResult<Option<Opening>> {
-        let partition = (conv.as_uuid().as_u128() % PARTITIONS as u128) as usize;
-        let (tx, rx) = oneshot::channel();
-        let ask = Ask {
+        let ask = Ask::Open {
             scope,
             conv,
             after,
             limit,
         };
+        match self.ask(conv.as_uuid().as_u128(), ask).await? {
+            Read::Opened(o) => Ok(o.map(|o| *o)),
+            Read::Memberships(_) => Err(mismatched()),
+        }
+    }
+
+    async fn ask(&self, key: u128, ask: Ask) -> AppResult<Read> {
+        let partition = (key % PARTITIONS as u128) as usize;
+        let (tx, rx) = oneshot::channel();
         if !self.loops.push(partition, (ask, tx)).await {
             return Err(stopped());
         }
@@ -84,16 +130,70 @@ impl Openings {
 }
 
 fn stopped() -> AppError {
-    AppError::Unavailable("the stream openings stopped".into())
+    AppError::Unavailable("the stream reads stopped".into())
 }
 
-async fn open_batch(db: &Db, asks: Vec<Ask>) -> AppResult<Outcome<Option<Opening>>> {
-    let mut read: Vec<OpeningAsk> = Vec::with_capacity(asks.len());
+fn mismatched() -> AppError {
+    AppError::Internal("a stream read answered another kind of ask".into())
+}
+
+async fn read_batch(db: &Db, asks: Vec<Ask>) -> AppResult<Outcome<Read>> {
+    let mut agents: Vec<UserId> = Vec::new();
+    let mut visitors: Vec<VisitorId> = Vec::new();
+    let mut opens: Vec<OpeningAsk> = Vec::new();
     for a in &asks {
-        read.push((Participant::of(&a.scope)?, a.conv, a.after, a.limit));
+        match *a {
+            Ask::Memberships(scope) => match Participant::of(&scope)? {
+                Participant::Agent(u) => agents.push(u),
+                Participant::Visitor(v) => visitors.push(v),
+                Participant::System => {
+                    return Err(AppError::PermissionDenied("the engine holds no stream"));
+                }
+            },
+            Ask::Open {
+                scope,
+                conv,
+                after,
+                limit,
+            } => opens.push((Participant::of(&scope)?, conv, after, limit)),
+        }
     }
-    let mut tx = db.tenant_tx(&asks[0].scope).await?;
-    let opened = openings_in(&mut tx, &read).await?;
+    let mut tx = db.tenant_tx(&asks[0].scope()).await?;
+    let mut held: HashMap<Participant, Vec<(ConversationId, i64)>> = HashMap::new();
+    if !agents.is_empty() {
+        for (u, c, seq) in store::memberships_of(&mut tx, &agents).await? {
+            held.entry(Participant::Agent(u))
+                .or_default()
+                .push((c, seq));
+        }
+    }
+    if !visitors.is_empty() {
+        for (v, c, seq) in store::visitors_conversations(&mut tx, &visitors).await? {
+            held.entry(Participant::Visitor(v))
+                .or_default()
+                .push((c, seq));
+        }
+    }
+    let mut opened = match opens.is_empty() {
+        true => Vec::new(),
+        false => openings_in(&mut tx, &opens).await?,
+    }
+    .into_iter();
     tx.commit().await?;
-    Ok((opened.into_iter().map(Ok).collect(), Vec::new()))
+    let answers = asks
+        .iter()
+        .map(|a| match a {
+            Ask::Memberships(scope) => {
+                let who = Participant::of(scope)?;
+                Ok(Read::Memberships(
+                    held.get(&who).cloned().unwrap_or_default(),
+                ))
+            }
+            Ask::Open { .. } => opened
+                .next()
+                .map(|o| Read::Opened(o.map(Box::new)))
+                .ok_or_else(|| AppError::Internal("an opening went unread".into())),
+        })
+        .collect();
+    Ok((answers, Vec::new()))
 }

@@ -204,7 +204,7 @@ pub fn subscribe(
         for c in &asked {
             ctx.hub.follow(&sub, *c);
         }
-        let memberships = Box::pin(conversations::memberships(&e, &scope)).await?;
+        let memberships = Box::pin(e.openings.memberships(scope)).await?;
         let mut d = Delivery::new(me);
         let mut unfollowed = false;
         for (c, seq) in &memberships {
@@ -221,7 +221,7 @@ pub fn subscribe(
         }
         if unfollowed {
             // A conversation joined since the first read stays to its join.
-            for (c, seq) in Box::pin(conversations::memberships(&e, &scope)).await? {
+            for (c, seq) in Box::pin(e.openings.memberships(scope)).await? {
                 if let Some(at) = d.delivered.get_mut(&c) {
                     *at = (*at).max(seq);
                 }

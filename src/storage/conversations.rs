@@ -254,36 +254,75 @@ pub async fn list_for_member(
     Ok(q.load(tx.conn()).await?)
 }
 
-/// Ids of every conversation the agent belongs to, with their current `last_seq`.
-pub async fn memberships(tx: &mut TenantTx, user: UserId) -> AppResult<Vec<(ConversationId, i64)>> {
+/// Every membership of these agents, with the conversation's current `last_seq`: the
+/// memberships first, then their conversations by key.
+pub async fn memberships_of(
+    tx: &mut TenantTx,
+    users: &[UserId],
+) -> AppResult<Vec<(UserId, ConversationId, i64)>> {
     let t = tx.tenant_id();
-    Ok(with_members()
+    let pairs: Vec<(UserId, ConversationId)> = conversation_members::table
+        .filter(
+            conversation_members::tenant_id
+                .eq(t)
+                .and(conversation_members::user_id.eq_any(users)),
+        )
+        .select((
+            conversation_members::user_id,
+            conversation_members::conversation_id,
+        ))
+        .load(tx.conn())
+        .await?;
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids: Vec<ConversationId> = pairs.iter().map(|(_, c)| *c).collect();
+    ids.sort();
+    ids.dedup();
+    let seqs: std::collections::HashMap<ConversationId, i64> = conversations::table
         .filter(
             conversations::tenant_id
                 .eq(t)
-                .and(conversation_members::user_id.eq(user)),
+                .and(conversations::conversation_id.eq_any(&ids)),
         )
         .select((conversations::conversation_id, conversations::last_seq))
-        .load(tx.conn())
-        .await?)
+        .load::<(ConversationId, i64)>(tx.conn())
+        .await?
+        .into_iter()
+        .collect();
+    Ok(pairs
+        .into_iter()
+        .filter_map(|(u, c)| seqs.get(&c).map(|s| (u, c, *s)))
+        .collect())
 }
 
-/// Ids of the visitor's external conversations, with their current `last_seq`.
-pub async fn visitor_conversations(
+/// The external conversations of these visitors, with their current `last_seq`. Only an
+/// external conversation has a visitor; the kind is checked here rather than in the
+/// statement, whose generic plan could otherwise walk the index of every external chat.
+pub async fn visitors_conversations(
     tx: &mut TenantTx,
-    visitor: VisitorId,
-) -> AppResult<Vec<(ConversationId, i64)>> {
+    visitors: &[VisitorId],
+) -> AppResult<Vec<(VisitorId, ConversationId, i64)>> {
     let t = tx.tenant_id();
-    Ok(conversations::table
+    let rows: Vec<(Option<VisitorId>, ConversationId, i64, String)> = conversations::table
         .filter(
             conversations::tenant_id
                 .eq(t)
-                .and(conversations::visitor_id.eq(visitor))
-                .and(conversations::kind.eq("external")),
+                .and(conversations::visitor_id.eq_any(visitors)),
         )
-        .select((conversations::conversation_id, conversations::last_seq))
+        .select((
+            conversations::visitor_id,
+            conversations::conversation_id,
+            conversations::last_seq,
+            conversations::kind,
+        ))
         .load(tx.conn())
-        .await?)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.3 == "external")
+        .filter_map(|(v, c, s, _)| v.map(|v| (v, c, s)))
+        .collect())
 }
 
 /// (conversation, member) pairs of the given conversations.

@@ -252,7 +252,9 @@ async fn a_visitor_takes_part_in_their_own_chat_through_the_agents_pipeline_and_
         assert!(matches!(r, Ok(None)), "{what}: {r:?}");
     }
     assert_eq!(
-        conversations::memberships(&node.engine, &me)
+        node.engine
+            .openings
+            .memberships(me)
             .await
             .unwrap()
             .into_iter()

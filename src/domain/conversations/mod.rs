@@ -537,23 +537,6 @@ pub async fn remove_member(
     })
 }
 
-/// Conversations the caller takes part in, with their current last seq: an agent's
-/// memberships, a visitor's own external chats. The engine takes part everywhere and follows
-/// nothing: it holds no stream.
-pub async fn memberships(e: &Engine, scope: &TenantScope) -> AppResult<Vec<(ConversationId, i64)>> {
-    let who = Participant::of(scope)?;
-    let mut tx = e.db.tenant_tx(scope).await?;
-    let m = match who {
-        Participant::Agent(u) => store::memberships(&mut tx, u).await?,
-        Participant::Visitor(v) => store::visitor_conversations(&mut tx, v).await?,
-        Participant::System => {
-            return Err(AppError::PermissionDenied("the engine holds no stream"));
-        }
-    };
-    tx.commit().await?;
-    Ok(m)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
