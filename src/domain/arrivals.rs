@@ -1,5 +1,5 @@
 //! Group commit for InitVisitor calls that claim no identity (nearly all of them): one loop
-//! per partition takes every queued arrival and resolves each tenant's share in one
+//! takes every queued arrival and resolves each tenant's share in one
 //! transaction, then answers every caller after that commit, as the starter does for chat
 //! starts. A batch is a fixed handful of statements for its new visitors: the sessions'
 //! locks in key order, the identity setting, the sessions' visitors, then the new visitors
@@ -30,8 +30,10 @@ use crate::tenancy::TenantScope;
 
 /// Most arrivals in one transaction.
 const MAX_BATCH: usize = 256;
-/// Loops; a session always goes to the same one.
-const PARTITIONS: usize = 4;
+/// One loop: a batch holds the calls that arrived while the one before it ran, so one loop's
+/// batches are several times bigger than each of four loops' at the same rate (run 1 of
+/// BENCHMARKS.md: 6.4 calls a batch against 1.7, 9 statements a routed chat against 13).
+const LOOPS: usize = 1;
 
 /// A visitor resolved and committed.
 #[derive(Debug, Clone)]
@@ -58,7 +60,7 @@ pub struct Arrivals {
 impl Arrivals {
     /// Starts the loops.
     pub fn start(db: Db, publisher: Arc<dyn Publisher>, clock: Arc<dyn Clock>) -> Self {
-        let loops = Batcher::start(PARTITIONS, MAX_BATCH, move |_, batch: Vec<(Job, Reply)>| {
+        let loops = Batcher::start(LOOPS, MAX_BATCH, move |_, batch: Vec<(Job, Reply)>| {
             let (db, publisher, clock) = (db.clone(), publisher.clone(), clock.clone());
             async move {
                 let groups = by_tenant(batch, |(j, _)| j.scope.tenant_id())
@@ -78,21 +80,12 @@ impl Arrivals {
     /// Creates or resumes the visitor of `input`'s session (which claims no identity) once
     /// its batch has committed.
     pub async fn arrive(&self, scope: TenantScope, input: VisitorInput) -> AppResult<Arrived> {
-        let partition = partition_of(&input.session_id);
         let (tx, rx) = oneshot::channel();
-        if !self.loops.push(partition, (Job { scope, input }, tx)).await {
+        if !self.loops.push(0, (Job { scope, input }, tx)).await {
             return Err(stopped());
         }
         rx.await.unwrap_or_else(|_| Err(stopped()))
     }
-}
-
-fn partition_of(session: &str) -> usize {
-    // FNV-1a: stable across runs, and a session's arrivals stay in one queue's order.
-    let h = session.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (h % PARTITIONS as u64) as usize
 }
 
 fn stopped() -> AppError {
@@ -179,18 +172,4 @@ async fn arrive_batch(db: &Db, clock: &dyn Clock, jobs: Vec<Job>) -> AppResult<O
     }
     tx.commit().await?;
     Ok((answers, Vec::new()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_session_always_goes_to_the_same_loop() {
-        assert_eq!(partition_of("s-1"), partition_of("s-1"));
-        let seen: std::collections::HashSet<usize> = (0..64)
-            .map(|i| partition_of(&format!("session-{i}")))
-            .collect();
-        assert_eq!(seen.len(), PARTITIONS, "sessions spread over every loop");
-    }
 }
