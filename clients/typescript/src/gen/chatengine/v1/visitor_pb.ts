@@ -346,7 +346,8 @@ export const QueueStatusSchema: GenMessage<QueueStatus> = /*@__PURE__*/
  */
 export type StartChatResponse = Message<"chatengine.v1.StartChatResponse"> & {
   /**
-   * The chat's conversation.
+   * The chat's conversation. For a new chat, as the start left it (last_seq is its newest
+   * message): what happened since, such as an assignment, comes on SubscribeVisitor after it.
    *
    * @generated from field: chatengine.v1.Conversation conversation = 1;
    */
@@ -367,7 +368,8 @@ export type StartChatResponse = Message<"chatengine.v1.StartChatResponse"> & {
   initialMessage?: Message$1 | undefined;
 
   /**
-   * Where the chat stands.
+   * Where the chat stands; for a new chat, its place as the start committed (the stream then
+   * carries every change of it).
    *
    * @generated from field: chatengine.v1.QueueStatus queue_status = 4;
    */
