@@ -62,6 +62,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     protos(Path::new("proto/chatengine"), &mut files)?;
     files.sort();
     println!("cargo:rerun-if-changed=proto");
+    // `embed_migrations!` reads the folder at compile time; a new migration must rebuild.
+    println!("cargo:rerun-if-changed=migrations");
 
     let fds = protox::compile(&files, ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -115,6 +115,13 @@ pub trait Reactor: Send + Sync + 'static {
     fn batch_size(&self) -> i64 {
         BATCH
     }
+    /// The least time between the starts of two rounds of its work, unless a share is behind
+    /// by a full batch. One whose cost is per batch and per distinct conversation rather than
+    /// per event (analytics recomputes each chat of a batch once) does far less work when the
+    /// events of a moment come together than one batch per commit.
+    fn linger(&self) -> Duration {
+        Duration::ZERO
+    }
     /// Handles a batch of one share, in order. An error leaves the cursor where it was, so
     /// the batch comes again.
     fn handle<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, AppResult<()>>;
@@ -184,6 +191,10 @@ async fn run(
     let mut rescan = true;
     let mut retry = tokio::time::interval(RETRY_HELD);
     let mut lazy_tick = tokio::time::interval(LAZY);
+    let linger = r.linger();
+    let mut next_round = tokio::time::Instant::now();
+    // A share that returned a full batch goes on at once: lingering would cap catching up.
+    let mut behind = false;
     loop {
         if rescan {
             match all_behind(&db, &sys, r.as_ref()).await {
@@ -200,11 +211,29 @@ async fn run(
         // gets a second, so a share that is always busy cannot starve the others (taking the
         // lowest share each time left three of four shares unread for seconds under load).
         while !dirty.is_empty() {
+            if !behind && !linger.is_zero() {
+                // Notices keep being read meanwhile, so the channel never fills.
+                let wake = tokio::time::sleep_until(next_round);
+                tokio::pin!(wake);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = &mut wake => break,
+                        h = heard.recv() => match h {
+                            Some(h) => note(h, &mut dirty, &mut lazy, posts_wanted, &mut rescan),
+                            None => return,
+                        },
+                    }
+                }
+            }
+            next_round = tokio::time::Instant::now() + linger;
+            behind = false;
             for share in std::mem::take(&mut dirty) {
                 match drain(&db, &sys, clock.as_ref(), r.as_ref(), share).await {
                     Ok(Drained::AtHead) => {}
                     Ok(Drained::More) => {
                         dirty.insert(share);
+                        behind = true;
                     }
                     Ok(Drained::Held) => {
                         later.insert(share);

@@ -19,6 +19,7 @@ pub mod live;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -45,6 +46,8 @@ use crate::tenancy::{Actor, Role, SystemCap, TenantScope};
 const CHUNK: usize = 500;
 /// Spine entries the reactor takes at once.
 const ANALYTICS_BATCH: i64 = 2000;
+/// The least time between two of the reactor's rounds; historical figures may be this late.
+const LINGER: Duration = Duration::from_millis(1000);
 
 /// One stored row of figures, as JSON (the aggregates' upsert input and a chat's stored
 /// contributions).
@@ -340,6 +343,12 @@ impl Reactor for Analytics {
     // timeline again several times a second and fell behind (BENCHMARKS.md, issue 10).
     fn batch_size(&self) -> i64 {
         ANALYTICS_BATCH
+    }
+
+    // A chat's start, assignment and close usually fall within a second: taken together,
+    // the chat is recomputed and the slots are written once instead of after every commit.
+    fn linger(&self) -> Duration {
+        LINGER
     }
 
     fn handle<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, AppResult<()>> {
