@@ -137,8 +137,8 @@ impl Queued {
         })
     }
 
-    fn json(&self) -> AppResult<serde_json::Value> {
-        serde_json::to_value(self).map_err(|e| AppError::Internal(e.to_string()))
+    fn json(&self) -> AppResult<String> {
+        serde_json::to_string(self).map_err(|e| AppError::Internal(e.to_string()))
     }
 }
 
@@ -428,8 +428,8 @@ async fn seat_planned(
     store::set_last_assigned_many(tx, &who, &when).await?;
     let mut news = Vec::with_capacity(seats.len());
     for (a, queued) in &seats {
-        let reasons =
-            serde_json::to_value(&a.decision).map_err(|err| AppError::Internal(err.to_string()))?;
+        let reasons = serde_json::to_string(&a.decision)
+            .map_err(|err| AppError::Internal(err.to_string()))?;
         let via = match queued.actions.offer_timeout_seconds {
             Some(_) => Via::Offered,
             None => Via::Dispatcher,
@@ -473,7 +473,7 @@ async fn record(
     conv: ConversationId,
     agent: UserId,
     queued: &Queued,
-    decision: (&str, serde_json::Value),
+    decision: (&str, String),
     via: Via,
     at: DateTime<Utc>,
 ) -> AppResult<()> {
@@ -486,7 +486,7 @@ fn new_assignment(
     conv: ConversationId,
     agent: UserId,
     queued: &Queued,
-    (strategy, reasons): (&str, serde_json::Value),
+    (strategy, reasons): (&str, String),
     via: Via,
     at: DateTime<Utc>,
 ) -> AppResult<NewAssignment> {
@@ -524,8 +524,8 @@ async fn schedule_reply_due(
 }
 
 /// A manual assignment records no routing decision.
-fn manual() -> (&'static str, serde_json::Value) {
-    ("manual", serde_json::json!({}))
+fn manual() -> (&'static str, String) {
+    ("manual", "{}".to_owned())
 }
 
 /// What a chat waited with: its queue entry while it waits, else what its latest

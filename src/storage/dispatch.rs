@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
 use super::conversations::ConversationRow;
@@ -247,14 +247,15 @@ pub struct NewAssignment {
     pub agent_id: UserId,
     /// The routing workflow.
     pub workflow_id: Option<WorkflowId>,
-    /// The decision.
-    pub reasons: serde_json::Value,
+    /// The decision, as JSON text (serialised straight from the decision: with every
+    /// candidate listed it is the largest value a dispatcher pass writes).
+    pub reasons: String,
     /// Strategy spelling.
     pub strategy: String,
     /// Who made it.
     pub via: &'static str,
-    /// What the chat waited with (JSON of `assignment::Queued`).
-    pub queued: serde_json::Value,
+    /// What the chat waited with (JSON text of `assignment::Queued`).
+    pub queued: String,
     /// When.
     pub at: DateTime<Utc>,
 }
@@ -265,44 +266,52 @@ pub async fn record_assignment(tx: &mut TenantTx, new: NewAssignment) -> AppResu
 }
 
 /// Ends the chats' current assignments and stores the new ones (one chat at most once).
+/// One statement text whatever the count, so it stays prepared (a `VALUES` list per row was
+/// parsed and planned again for every new count).
 pub async fn record_assignments(tx: &mut TenantTx, news: Vec<NewAssignment>) -> AppResult<()> {
     let Some(at) = news.iter().map(|n| n.at).max() else {
         return Ok(());
     };
-    let t = tx.tenant_id();
     let convs: Vec<ConversationId> = news.iter().map(|n| n.conversation_id).collect();
-    diesel::update(
-        assignments::table.filter(
-            assignments::tenant_id
-                .eq(t)
-                .and(assignments::conversation_id.eq_any(&convs))
-                .and(assignments::ended_at.is_null()),
-        ),
+    end_assignments(tx, &convs, at).await?;
+    let mut ids = Vec::with_capacity(news.len());
+    let mut agents = Vec::with_capacity(news.len());
+    let mut workflows = Vec::with_capacity(news.len());
+    let mut reasons = Vec::with_capacity(news.len());
+    let mut times = Vec::with_capacity(news.len());
+    let mut strategies = Vec::with_capacity(news.len());
+    let mut vias = Vec::with_capacity(news.len());
+    let mut queued = Vec::with_capacity(news.len());
+    for n in news {
+        ids.push(AssignmentId::new());
+        agents.push(n.agent_id);
+        workflows.push(n.workflow_id);
+        reasons.push(n.reasons);
+        times.push(n.at);
+        strategies.push(n.strategy);
+        vias.push(n.via.to_owned());
+        queued.push(n.queued);
+    }
+    sql::prepared(
+        "INSERT INTO assignments (tenant_id, assignment_id, conversation_id, agent_id,
+                workflow_id, reasons, assigned_at, strategy, via, queued)
+         SELECT $1, a, c, g, w, r::jsonb, t, s, v, q::jsonb
+           FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[],
+                       $7::timestamptz[], $8::text[], $9::text[], $10::text[])
+             AS n(a, c, g, w, r, t, s, v, q)",
     )
-    .set(assignments::ended_at.eq(at))
+    .bind::<SqlUuid, _>(tx.tenant_id())
+    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<Array<SqlUuid>, _>(convs)
+    .bind::<Array<SqlUuid>, _>(agents)
+    .bind::<Array<Nullable<SqlUuid>>, _>(workflows)
+    .bind::<Array<Text>, _>(reasons)
+    .bind::<Array<Timestamptz>, _>(times)
+    .bind::<Array<Text>, _>(strategies)
+    .bind::<Array<Text>, _>(vias)
+    .bind::<Array<Text>, _>(queued)
     .execute(tx.conn())
     .await?;
-    let rows: Vec<_> = news
-        .into_iter()
-        .map(|new| {
-            (
-                assignments::tenant_id.eq(t),
-                assignments::assignment_id.eq(AssignmentId::new()),
-                assignments::conversation_id.eq(new.conversation_id),
-                assignments::agent_id.eq(new.agent_id),
-                assignments::workflow_id.eq(new.workflow_id),
-                assignments::reasons.eq(new.reasons),
-                assignments::assigned_at.eq(new.at),
-                assignments::strategy.eq(new.strategy),
-                assignments::via.eq(new.via),
-                assignments::queued.eq(new.queued),
-            )
-        })
-        .collect();
-    diesel::insert_into(assignments::table)
-        .values(rows)
-        .execute(tx.conn())
-        .await?;
     Ok(())
 }
 
