@@ -1,10 +1,10 @@
 //! Group commit for chat ends (`EndChat`, `CloseChat`). Concurrent ends queue here; one loop
-//! per spine shard takes everything queued and ends each tenant's share in one transaction,
+//! takes everything queued and ends each tenant's share in one transaction,
 //! then answers every caller after that commit, as the writer does for sends. A batch is a
 //! fixed handful of statements whatever it ends: the chats' rows locked in id order (as the
 //! writer and the dispatcher lock theirs), their members, then for the chats still open the
 //! queue entries and current assignments ended, the rows closed with the seq of their
-//! closing event, the events, and the spine entry.
+//! closing event, the events, and a spine entry per shard the chats are in.
 //!
 //! The rule for who may end a chat is [`decide`], a pure function: its visitor, or an agent
 //! taking part in it; an internal conversation never ends; ending an ended chat returns it
@@ -21,7 +21,6 @@ use super::batch::{Batcher, Outcome, answer_each, by_tenant};
 use super::conversations::{Conversation, Kind, Status, conversation, event_row, record_events};
 use super::events::{EventKind, Publisher};
 use super::participants::{ConversationAccess, Participant, admits};
-use super::spine::{SHARDS, shard_of_conversation};
 use crate::error::{AppError, AppResult};
 use crate::ids::{ConversationId, TenantId, UserId};
 use crate::storage::Db;
@@ -32,6 +31,9 @@ use crate::tenancy::TenantScope;
 
 /// Most ends in one transaction.
 const MAX_BATCH: usize = 256;
+/// Ending loops. One: a batch holds every end that came while the previous one ran, of
+/// chats in any shard (a spine entry per shard it touched).
+const LOOPS: usize = 1;
 
 /// One queued end.
 #[derive(Clone, Copy)]
@@ -52,29 +54,24 @@ pub struct Closer {
 }
 
 impl Closer {
-    /// Starts one loop per spine shard: a batch then writes one spine entry.
+    /// Starts the ending loop.
     pub fn start(db: Db, publisher: Arc<dyn Publisher>, clock: Arc<dyn Clock>) -> Self {
-        let loops = Batcher::start(
-            SHARDS as usize,
-            MAX_BATCH,
-            move |_, batch: Vec<(CloseJob, Reply)>| {
-                let (db, publisher, clock) = (db.clone(), publisher.clone(), clock.clone());
-                async move {
-                    let groups = by_tenant(batch, |(j, _)| j.scope.tenant_id())
-                        .into_iter()
-                        .map(|jobs| close_group(&db, publisher.as_ref(), clock.as_ref(), jobs));
-                    futures_util::future::join_all(groups).await;
-                }
-            },
-        );
+        let loops = Batcher::start(LOOPS, MAX_BATCH, move |_, batch: Vec<(CloseJob, Reply)>| {
+            let (db, publisher, clock) = (db.clone(), publisher.clone(), clock.clone());
+            async move {
+                let groups = by_tenant(batch, |(j, _)| j.scope.tenant_id())
+                    .into_iter()
+                    .map(|jobs| close_group(&db, publisher.as_ref(), clock.as_ref(), jobs));
+                futures_util::future::join_all(groups).await;
+            }
+        });
         Self { loops }
     }
 
     /// Ends the chat once its batch has committed: the chat as it is then.
     pub async fn close(&self, job: CloseJob) -> AppResult<Conversation> {
-        let partition = shard_of_conversation(job.conv) as usize;
         let (tx, rx) = oneshot::channel();
-        if !self.loops.push(partition, (job, tx)).await {
+        if !self.loops.push(0, (job, tx)).await {
             return Err(stopped());
         }
         rx.await.unwrap_or_else(|_| Err(stopped()))

@@ -1,12 +1,13 @@
 //! Group commit for chat starts (`StartChat`'s transaction). Concurrent starts queue here;
-//! one loop per spine shard takes everything queued and starts each tenant's share in one
+//! one loop takes everything queued and starts each tenant's share in one
 //! transaction, then answers every caller after that commit, as the writer does for sends.
 //! A batch is a fixed handful of statements whatever it starts: the visitors locked in id
 //! order (so two starts of one visitor make one chat), their chats not ended yet, the
 //! tenant's workflows, then the new chats with their first event's seq already taken, their
 //! queue entries, their `queued` events, the queue counted once by priority (each new
-//! chat's place, so that StartChat needs no read of its own) and one spine entry. New chats
-//! are drawn in the loop's own shard, so a batch touches one spine shard.
+//! chat's place, so that StartChat needs no read of its own) and one spine entry. A batch's
+//! new chats are drawn in one shard, so it touches one spine shard; the next batch takes the
+//! next shard.
 //!
 //! What a start makes is [`plan`], a pure function: a visitor's chat that has not ended is
 //! resumed, otherwise the tenant's workflows route a new one. A batch that fails as a whole
@@ -39,6 +40,9 @@ use crate::tenancy::TenantScope;
 
 /// Most starts in one transaction.
 const MAX_BATCH: usize = 256;
+/// Starting loops. One: a tenant's start batches join its queue one at a time anyway
+/// ([`store::lock_queue_joins`]), so more loops only made smaller batches that waited.
+const LOOPS: usize = 1;
 
 /// A started (or resumed) chat, committed.
 #[derive(Debug, Clone)]
@@ -69,35 +73,29 @@ pub struct Starter {
 }
 
 impl Starter {
-    /// Starts one loop per spine shard; a visitor's starts always go to the same one.
+    /// Starts the starting loop.
     pub fn start(db: Db, publisher: Arc<dyn Publisher>, clock: Arc<dyn Clock>) -> Self {
-        let loops = Batcher::start(
-            SHARDS as usize,
-            MAX_BATCH,
-            move |partition, batch: Vec<(StartJob, Reply)>| {
-                let (db, publisher, clock) = (db.clone(), publisher.clone(), clock.clone());
-                // The loop's new chats live in its own shard.
-                let s = partition as i16;
-                async move {
-                    let groups = by_tenant(batch, |(j, _)| j.scope.tenant_id())
-                        .into_iter()
-                        .map(|jobs| start_group(&db, publisher.as_ref(), clock.as_ref(), s, jobs));
-                    futures_util::future::join_all(groups).await;
-                }
-            },
-        );
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let loops = Batcher::start(LOOPS, MAX_BATCH, move |_, batch: Vec<(StartJob, Reply)>| {
+            let (db, publisher, clock) = (db.clone(), publisher.clone(), clock.clone());
+            // A batch's new chats live in one shard (one spine entry), the next batch's
+            // in the next.
+            let turn = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let s = (turn % SHARDS as usize) as i16;
+            async move {
+                let groups = by_tenant(batch, |(j, _)| j.scope.tenant_id())
+                    .into_iter()
+                    .map(|jobs| start_group(&db, publisher.as_ref(), clock.as_ref(), s, jobs));
+                futures_util::future::join_all(groups).await;
+            }
+        });
         Self { loops }
     }
 
     /// Starts (or resumes) the visitor's chat once its batch has committed.
     pub async fn begin(&self, scope: TenantScope, visitor: VisitorId) -> AppResult<Begun> {
-        let partition = (visitor.as_uuid().as_u128() % SHARDS as u128) as usize;
         let (tx, rx) = oneshot::channel();
-        if !self
-            .loops
-            .push(partition, (StartJob { scope, visitor }, tx))
-            .await
-        {
+        if !self.loops.push(0, (StartJob { scope, visitor }, tx)).await {
             return Err(stopped());
         }
         rx.await.unwrap_or_else(|_| Err(stopped()))
