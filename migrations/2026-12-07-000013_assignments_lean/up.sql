@@ -1,6 +1,12 @@
--- An assignment's reasons list every candidate (8-9 KB of JSON with 50 agents), so each
--- stored assignment was compressed with pglz: a twentieth of PostgreSQL's CPU while routing (run 1 of BENCHMARKS.md).
--- lz4 does the same several times faster. Rows already stored keep their compression.
+-- An assignment's reasons list every candidate: about 10 KB of JSON with 50 agents. As
+-- jsonb each one was parsed, then compressed with pglz, and the two were a fifth of
+-- PostgreSQL's CPU while routing (run 1 of BENCHMARKS.md). Nothing queries inside them (the
+-- server writes them from a typed decision and reads them back whole for
+-- ExplainAssignment), so they are kept as the JSON text the server wrote, compressed with
+-- lz4: about 20 µs a row instead of 200. Ad-hoc queries can still cast `reasons::jsonb`.
+ALTER TABLE assignments ALTER COLUMN reasons DROP DEFAULT;
+ALTER TABLE assignments ALTER COLUMN reasons TYPE text USING reasons::text;
+ALTER TABLE assignments ALTER COLUMN reasons SET DEFAULT '[]';
 -- A server built without lz4 keeps pglz.
 DO $$
 BEGIN

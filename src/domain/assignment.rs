@@ -398,10 +398,13 @@ async fn seat_planned(
         })
         .collect();
     let counts: Vec<i64> = kinds.iter().map(|k| k.len() as i64).collect();
-    let last: HashMap<ConversationId, i64> = conv_store::reserve_seqs(tx, &convs, &counts, now)
-        .await?
-        .into_iter()
-        .collect();
+    let statuses: Vec<&str> = seats.iter().map(|(_, q)| status_of(q).as_str()).collect();
+    let agents: Vec<UserId> = seats.iter().map(|(a, _)| a.agent).collect();
+    let last: HashMap<ConversationId, i64> =
+        store::seat_chats(tx, &convs, &counts, &statuses, &agents, now)
+            .await?
+            .into_iter()
+            .collect();
     let (mut rows_out, mut events) = (Vec::new(), Vec::new());
     for ((a, _), kinds) in seats.iter().zip(kinds) {
         let Some(&last) = last.get(&a.conversation) else {
@@ -415,9 +418,6 @@ async fn seat_planned(
         }
     }
     conv_store::insert_events(tx, &rows_out).await?;
-    let statuses: Vec<&str> = seats.iter().map(|(_, q)| status_of(q).as_str()).collect();
-    let agents: Vec<UserId> = seats.iter().map(|(a, _)| a.agent).collect();
-    store::set_chat_states(tx, &convs, &statuses, &agents).await?;
     // An agent given several chats in the round keeps the latest time.
     let mut latest: HashMap<UserId, DateTime<Utc>> = HashMap::new();
     for (a, _) in &seats {
@@ -934,7 +934,7 @@ pub async fn explain(
             let via = Via::parse(&r.via)?;
             let decision = match via {
                 Via::Dispatcher | Via::Offered => Some(
-                    serde_json::from_value(r.reasons)
+                    serde_json::from_str(&r.reasons)
                         .map_err(|e| AppError::Internal(format!("stored reasons: {e}")))?,
                 ),
                 _ => None,

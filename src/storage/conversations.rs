@@ -625,43 +625,6 @@ pub async fn lock_and_reserve(
     .await?)
 }
 
-/// Takes `count` consecutive seqs from each open conversation (lock them first, in this
-/// transaction or pipelined ahead of this) and marks the activity time.
-/// Returns each conversation's new `last_seq`; closed or missing conversations are left out.
-pub async fn reserve_seqs(
-    tx: &TenantTx,
-    convs: &[ConversationId],
-    counts: &[i64],
-    at: DateTime<Utc>,
-) -> AppResult<Vec<(ConversationId, i64)>> {
-    #[derive(QueryableByName)]
-    struct R {
-        #[diesel(sql_type = SqlUuid)]
-        conversation_id: ConversationId,
-        #[diesel(sql_type = BigInt)]
-        last_seq: i64,
-    }
-    let t = tx.tenant_id();
-    let rows: Vec<R> = sql::prepared(
-        "UPDATE conversations c
-            SET last_seq = c.last_seq + v.k, last_activity_at = $4
-           FROM unnest($2::uuid[], $3::bigint[]) AS v(conversation_id, k)
-          WHERE c.tenant_id = $1 AND c.conversation_id = ANY($2) AND c.conversation_id = v.conversation_id
-            AND c.status <> 'closed'
-      RETURNING c.conversation_id, c.last_seq",
-    )
-    .bind::<SqlUuid, _>(t)
-    .bind::<Array<SqlUuid>, _>(convs)
-    .bind::<Array<BigInt>, _>(counts)
-    .bind::<diesel::sql_types::Timestamptz, _>(at)
-    .load(&mut tx.shared())
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.conversation_id, r.last_seq))
-        .collect())
-}
-
 /// Gives back the last `back` seqs a [`lock_and_reserve`] of this transaction took from each
 /// conversation and sets its activity time to `at` (the rows are still locked, so nobody saw
 /// the seqs): for sends reserved for that were then refused.

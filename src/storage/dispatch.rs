@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
 use super::conversations::ConversationRow;
@@ -190,26 +190,47 @@ pub async fn dequeue_all(tx: &mut TenantTx, convs: &[ConversationId]) -> AppResu
     Ok(())
 }
 
-/// Sets each chat's status and assignee (and clears its closing time).
-pub async fn set_chat_states(
+/// Seats each chat with its agent: sets its status and assignee (and clears its closing
+/// time), takes `counts[i]` consecutive seqs from it for the events that say so, and marks
+/// the activity time, in one update of each row. The chats must be locked by this
+/// transaction. Returns each chat's new `last_seq`; closed or missing chats are left out.
+pub async fn seat_chats(
     tx: &mut TenantTx,
     convs: &[ConversationId],
+    counts: &[i64],
     statuses: &[&str],
     agents: &[UserId],
-) -> AppResult<()> {
-    sql::prepared(
+    at: DateTime<Utc>,
+) -> AppResult<Vec<(ConversationId, i64)>> {
+    #[derive(QueryableByName)]
+    struct R {
+        #[diesel(sql_type = SqlUuid)]
+        conversation_id: ConversationId,
+        #[diesel(sql_type = BigInt)]
+        last_seq: i64,
+    }
+    let rows: Vec<R> = sql::prepared(
         "UPDATE conversations c
-            SET status = v.status, assigned_agent_id = v.agent, closed_at = NULL
-           FROM unnest($2::uuid[], $3::text[], $4::uuid[]) AS v(conversation_id, status, agent)
-          WHERE c.tenant_id = $1 AND c.conversation_id = ANY($2) AND c.conversation_id = v.conversation_id",
+            SET last_seq = c.last_seq + v.k, last_activity_at = $6,
+                status = v.status, assigned_agent_id = v.agent, closed_at = NULL
+           FROM unnest($2::uuid[], $3::bigint[], $4::text[], $5::uuid[])
+             AS v(conversation_id, k, status, agent)
+          WHERE c.tenant_id = $1 AND c.conversation_id = ANY($2) AND c.conversation_id = v.conversation_id
+            AND c.status <> 'closed'
+      RETURNING c.conversation_id, c.last_seq",
     )
     .bind::<SqlUuid, _>(tx.tenant_id())
     .bind::<Array<SqlUuid>, _>(convs)
+    .bind::<Array<BigInt>, _>(counts)
     .bind::<Array<Text>, _>(statuses)
     .bind::<Array<SqlUuid>, _>(agents)
-    .execute(tx.conn())
+    .bind::<Timestamptz, _>(at)
+    .load(tx.conn())
     .await?;
-    Ok(())
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.conversation_id, r.last_seq))
+        .collect())
 }
 
 /// A stored assignment.
@@ -224,8 +245,8 @@ pub struct AssignmentRow {
     pub agent_id: Option<UserId>,
     /// The workflow that routed it.
     pub workflow_id: Option<WorkflowId>,
-    /// The routing decision (JSON of `routing::Decision`), or `{}` for a manual one.
-    pub reasons: serde_json::Value,
+    /// The routing decision (JSON text of `routing::Decision`), or `{}` for a manual one.
+    pub reasons: String,
     /// When.
     pub assigned_at: DateTime<Utc>,
     /// When it ended (closed, transferred, returned to the queue).
@@ -247,8 +268,9 @@ pub struct NewAssignment {
     pub agent_id: UserId,
     /// The routing workflow.
     pub workflow_id: Option<WorkflowId>,
-    /// The decision, as JSON text (serialised straight from the decision: with every
-    /// candidate listed it is the largest value a dispatcher pass writes).
+    /// The decision, as JSON text (serialised straight from the decision, and stored as
+    /// that text: with every candidate listed it is the largest value a dispatcher pass
+    /// writes).
     pub reasons: String,
     /// Strategy spelling.
     pub strategy: String,
@@ -295,7 +317,7 @@ pub async fn record_assignments(tx: &mut TenantTx, news: Vec<NewAssignment>) -> 
     sql::prepared(
         "INSERT INTO assignments (tenant_id, assignment_id, conversation_id, agent_id,
                 workflow_id, reasons, assigned_at, strategy, via, queued)
-         SELECT $1, a, c, g, w, r::jsonb, t, s, v, q::jsonb
+         SELECT $1, a, c, g, w, r, t, s, v, q::jsonb
            FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[],
                        $7::timestamptz[], $8::text[], $9::text[], $10::text[])
              AS n(a, c, g, w, r, t, s, v, q)",

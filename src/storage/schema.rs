@@ -208,7 +208,7 @@ diesel::table! {
         conversation_id -> Uuid,
         agent_id -> Nullable<Uuid>,
         workflow_id -> Nullable<Uuid>,
-        reasons -> Jsonb,
+        reasons -> Text,
         assigned_at -> Timestamptz,
         ended_at -> Nullable<Timestamptz>,
         strategy -> Text,
