@@ -1,5 +1,5 @@
 -- An assignment's reasons list every candidate: about 10 KB of JSON with 50 agents. As
--- jsonb each one was parsed, then compressed with pglz, and the two were a fifth of
+-- jsonb each one was parsed, then compressed with pglz, and the two took an eighth of
 -- PostgreSQL's CPU while routing (run 1 of BENCHMARKS.md). Nothing queries inside them (the
 -- server writes them from a typed decision and reads them back whole for
 -- ExplainAssignment), so they are kept as the JSON text the server wrote, compressed with
