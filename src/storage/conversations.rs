@@ -485,6 +485,21 @@ pub async fn mark_read(
     Ok(r.map(|r| r.read_seq))
 }
 
+/// A number per conversation, as a hand-written statement returns it: the columns
+/// `conversation_id` and `n`.
+#[derive(QueryableByName)]
+pub(super) struct PerConversation {
+    #[diesel(sql_type = SqlUuid)]
+    conversation_id: ConversationId,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Rows of [`PerConversation`] as pairs.
+pub(super) fn pairs(rows: Vec<PerConversation>) -> Vec<(ConversationId, i64)> {
+    rows.into_iter().map(|r| (r.conversation_id, r.n)).collect()
+}
+
 /// Unread messages per conversation for `user`: not their own, not deleted, after their
 /// read position.
 pub async fn unread_counts(
@@ -492,16 +507,9 @@ pub async fn unread_counts(
     user: UserId,
     convs: &[ConversationId],
 ) -> AppResult<Vec<(ConversationId, i64)>> {
-    #[derive(QueryableByName)]
-    struct R {
-        #[diesel(sql_type = SqlUuid)]
-        conversation_id: ConversationId,
-        #[diesel(sql_type = BigInt)]
-        unread: i64,
-    }
     let t = tx.tenant_id();
-    let rows: Vec<R> = sql::prepared(
-        "SELECT m.conversation_id, count(msg.message_id) AS unread
+    let rows: Vec<PerConversation> = sql::prepared(
+        "SELECT m.conversation_id, count(msg.message_id) AS n
            FROM conversation_members m
            LEFT JOIN messages msg
              ON msg.tenant_id = m.tenant_id AND msg.conversation_id = m.conversation_id
@@ -515,10 +523,7 @@ pub async fn unread_counts(
     .bind::<Array<SqlUuid>, _>(convs)
     .load(tx.conn())
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.conversation_id, r.unread))
-        .collect())
+    Ok(pairs(rows))
 }
 
 /// Which of the (conversation, agent) pairs are memberships.

@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
-use super::conversations::ConversationRow;
+use super::conversations::{ConversationRow, PerConversation, pairs};
 use super::schema::{assignments, conversations, messages, queue_entries, users, visitors};
 use super::{TenantTx, sql};
 use crate::error::AppResult;
@@ -202,14 +202,7 @@ pub async fn seat_chats(
     agents: &[UserId],
     at: DateTime<Utc>,
 ) -> AppResult<Vec<(ConversationId, i64)>> {
-    #[derive(QueryableByName)]
-    struct R {
-        #[diesel(sql_type = SqlUuid)]
-        conversation_id: ConversationId,
-        #[diesel(sql_type = BigInt)]
-        last_seq: i64,
-    }
-    let rows: Vec<R> = sql::prepared(
+    let rows: Vec<PerConversation> = sql::prepared(
         "UPDATE conversations c
             SET last_seq = c.last_seq + v.k, last_activity_at = $6,
                 status = v.status, assigned_agent_id = v.agent, closed_at = NULL
@@ -217,7 +210,7 @@ pub async fn seat_chats(
              AS v(conversation_id, k, status, agent)
           WHERE c.tenant_id = $1 AND c.conversation_id = ANY($2) AND c.conversation_id = v.conversation_id
             AND c.status <> 'closed'
-      RETURNING c.conversation_id, c.last_seq",
+      RETURNING c.conversation_id, c.last_seq AS n",
     )
     .bind::<SqlUuid, _>(tx.tenant_id())
     .bind::<Array<SqlUuid>, _>(convs)
@@ -227,10 +220,7 @@ pub async fn seat_chats(
     .bind::<Timestamptz, _>(at)
     .load(tx.conn())
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.conversation_id, r.last_seq))
-        .collect())
+    Ok(pairs(rows))
 }
 
 /// A stored assignment.
