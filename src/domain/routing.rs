@@ -85,22 +85,63 @@ pub enum Skip {
     },
 }
 
+/// Where an eligible agent stood when the decision was made: what ranked them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Standing {
+    /// Open chats.
+    #[serde(default)]
+    pub open: u32,
+    /// Capacity.
+    #[serde(default)]
+    pub capacity: u32,
+    /// Their last assignment; none if never assigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_assigned_at: Option<DateTime<Utc>>,
+}
+
+impl Standing {
+    fn of(a: &AgentSnapshot) -> Self {
+        Self {
+            open: a.open_chats,
+            capacity: a.capacity,
+            last_assigned_at: a.last_assigned_at,
+        }
+    }
+
+    fn text(&self) -> String {
+        let last = match self.last_assigned_at {
+            Some(t) => format!("last assigned {}", t.to_rfc3339()),
+            None => "never assigned".to_owned(),
+        };
+        format!("{}/{} chats, {last}", self.open, self.capacity)
+    }
+}
+
 /// The verdict on one candidate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "verdict")]
 pub enum Verdict {
     /// Chosen.
-    Chosen,
+    Chosen {
+        /// Where they stood.
+        #[serde(flatten)]
+        standing: Standing,
+    },
     /// Eligible but ranked behind the chosen agent.
     Outranked {
         /// 2 = second, ...
         rank: u32,
+        /// Where they stood.
+        #[serde(flatten)]
+        standing: Standing,
     },
     /// Not eligible.
     Skipped(Skip),
 }
 
-/// One candidate and its verdict.
+/// One candidate and its verdict. Its readable message is derived when asked for
+/// ([`Candidate::message`]), not kept: a dispatcher pass decides for every waiting chat over
+/// every agent, and formatting and storing a message per candidate cost more than deciding.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
     /// Agent id.
@@ -109,8 +150,30 @@ pub struct Candidate {
     pub name: String,
     /// The verdict.
     pub verdict: Verdict,
+    /// The message as stored by earlier builds, whose verdicts lack the standing.
+    #[serde(rename = "message", default, skip_serializing)]
+    pub stored_message: Option<String>,
+}
+
+impl Candidate {
     /// Readable, e.g. "agent Ana: 3/3 chats".
-    pub message: String,
+    pub fn message(&self, strategy: Strategy) -> String {
+        if let Some(m) = &self.stored_message {
+            return m.clone();
+        }
+        let name = &self.name;
+        let strategy = strategy.as_str();
+        match &self.verdict {
+            Verdict::Chosen { standing } => {
+                format!("agent {name}: chosen by {strategy} ({})", standing.text())
+            }
+            Verdict::Outranked { rank, standing } => format!(
+                "agent {name}: eligible, ranked {rank} by {strategy} ({})",
+                standing.text()
+            ),
+            Verdict::Skipped(s) => skip_message(name, s),
+        }
+    }
 }
 
 /// A routing decision with its reasons.
@@ -251,14 +314,6 @@ fn skip_message(name: &str, s: &Skip) -> String {
     }
 }
 
-fn standing(a: &AgentSnapshot) -> String {
-    let last = match a.last_assigned_at {
-        Some(t) => format!("last assigned {}", t.to_rfc3339()),
-        None => "never assigned".to_owned(),
-    };
-    format!("{}/{} chats, {last}", a.open_chats, a.capacity)
-}
-
 /// Picks an agent for a chat with `needs` from `agents`, with every candidate's reason.
 pub fn decide(agents: &[AgentSnapshot], needs: &ChatNeeds) -> Decision {
     let (skills, relaxed_skills) = effective_skills(&needs.required_skills, needs.waited_seconds);
@@ -270,38 +325,30 @@ pub fn decide(agents: &[AgentSnapshot], needs: &ChatNeeds) -> Decision {
             Some(s) => skipped.push(Candidate {
                 agent: a.id,
                 name: a.name.clone(),
-                message: skip_message(&a.name, &s),
                 verdict: Verdict::Skipped(s),
+                stored_message: None,
             }),
         }
     }
     rank(needs.strategy, &skills, &mut eligible);
-    let strategy = needs.strategy.as_str();
     let mut candidates: Vec<Candidate> = eligible
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            let (verdict, message) = if i == 0 {
-                (
-                    Verdict::Chosen,
-                    format!("agent {}: chosen by {strategy} ({})", a.name, standing(a)),
-                )
+            let standing = Standing::of(a);
+            let verdict = if i == 0 {
+                Verdict::Chosen { standing }
             } else {
-                let rank = u32::try_from(i + 1).unwrap_or(u32::MAX);
-                (
-                    Verdict::Outranked { rank },
-                    format!(
-                        "agent {}: eligible, ranked {rank} by {strategy} ({})",
-                        a.name,
-                        standing(a)
-                    ),
-                )
+                Verdict::Outranked {
+                    rank: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                    standing,
+                }
             };
             Candidate {
                 agent: a.id,
                 name: a.name.clone(),
                 verdict,
-                message,
+                stored_message: None,
             }
         })
         .collect();
@@ -359,8 +406,32 @@ mod tests {
         }
     }
 
-    fn messages(d: &Decision) -> Vec<&str> {
-        d.candidates.iter().map(|c| c.message.as_str()).collect()
+    fn messages(d: &Decision) -> Vec<String> {
+        d.candidates.iter().map(|c| c.message(d.strategy)).collect()
+    }
+
+    #[test]
+    fn a_stored_decision_reads_back_with_its_messages_old_and_new() {
+        let mut ana = agent(1, "Ana");
+        ana.open_chats = 1;
+        let d = decide(
+            &[ana, agent(2, "Bo")],
+            &needs(Strategy::LeastActive, &[], 0),
+        );
+        let text = serde_json::to_string(&d).unwrap();
+        assert!(!text.contains("message"), "{text}");
+        let back: Decision = serde_json::from_str(&text).unwrap();
+        assert_eq!(messages(&back), messages(&d));
+        assert_eq!(
+            messages(&back)[1],
+            "agent Ana: eligible, ranked 2 by least_active (1/3 chats, never assigned)"
+        );
+        // Earlier builds stored each message, and verdicts without the standing.
+        let old = r#"{"strategy":"round_robin","chosen":null,"relaxed_skills":[],
+            "candidates":[{"agent":"00000000-0000-0000-0000-000000000001","name":"Ana",
+            "verdict":{"verdict":"chosen"},"message":"agent Ana: chosen by round_robin (x)"}]}"#;
+        let old: Decision = serde_json::from_str(old).unwrap();
+        assert_eq!(messages(&old), ["agent Ana: chosen by round_robin (x)"]);
     }
 
     #[test]
@@ -449,7 +520,10 @@ mod tests {
         let d = decide(&[a, b, c], &needs(Strategy::LeastActive, &[], 0));
         assert_eq!(d.chosen, Some(id(3)));
         assert_eq!(d.candidates[1].agent, id(2));
-        assert_eq!(d.candidates[1].verdict, Verdict::Outranked { rank: 2 });
+        assert!(matches!(
+            d.candidates[1].verdict,
+            Verdict::Outranked { rank: 2, .. }
+        ));
         assert_eq!(d.candidates[2].agent, id(1));
     }
 
@@ -473,7 +547,10 @@ mod tests {
         // Min level 6 beats min level 2; among the two 6/6, fewer open chats wins.
         let order: Vec<UserId> = d.candidates.iter().map(|c| c.agent).collect();
         assert_eq!(order, [id(3), id(2), id(1), id(4)]);
-        assert_eq!(d.candidates[3].message, "agent Lacks: lacks skill german");
+        assert_eq!(
+            d.candidates[3].message(d.strategy),
+            "agent Lacks: lacks skill german"
+        );
         // Same minimum: the higher sum first.
         let mut p = agent(5, "P");
         p.skills = vec![("billing".into(), 6), ("german".into(), 9)];

@@ -87,7 +87,7 @@ fn assignment_out(a: AssignmentRecord) -> pb::Assignment {
     let (strategy, candidates, relaxed_skills) = match a.decision {
         Some(d) => (
             d.strategy.as_str().to_owned(),
-            candidates_out(d.candidates),
+            candidates_out(d.strategy, d.candidates),
             d.relaxed_skills,
         ),
         None => ("manual".to_owned(), Vec::new(), Vec::new()),

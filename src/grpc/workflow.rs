@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::{convert, scope};
 use crate::domain::routing::{Candidate, Decision, Skip, Verdict};
-use crate::domain::workflows::model::{self as m, Actions, Trigger};
+use crate::domain::workflows::model::{self as m, Actions, Strategy, Trigger};
 use crate::domain::workflows::select::{Applied, Failed, Selection, VisitorContext};
 use crate::domain::workflows::{self, NewWorkflow, Workflow, WorkflowUpdate};
 use crate::domain::{Engine, validate};
@@ -440,7 +440,7 @@ fn failed_kind(f: &Failed) -> pb::FailedCondition {
 
 fn verdict_out(v: &Verdict) -> pb::CandidateVerdict {
     match v {
-        Verdict::Chosen => pb::CandidateVerdict::Chosen,
+        Verdict::Chosen { .. } => pb::CandidateVerdict::Chosen,
         Verdict::Outranked { .. } => pb::CandidateVerdict::Outranked,
         Verdict::Skipped(Skip::NotAvailable { .. }) => pb::CandidateVerdict::NotAvailable,
         Verdict::Skipped(Skip::Offline) => pb::CandidateVerdict::Offline,
@@ -475,18 +475,18 @@ fn explanation_out(s: Selection, d: Decision) -> pb::ExplainRoutingResponse {
             .collect(),
         relaxed_skills: d.relaxed_skills,
         chosen_agent_id: d.chosen.map(|a| a.to_string()).unwrap_or_default(),
-        candidates: candidates_out(d.candidates),
+        candidates: candidates_out(d.strategy, d.candidates),
     }
 }
 
 /// Routing candidates on the wire (ExplainRouting, ExplainAssignment).
-pub(super) fn candidates_out(list: Vec<Candidate>) -> Vec<pb::AgentCandidate> {
+pub(super) fn candidates_out(strategy: Strategy, list: Vec<Candidate>) -> Vec<pb::AgentCandidate> {
     list.into_iter()
         .map(|c| pb::AgentCandidate {
             agent_id: c.agent.to_string(),
-            display_name: c.name,
+            message: c.message(strategy),
             verdict: verdict_out(&c.verdict) as i32,
-            message: c.message,
+            display_name: c.name,
         })
         .collect()
 }
