@@ -2,6 +2,12 @@
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: the server allocates and frees many small buffers per
+/// request (h2 frames, protobuf messages, rows), and glibc's free lists cost about a tenth of
+/// its time under load (BENCHMARKS.md, session 17).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = chat_engine::cli::Cli::parse();

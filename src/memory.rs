@@ -1,8 +1,8 @@
-//! Hands freed heap memory back to the kernel. glibc keeps what the program frees in its
-//! per-thread arenas; after bursts (argon2 takes 19 MiB per hash, thousands of streams open
-//! at once and each setup allocates and frees rows and buffers) those pages stay resident
-//! between the live allocations, and the process holds two to three times the memory its
-//! streams use. Trimming now and then keeps the resident size close to what is live.
+//! Hands freed heap memory back to the kernel. The allocator (mimalloc, see `main.rs`) keeps
+//! what the program frees in its per-thread heaps; after bursts (argon2 takes 19 MiB per hash,
+//! thousands of streams open at once and each setup allocates and frees rows and buffers)
+//! those pages may stay resident between the live allocations. Collecting now and then keeps
+//! the resident size close to what is live.
 
 use std::time::{Duration, Instant};
 
@@ -12,17 +12,26 @@ use tokio_util::sync::CancellationToken;
 /// blocking thread.
 pub const TRIM_EVERY: Duration = Duration::from_secs(10);
 
-/// Returns free pages of every malloc arena to the kernel (glibc only; elsewhere a no-op).
+/// Returns free pages of the allocator to the kernel.
 pub fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
-        }
-        // SAFETY: glibc's malloc_trim takes no pointers and may be called at any time.
-        unsafe {
-            malloc_trim(0);
-        }
+    // SAFETY: mi_collect takes no pointers and may be called from any thread at any time.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+    }
+}
+
+/// mimalloc's `mi_option_purge_delay` (its place in v3's `mi_option_e`; the sys crate
+/// names no constant for it).
+const PURGE_DELAY_OPTION: libmimalloc_sys::mi_option_t = 15;
+
+/// Makes the allocator hand freed pages back at once instead of after its purge delay (1 s),
+/// for a process that measures its own memory (the load generator with the server inside):
+/// `mi_collect` covers only the calling thread, so pages freed by other threads before a
+/// sample would otherwise leave during what is measured, and hide it.
+pub fn purge_at_once() {
+    // SAFETY: setting an option takes no pointers and is allowed at any time.
+    unsafe {
+        libmimalloc_sys::mi_option_set(PURGE_DELAY_OPTION, 0);
     }
 }
 

@@ -198,6 +198,7 @@ pub(super) async fn serve_and_drive(
         rate_limits: RateLimits::off(),
         ..cfg.clone()
     };
+    crate::memory::purge_at_once();
     let node = app::build(cfg, db).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
