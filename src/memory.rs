@@ -1,15 +1,16 @@
-//! Hands freed heap memory back to the kernel. The allocator (mimalloc, see `main.rs`) keeps
-//! what the program frees in its per-thread heaps; after bursts (argon2 takes 19 MiB per hash,
-//! thousands of streams open at once and each setup allocates and frees rows and buffers)
-//! those pages may stay resident between the live allocations. Collecting now and then keeps
-//! the resident size close to what is live.
-
+//! Hands freed heap memory back to the kernel. The allocator (mimalloc, see `main.rs`) returns
+//! the pages a thread frees by itself, about a second after the free (its purge delay); after
+//! bursts (argon2 takes 19 MiB per hash, thousands of streams open at once and each setup
+//! allocates and frees rows and buffers) that keeps the resident size close to what is live.
+//! `mi_collect`, which [`release_free_heap`] calls, forces it only for the calling thread's
+//! heap and the shared arenas, not process-wide as glibc's `malloc_trim` did; a process that
+//! measures its own memory sets the delay to zero instead ([`purge_at_once`]).
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-/// How often a node trims. A trim of a heap of a few hundred MiB takes milliseconds, on a
-/// blocking thread.
+/// How often a node collects (on a blocking thread; milliseconds for a heap of a few hundred
+/// MiB). A server's memory is settled once this has passed, the purge delay included.
 pub const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Returns free pages of the allocator to the kernel.
