@@ -23,7 +23,7 @@ use super::conversations::{
 use super::dispatch::{self, Waiting};
 use super::events::{ConversationEvent, EventKind};
 use super::participants::Participant;
-use super::routing::{self, ChatNeeds, Decision};
+use super::routing::{self, AgentSnapshot, ChatNeeds, Decision};
 use super::timers;
 use super::workflows::{
     self,
@@ -242,18 +242,34 @@ fn still_waiting(row: &ConversationRow) -> bool {
     row.status == Status::Queued.as_str() && row.assigned_agent_id.is_none()
 }
 
+/// What a dispatcher pass did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pass {
+    /// Chats assigned.
+    pub assigned: usize,
+    /// Whether an eligible agent still had a free seat when it ended: then the next pass
+    /// can go straight for the agents' locks.
+    pub seat_left: bool,
+}
+
 /// One dispatcher pass over the tenant: assigns every waiting chat an eligible agent can take
-/// now, oldest first within priority, and returns how many were assigned.
-pub async fn dispatch(e: &Engine, scope: &TenantScope) -> AppResult<usize> {
-    let (mut total, mut retries) = (0, 0);
+/// now, oldest first within priority. With `look_first`, it first looks without locks for
+/// a free seat and ends there when there is none (every chat start while all agents are
+/// busy); a pass after one that left a seat free goes without that look, which reads every
+/// agent's open chats.
+pub async fn dispatch(e: &Engine, scope: &TenantScope, look_first: bool) -> AppResult<Pass> {
+    let (mut pass, mut retries, mut look) = (Pass::default(), 0, look_first);
     loop {
-        let r = dispatch_round(e, scope).await?;
-        total += r.assigned;
+        let r = dispatch_round(e, scope, look).await?;
+        pass.assigned += r.assigned;
+        pass.seat_left = r.seat_left;
+        // A round that assigned had seats: the next one need not look for them.
+        look = false;
         if r.more && r.assigned > 0 {
             continue;
         }
         if r.skipped == 0 || retries == MAX_ROUNDS {
-            return Ok(total);
+            return Ok(pass);
         }
         retries += 1;
     }
@@ -268,20 +284,26 @@ struct Round {
     skipped: usize,
     /// The plan had more than one round writes.
     more: bool,
+    /// See [`Pass::seat_left`].
+    seat_left: bool,
 }
 
-async fn dispatch_round(e: &Engine, scope: &TenantScope) -> AppResult<Round> {
+/// Free seats of the agents eligible now (skills aside).
+fn free_seats(agents: &[AgentSnapshot]) -> u64 {
+    agents
+        .iter()
+        .filter(|a| routing::ineligibility(a, &[]).is_none())
+        .map(|a| u64::from(a.capacity - a.open_chats))
+        .sum()
+}
+
+async fn dispatch_round(e: &Engine, scope: &TenantScope, look_first: bool) -> AppResult<Round> {
     let now = e.now();
     let mut tx = e.db.tenant_tx(scope).await?;
-    // A look without locks first: a pass with no free seat anywhere (every chat start while
-    // all agents are busy) ends here, without queueing behind other passes for the agents'
-    // locks or reading the queue. A seat that frees meanwhile commits an event of its own,
-    // which wakes another pass.
-    let free = workflows::agent_snapshots(&mut tx, now)
-        .await?
-        .iter()
-        .any(|a| routing::ineligibility(a, &[]).is_none());
-    if !free {
+    // A look without locks: with no free seat anywhere, the round ends here, without
+    // queueing behind other passes for the agents' locks or reading the queue. A seat that
+    // frees meanwhile commits an event of its own, which wakes another pass.
+    if look_first && free_seats(&workflows::agent_snapshots(&mut tx, now).await?) == 0 {
         tx.commit().await?;
         return Ok(Round::default());
     }
@@ -295,15 +317,24 @@ async fn dispatch_round(e: &Engine, scope: &TenantScope) -> AppResult<Round> {
     }
     if waiting.is_empty() {
         tx.commit().await?;
-        return Ok(Round::default());
+        // Without the look, the last pass left a seat; with it, the look found one.
+        return Ok(Round {
+            seat_left: true,
+            ..Round::default()
+        });
     }
     let agents = workflows::agent_snapshots(&mut tx, now).await?;
+    let free = free_seats(&agents);
     let mut plan = dispatch::plan(&waiting, &agents, now);
     let more = plan.len() > ROUND_ASSIGNMENTS;
     plan.truncate(ROUND_ASSIGNMENTS);
+    let seat_left = free > plan.len() as u64;
     if plan.is_empty() {
         tx.commit().await?;
-        return Ok(Round::default());
+        return Ok(Round {
+            seat_left,
+            ..Round::default()
+        });
     }
     let (events, skipped) = seat_planned(&mut tx, plan, &rows, now).await?;
     let assigned = events.seated;
@@ -312,6 +343,7 @@ async fn dispatch_round(e: &Engine, scope: &TenantScope) -> AppResult<Round> {
         assigned,
         skipped,
         more,
+        seat_left,
     })
 }
 

@@ -11,7 +11,8 @@
 //! too. Taking a chat back from its agent (no answer in time, offline past the grace
 //! period) is [`TakeBackTimer`].
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 
@@ -26,6 +27,7 @@ use super::timers::{Timer, TimerHandler};
 use super::visitors::{self, MAX_WAIT, RELAX};
 use super::workflows::model::OnMaxWait;
 use crate::error::AppResult;
+use crate::ids::TenantId;
 use crate::storage::TenantTx;
 use crate::storage::dispatch as store;
 use crate::storage::messages;
@@ -42,19 +44,31 @@ pub const DEFAULT_CLOSE_TEXT: &str =
 pub struct Dispatcher {
     engine: Arc<Engine>,
     system: SystemCap,
+    /// Tenants whose last pass on this node left an eligible agent a free seat.
+    seats_left: Mutex<HashSet<TenantId>>,
 }
 
 impl Dispatcher {
     /// A dispatcher acting for the engine.
     pub fn new(engine: Arc<Engine>, system: SystemCap) -> Arc<Self> {
-        Arc::new(Self { engine, system })
+        Arc::new(Self {
+            engine,
+            system,
+            seats_left: Mutex::default(),
+        })
+    }
+
+    fn seats_left(&self) -> std::sync::MutexGuard<'_, HashSet<TenantId>> {
+        self.seats_left.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 /// Whether an event can make a waiting chat assignable.
 fn wakes(event: &DomainEvent) -> bool {
     match event {
-        DomainEvent::AgentChanged { .. } | DomainEvent::QueueChanged { .. } => true,
+        DomainEvent::AgentChanged { .. }
+        | DomainEvent::QueueChanged { .. }
+        | DomainEvent::RoutingChanged { .. } => true,
         DomainEvent::Rated { .. } | DomainEvent::Posted { .. } => false,
         DomainEvent::Conversation(ev) => matches!(
             ev.kind,
@@ -69,6 +83,10 @@ impl Reactor for Dispatcher {
     }
 
     fn wants_posts(&self) -> bool {
+        false
+    }
+
+    fn reads_conversation_events(&self) -> bool {
         false
     }
 
@@ -94,11 +112,18 @@ impl Reactor for Dispatcher {
             for agent in changed {
                 assignment::on_agent_changed(&self.engine, &scope, agent).await?;
             }
-            let n = assignment::dispatch(&self.engine, &scope).await?;
+            let look_first = !self.seats_left().contains(&d.tenant);
+            let pass = assignment::dispatch(&self.engine, &scope, look_first).await?;
+            if pass.seat_left {
+                self.seats_left().insert(d.tenant);
+            } else {
+                self.seats_left().remove(&d.tenant);
+            }
             tracing::debug!(
                 tenant.id = %d.tenant,
                 entries = batch.len(),
-                assigned = n,
+                assigned = pass.assigned,
+                looked = look_first,
                 ms = began.elapsed().as_millis() as u64,
                 "dispatched"
             );

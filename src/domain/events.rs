@@ -80,6 +80,15 @@ impl EventKind {
             Self::StatusChanged { .. } => "status_changed",
         }
     }
+
+    /// Whether the event can queue a chat or free an agent's seat, so that a waiting chat may
+    /// now be assignable: a status change (queued, taken back, closed) or a member leaving.
+    pub fn concerns_routing(&self) -> bool {
+        matches!(
+            self,
+            Self::StatusChanged { .. } | Self::MemberRemoved { .. }
+        )
+    }
 }
 
 /// A durable event of one conversation.

@@ -71,6 +71,13 @@ pub enum DomainEvent {
         /// The conversation.
         conversation: ConversationId,
     },
+    /// A conversation's events may have queued a chat or freed a seat (a status change or a
+    /// member leaving), for reactors that do not read conversation events
+    /// ([`Reactor::reads_conversation_events`]).
+    RoutingChanged {
+        /// The conversation.
+        conversation: ConversationId,
+    },
     /// A visitor rated an ended chat; read the rating for the score.
     Rated {
         /// The chat.
@@ -108,6 +115,12 @@ pub trait Reactor: Send + Sync + 'static {
     /// per batch, and nothing is read back for it.
     fn wants_post_notices(&self) -> bool {
         false
+    }
+    /// Whether it reads conversation events. One that does not (the dispatcher, which only
+    /// wakes on them) gets [`DomainEvent::RoutingChanged`] for each range the spine marks as
+    /// concerning routing, and nothing is read back for it.
+    fn reads_conversation_events(&self) -> bool {
+        true
     }
     /// Spine entries per batch. One whose cost grows with the distinct conversations of a
     /// batch rather than its entries (the same open chats post in entry after entry) keeps
@@ -342,8 +355,9 @@ async fn drain(
         })
         .collect::<AppResult<Vec<_>>>()?;
     // The conversation events the reactor reads back, in one go.
+    let reads = r.reads_conversation_events();
     let wanted = |ev: &SpineEvent| match ev {
-        SpineEvent::Conversation { posts, .. } => !posts || r.wants_posts(),
+        SpineEvent::Conversation { posts, .. } => reads && (!posts || r.wants_posts()),
         _ => false,
     };
     let ranges: Vec<(ConversationId, i64, i64)> = recorded
@@ -373,6 +387,11 @@ async fn drain(
                 SpineEvent::Conversation { c, posts: true, .. } if !r.wants_posts() => {
                     if r.wants_post_notices() {
                         batch.push(delivery(DomainEvent::Posted { conversation: c }));
+                    }
+                }
+                SpineEvent::Conversation { c, routing, .. } if !reads => {
+                    if routing {
+                        batch.push(delivery(DomainEvent::RoutingChanged { conversation: c }));
                     }
                 }
                 SpineEvent::Conversation { c, to, .. } => {

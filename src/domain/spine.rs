@@ -64,6 +64,11 @@ pub enum SpineEvent {
         /// only care about other events skip the entry without reading it.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         posts: bool,
+        /// The range may queue a chat or free a seat (a status change or a member leaving):
+        /// the dispatcher wakes on it without reading the events. Written only when false;
+        /// an entry from before the field existed reads as true, which costs at most a pass.
+        #[serde(default = "yes", skip_serializing_if = "is_yes")]
+        routing: bool,
     },
     /// An agent's routing state changed (status, capacity, active flag or role).
     AgentChanged {
@@ -91,6 +96,14 @@ pub enum SpineEvent {
         /// Who.
         who: Joiner,
     },
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 /// Who joined a conversation.
@@ -347,6 +360,55 @@ impl Notice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::conversations::Status;
+    use crate::domain::events::EventKind;
+
+    #[test]
+    fn a_range_says_whether_it_concerns_routing_and_an_older_entry_reads_as_yes() {
+        let routing = |kind: EventKind| kind.concerns_routing();
+        let (a, c) = (UserId::new(), ConversationId::new());
+        assert!(routing(EventKind::StatusChanged {
+            status: Status::Closed,
+            assigned: Some(a),
+            assigned_name: None,
+            visitor: None,
+        }));
+        assert!(routing(EventKind::MemberRemoved {
+            agents: vec![a],
+            actor: None,
+        }));
+        assert!(!routing(EventKind::MembersAdded {
+            agents: vec![a],
+            actor: None,
+        }));
+
+        let quiet = SpineEvent::Conversation {
+            c,
+            from: 1,
+            to: 2,
+            posts: false,
+            routing: false,
+        };
+        let json = serde_json::to_value(&quiet).unwrap();
+        assert_eq!(json["routing"], false);
+        assert_eq!(serde_json::from_value::<SpineEvent>(json).unwrap(), quiet);
+        let loud = SpineEvent::Conversation {
+            c,
+            from: 3,
+            to: 3,
+            posts: false,
+            routing: true,
+        };
+        assert!(
+            serde_json::to_value(&loud)
+                .unwrap()
+                .get("routing")
+                .is_none()
+        );
+        // As an entry written before the field existed.
+        let old = serde_json::json!({ "t": "conversation", "c": c, "from": 3, "to": 3 });
+        assert_eq!(serde_json::from_value::<SpineEvent>(old).unwrap(), loud);
+    }
 
     #[test]
     fn a_conversation_drawn_in_a_shard_lives_there_and_stays_unique() {

@@ -57,6 +57,7 @@ fn conversation_seqs(seen: &[Delivery]) -> Vec<(String, i64)> {
             DomainEvent::Conversation(e) => Some((e.conversation_id.to_string(), e.seq)),
             DomainEvent::AgentChanged { .. }
             | DomainEvent::QueueChanged { .. }
+            | DomainEvent::RoutingChanged { .. }
             | DomainEvent::Rated { .. }
             | DomainEvent::Posted { .. } => None,
         })

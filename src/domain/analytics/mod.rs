@@ -279,7 +279,7 @@ impl Analytics {
                     }
                     DomainEvent::Rated { conversation } => convs.push(*conversation),
                     DomainEvent::AgentChanged { agent } => agents.push(*agent),
-                    DomainEvent::QueueChanged { .. } => {}
+                    DomainEvent::QueueChanged { .. } | DomainEvent::RoutingChanged { .. } => {}
                 }
             }
         }
