@@ -473,13 +473,15 @@ pub async fn served_before(tx: &mut TenantTx, key: QueueKey) -> AppResult<i64> {
 /// The open external chats assigned to `agent`.
 pub async fn open_chats_of(tx: &mut TenantTx, agent: UserId) -> AppResult<Vec<ConversationId>> {
     let t = tx.tenant_id();
+    // The constants are in the text, not bound, so that the generic plan can use the
+    // partial index `conversations_external_open` (see `routing::OPEN_CHATS_BY_AGENT`).
+    let open = diesel::dsl::sql::<diesel::sql_types::Bool>("kind = 'external' AND status = 'open'");
     Ok(conversations::table
         .filter(
             conversations::tenant_id
                 .eq(t)
-                .and(conversations::kind.eq("external"))
-                .and(conversations::status.eq("open"))
-                .and(conversations::assigned_agent_id.eq(agent)),
+                .and(conversations::assigned_agent_id.eq(agent))
+                .and(open),
         )
         .select(conversations::conversation_id)
         .load(tx.conn())

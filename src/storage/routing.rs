@@ -3,11 +3,12 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
-use super::TenantTx;
-use super::schema::{conversations, users};
+use super::schema::users;
 use super::users::skills_of;
+use super::{TenantTx, sql};
 use crate::error::AppResult;
 use crate::ids::UserId;
 
@@ -32,6 +33,25 @@ pub struct AgentRoutingRow {
     pub skills: Vec<(String, i16)>,
 }
 
+/// Open external chats (assigned, not closed) per agent. The constants are part of the
+/// text, not binds: connections plan generically (`Db::connect`), and with `status` bound
+/// the planner cannot use the partial index `conversations_by_assignee`, so every
+/// dispatcher pass read all of the tenant's conversations, however old (a sequential scan
+/// of 16,000 rows a pass 20 s into run 1 of BENCHMARKS.md, and growing).
+pub const OPEN_CHATS_BY_AGENT: &str = "SELECT assigned_agent_id AS agent, count(*) AS n
+       FROM conversations
+      WHERE tenant_id = $1 AND assigned_agent_id IS NOT NULL
+        AND status <> 'closed' AND kind = 'external'
+      GROUP BY assigned_agent_id";
+
+#[derive(QueryableByName)]
+struct OpenChats {
+    #[diesel(sql_type = SqlUuid)]
+    agent: UserId,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
 /// (id, display name, status, capacity, last assignment) of a user row.
 type UserCols = (UserId, String, String, i32, Option<DateTime<Utc>>);
 
@@ -53,16 +73,8 @@ pub async fn agents(
         .order(users::user_id)
         .load(tx.conn())
         .await?;
-    let open: Vec<(Option<UserId>, i64)> = conversations::table
-        .filter(
-            conversations::tenant_id
-                .eq(t)
-                .and(conversations::kind.eq("external"))
-                .and(conversations::status.ne("closed"))
-                .and(conversations::assigned_agent_id.is_not_null()),
-        )
-        .group_by(conversations::assigned_agent_id)
-        .select((conversations::assigned_agent_id, diesel::dsl::count_star()))
+    let open: Vec<OpenChats> = sql::prepared(OPEN_CHATS_BY_AGENT)
+        .bind::<SqlUuid, _>(t)
         .load(tx.conn())
         .await?;
     let online = super::presence::online(tx, fresh_after).await?;
@@ -72,10 +84,7 @@ pub async fn agents(
         .into_iter()
         .map(
             |(user_id, display_name, status, max, last)| AgentRoutingRow {
-                open_chats: open
-                    .iter()
-                    .find(|(a, _)| *a == Some(user_id))
-                    .map_or(0, |(_, n)| *n),
+                open_chats: open.iter().find(|o| o.agent == user_id).map_or(0, |o| o.n),
                 online: online.contains(&user_id),
                 skills: skills
                     .extract_if(.., |s| s.user_id == user_id)

@@ -1244,3 +1244,39 @@ async fn end_to_end_a_visitor_waits_an_agent_comes_and_is_assigned_they_talk_han
     let rating = w.rate(&app, &conv, 4, "quick refund").await.unwrap();
     assert_eq!((rating.agent_id.as_str(), rating.score), (bob.as_str(), 4));
 }
+
+/// Every connection plans generically (`Db::connect`). The dispatcher counts each agent's
+/// open chats on every pass: with `status` bound rather than written into the statement, the
+/// plan could not use the partial index on open chats and read every conversation the tenant
+/// ever had. Here the sequential scan is ruled out, so the plan shows which index it can use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_chat_count_can_use_its_partial_index_when_planned_generically() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+    #[derive(diesel::QueryableByName)]
+    struct Line {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+    let app = TestApp::spawn().await;
+    let mut conn = AsyncPgConnection::establish(&app.admin_url).await.unwrap();
+    conn.batch_execute(&format!(
+        "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off;
+         PREPARE open_chats(uuid) AS {}",
+        chat_engine::storage::routing::OPEN_CHATS_BY_AGENT
+    ))
+    .await
+    .unwrap();
+    let plan: Vec<Line> = diesel::sql_query(format!(
+        "EXPLAIN EXECUTE open_chats('{}')",
+        uuid::Uuid::now_v7()
+    ))
+    .load(&mut conn)
+    .await
+    .unwrap();
+    let plan: Vec<String> = plan.into_iter().map(|l| l.line).collect();
+    assert!(
+        plan.iter().any(|l| l.contains("conversations_by_assignee")),
+        "{plan:#?}"
+    );
+}
