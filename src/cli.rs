@@ -26,6 +26,16 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Worker threads the command asks for; None for one per CPU.
+    pub fn worker_threads(&self) -> Option<usize> {
+        match &self.command {
+            Command::Loadtest(args) => args.threads,
+            _ => None,
+        }
+    }
+}
+
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {

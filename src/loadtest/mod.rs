@@ -190,6 +190,11 @@ pub struct Args {
     /// Process id of the --target server, whose resident memory (VmRSS) is reported.
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+    /// Worker threads of the load generator driving a --target server (default: one per
+    /// CPU). Beside the server on one machine, one thread makes the same calls on the same
+    /// connections with less of the machine (BENCHMARKS.md, session 18).
+    #[arg(long, value_parser = count(1, 256))]
+    pub threads: Option<usize>,
     /// Data directory of the in-process server (private cluster, JWT secret); by default a
     /// fresh temporary directory, removed afterwards.
     #[arg(long, value_name = "DIR")]
@@ -219,8 +224,12 @@ impl Args {
 
     /// The checks that span several flags; each flag's own range is clap's.
     fn validate(&self) -> anyhow::Result<()> {
-        if self.target.is_none() && (self.operator_token.is_some() || self.server_pid.is_some()) {
-            bail!("--operator-token and --server-pid go with --target");
+        if self.target.is_none()
+            && (self.operator_token.is_some()
+                || self.server_pid.is_some()
+                || self.threads.is_some())
+        {
+            bail!("--operator-token, --server-pid and --threads go with --target");
         }
         if self.target.is_some() && self.data_dir.is_some() {
             bail!("--data-dir is for the in-process server; it cannot go with --target");
@@ -320,6 +329,14 @@ mod tests {
         assert!(parse(&["--agents", "-1"]).is_err());
         // Checks across flags.
         assert!(parse(&["--server-pid", "1"]).unwrap().validate().is_err());
+        // The in-process server runs on the load generator's threads.
+        assert!(parse(&["--threads", "1"]).unwrap().validate().is_err());
+        assert!(
+            parse(&["--threads", "1", "--target", "http://127.0.0.1:1"])
+                .unwrap()
+                .validate()
+                .is_ok()
+        );
         assert!(
             parse(&["--mode", "idle", "--target", "http://127.0.0.1:1"])
                 .unwrap()
