@@ -117,8 +117,8 @@ pub trait Reactor: Send + Sync + 'static {
         false
     }
     /// Whether it reads conversation events. One that does not (the dispatcher, which only
-    /// wakes on them) gets [`DomainEvent::RoutingChanged`] for each range the spine marks as
-    /// concerning routing, and nothing is read back for it.
+    /// wakes on them) gets [`DomainEvent::RoutingChanged`] for each range the spine does not mark as
+    /// quiet, and nothing is read back for it.
     fn reads_conversation_events(&self) -> bool {
         true
     }
@@ -389,8 +389,8 @@ async fn drain(
                         batch.push(delivery(DomainEvent::Posted { conversation: c }));
                     }
                 }
-                SpineEvent::Conversation { c, routing, .. } if !reads => {
-                    if routing {
+                SpineEvent::Conversation { c, quiet, .. } if !reads => {
+                    if !quiet {
                         batch.push(delivery(DomainEvent::RoutingChanged { conversation: c }));
                     }
                 }

@@ -64,11 +64,12 @@ pub enum SpineEvent {
         /// only care about other events skip the entry without reading it.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         posts: bool,
-        /// The range may queue a chat or free a seat (a status change or a member leaving):
-        /// the dispatcher wakes on it without reading the events. Written only when false;
-        /// an entry from before the field existed reads as true, which costs at most a pass.
-        #[serde(default = "yes", skip_serializing_if = "is_yes")]
-        routing: bool,
+        /// No event of the range can queue a chat or free a seat (none is a status change
+        /// or a member leaving): the dispatcher, which wakes on the others without reading
+        /// them, skips it. An entry from before the field existed reads as not quiet, which
+        /// costs at most a pass; the writer's ranges of posts only leave it out.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        quiet: bool,
     },
     /// An agent's routing state changed (status, capacity, active flag or role).
     AgentChanged {
@@ -96,14 +97,6 @@ pub enum SpineEvent {
         /// Who.
         who: Joiner,
     },
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn is_yes(b: &bool) -> bool {
-    *b
 }
 
 /// Who joined a conversation.
@@ -364,7 +357,7 @@ mod tests {
     use crate::domain::events::EventKind;
 
     #[test]
-    fn a_range_says_whether_it_concerns_routing_and_an_older_entry_reads_as_yes() {
+    fn a_range_says_whether_it_is_quiet_for_routing_and_an_older_entry_reads_as_not() {
         let routing = |kind: EventKind| kind.concerns_routing();
         let (a, c) = (UserId::new(), ConversationId::new());
         assert!(routing(EventKind::StatusChanged {
@@ -387,24 +380,19 @@ mod tests {
             from: 1,
             to: 2,
             posts: false,
-            routing: false,
+            quiet: true,
         };
         let json = serde_json::to_value(&quiet).unwrap();
-        assert_eq!(json["routing"], false);
+        assert_eq!(json["quiet"], true);
         assert_eq!(serde_json::from_value::<SpineEvent>(json).unwrap(), quiet);
         let loud = SpineEvent::Conversation {
             c,
             from: 3,
             to: 3,
             posts: false,
-            routing: true,
+            quiet: false,
         };
-        assert!(
-            serde_json::to_value(&loud)
-                .unwrap()
-                .get("routing")
-                .is_none()
-        );
+        assert!(serde_json::to_value(&loud).unwrap().get("quiet").is_none());
         // As an entry written before the field existed.
         let old = serde_json::json!({ "t": "conversation", "c": c, "from": 3, "to": 3 });
         assert_eq!(serde_json::from_value::<SpineEvent>(old).unwrap(), loud);

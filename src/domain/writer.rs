@@ -373,7 +373,7 @@ async fn write_batch(
                 from,
                 to: from + wrote - 1,
                 posts: true,
-                routing: false,
+                quiet: false,
             })
         })
         .collect();

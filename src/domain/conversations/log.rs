@@ -133,7 +133,7 @@ pub(crate) async fn record_events(
             from: ev.seq,
             to: ev.seq,
             posts: false,
-            routing: ev.kind.concerns_routing(),
+            quiet: !ev.kind.concerns_routing(),
         })
         .collect();
     // Streams of new members on other nodes do not follow the conversation yet: the
