@@ -1,0 +1,4 @@
+ALTER TABLE assignments ALTER COLUMN reasons SET STATISTICS -1;
+ALTER TABLE assignments ALTER COLUMN queued SET STATISTICS -1;
+ALTER TABLE conversation_events ALTER COLUMN payload SET STATISTICS -1;
+ALTER TABLE analytics_chats ALTER COLUMN contributions SET STATISTICS -1;
