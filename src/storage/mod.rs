@@ -92,7 +92,9 @@ impl Db {
                 let mut conn = AsyncPgConnection::establish(url).await?;
                 // Generic plans: every statement here is an index lookup led by tenant_id,
                 // and with array parameters PostgreSQL would otherwise plan each call again
-                // (a tenth of its CPU on the send path).
+                // (a tenth of its CPU on the send path). A generic plan cannot use a partial
+                // index whose predicate column is bound: such a statement writes its
+                // constants into its text (`routing::OPEN_CHATS_BY_AGENT`).
                 conn.batch_execute(&format!(
                     "SET ROLE {APP_ROLE}; SET statement_timeout = '30s'; \
                      SET idle_in_transaction_session_timeout = '60s'; \
